@@ -1,0 +1,39 @@
+# Every command a developer or CI needs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+# Works on machines that trust local TCP connections and on fresh Debian ones (scripts/setup.sh sets this password).
+export TEST_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/postgres
+export TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672
+
+.PHONY: help setup build release test lint fmt demo ci clean-test-resources
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
+
+setup: ## Install (Debian packages) and start PostgreSQL, RabbitMQ and maildev when missing
+	@bash scripts/setup.sh
+
+build: ## Build every binary (debug)
+	$(CARGO) build --workspace --bins
+
+release: ## Build every binary (release) into target/release/
+	$(CARGO) build --workspace --release --bins
+
+test: setup build ## The whole test suite: unit, integration (real RabbitMQ and PostgreSQL) and end-to-end (real binaries, SMTP, HTTP)
+	$(CARGO) test --workspace --no-fail-fast
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+demo: setup release ## Start everything and show a few parcels travel (Ctrl-C stops it)
+	@bash scripts/demo.sh
+
+ci: lint test ## What CI runs
+
+clean-test-resources: ## Drop test databases and vhosts that killed test runs left behind
+	@bash scripts/clean-test-resources.sh

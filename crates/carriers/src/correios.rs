@@ -1,0 +1,320 @@
+//! Correios API Rastro (see shared/carriers/correios.md).
+//!
+//! - Token: `POST /token/v1/autentica` (Basic `user:access-code`), or `/token/v1/autentica/cartaopostagem` with the
+//!   postage card when one is configured. Cached and refreshed five minutes before `expiraEm` (read with `zoneOffset`).
+//!   A 401/403 on a tracking call (`GTW-008`) drops the token, refreshes once and retries once; a second refusal,
+//!   or a 401/403 from the token endpoint itself, is [`FetchError::Auth`].
+//! - Tracking: `GET /srorastro/v1/objetos?codigosObjetos=A&codigosObjetos=B&resultado=T` with `Accept-Language: pt-BR`;
+//!   results are matched by `codObjeto` (the API guarantees no order).
+//! - Event times come without an offset: they are read in the configured time zone (America/Sao_Paulo).
+
+use crate::{FetchError, ObjectResult};
+use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tracking_domain::{CarrierEvent, Location, TrackingCode};
+
+#[derive(Clone)]
+pub struct CorreiosSettings {
+    /// `CORREIOS_BASE_URL`.
+    pub base_url: String,
+    /// `CORREIOS_USER`.
+    pub user: String,
+    /// `CORREIOS_ACCESS_CODE`.
+    pub access_code: SecretString,
+    /// `CORREIOS_POSTAGE_CARD`: when set, the token is requested for this card.
+    pub postage_card: Option<String>,
+    /// `CORREIOS_TIMEOUT_MS`: per HTTP call; public clients report answers slower than 20 s under load.
+    pub timeout: Duration,
+    /// `CARRIER_TIME_ZONE`: how to read event times that carry no offset.
+    pub time_zone: Tz,
+}
+
+impl std::fmt::Debug for CorreiosSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CorreiosSettings")
+            .field("base_url", &self.base_url)
+            .field("user", &self.user)
+            .field("postage_card", &self.postage_card)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Token {
+    value: SecretString,
+    refresh_after: DateTime<Utc>,
+}
+
+pub struct CorreiosClient {
+    http: reqwest::Client,
+    settings: CorreiosSettings,
+    token: Mutex<Option<Token>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenAnswer {
+    token: String,
+    expira_em: String,
+    zone_offset: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TrackingAnswer {
+    objetos: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Objeto {
+    cod_objeto: String,
+    mensagem: Option<String>,
+    dt_prevista: Option<String>,
+    eventos: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Evento {
+    codigo: String,
+    tipo: Option<String>,
+    dt_hr_criado: String,
+    descricao: String,
+    detalhe: Option<String>,
+    unidade: Option<Unidade>,
+}
+
+#[derive(Deserialize)]
+struct Unidade {
+    tipo: Option<String>,
+    nome: Option<String>,
+    endereco: Option<Endereco>,
+}
+
+#[derive(Deserialize)]
+struct Endereco {
+    cidade: Option<String>,
+    uf: Option<String>,
+}
+
+fn snippet(body: &str) -> String {
+    body.chars().take(500).collect()
+}
+
+impl CorreiosClient {
+    pub fn new(settings: CorreiosSettings) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("tracking-pipeline/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { http, settings, token: Mutex::new(None) })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.settings.base_url.trim_end_matches('/'))
+    }
+
+    async fn token(&self) -> Result<SecretString, FetchError> {
+        let mut guard = self.token.lock().await;
+        if let Some(t) = guard.as_ref() {
+            if Utc::now() < t.refresh_after {
+                return Ok(t.value.clone());
+            }
+        }
+        let (path, body) = match &self.settings.postage_card {
+            Some(card) => ("/token/v1/autentica/cartaopostagem", Some(serde_json::json!({ "numero": card }))),
+            None => ("/token/v1/autentica", None),
+        };
+        let mut req = self
+            .http
+            .post(self.url(path))
+            .basic_auth(&self.settings.user, Some(self.settings.access_code.expose_secret()));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(transport)?;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(FetchError::Auth(format!("token endpoint answered {status}: {}", snippet(&text))));
+        }
+        if let Some(e) = transient(status, None) {
+            return Err(e);
+        }
+        if !status.is_success() {
+            return Err(FetchError::Malformed { reason: format!("token endpoint answered {status}"), body: snippet(&text) });
+        }
+        let answer: TokenAnswer = serde_json::from_str(&text).map_err(|e| FetchError::Malformed {
+            reason: format!("token answer: {e}"),
+            body: snippet(&text),
+        })?;
+        let expires = parse_local(&answer.expira_em, answer.zone_offset.as_deref(), self.settings.time_zone)
+            .ok_or_else(|| FetchError::Malformed { reason: "token answer: bad expiraEm".into(), body: snippet(&text) })?;
+        let refresh_after = expires.with_timezone(&Utc) - chrono::Duration::minutes(5);
+        let value = SecretString::from(answer.token);
+        *guard = Some(Token { value: value.clone(), refresh_after });
+        tracing::info!(expires_at = %expires, "Got a Correios token.");
+        Ok(value)
+    }
+
+    async fn drop_token(&self) {
+        *self.token.lock().await = None;
+    }
+
+    /// Tracks up to 50 codes in one call. Every code asked is in the answer map, or the call is an error.
+    pub async fn track(&self, codes: &[TrackingCode]) -> Result<HashMap<TrackingCode, ObjectResult>, FetchError> {
+        match self.track_once(codes).await {
+            Err(FetchError::Auth(first)) => {
+                tracing::warn!(reason = %first, "Correios refused the token; refreshing it once.");
+                self.drop_token().await;
+                self.track_once(codes).await
+            }
+            other => other,
+        }
+    }
+
+    async fn track_once(&self, codes: &[TrackingCode]) -> Result<HashMap<TrackingCode, ObjectResult>, FetchError> {
+        let token = self.token().await?;
+        let mut query: Vec<(&str, &str)> = codes.iter().map(|c| ("codigosObjetos", c.as_str())).collect();
+        query.push(("resultado", "T"));
+        let qs: String = query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        let resp = self
+            .http
+            .get(format!("{}?{qs}", self.url("/srorastro/v1/objetos")))
+            .bearer_auth(token.expose_secret())
+            .header("Accept-Language", "pt-BR")
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = resp.text().await.map_err(transport)?;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(FetchError::Auth(format!("tracking call answered {status}: {}", snippet(&text))));
+        }
+        if let Some(e) = transient(status, retry_after) {
+            return Err(e);
+        }
+        if !status.is_success() {
+            return Err(FetchError::Malformed { reason: format!("tracking call answered {status}"), body: snippet(&text) });
+        }
+        self.parse_tracking(codes, &text)
+    }
+
+    fn parse_tracking(&self, codes: &[TrackingCode], text: &str) -> Result<HashMap<TrackingCode, ObjectResult>, FetchError> {
+        let malformed = |reason: String| FetchError::Malformed { reason, body: snippet(text) };
+        let answer: TrackingAnswer = serde_json::from_str(text).map_err(|e| malformed(format!("tracking answer: {e}")))?;
+        let mut out = HashMap::new();
+        for raw in answer.objetos {
+            let obj: Objeto =
+                serde_json::from_value(raw.clone()).map_err(|e| malformed(format!("tracking answer object: {e}")))?;
+            let Ok(code) = TrackingCode::parse(&obj.cod_objeto) else {
+                return Err(malformed(format!("unexpected codObjeto {:?}", obj.cod_objeto)));
+            };
+            let result = match (obj.eventos, obj.mensagem) {
+                (Some(eventos), _) => {
+                    let mut events = Vec::with_capacity(eventos.len());
+                    for raw_ev in eventos {
+                        events.push(self.event(raw_ev).map_err(|e| malformed(format!("{code}: {e}")))?);
+                    }
+                    let estimated_delivery = obj
+                        .dt_prevista
+                        .as_deref()
+                        .and_then(|d| parse_local(d, None, self.settings.time_zone));
+                    ObjectResult::Found { events, estimated_delivery }
+                }
+                (None, Some(message)) => {
+                    if message.starts_with("SRO-020") {
+                        ObjectResult::NotYet { message }
+                    } else if message.starts_with("SRO-019") || message.starts_with("SRO-009") {
+                        ObjectResult::Refused { message }
+                    } else {
+                        return Err(malformed(format!("{code}: unknown per-object message {message:?}")));
+                    }
+                }
+                (None, None) => return Err(malformed(format!("{code}: object with neither eventos nor mensagem"))),
+            };
+            out.insert(code, result);
+        }
+        if let Some(missing) = codes.iter().find(|c| !out.contains_key(*c)) {
+            return Err(malformed(format!("the answer lacks {missing}")));
+        }
+        Ok(out)
+    }
+
+    fn event(&self, raw: Value) -> Result<CarrierEvent, String> {
+        let ev: Evento = serde_json::from_value(raw.clone()).map_err(|e| format!("event: {e}"))?;
+        let occurred_at = parse_local(&ev.dt_hr_criado, None, self.settings.time_zone)
+            .ok_or_else(|| format!("event {}: bad dtHrCriado {:?}", ev.codigo, ev.dt_hr_criado))?;
+        let (unit, location) = match ev.unidade {
+            Some(u) => {
+                let loc = u.endereco.map(|e| Location { city: e.cidade, state: e.uf });
+                (u.nome.or(u.tipo), loc)
+            }
+            None => (None, None),
+        };
+        Ok(CarrierEvent {
+            code: ev.codigo,
+            kind: ev.tipo,
+            occurred_at,
+            description: ev.descricao,
+            detail: ev.detalhe,
+            location,
+            unit,
+            status: None,
+            raw,
+        })
+    }
+}
+
+fn transport(e: reqwest::Error) -> FetchError {
+    let what = if e.is_timeout() { "timed out" } else if e.is_connect() { "connection failed" } else { "transport error" };
+    FetchError::Transient { reason: format!("{what}: {e}"), retry_after: None }
+}
+
+fn transient(status: StatusCode, retry_after: Option<Duration>) -> Option<FetchError> {
+    (status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT || status.is_server_error())
+        .then(|| FetchError::Transient { reason: format!("answered {status}"), retry_after })
+}
+
+/// Reads a Correios local time (`2026-03-27T14:40:30`, no offset) in `offset` when given (`-03:00`), else in `tz`.
+pub fn parse_local(s: &str, offset: Option<&str>, tz: Tz) -> Option<DateTime<FixedOffset>> {
+    let naive = NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%dT%H:%M:%S%.f")
+        .or_else(|_| NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S"))
+        .ok()?;
+    if let Some(off) = offset.and_then(|o| DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{o}")).ok()) {
+        return off.offset().from_local_datetime(&naive).single();
+    }
+    tz.from_local_datetime(&naive).earliest().map(|d| d.fixed_offset())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_times_are_read_in_brazil_time() {
+        let t = parse_local("2026-03-27T14:40:30", None, chrono_tz::America::Sao_Paulo).unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-03-27T14:40:30-03:00");
+        let t = parse_local("2026-03-27T14:40:30", Some("-02:00"), chrono_tz::America::Sao_Paulo).unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-03-27T14:40:30-02:00");
+        // Brazil had summer time until 2019.
+        let t = parse_local("2018-12-01T10:00:00", None, chrono_tz::America::Sao_Paulo).unwrap();
+        assert_eq!(t.to_rfc3339(), "2018-12-01T10:00:00-02:00");
+        assert!(parse_local("27/03/2026", None, chrono_tz::America::Sao_Paulo).is_none());
+    }
+}

@@ -1,0 +1,69 @@
+//! The status change published on `order.status` (routing key: the new status).
+
+use crate::code::{Carrier, TrackingCode};
+use crate::event::{Location, Source};
+use crate::request::{Customer, MarketplaceRef, OrderId};
+use crate::status::Status;
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The namespace of change ids (UUID v5): the same change always gets the same id.
+pub const CHANGE_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_4c0e_9b7d_4e21_8f3a_2d5c_7b91_e044);
+
+/// The carrier's own words for the event that caused a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    pub code: String,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub description: String,
+    #[serde(default)]
+    pub location: Location,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub change_id: Uuid,
+    pub order_id: OrderId,
+    pub tracking_code: TrackingCode,
+    pub carrier: Carrier,
+    pub status: Status,
+    pub previous_status: Status,
+    /// The carrier's event time (RFC 3339 with offset).
+    pub occurred_at: DateTime<FixedOffset>,
+    pub source: Source,
+    pub event: ChangeEvent,
+    /// Why, for statuses that carry one (exception: customs, blocked; in_transit: delayed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub customer: Customer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marketplace: Option<MarketplaceRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_delivery: Option<DateTime<FixedOffset>>,
+}
+
+impl StatusChange {
+    /// A change is identified by the shipment, the new status and the event that caused it.
+    pub fn id_for(carrier: Carrier, code: &TrackingCode, status: Status, event_fingerprint: &str) -> Uuid {
+        let name = format!("{carrier}:{code}:{status}:{event_fingerprint}");
+        Uuid::new_v5(&CHANGE_NAMESPACE, name.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_ids_are_stable_and_distinct() {
+        let code = TrackingCode::parse("DL746686536BR").unwrap();
+        let a = StatusChange::id_for(Carrier::Correios, &code, Status::Delivered, "f1");
+        assert_eq!(a, StatusChange::id_for(Carrier::Correios, &code, Status::Delivered, "f1"));
+        assert_ne!(a, StatusChange::id_for(Carrier::Correios, &code, Status::Delivered, "f2"));
+        assert_ne!(a, StatusChange::id_for(Carrier::Correios, &code, Status::Returned, "f1"));
+    }
+}

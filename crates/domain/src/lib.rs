@@ -1,0 +1,27 @@
+//! The tracking domain: the types every worker shares, parsed where data enters the system.
+//!
+//! Layout:
+//! - [`code`]: tracking codes (UPU S10 check digit) and carrier detection.
+//! - [`status`]: the canonical statuses and which of them are final.
+//! - [`request`]: the tracking request operators publish, validated field by field.
+//! - [`event`]: what the fetcher publishes on `carrier.events` (a carrier's events, parsed but untouched).
+//! - [`change`]: the status change published on `order.status`.
+//! - [`table`]: carrier event codes → canonical status, loaded from a data file.
+//! - [`rules`]: which status a shipment is in, given its events.
+//!
+//! Nothing here does I/O; every type that crosses a queue is serde-serializable and
+//! can only hold valid values once parsed.
+
+pub mod change;
+pub mod code;
+pub mod event;
+pub mod request;
+pub mod rules;
+pub mod status;
+pub mod table;
+
+pub use change::{ChangeEvent, StatusChange};
+pub use code::{Carrier, TrackingCode};
+pub use event::{CarrierEvent, CarrierUpdate, Location, Source};
+pub use request::{Customer, EmailAddress, FieldError, InvalidRequest, Locale, MarketplaceRef, OrderId, TrackingRequest};
+pub use status::Status;

@@ -1,0 +1,377 @@
+//! The tracking request (contract.md), validated field by field so that every wrong field is named at once.
+
+use crate::code::{Carrier, TrackingCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+
+/// The store's order id: 1 to 100 printable characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrderId(String);
+
+impl OrderId {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s.chars().count() > 100 || s.chars().any(char::is_control) {
+            return Err("must be 1 to 100 printable characters".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An email address in the shape SMTP accepts: `local@domain.tld`, no spaces, at most 254 characters.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let valid = s.len() <= 254
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'))
+            && match s.split_once('@') {
+                Some((local, domain)) => {
+                    !local.is_empty()
+                        && !domain.contains('@')
+                        && domain.contains('.')
+                        && !domain.starts_with('.')
+                        && !domain.ends_with('.')
+                }
+                None => false,
+            };
+        if valid { Ok(Self(s.to_owned())) } else { Err(format!("{s:?} is not an email address")) }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// For logs: `a***@example.com`.
+    pub fn masked(&self) -> String {
+        match self.0.split_once('@') {
+            Some((local, domain)) => format!("{}***@{domain}", local.chars().next().unwrap_or('*')),
+            None => "***".into(),
+        }
+    }
+}
+
+impl fmt::Debug for EmailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EmailAddress({})", self.masked())
+    }
+}
+
+/// The customer's language for emails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum Locale {
+    #[default]
+    #[serde(rename = "pt-BR")]
+    PtBr,
+    #[serde(rename = "es")]
+    Es,
+    #[serde(rename = "en")]
+    En,
+}
+
+impl Locale {
+    pub const ALL: [Locale; 3] = [Locale::PtBr, Locale::Es, Locale::En];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Locale::PtBr => "pt-BR",
+            Locale::Es => "es",
+            Locale::En => "en",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Locale::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not one of pt-BR, es, en"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customer {
+    pub email: EmailAddress,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub locale: Locale,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarketplaceRef {
+    pub name: String,
+    pub order_id: String,
+}
+
+/// A valid tracking request. Build it with [`TrackingRequest::parse`] (from bytes) or
+/// [`TrackingRequest::from_value`]; serializes back to the contract's JSON shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackingRequest {
+    pub order_id: OrderId,
+    pub tracking_code: TrackingCode,
+    pub carrier: Carrier,
+    pub customer: Customer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marketplace: Option<MarketplaceRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice_number: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Why a request was refused: not JSON, or the list of wrong fields.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRequest {
+    #[error("not valid JSON: {0}")]
+    NotJson(String),
+    #[error("invalid fields: {}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
+    Fields(Vec<FieldError>),
+}
+
+impl InvalidRequest {
+    pub fn details(&self) -> Vec<FieldError> {
+        match self {
+            InvalidRequest::NotJson(m) => vec![FieldError { field: "$".into(), message: m.clone() }],
+            InvalidRequest::Fields(f) => f.clone(),
+        }
+    }
+}
+
+struct Fields<'a> {
+    errors: Vec<FieldError>,
+    root: &'a Value,
+}
+
+impl<'a> Fields<'a> {
+    fn err(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.push(FieldError { field: field.into(), message: message.into() });
+    }
+
+    fn get(&self, path: &str) -> Option<&'a Value> {
+        let mut v = self.root;
+        for part in path.split('.') {
+            v = v.get(part)?;
+        }
+        (!v.is_null()).then_some(v)
+    }
+
+    /// A string field: `None` when absent (an error when `required`), or when not a string (always an error).
+    fn string(&mut self, path: &str, required: bool) -> Option<&'a str> {
+        match self.get(path) {
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(_) => {
+                self.err(path, "must be a string");
+                None
+            }
+            None => {
+                if required {
+                    self.err(path, "is required");
+                }
+                None
+            }
+        }
+    }
+}
+
+impl TrackingRequest {
+    pub fn parse(bytes: &[u8]) -> Result<Self, InvalidRequest> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| InvalidRequest::NotJson(e.to_string()))?;
+        Self::from_value(&value)
+    }
+
+    pub fn from_value(value: &Value) -> Result<Self, InvalidRequest> {
+        if !value.is_object() {
+            return Err(InvalidRequest::Fields(vec![FieldError {
+                field: "$".into(),
+                message: "must be a JSON object".into(),
+            }]));
+        }
+        let mut f = Fields { errors: Vec::new(), root: value };
+
+        let order_id = f.string("order_id", true).and_then(|s| match OrderId::parse(s) {
+            Ok(v) => Some(v),
+            Err(m) => {
+                f.err("order_id", m);
+                None
+            }
+        });
+        let carrier_named = f.string("carrier", false).and_then(|s| match s.parse::<Carrier>() {
+            Ok(c) => Some(c),
+            Err(m) => {
+                f.err("carrier", m);
+                None
+            }
+        });
+        let code = f.string("tracking_code", true).and_then(|s| match TrackingCode::parse(s) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                f.err("tracking_code", e.to_string());
+                None
+            }
+        });
+        let carrier = match (&code, carrier_named) {
+            (Some(code), Some(carrier)) => match code.validate_for(carrier) {
+                Ok(()) => Some(carrier),
+                Err(e) => {
+                    f.err("tracking_code", e.to_string());
+                    None
+                }
+            },
+            (Some(code), None) if f.get("carrier").is_none() => match code.detect_carrier() {
+                Some(c) => Some(c),
+                None => {
+                    f.err(
+                        "carrier",
+                        format!("cannot be detected from tracking code {code} (not a valid Correios S10 code); name the carrier"),
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
+        if f.get("customer").is_some_and(|c| !c.is_object()) {
+            f.err("customer", "must be an object");
+        }
+        let email = f.string("customer.email", true).and_then(|s| match EmailAddress::parse(s) {
+            Ok(e) => Some(e),
+            Err(m) => {
+                f.err("customer.email", m);
+                None
+            }
+        });
+        let name = f.string("customer.name", false).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        let locale = match f.string("customer.locale", false) {
+            Some(s) => Locale::parse(s).unwrap_or_else(|m| {
+                f.err("customer.locale", m);
+                Locale::default()
+            }),
+            None => Locale::default(),
+        };
+        let marketplace = match f.get("marketplace") {
+            None => None,
+            Some(Value::Object(_)) => {
+                let name = f.string("marketplace.name", true).map(str::trim).filter(|s| !s.is_empty());
+                let mp_order = f.string("marketplace.order_id", true).map(str::trim).filter(|s| !s.is_empty());
+                match (name, mp_order) {
+                    (Some(n), Some(o)) => Some(MarketplaceRef { name: n.to_owned(), order_id: o.to_owned() }),
+                    (n, o) => {
+                        if n.is_none() && f.get("marketplace.name").is_some() {
+                            f.err("marketplace.name", "must not be empty");
+                        }
+                        if o.is_none() && f.get("marketplace.order_id").is_some() {
+                            f.err("marketplace.order_id", "must not be empty");
+                        }
+                        None
+                    }
+                }
+            }
+            Some(_) => {
+                f.err("marketplace", "must be an object");
+                None
+            }
+        };
+        let invoice_number = f.string("invoice_number", false).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+
+        match (order_id, code, carrier, email) {
+            (Some(order_id), Some(tracking_code), Some(carrier), Some(email)) if f.errors.is_empty() => Ok(Self {
+                order_id,
+                tracking_code,
+                carrier,
+                customer: Customer { email, name, locale },
+                marketplace,
+                invoice_number,
+            }),
+            _ => Err(InvalidRequest::Fields(f.errors)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn full() -> Value {
+        json!({
+            "order_id": "1385310000001-01",
+            "tracking_code": "DL746686536BR",
+            "carrier": "correios",
+            "customer": { "email": "ana@example.com", "name": "Ana Souza", "locale": "pt-BR" },
+            "marketplace": { "name": "acme", "order_id": "ACME-991" },
+            "invoice_number": "00012345",
+            "something_new": 1
+        })
+    }
+
+    #[test]
+    fn the_contract_example_parses_and_round_trips() {
+        let req = TrackingRequest::from_value(&full()).unwrap();
+        assert_eq!(req.carrier, Carrier::Correios);
+        assert_eq!(req.customer.locale, Locale::PtBr);
+        assert_eq!(req.marketplace.as_ref().unwrap().name, "acme");
+        let again = TrackingRequest::parse(&serde_json::to_vec(&req).unwrap()).unwrap();
+        assert_eq!(again, req);
+    }
+
+    #[test]
+    fn carrier_is_detected_and_locale_defaults() {
+        let req = TrackingRequest::from_value(&json!({
+            "order_id": "1", "tracking_code": "pg747937788br", "customer": {"email": "a@b.co"}
+        }))
+        .unwrap();
+        assert_eq!(req.carrier, Carrier::Correios);
+        assert_eq!(req.tracking_code.as_str(), "PG747937788BR");
+        assert_eq!(req.customer.locale, Locale::PtBr);
+        assert!(req.marketplace.is_none());
+    }
+
+    #[test]
+    fn every_wrong_field_is_named() {
+        let err = TrackingRequest::from_value(&json!({
+            "tracking_code": "AA123456789BR",
+            "customer": {"email": "not-an-email", "locale": "fr"},
+            "marketplace": {"name": "acme"}
+        }))
+        .unwrap_err();
+        let fields: Vec<_> = err.details().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["order_id", "carrier", "customer.email", "customer.locale", "marketplace.order_id"]);
+    }
+
+    #[test]
+    fn missing_email_and_bad_json_are_refused() {
+        let err = TrackingRequest::from_value(&json!({"order_id": "1", "tracking_code": "DL746686536BR"})).unwrap_err();
+        assert_eq!(err.details()[0].field, "customer.email");
+        assert!(matches!(TrackingRequest::parse(b"{not json"), Err(InvalidRequest::NotJson(_))));
+        assert!(TrackingRequest::parse(b"[1,2]").is_err());
+    }
+
+    #[test]
+    fn a_jadlog_request_must_name_its_carrier_and_fit_its_format() {
+        let ok = json!({"order_id": "1", "tracking_code": "10084500001234", "carrier": "jadlog", "customer": {"email": "a@b.co"}});
+        assert_eq!(TrackingRequest::from_value(&ok).unwrap().carrier, Carrier::Jadlog);
+        let unnamed = json!({"order_id": "1", "tracking_code": "10084500001234", "customer": {"email": "a@b.co"}});
+        assert_eq!(TrackingRequest::from_value(&unnamed).unwrap_err().details()[0].field, "carrier");
+    }
+
+    #[test]
+    fn emails_are_masked_for_logs() {
+        assert_eq!(EmailAddress::parse("ana@example.com").unwrap().masked(), "a***@example.com");
+        for bad in ["", "a@", "@b.co", "a b@c.de", "a@b", "a@@b.co"] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

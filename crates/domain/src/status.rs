@@ -1,0 +1,104 @@
+//! The canonical statuses (product.md). Small and exact: every carrier code maps to one of these.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Registered,
+    Posted,
+    InTransit,
+    OutForDelivery,
+    DeliveryFailed,
+    AwaitingPickup,
+    Delivered,
+    Returning,
+    Returned,
+    Exception,
+    Expired,
+}
+
+impl Status {
+    pub const ALL: [Status; 11] = [
+        Status::Registered,
+        Status::Posted,
+        Status::InTransit,
+        Status::OutForDelivery,
+        Status::DeliveryFailed,
+        Status::AwaitingPickup,
+        Status::Delivered,
+        Status::Returning,
+        Status::Returned,
+        Status::Exception,
+        Status::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Registered => "registered",
+            Status::Posted => "posted",
+            Status::InTransit => "in_transit",
+            Status::OutForDelivery => "out_for_delivery",
+            Status::DeliveryFailed => "delivery_failed",
+            Status::AwaitingPickup => "awaiting_pickup",
+            Status::Delivered => "delivered",
+            Status::Returning => "returning",
+            Status::Returned => "returned",
+            Status::Exception => "exception",
+            Status::Expired => "expired",
+        }
+    }
+
+    /// Delivered and returned end a parcel's journey: polling winds down after them.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Delivered | Status::Returned)
+    }
+
+    /// The statuses a customer is emailed about by default (product.md: posted, out for delivery,
+    /// failed attempt, awaiting pickup, delivered, being returned, exception).
+    pub fn notifies_customer_by_default(self) -> bool {
+        matches!(
+            self,
+            Status::Posted
+                | Status::OutForDelivery
+                | Status::DeliveryFailed
+                | Status::AwaitingPickup
+                | Status::Delivered
+                | Status::Returning
+                | Status::Exception
+        )
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown status {s:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_serde_and_from_str() {
+        for s in Status::ALL {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+            assert_eq!(s.as_str().parse::<Status>().unwrap(), s);
+        }
+        assert!("lost".parse::<Status>().is_err());
+    }
+}

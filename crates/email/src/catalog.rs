@@ -1,0 +1,59 @@
+//! The per-locale catalog files (`templates/<locale>.toml`): the words of every email.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// One locale's catalog. Unknown keys are refused, so a misspelt key fails at start-up.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Catalog {
+    /// chrono strftime pattern for dates (the estimated delivery).
+    pub date_format: String,
+    /// chrono strftime pattern for date and time (when the event happened).
+    pub datetime_format: String,
+    pub common: Common,
+    pub labels: Labels,
+    /// The mapping's reason words (`customs`, `blocked`, ...) in this language.
+    pub reasons: HashMap<String, String>,
+    /// Keyed by status name (`posted`, `out_for_delivery`, ...).
+    pub status: BTreeMap<String, StatusTexts>,
+}
+
+/// Templates shared by every email of a locale.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Common {
+    pub greeting: String,
+    pub signature: String,
+    pub footer: String,
+}
+
+/// Field names for the details block; plain strings, handed to the layouts as `t`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Labels {
+    pub order: String,
+    pub tracking_code: String,
+    pub carrier: String,
+    pub place: String,
+    pub occurred_at: String,
+    pub estimated_delivery: String,
+    pub carrier_says: String,
+    pub reason: String,
+    pub track: String,
+    pub track_button: String,
+}
+
+/// The templates for one status.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatusTexts {
+    pub subject: String,
+    pub body: String,
+}
+
+impl Catalog {
+    pub(crate) fn parse(source: &str) -> Result<Self, String> {
+        toml::from_str(source).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,29 @@
+//! Customer emails about status changes: rendering them in the customer's language, and sending them
+//! over SMTP with a clear retry-or-park decision.
+//!
+//! The email publisher consumes each [`StatusChange`](tracking_domain::StatusChange) from `order.status`,
+//! asks the [`Renderer`] for its email (none for statuses customers are not told about), and hands it to
+//! the [`Mailer`] with a Message-ID derived from the change id ([`Mailer::message_id`]), so the same change
+//! always produces the same Message-ID.
+//!
+//! Layout:
+//! - [`render`]: [`Renderer`], [`TemplateSettings`], [`RenderedEmail`]. The words live in
+//!   `templates/<locale>.toml` (pt-BR, es, en: a subject and a body template per notified status, plus
+//!   greeting, signature, footer, field labels, reason names and date formats); the shape lives in
+//!   `templates/layout.txt` and `templates/layout.html`. All of them are minijinja templates, embedded in
+//!   the binary and checked once by [`Renderer::new`], which renders every one with sample data. The HTML
+//!   layout is auto-escaped: names, places and carrier texts are inserted as text, never as markup.
+//! - [`mailer`]: [`Mailer`], [`MailerSettings`]. lettre's pooled async SMTP transport; [`SendError`]
+//!   tells transient failures (4xx answers, connection, timeout, TLS, I/O: retry) from permanent ones
+//!   (5xx answers, an address SMTP cannot carry: park, with the server's answer in the message).
+//!
+//! Times are shown in [`TemplateSettings::time_zone`], whatever offset the carrier reported them in.
+//! The rendered emails are pinned by snapshot tests (`tests/snapshots/`, rewritten with
+//! `UPDATE_SNAPSHOTS=1 cargo test -p tracking-email`).
+
+mod catalog;
+pub mod mailer;
+pub mod render;
+
+pub use mailer::{Mailer, MailerConfigError, MailerSettings, SendError};
+pub use render::{RenderError, RenderedEmail, Renderer, TemplateSettings};

@@ -1,0 +1,276 @@
+//! Sending a rendered email over SMTP, and deciding whether a failure is worth retrying.
+
+use crate::render::RenderedEmail;
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::{AsyncSmtpTransportBuilder, PoolConfig};
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+use tracking_domain::EmailAddress;
+use uuid::Uuid;
+
+/// How to reach the SMTP server and whom emails come from.
+#[derive(Debug, Clone)]
+pub struct MailerSettings {
+    /// `smtp://host:port` (plain, for a local relay or a test server), `smtp://host:587?tls=required`
+    /// (STARTTLS) or `smtps://user:password@host:465` (TLS from the start). A secret because it may hold
+    /// a password: it never appears in `Debug` output or in errors.
+    pub smtp_url: SecretString,
+    /// The sender, `Store <noreply@store.example>` or a bare address. Its domain also names the
+    /// Message-IDs, so that they are unique to this sender.
+    pub from: String,
+    /// The limit for one send, from connecting (or taking a pooled connection) to the server's
+    /// acceptance of the message; a send that hits it is a transient failure. Short enough that a hung
+    /// server is noticed and the email retried, long enough for a loaded server to answer.
+    pub timeout: Duration,
+    /// The most idle SMTP connections kept open for reuse. It does not limit concurrency: a send that
+    /// finds no idle connection opens one, closed afterwards if the pool is full. Concurrency is the
+    /// worker's prefetch.
+    pub pool_max_size: u32,
+}
+
+/// Why [`Mailer::new`] refused its settings. Messages name what is wrong without showing the URL's password.
+#[derive(Debug, thiserror::Error)]
+pub enum MailerConfigError {
+    #[error(
+        "the SMTP URL is not usable: {0} (expected smtp://host:port, smtp://host:587?tls=required or smtps://user:password@host:465)"
+    )]
+    SmtpUrl(String),
+    #[error("the sender address {value:?} is not valid: {reason}")]
+    From { value: String, reason: String },
+    #[error("the SMTP pool size must be at least 1")]
+    PoolSize,
+    #[error("the SMTP timeout must be longer than zero")]
+    Timeout,
+    #[error(
+        "the mailer must be created inside a Tokio runtime (its connection pool runs a cleanup task)"
+    )]
+    NoRuntime,
+}
+
+/// Why an email was not accepted. Decided once, here: the worker retries transient failures and parks
+/// permanent ones.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// 4xx answers, refused connections, timeouts, TLS and I/O errors: the same email may go through later.
+    #[error("transient SMTP failure: {0}")]
+    Transient(String),
+    /// 5xx answers (e.g. 550 mailbox unavailable) and addresses SMTP cannot carry: sending again will
+    /// fail again. The message holds the server's answer (code and text).
+    #[error("permanent SMTP failure: {0}")]
+    Permanent(String),
+}
+
+impl SendError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SendError::Transient(_))
+    }
+
+    fn from_smtp(err: &lettre::transport::smtp::Error) -> SendError {
+        // lettre's Display for an SMTP answer is "permanent error (550): <the server's text>".
+        if err.is_permanent() {
+            SendError::Permanent(err.to_string())
+        } else if err.is_timeout() {
+            SendError::Transient(format!("timed out: {err}"))
+        } else {
+            // 4xx answers (is_transient), and everything that is not an answer: connection, TLS, I/O,
+            // an unparseable response, a pool that was shut down.
+            SendError::Transient(err.to_string())
+        }
+    }
+}
+
+/// Sends emails through a pool of SMTP connections. Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct Mailer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Builds a fresh pool when the current one is retired (see [`Mailer::retire`]).
+    builder: AsyncSmtpTransportBuilder,
+    /// The pool in use and its generation.
+    pool: RwLock<(u64, AsyncSmtpTransport<Tokio1Executor>)>,
+    from: Mailbox,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The transport's Debug would show the server's credentials.
+        f.debug_struct("Mailer")
+            .field("from", &self.inner.from.to_string())
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mailer {
+    /// Checks the settings and prepares the connection pool (connections are opened on the first send).
+    /// Must be called inside a Tokio runtime.
+    pub fn new(settings: &MailerSettings) -> Result<Mailer, MailerConfigError> {
+        let from: Mailbox =
+            settings
+                .from
+                .trim()
+                .parse()
+                .map_err(|e: lettre::address::AddressError| MailerConfigError::From {
+                    value: settings.from.clone(),
+                    reason: e.to_string(),
+                })?;
+        if settings.pool_max_size == 0 {
+            return Err(MailerConfigError::PoolSize);
+        }
+        if settings.timeout.is_zero() {
+            return Err(MailerConfigError::Timeout);
+        }
+        let url = settings.smtp_url.expose_secret();
+        let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+            .map_err(|e| MailerConfigError::SmtpUrl(redact(&e.to_string(), url)))?
+            .timeout(Some(settings.timeout))
+            .pool_config(PoolConfig::new().max_size(settings.pool_max_size));
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(MailerConfigError::NoRuntime);
+        }
+        let pool = builder.clone().build();
+        Ok(Mailer {
+            inner: Arc::new(Inner {
+                builder,
+                pool: RwLock::new((0, pool)),
+                from,
+                timeout: settings.timeout,
+            }),
+        })
+    }
+
+    /// The Message-ID for a change's email: `<{change_id}@{domain of the from address}>`. The same change
+    /// always gets the same id, so a resent email can be recognised as the same one.
+    pub fn message_id(&self, change_id: Uuid) -> String {
+        format!("<{change_id}@{}>", self.inner.from.email.domain())
+    }
+
+    /// Sends one email (multipart/alternative: text and HTML, UTF-8) and returns once the SMTP server has
+    /// accepted it. `message_id` comes from [`Mailer::message_id`]. The whole send (connecting included)
+    /// is bounded by [`MailerSettings::timeout`].
+    pub async fn send(
+        &self,
+        to: &EmailAddress,
+        to_name: Option<&str>,
+        email: &RenderedEmail,
+        message_id: &str,
+    ) -> Result<(), SendError> {
+        let address: Address =
+            to.as_str()
+                .parse()
+                .map_err(|e: lettre::address::AddressError| {
+                    SendError::Permanent(format!(
+                        "the recipient address {} cannot be used: {e}",
+                        to.masked()
+                    ))
+                })?;
+        let name = to_name
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned);
+        let message = Message::builder()
+            .from(self.inner.from.clone())
+            .to(Mailbox::new(name, address))
+            .subject(email.subject.clone())
+            .message_id(Some(message_id.to_owned()))
+            .multipart(
+                MultiPart::alternative()
+                    .singlepart(
+                        SinglePart::builder()
+                            .header(ContentType::TEXT_PLAIN)
+                            .body(email.text.clone()),
+                    )
+                    .singlepart(
+                        SinglePart::builder()
+                            .header(ContentType::TEXT_HTML)
+                            .body(email.html.clone()),
+                    ),
+            )
+            .map_err(|e| SendError::Permanent(format!("the message could not be built: {e}")))?;
+
+        let (generation, transport) = self.current_pool();
+        // lettre's async transport applies its timeout to connecting only: a server that accepts the
+        // connection and then stops answering would hold this send forever.
+        match tokio::time::timeout(self.inner.timeout, transport.send(message)).await {
+            Ok(Ok(response)) => {
+                tracing::debug!(
+                    to = %to.masked(),
+                    message_id,
+                    code = %response.code(),
+                    "The SMTP server accepted the email."
+                );
+                Ok(())
+            }
+            Ok(Err(err)) => Err(SendError::from_smtp(&err)),
+            Err(_elapsed) => {
+                self.retire(generation);
+                Err(SendError::Transient(format!(
+                    "the SMTP server did not complete the send within {:?}",
+                    self.inner.timeout
+                )))
+            }
+        }
+    }
+
+    fn current_pool(&self) -> (u64, AsyncSmtpTransport<Tokio1Executor>) {
+        let guard = self
+            .inner
+            .pool
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        (guard.0, guard.1.clone())
+    }
+
+    /// Replaces the pool after a send was abandoned mid-conversation. lettre hands the abandoned
+    /// connection back to its pool as if it were idle; its late answer would then be read as the answer
+    /// to the next command of another email. Sends already running on the old pool finish on it; its
+    /// connections close when the last of them drops it.
+    fn retire(&self, generation: u64) {
+        let mut guard = self
+            .inner
+            .pool
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if guard.0 == generation {
+            *guard = (generation + 1, self.inner.builder.clone().build());
+            tracing::debug!("Replaced the SMTP connection pool after a send timed out.");
+        }
+    }
+}
+
+/// Removes the URL's password, as written in the URL, from a message, should a parser ever echo it.
+fn redact(message: &str, url: &str) -> String {
+    let mut out = message.to_owned();
+    if let Some((userinfo, _)) = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        && let Some((_, password)) = userinfo.split_once(':')
+        && !password.is_empty()
+    {
+        out = out.replace(password, "***");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("bad smtps://u:hunter2@h", "smtps://u:hunter2@h"),
+            "bad smtps://u:***@h"
+        );
+        assert_eq!(
+            redact("no password here", "smtp://h:25"),
+            "no password here"
+        );
+    }
+}

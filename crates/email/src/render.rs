@@ -1,0 +1,440 @@
+//! Rendering a status change into a customer email: subject, plain text and HTML.
+
+use crate::catalog::{Catalog, Labels};
+use chrono::{DateTime, FixedOffset};
+use chrono_tz::Tz;
+use minijinja::{Environment, UndefinedBehavior, Value, context};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use tracking_domain::{Carrier, Locale, Status, StatusChange};
+
+/// The two layouts every email is poured into. The `.html` name turns on minijinja's HTML auto-escaping.
+const LAYOUT_HTML: (&str, &str) = ("layout.html", include_str!("../templates/layout.html"));
+const LAYOUT_TXT: (&str, &str) = ("layout.txt", include_str!("../templates/layout.txt"));
+
+/// One catalog per locale: the words of every email, and the date formats.
+const CATALOGS: [(Locale, &str); 3] = [
+    (Locale::PtBr, include_str!("../templates/pt-BR.toml")),
+    (Locale::Es, include_str!("../templates/es.toml")),
+    (Locale::En, include_str!("../templates/en.toml")),
+];
+
+/// What the store decides about its emails.
+#[derive(Debug, Clone)]
+pub struct TemplateSettings {
+    /// The store's name, in subjects, greetings and signatures.
+    pub store_name: String,
+    /// The carrier's public tracking page, with `{code}` where the tracking code goes. A carrier without a
+    /// pattern gets emails without a tracking link (the code is still in them).
+    pub tracking_urls: HashMap<Carrier, String>,
+    /// The customer's time zone: carrier times are shown in it (they arrive with whatever offset the
+    /// carrier used).
+    pub time_zone: Tz,
+}
+
+impl Default for TemplateSettings {
+    fn default() -> Self {
+        Self {
+            store_name: "Our store".into(),
+            tracking_urls: HashMap::from([
+                (
+                    Carrier::Correios,
+                    "https://rastreamento.correios.com.br/app/index.php?objeto={code}".into(),
+                ),
+                (
+                    Carrier::Jadlog,
+                    "https://www.jadlog.com.br/tracking?cte={code}".into(),
+                ),
+            ]),
+            time_zone: chrono_tz::America::Sao_Paulo,
+        }
+    }
+}
+
+/// A rendered email, ready for [`crate::Mailer::send`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedEmail {
+    /// One line, whitespace collapsed.
+    pub subject: String,
+    /// The plain-text part.
+    pub text: String,
+    /// The HTML part; every value in it is escaped.
+    pub html: String,
+}
+
+/// Why templates could not be loaded or an email could not be rendered. Loading errors happen at
+/// start-up ([`Renderer::new`] renders every template once with sample data); a render error later
+/// means a change carried something the templates cannot show, and retrying will not help.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("the {locale} email catalog is invalid: {message}")]
+    Catalog {
+        locale: &'static str,
+        message: String,
+    },
+    #[error("template {name} failed: {source:#}")]
+    Template {
+        name: String,
+        #[source]
+        source: minijinja::Error,
+    },
+    #[error("the {locale} date format {format:?} is invalid")]
+    DateFormat {
+        locale: &'static str,
+        format: String,
+    },
+}
+
+/// The words and formats of one locale (the templates themselves live in the environment).
+struct LocaleData {
+    date_format: String,
+    datetime_format: String,
+    labels: Labels,
+    reasons: HashMap<String, String>,
+}
+
+/// Renders status changes into emails. Build it once at start-up: templates are parsed and checked there.
+pub struct Renderer {
+    env: Environment<'static>,
+    settings: TemplateSettings,
+    locales: HashMap<Locale, LocaleData>,
+}
+
+impl std::fmt::Debug for Renderer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renderer")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a template can use. Absent values are `none`, never undefined: templates run with strict
+/// undefined checks, so a misspelt variable fails at start-up instead of leaving a blank in an email.
+#[derive(Debug, Serialize)]
+struct Fields<'a> {
+    store: &'a str,
+    locale: &'static str,
+    name: Option<&'a str>,
+    order_id: &'a str,
+    tracking_code: &'a str,
+    carrier: &'static str,
+    carrier_name: &'static str,
+    status: &'static str,
+    place: Option<String>,
+    occurred_at: String,
+    estimated_delivery: Option<String>,
+    carrier_says: Option<&'a str>,
+    reason: Option<&'a str>,
+    reason_text: Option<String>,
+    tracking_url: Option<String>,
+    t: &'a Labels,
+}
+
+/// The statuses that email the customer, as the domain defines them.
+fn notified_statuses() -> impl Iterator<Item = Status> {
+    Status::ALL
+        .into_iter()
+        .filter(|s| s.notifies_customer_by_default())
+}
+
+fn template_name(locale: Locale, part: &str) -> String {
+    format!("{}/{part}.txt", locale.as_str())
+}
+
+/// The carrier's name as customers know it.
+fn carrier_name(carrier: Carrier) -> &'static str {
+    match carrier {
+        Carrier::Correios => "Correios",
+        Carrier::Jadlog => "Jadlog",
+    }
+}
+
+fn non_empty(s: Option<&str>) -> Option<&str> {
+    s.map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Escapes a value for a double-quoted HTML attribute.
+fn escape_attribute(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn format_time(
+    locale: Locale,
+    at: &DateTime<FixedOffset>,
+    tz: Tz,
+    format: &str,
+) -> Result<String, RenderError> {
+    let mut out = String::new();
+    // `write!` reports a bad pattern as an error; `to_string()` would panic on it.
+    write!(out, "{}", at.with_timezone(&tz).format(format)).map_err(|_| {
+        RenderError::DateFormat {
+            locale: locale.as_str(),
+            format: format.to_owned(),
+        }
+    })?;
+    Ok(out)
+}
+
+impl Renderer {
+    /// Parses the catalogs and layouts, compiles every template, and renders each one with sample data
+    /// (with every optional value present, and with none) so that a broken template stops the worker at
+    /// start-up rather than parking every email.
+    pub fn new(settings: TemplateSettings) -> Result<Renderer, RenderError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        for (name, source) in [LAYOUT_HTML, LAYOUT_TXT] {
+            env.add_template(name, source)
+                .map_err(|source| RenderError::Template {
+                    name: name.into(),
+                    source,
+                })?;
+        }
+
+        let mut locales = HashMap::new();
+        for (locale, source) in CATALOGS {
+            let catalog = Catalog::parse(source).map_err(|message| RenderError::Catalog {
+                locale: locale.as_str(),
+                message,
+            })?;
+            let mut templates = vec![
+                ("greeting".to_owned(), catalog.common.greeting),
+                ("signature".to_owned(), catalog.common.signature),
+                ("footer".to_owned(), catalog.common.footer),
+            ];
+            for status in notified_statuses() {
+                let texts =
+                    catalog
+                        .status
+                        .get(status.as_str())
+                        .ok_or_else(|| RenderError::Catalog {
+                            locale: locale.as_str(),
+                            message: format!(
+                                "[status.{status}] is missing (customers are emailed about it)"
+                            ),
+                        })?;
+                templates.push((format!("{status}/subject"), texts.subject.clone()));
+                templates.push((format!("{status}/body"), texts.body.clone()));
+            }
+            if let Some(extra) = catalog
+                .status
+                .keys()
+                .find(|k| !notified_statuses().any(|s| s.as_str() == k.as_str()))
+            {
+                return Err(RenderError::Catalog {
+                    locale: locale.as_str(),
+                    message: format!(
+                        "[status.{extra}] is not a status customers are emailed about (a typo?)"
+                    ),
+                });
+            }
+            for (part, source) in templates {
+                let name = template_name(locale, &part);
+                env.add_template_owned(name.clone(), source)
+                    .map_err(|source| RenderError::Template { name, source })?;
+            }
+            locales.insert(
+                locale,
+                LocaleData {
+                    date_format: catalog.date_format,
+                    datetime_format: catalog.datetime_format,
+                    labels: catalog.labels,
+                    reasons: catalog.reasons,
+                },
+            );
+        }
+
+        let renderer = Renderer {
+            env,
+            settings,
+            locales,
+        };
+        renderer.self_check()?;
+        Ok(renderer)
+    }
+
+    /// Renders the email for a change, or `Ok(None)` when customers are not emailed about its status
+    /// (registered, in_transit, returned, expired: see [`Status::notifies_customer_by_default`]).
+    pub fn render(&self, change: &StatusChange) -> Result<Option<RenderedEmail>, RenderError> {
+        if !change.status.notifies_customer_by_default() {
+            return Ok(None);
+        }
+        let locale = change.customer.locale;
+        let data = self.locale(locale)?;
+        let place = {
+            let city = non_empty(change.event.location.city.as_deref());
+            let state = non_empty(change.event.location.state.as_deref());
+            match (city, state) {
+                (Some(c), Some(s)) => Some(format!("{c}/{s}")),
+                (Some(one), None) | (None, Some(one)) => Some(one.to_owned()),
+                (None, None) => None,
+            }
+        };
+        // The carrier's estimate helps while the parcel is still on its way; once it is out for delivery
+        // (today), waiting for pickup, delivered or heading back, it would contradict the email.
+        let estimated_delivery = match (change.status, &change.estimated_delivery) {
+            (Status::Posted | Status::DeliveryFailed | Status::Exception, Some(at)) => Some(
+                format_time(locale, at, self.settings.time_zone, &data.date_format)?,
+            ),
+            _ => None,
+        };
+        let reason = non_empty(change.reason.as_deref());
+        let fields = Fields {
+            store: &self.settings.store_name,
+            locale: locale.as_str(),
+            name: non_empty(change.customer.name.as_deref()),
+            order_id: change.order_id.as_str(),
+            tracking_code: change.tracking_code.as_str(),
+            carrier: change.carrier.as_str(),
+            carrier_name: carrier_name(change.carrier),
+            status: change.status.as_str(),
+            place,
+            occurred_at: format_time(
+                locale,
+                &change.occurred_at,
+                self.settings.time_zone,
+                &data.datetime_format,
+            )?,
+            estimated_delivery,
+            carrier_says: non_empty(Some(change.event.description.as_str())),
+            reason,
+            reason_text: reason
+                .map(|r| data.reasons.get(r).cloned().unwrap_or_else(|| r.to_owned())),
+            tracking_url: self
+                .settings
+                .tracking_urls
+                .get(&change.carrier)
+                .map(|pattern| pattern.replace("{code}", change.tracking_code.as_str())),
+            t: &data.labels,
+        };
+        self.render_fields(locale, change.status, &fields).map(Some)
+    }
+
+    fn locale(&self, locale: Locale) -> Result<&LocaleData, RenderError> {
+        self.locales
+            .get(&locale)
+            .ok_or_else(|| RenderError::Catalog {
+                locale: locale.as_str(),
+                message: "no catalog for this locale".into(),
+            })
+    }
+
+    fn render_template(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
+        self.env
+            .get_template(name)
+            .and_then(|t| t.render(ctx))
+            .map_err(|source| RenderError::Template {
+                name: name.to_owned(),
+                source,
+            })
+    }
+
+    fn render_fields(
+        &self,
+        locale: Locale,
+        status: Status,
+        fields: &Fields<'_>,
+    ) -> Result<RenderedEmail, RenderError> {
+        let ctx = Value::from_serialize(fields);
+        let part = |p: &str| self.render_template(&template_name(locale, p), &ctx);
+        let subject = part(&format!("{status}/subject"))?
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let body = part(&format!("{status}/body"))?.trim().to_owned();
+        let greeting = part("greeting")?.trim().to_owned();
+        let signature = part("signature")?.trim().to_owned();
+        let footer = part("footer")?.trim().to_owned();
+
+        let body_paragraphs: Vec<&str> = body
+            .split("\n\n")
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        let signature_lines: Vec<&str> = signature.lines().map(str::trim).collect();
+        // minijinja's escaper also turns `/` into `&#x2f;`: valid, but links read better without it.
+        let tracking_href = fields
+            .tracking_url
+            .as_deref()
+            .map(|url| Value::from_safe_string(escape_attribute(url)));
+        let layout_ctx = context! {
+            subject => &subject,
+            greeting => &greeting,
+            body => &body,
+            body_paragraphs => body_paragraphs,
+            signature => &signature,
+            signature_lines => signature_lines,
+            footer => &footer,
+            tracking_href => tracking_href,
+            ..ctx.clone()
+        };
+        let mut text = self.render_template(LAYOUT_TXT.0, &layout_ctx)?;
+        text.truncate(text.trim_end().len());
+        text.push('\n');
+        let html = self.render_template(LAYOUT_HTML.0, &layout_ctx)?;
+        Ok(RenderedEmail {
+            subject,
+            text,
+            html,
+        })
+    }
+
+    /// Renders every template of every locale with sample data: all optional values present (for each
+    /// reason the templates branch on, and one they do not know), then none of them.
+    fn self_check(&self) -> Result<(), RenderError> {
+        for locale in Locale::ALL {
+            let data = self.locale(locale)?;
+            for status in notified_statuses() {
+                for reason in [
+                    Some("customs"),
+                    Some("blocked"),
+                    Some("something new"),
+                    None,
+                ] {
+                    let full = reason.is_some();
+                    let fields = Fields {
+                        store: &self.settings.store_name,
+                        locale: locale.as_str(),
+                        name: full.then_some("Ana"),
+                        order_id: "1",
+                        tracking_code: "AA123456785BR",
+                        carrier: Carrier::Correios.as_str(),
+                        carrier_name: carrier_name(Carrier::Correios),
+                        status: status.as_str(),
+                        place: full.then(|| "CAMPINAS/SP".to_owned()),
+                        occurred_at: "-".into(),
+                        estimated_delivery: full.then(|| "-".to_owned()),
+                        carrier_says: full.then_some("-"),
+                        reason,
+                        reason_text: reason.map(str::to_owned),
+                        tracking_url: full.then(|| "https://example.com/".to_owned()),
+                        t: &data.labels,
+                    };
+                    self.render_fields(locale, status, &fields)?;
+                }
+            }
+            let sample = DateTime::<FixedOffset>::default();
+            format_time(locale, &sample, self.settings.time_zone, &data.date_format)?;
+            format_time(
+                locale,
+                &sample,
+                self.settings.time_zone,
+                &data.datetime_format,
+            )?;
+        }
+        Ok(())
+    }
+}

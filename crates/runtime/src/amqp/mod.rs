@@ -1,0 +1,132 @@
+//! RabbitMQ: the contract's topology, a confirming publisher, and the consume loop.
+//!
+//! Publishing and consuming use separate connections (a memory or disk alarm blocks publishing
+//! connections only, and a worker that consumed and published on one connection could stall).
+
+mod consumer;
+mod publisher;
+pub mod topology;
+
+pub use consumer::{Handler, Incoming, Outcome, run_consumer};
+pub use publisher::{Outgoing, PublishError, Publisher};
+
+use crate::settings::{self, SettingsError};
+use secrecy::{ExposeSecret, SecretString};
+use std::time::Duration;
+
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Broker settings shared by every worker.
+#[derive(Clone)]
+pub struct AmqpSettings {
+    /// `AMQP_URL`: may hold a password, so it is a secret and never printed.
+    pub url: SecretString,
+    /// `PREFETCH`: deliveries a consumer holds unacked at once, and so how many it handles concurrently.
+    pub prefetch: u16,
+    /// `PUBLISH_TIMEOUT_MS`: how long a publish may wait for the broker's confirm before it counts as failed
+    /// (a publish can hang when the server closes the connection).
+    pub publish_timeout: Duration,
+    /// `RETRY_DELAYS_MS`: the delay tiers of the `Q.retry.*` queues; a retry waits in the smallest tier at least as long as asked.
+    pub retry_delays: Vec<Duration>,
+    /// `MAX_ATTEMPTS`: attempts per message before it is parked as "retries exhausted".
+    pub max_attempts: u32,
+    /// `RECONNECT_MAX_DELAY_MS`: the cap of the reconnect backoff.
+    pub reconnect_max_delay: Duration,
+    /// `SHUTDOWN_GRACE_MS`: how long in-flight messages may take to finish after shutdown is asked; the rest go back to the queue.
+    pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for AmqpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSettings")
+            .field("url", &redact(self.url.expose_secret()))
+            .field("prefetch", &self.prefetch)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("retry_delays", &self.retry_delays)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `amqp://user:***@host/vhost`: for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl AmqpSettings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let url = settings::var_or("AMQP_URL", DEFAULT_AMQP_URL);
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(SettingsError::new("AMQP_URL", "must start with amqp:// or amqps://"));
+        }
+        let prefetch = settings::parse("PREFETCH", 32u16)?;
+        if prefetch == 0 {
+            return Err(SettingsError::new("PREFETCH", "must be at least 1"));
+        }
+        let max_attempts = settings::parse("MAX_ATTEMPTS", 8u32)?;
+        if max_attempts == 0 {
+            return Err(SettingsError::new("MAX_ATTEMPTS", "must be at least 1"));
+        }
+        Ok(Self {
+            url: SecretString::from(url),
+            prefetch,
+            publish_timeout: settings::millis("PUBLISH_TIMEOUT_MS", 10_000)?,
+            retry_delays: settings::millis_list("RETRY_DELAYS_MS", &[1_000, 10_000, 60_000, 600_000])?,
+            max_attempts,
+            reconnect_max_delay: settings::millis("RECONNECT_MAX_DELAY_MS", 30_000)?,
+            shutdown_grace: settings::millis("SHUTDOWN_GRACE_MS", 20_000)?,
+        })
+    }
+
+    /// Defaults for a given URL (tests).
+    pub fn with_url(url: &str) -> Self {
+        Self {
+            url: SecretString::from(url.to_owned()),
+            prefetch: 32,
+            publish_timeout: Duration::from_secs(10),
+            retry_delays: vec![Duration::from_millis(200), Duration::from_secs(1)],
+            max_attempts: 5,
+            reconnect_max_delay: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+pub(crate) async fn connect(settings: &AmqpSettings, name: &str) -> lapin::Result<lapin::Connection> {
+    let props = lapin::ConnectionProperties::default().with_connection_name(name.into());
+    lapin::Connection::connect(settings.url.expose_secret(), props).await
+}
+
+/// Backoff for reconnecting: 100 ms doubling up to the cap, with full jitter.
+pub(crate) fn reconnect_delay(failures: u32, cap: Duration) -> Duration {
+    let exp = Duration::from_millis(100).saturating_mul(2u32.saturating_pow(failures.min(16)));
+    let ceiling = exp.min(cap);
+    ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("amqp://guest:secret@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+        let s = AmqpSettings::with_url("amqp://u:pw@h/v");
+        assert!(!format!("{s:?}").contains("pw"));
+    }
+
+    #[test]
+    fn reconnect_delay_is_capped() {
+        for f in 0..40 {
+            assert!(reconnect_delay(f, Duration::from_secs(3)) <= Duration::from_secs(3));
+        }
+    }
+}

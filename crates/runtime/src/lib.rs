@@ -1,0 +1,16 @@
+//! The worker runtime: everything a worker needs that knows nothing of carriers, orders or emails.
+//!
+//! - [`settings`]: reading typed settings from the environment, with errors that name the variable.
+//! - [`telemetry`]: one tracing setup (`RUST_LOG`, `LOG_FORMAT` = `text` | `json`).
+//! - [`ops`]: `GET /health` and `GET /metrics` on `METRICS_ADDR`, and the [`ops::Health`] the worker updates.
+//! - [`shutdown`]: a `CancellationToken` cancelled on SIGTERM or SIGINT.
+//! - [`amqp`]: the RabbitMQ topology of the contract, a publisher with confirms, and the
+//!   consume → handle → ack / retry / park loop that every queue worker runs with its own [`amqp::Handler`].
+//!
+//! A worker's `main` is a composition root: telemetry, settings, clients, then its `run(…, shutdown)`.
+
+pub mod amqp;
+pub mod ops;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,139 @@
+//! `GET /health` and `GET /metrics` for every worker, on `METRICS_ADDR`.
+//!
+//! `/health` answers `{"status": "ok"}` (200) when every connection the worker needs is up, and
+//! `{"status": "unavailable", "components": {...}}` (503) otherwise. Workers may add sections that do not
+//! affect the status (the fetcher's `carriers`): a broken carrier makes the fetcher loud, not unhealthy.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What a worker reports about itself. Cheap to clone; all clones share state.
+#[derive(Clone, Default)]
+pub struct Health {
+    inner: Arc<Mutex<HealthState>>,
+}
+
+#[derive(Default)]
+struct HealthState {
+    components: BTreeMap<&'static str, bool>,
+    sections: Map<String, Value>,
+}
+
+impl Health {
+    /// A health with the named components, all down until set up.
+    pub fn new(components: &[&'static str]) -> Self {
+        let h = Health::default();
+        for c in components {
+            h.set(c, false);
+        }
+        h
+    }
+
+    pub fn set(&self, component: &'static str, up: bool) {
+        if let Ok(mut s) = self.inner.lock() {
+            s.components.insert(component, up);
+        }
+    }
+
+    /// An informational section (e.g. `carriers`) shown in `/health` without changing its status.
+    pub fn set_section(&self, name: &str, value: Value) {
+        if let Ok(mut s) = self.inner.lock() {
+            s.sections.insert(name.to_owned(), value);
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.inner.lock().map(|s| s.components.values().all(|up| *up)).unwrap_or(false)
+    }
+
+    pub fn report(&self) -> (bool, Value) {
+        let Ok(s) = self.inner.lock() else {
+            return (false, json!({"status": "unavailable"}));
+        };
+        let ok = s.components.values().all(|up| *up);
+        let mut body = Map::new();
+        body.insert("status".into(), json!(if ok { "ok" } else { "unavailable" }));
+        let components: Map<String, Value> =
+            s.components.iter().map(|(k, v)| ((*k).to_owned(), json!(if *v { "up" } else { "down" }))).collect();
+        body.insert("components".into(), Value::Object(components));
+        for (k, v) in &s.sections {
+            body.insert(k.clone(), v.clone());
+        }
+        (ok, Value::Object(body))
+    }
+}
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn metrics_handle() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // A second install in the same process (tests) fails harmlessly; the handle still renders.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+#[derive(Clone)]
+struct OpsState {
+    health: Health,
+    metrics: PrometheusHandle,
+}
+
+async fn health(State(s): State<OpsState>) -> Response {
+    let (ok, body) = s.health.report();
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(body)).into_response()
+}
+
+async fn metrics_page(State(s): State<OpsState>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+/// The ops routes, for servers that want to merge them into their own router.
+pub fn router(health_state: Health) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_page))
+        .with_state(OpsState { health: health_state, metrics: metrics_handle() })
+}
+
+/// Binds `addr` and serves `/health` and `/metrics` until `shutdown`. Returns the bound address.
+pub async fn serve(addr: SocketAddr, health_state: Health, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let handle = metrics_handle();
+    let upkeep_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => handle.run_upkeep(),
+                _ = upkeep_stop.cancelled() => break,
+            }
+        }
+    });
+    let app = router(health_state);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "The /health and /metrics server stopped.");
+        }
+    });
+    tracing::info!(%bound, "Serving /health and /metrics.");
+    Ok(bound)
+}

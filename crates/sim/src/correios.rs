@@ -1,0 +1,853 @@
+//! A Correios "API Rastro" simulator: token endpoints, `srorastro/v1/objetos`, SRO messages and gateway errors,
+//! shaped like the real API (see `shared/carriers/correios.md`).
+//!
+//! Objects follow a [`Script`]: a [`Journey`] reveals `reveal_per_poll` more events on every tracking call that
+//! asks for the code; `NotFound` answers `SRO-020` forever; `Invalid` answers `SRO-019`. Unscripted codes answer
+//! `SRO-020`, or with [`SimConfig::auto_journey`] get [`Journey::delivered`] on their first poll.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::ServerGuard;
+
+/// `dtHrCriado`, `emissao`, `expiraEm`, `dtPrevista`: Brazil local time, no offset.
+const LOCAL_FORMAT: &str = "%Y-%m-%dT%H:%M:%S";
+const MAX_CODES: usize = 50;
+const LANGUAGES: [&str; 3] = ["pt-BR", "en", "es-ES"];
+const SRO_020: &str = "SRO-020: Objeto não encontrado na base de dados dos Correios.";
+const SRO_019: &str = "SRO-019: Objeto inválido.";
+const GTW_008: &str = "GTW-008: Token não válido para este ambiente.";
+
+/// Simulator settings.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Basic-auth user for the token endpoints.
+    pub user: String,
+    /// Basic-auth password ("código de acesso").
+    pub access_code: String,
+    /// The only postage card accepted by `/token/v1/autentica/cartaopostagem`; `None` accepts any card number.
+    pub postage_card: Option<String>,
+    /// Lifetime of issued tokens (`expiraEm` = `emissao` + this).
+    pub token_ttl: Duration,
+    /// When true, an unscripted code with a valid S10 format and check digit gets [`Journey::delivered`] on its first
+    /// poll (and an unscripted malformed one answers `SRO-019`).
+    pub auto_journey: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            user: "sim-user".to_string(),
+            access_code: "sim-code".to_string(),
+            postage_card: None,
+            token_ttl: Duration::hours(24),
+            auto_journey: false,
+        }
+    }
+}
+
+/// One carrier event of a scripted journey.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimEvent {
+    pub codigo: String,
+    pub tipo: String,
+    pub descricao: String,
+    pub cidade: String,
+    pub uf: String,
+    pub unidade_tipo: String,
+    /// Brazil local time, no offset, as Correios sends it.
+    pub at: NaiveDateTime,
+}
+
+impl SimEvent {
+    fn new(
+        codigo: &str,
+        tipo: &str,
+        descricao: &str,
+        cidade: &str,
+        uf: &str,
+        unidade_tipo: &str,
+        at: NaiveDateTime,
+    ) -> Self {
+        SimEvent {
+            codigo: codigo.to_string(),
+            tipo: tipo.to_string(),
+            descricao: descricao.to_string(),
+            cidade: cidade.to_string(),
+            uf: uf.to_string(),
+            unidade_tipo: unidade_tipo.to_string(),
+            at,
+        }
+    }
+}
+
+/// A scripted history, revealed a few events per poll.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Journey {
+    /// Oldest first.
+    pub events: Vec<SimEvent>,
+    /// Events newly visible per poll (the first poll shows this many); 0 behaves as 1.
+    pub reveal_per_poll: usize,
+    pub dt_prevista: Option<NaiveDateTime>,
+}
+
+fn local(day: u32, h: u32, m: u32, s: u32) -> NaiveDateTime {
+    NaiveDate::from_ymd_opt(2026, 3, day)
+        .and_then(|d| d.and_hms_opt(h, m, s))
+        .unwrap_or_default()
+}
+
+impl Journey {
+    /// A journey with these events (oldest first), one revealed per poll, no delivery estimate.
+    pub fn new(events: Vec<SimEvent>) -> Journey {
+        Journey {
+            events,
+            reveal_per_poll: 1,
+            dt_prevista: None,
+        }
+    }
+
+    /// Posted in São Paulo, in transit, out for delivery and delivered in Campinas, from 2026-03-25T16:55:42.
+    pub fn delivered() -> Journey {
+        Journey {
+            events: vec![
+                SimEvent::new(
+                    "PO",
+                    "01",
+                    "Objeto postado",
+                    "SAO PAULO",
+                    "SP",
+                    "Agência dos Correios",
+                    local(25, 16, 55, 42),
+                ),
+                SimEvent::new(
+                    "RO",
+                    "01",
+                    "Objeto em trânsito - por favor aguarde",
+                    "SAO PAULO",
+                    "SP",
+                    "Unidade de Tratamento",
+                    local(25, 21, 10, 0),
+                ),
+                SimEvent::new(
+                    "OEC",
+                    "01",
+                    "Objeto saiu para entrega ao destinatário",
+                    "CAMPINAS",
+                    "SP",
+                    "Unidade de Distribuição",
+                    local(26, 9, 2, 11),
+                ),
+                SimEvent::new(
+                    "BDE",
+                    "01",
+                    "Objeto entregue ao destinatário",
+                    "CAMPINAS",
+                    "SP",
+                    "Unidade de Distribuição",
+                    local(26, 14, 40, 30),
+                ),
+            ],
+            reveal_per_poll: 1,
+            dt_prevista: Some(local(30, 23, 59, 59)),
+        }
+    }
+
+    /// Reveal every event on the first poll.
+    pub fn all_at_once(mut self) -> Journey {
+        self.reveal_per_poll = self.events.len().max(1);
+        self
+    }
+}
+
+/// What the simulator answers for a code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Script {
+    Journey(Journey),
+    /// `SRO-020` forever.
+    NotFound,
+    /// `SRO-019`.
+    Invalid,
+}
+
+struct Object {
+    script: Script,
+    revealed: usize,
+}
+
+#[derive(Default)]
+struct Book {
+    objects: HashMap<String, Object>,
+    polls: HashMap<String, usize>,
+    /// token -> expiry instant
+    tokens: HashMap<String, DateTime<Utc>>,
+}
+
+struct Shared {
+    config: SimConfig,
+    book: Mutex<Book>,
+    tracking_calls: AtomicUsize,
+    token_requests: AtomicUsize,
+}
+
+impl Shared {
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Handle to a running simulator; clones share state. The server stops on [`CorreiosSim::shutdown`] or when the
+/// last handle is dropped.
+#[derive(Clone)]
+pub struct CorreiosSim {
+    shared: Arc<Shared>,
+    server: Arc<ServerGuard>,
+}
+
+impl std::fmt::Debug for CorreiosSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CorreiosSim")
+            .field("base_url", &self.base_url())
+            .finish()
+    }
+}
+
+impl CorreiosSim {
+    /// Binds `addr` (port 0 allowed) and serves in the background on the current tokio runtime.
+    pub async fn start(config: SimConfig, addr: SocketAddr) -> anyhow::Result<CorreiosSim> {
+        let shared = Arc::new(Shared {
+            config,
+            book: Mutex::new(Book::default()),
+            tracking_calls: AtomicUsize::new(0),
+            token_requests: AtomicUsize::new(0),
+        });
+        let router = Router::new()
+            .route("/token/v1/autentica", post(autentica))
+            .route("/token/v1/autentica/cartaopostagem", post(autentica_cartao))
+            .route("/srorastro/v1/objetos", get(track_many))
+            .route("/srorastro/v1/objetos/{code}", get(track_one))
+            .route("/_sim/objects/{code}", get(control_get).put(control_put))
+            .with_state(shared.clone());
+        let server = ServerGuard::spawn(router, addr)
+            .await
+            .context("starting the Correios simulator")?;
+        Ok(CorreiosSim {
+            shared,
+            server: Arc::new(server),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, to use as `CORREIOS_BASE_URL`.
+    pub fn base_url(&self) -> String {
+        self.server.http_base()
+    }
+
+    /// Sets (or replaces, starting over) what `code` answers.
+    pub fn script(&self, code: &str, script: Script) {
+        self.shared.book().objects.insert(
+            code.to_string(),
+            Object {
+                script,
+                revealed: 0,
+            },
+        );
+    }
+
+    /// How many answered (HTTP 200) tracking calls included `code`.
+    pub fn polls(&self, code: &str) -> usize {
+        self.shared.book().polls.get(code).copied().unwrap_or(0)
+    }
+
+    /// Number of tracking requests answered with HTTP 200.
+    pub fn tracking_calls(&self) -> usize {
+        self.shared.tracking_calls.load(Ordering::SeqCst)
+    }
+
+    /// Number of requests to the token endpoints (successful or not).
+    pub fn token_requests(&self) -> usize {
+        self.shared.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// Invalidates every token issued so far (they answer `GTW-008`); new tokens work.
+    pub fn expire_tokens(&self) {
+        self.shared.book().tokens.clear();
+    }
+
+    /// Stops the server (in-flight requests finish; idle connections close).
+    pub fn shutdown(&self) {
+        self.server.shutdown();
+    }
+}
+
+/// Runs the `correios-sim` binary: settings from `SIM_ADDR` (127.0.0.1:9080), `SIM_USER` (sim-user),
+/// `SIM_ACCESS_CODE` (sim-code), `SIM_POSTAGE_CARD` (any), `SIM_AUTO_JOURNEY` (on; `0` turns it off) and
+/// `SIM_TOKEN_TTL_SECS` (86400); serves until SIGINT/SIGTERM.
+pub async fn run_from_env() -> anyhow::Result<()> {
+    crate::init_logging();
+    let addr_text = crate::env_or("SIM_ADDR", "127.0.0.1:9080");
+    let addr: SocketAddr = addr_text
+        .parse()
+        .with_context(|| format!("SIM_ADDR {addr_text:?} is not host:port"))?;
+    let ttl_text = crate::env_or("SIM_TOKEN_TTL_SECS", "86400");
+    let ttl: i64 = ttl_text
+        .parse()
+        .with_context(|| format!("SIM_TOKEN_TTL_SECS {ttl_text:?} is not a number of seconds"))?;
+    let auto = crate::env_or("SIM_AUTO_JOURNEY", "1");
+    let config = SimConfig {
+        user: crate::env_or("SIM_USER", "sim-user"),
+        access_code: crate::env_or("SIM_ACCESS_CODE", "sim-code"),
+        postage_card: std::env::var("SIM_POSTAGE_CARD")
+            .ok()
+            .filter(|c| !c.trim().is_empty()),
+        token_ttl: Duration::seconds(ttl),
+        auto_journey: !matches!(
+            auto.trim().to_ascii_lowercase().as_str(),
+            "0" | "false" | "no" | "off"
+        ),
+    };
+    let sim = CorreiosSim::start(config, addr).await?;
+    println!("correios-sim listening on {}", sim.base_url());
+    crate::wait_for_signal().await;
+    sim.shutdown();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// HTTP
+
+fn brazil_now() -> NaiveDateTime {
+    (Utc::now() - Duration::hours(3)).naive_utc()
+}
+
+fn gateway_error(status: StatusCode, msg: &str, path: &str, method: &str) -> Response {
+    let body = json!({
+        "msgs": [msg],
+        "date": brazil_now().format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
+        "causa": status.canonical_reason().unwrap_or("Error"),
+        "path": path,
+        "method": method,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+fn credentials_ok(config: &SimConfig, headers: &HeaderMap) -> bool {
+    let Some(encoded) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let expected = format!("{}:{}", config.user, config.access_code);
+    decoded == expected.as_bytes()
+}
+
+fn issue_token(shared: &Shared, card: Option<String>) -> Response {
+    let now = Utc::now();
+    let ttl = shared.config.token_ttl;
+    let expiry = now
+        .checked_add_signed(ttl)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let emissao = brazil_now();
+    let expira = emissao
+        .checked_add_signed(ttl)
+        .unwrap_or(NaiveDateTime::MAX);
+    let token = fake_jwt(&shared.config.user, expiry.timestamp());
+    shared.book().tokens.insert(token.clone(), expiry);
+    let mut body = json!({
+        "ambiente": "HOMOLOGACAO",
+        "id": shared.config.user,
+        "perfil": "PJ",
+        "cnpj": "00000000000191",
+        "emissao": emissao.format(LOCAL_FORMAT).to_string(),
+        "expiraEm": expira.format(LOCAL_FORMAT).to_string(),
+        "zoneOffset": "-03:00",
+        "token": token,
+    });
+    if let (Some(card), Some(obj)) = (card, body.as_object_mut()) {
+        obj.insert(
+            "cartaoPostagem".to_string(),
+            json!({ "numero": card, "contrato": "9912345678", "dr": 72, "api": [87] }),
+        );
+    }
+    (StatusCode::CREATED, axum::Json(body)).into_response()
+}
+
+/// Looks like the real thing (a JWT); only the simulator's own table decides validity.
+fn fake_jwt(user: &str, exp: i64) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let head = b64.encode(br#"{"alg":"RS512","typ":"JWT"}"#);
+    let claims = b64.encode(json!({ "iss": "tracking-sim", "sub": user, "exp": exp }).to_string());
+    let sig = b64.encode(format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    format!("{head}.{claims}.{sig}")
+}
+
+async fn autentica(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    shared.token_requests.fetch_add(1, Ordering::SeqCst);
+    if !credentials_ok(&shared.config, &headers) {
+        return gateway_error(
+            StatusCode::UNAUTHORIZED,
+            "Credenciais de acesso inválidas.",
+            "/token/v1/autentica",
+            "POST",
+        );
+    }
+    issue_token(&shared, None)
+}
+
+#[derive(Deserialize)]
+struct CardBody {
+    numero: String,
+}
+
+async fn autentica_cartao(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    const PATH: &str = "/token/v1/autentica/cartaopostagem";
+    shared.token_requests.fetch_add(1, Ordering::SeqCst);
+    if !credentials_ok(&shared.config, &headers) {
+        return gateway_error(
+            StatusCode::UNAUTHORIZED,
+            "Credenciais de acesso inválidas.",
+            PATH,
+            "POST",
+        );
+    }
+    let card = match serde_json::from_slice::<CardBody>(&body) {
+        Ok(b) if !b.numero.trim().is_empty() => b.numero.trim().to_string(),
+        _ => {
+            return gateway_error(
+                StatusCode::BAD_REQUEST,
+                "Número do cartão de postagem não informado.",
+                PATH,
+                "POST",
+            );
+        }
+    };
+    if shared
+        .config
+        .postage_card
+        .as_deref()
+        .is_some_and(|expected| expected != card)
+    {
+        let msg = format!(
+            "Cartão de postagem {card} não pertence ao usuário {}.",
+            shared.config.user
+        );
+        return gateway_error(StatusCode::BAD_REQUEST, &msg, PATH, "POST");
+    }
+    issue_token(&shared, Some(card))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(b) => {
+                    out.push(b);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+async fn track_one(
+    State(shared): State<Arc<Shared>>,
+    Path(code): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let params = parse_query(query.as_deref());
+    let path = format!("/srorastro/v1/objetos/{code}");
+    track(
+        &shared,
+        vec![code.trim().to_string()],
+        &params,
+        &headers,
+        &path,
+    )
+}
+
+async fn track_many(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let params = parse_query(query.as_deref());
+    let codes = params
+        .iter()
+        .filter(|(k, _)| k == "codigosObjetos")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    track(&shared, codes, &params, &headers, "/srorastro/v1/objetos")
+}
+
+fn track(
+    shared: &Shared,
+    codes: Vec<String>,
+    params: &[(String, String)],
+    headers: &HeaderMap,
+    path: &str,
+) -> Response {
+    let answer = |status: StatusCode, msg: &str| {
+        tracing::info!(
+            "tracking GET {path} codes={codes:?} -> {} {msg}",
+            status.as_u16()
+        );
+        gateway_error(status, msg, path, "GET")
+    };
+
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let now = Utc::now();
+    let token_ok = token.is_some_and(|t| {
+        shared
+            .book()
+            .tokens
+            .get(t)
+            .is_some_and(|expiry| now < *expiry)
+    });
+    if !token_ok {
+        return answer(StatusCode::UNAUTHORIZED, GTW_008);
+    }
+
+    let language = headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok());
+    if !language.is_some_and(|l| LANGUAGES.contains(&l)) {
+        let msg = format!(
+            "SRO-018: Idioma inválido: {:?}. Informe pt-BR, en ou es-ES no cabeçalho Accept-Language.",
+            language.unwrap_or("")
+        );
+        return answer(StatusCode::BAD_REQUEST, &msg);
+    }
+
+    if codes.is_empty() {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "Informe ao menos um código de objeto em codigosObjetos.",
+        );
+    }
+    if codes.len() > MAX_CODES {
+        let msg = format!(
+            "Quantidade de objetos ({}) excede o máximo permitido de {MAX_CODES}.",
+            codes.len()
+        );
+        return answer(StatusCode::BAD_REQUEST, &msg);
+    }
+
+    let resultado = params
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "resultado")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("T");
+    let (resultado, descricao) = match resultado {
+        "T" => (Resultado::All, "Todos os eventos"),
+        "U" => (Resultado::Last, "Último evento"),
+        "P" => (Resultado::First, "Primeiro evento"),
+        other => {
+            let msg = format!("Parâmetro resultado inválido: {other:?}. Use T, U ou P.");
+            return answer(StatusCode::BAD_REQUEST, &msg);
+        }
+    };
+
+    let mut objetos = Vec::with_capacity(codes.len());
+    let mut summary = Vec::with_capacity(codes.len());
+    {
+        let mut book = shared.book();
+        // The real API guarantees no order; answering in reverse keeps clients honest.
+        for code in codes.iter().rev() {
+            let (object, what) = poll(&mut book, &shared.config, code, resultado);
+            objetos.push(object);
+            summary.push(format!("{code}: {what}"));
+        }
+    }
+    shared.tracking_calls.fetch_add(1, Ordering::SeqCst);
+    tracing::info!(
+        "tracking GET {path} codes={codes:?} -> 200 [{}]",
+        summary.join("; ")
+    );
+    let body = json!({
+        "objetos": objetos,
+        "quantidade": codes.len(),
+        "resultado": descricao,
+        "versao": "3.5.0-sim",
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+#[derive(Clone, Copy)]
+enum Resultado {
+    All,
+    Last,
+    First,
+}
+
+/// S10: two letters, eight digits, the check digit, two letters.
+fn valid_s10(code: &str) -> bool {
+    let b = code.as_bytes();
+    if b.len() != 13
+        || !b[..2].iter().all(u8::is_ascii_uppercase)
+        || !b[2..11].iter().all(u8::is_ascii_digit)
+        || !b[11..].iter().all(u8::is_ascii_uppercase)
+    {
+        return false;
+    }
+    let sum: u32 = b[2..10]
+        .iter()
+        .zip([8u32, 6, 4, 2, 3, 5, 9, 7])
+        .map(|(d, w)| u32::from(d - b'0') * w)
+        .sum();
+    let check = match sum % 11 {
+        0 => 5,
+        1 => 0,
+        r => 11 - r,
+    };
+    u32::from(b[10] - b'0') == check
+}
+
+fn poll(book: &mut Book, config: &SimConfig, code: &str, resultado: Resultado) -> (Value, String) {
+    *book.polls.entry(code.to_string()).or_insert(0) += 1;
+    if config.auto_journey && !book.objects.contains_key(code) {
+        let script = if valid_s10(code) {
+            Script::Journey(Journey::delivered())
+        } else {
+            Script::Invalid
+        };
+        book.objects.insert(
+            code.to_string(),
+            Object {
+                script,
+                revealed: 0,
+            },
+        );
+    }
+    let Some(Object { script, revealed }) = book.objects.get_mut(code) else {
+        return (
+            json!({ "codObjeto": code, "mensagem": SRO_020 }),
+            "SRO-020".to_string(),
+        );
+    };
+    let journey = match script {
+        Script::NotFound => {
+            return (
+                json!({ "codObjeto": code, "mensagem": SRO_020 }),
+                "SRO-020".to_string(),
+            );
+        }
+        Script::Invalid => {
+            return (
+                json!({ "codObjeto": code, "mensagem": SRO_019 }),
+                "SRO-019".to_string(),
+            );
+        }
+        Script::Journey(j) => j,
+    };
+    *revealed = revealed
+        .saturating_add(journey.reveal_per_poll.max(1))
+        .min(journey.events.len());
+    let visible = *revealed;
+    let shown: Vec<usize> = match resultado {
+        _ if visible == 0 => Vec::new(),
+        Resultado::All => (0..visible).rev().collect(),
+        Resultado::Last => vec![visible - 1],
+        Resultado::First => vec![0],
+    };
+    let eventos: Vec<Value> = shown
+        .iter()
+        .map(|&i| event_json(&journey.events, i))
+        .collect();
+    let sigla: String = code.chars().take(2).collect();
+    let mut object = json!({
+        "codObjeto": code,
+        "tipoPostal": { "sigla": sigla, "descricao": "ETIQUETA LÓGICA SEDEX", "categoria": "SEDEX" },
+        "modalidade": "F",
+        "eventos": eventos,
+    });
+    if let (Some(dt), Some(obj)) = (journey.dt_prevista, object.as_object_mut()) {
+        obj.insert(
+            "dtPrevista".to_string(),
+            Value::String(dt.format(LOCAL_FORMAT).to_string()),
+        );
+    }
+    let newest = journey
+        .events
+        .get(visible.wrapping_sub(1))
+        .map(|e| format!(", newest {} {}", e.codigo, e.tipo))
+        .unwrap_or_default();
+    (
+        object,
+        format!("{visible}/{} events{newest}", journey.events.len()),
+    )
+}
+
+fn event_json(events: &[SimEvent], i: usize) -> Value {
+    let Some(ev) = events.get(i) else {
+        return Value::Null;
+    };
+    let mut v = json!({
+        "codigo": ev.codigo,
+        "tipo": ev.tipo,
+        "dtHrCriado": ev.at.format(LOCAL_FORMAT).to_string(),
+        "descricao": ev.descricao,
+        "unidade": { "tipo": ev.unidade_tipo, "endereco": { "cidade": ev.cidade, "uf": ev.uf } },
+    });
+    if ev.codigo == "RO" || ev.codigo == "DO" {
+        // Forwarded to the unit of the next event, when the journey has one.
+        let (cidade, uf) = events
+            .get(i + 1)
+            .map_or((&ev.cidade, &ev.uf), |n| (&n.cidade, &n.uf));
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "unidadeDestino".to_string(),
+                json!({ "tipo": "Unidade de Distribuição", "endereco": { "cidade": cidade, "uf": uf } }),
+            );
+        }
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Control API (no auth), for the demo.
+
+#[derive(Deserialize)]
+struct ControlBody {
+    journey: Option<String>,
+    #[serde(default)]
+    all_at_once: bool,
+    #[serde(default)]
+    not_found: bool,
+    #[serde(default)]
+    invalid: bool,
+}
+
+async fn control_put(
+    State(shared): State<Arc<Shared>>,
+    Path(code): Path<String>,
+    body: Bytes,
+) -> Response {
+    let bad =
+        |msg: &str| (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": msg }))).into_response();
+    let body: ControlBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return bad(&format!("invalid JSON: {e}")),
+    };
+    let script = match (body.journey.as_deref(), body.not_found, body.invalid) {
+        (Some("delivered"), false, false) if body.all_at_once => {
+            Script::Journey(Journey::delivered().all_at_once())
+        }
+        (Some("delivered"), false, false) => Script::Journey(Journey::delivered()),
+        (Some(other), false, false) => {
+            return bad(&format!("unknown journey {other:?} (known: delivered)"));
+        }
+        (None, true, false) => Script::NotFound,
+        (None, false, true) => Script::Invalid,
+        _ => {
+            return bad(
+                r#"send exactly one of {"journey":"delivered"}, {"not_found":true}, {"invalid":true}"#,
+            );
+        }
+    };
+    tracing::info!("scripted {code}: {script:?}");
+    shared.book().objects.insert(
+        code,
+        Object {
+            script,
+            revealed: 0,
+        },
+    );
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn control_get(State(shared): State<Arc<Shared>>, Path(code): Path<String>) -> Response {
+    let polls = shared.book().polls.get(&code).copied().unwrap_or(0);
+    axum::Json(json!({ "polls": polls })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s10_check_digit() {
+        for ok in [
+            "DL746686536BR",
+            "PG747937788BR",
+            "SW091892778BR",
+            "JT124720455BR",
+            "DU713842539BR",
+        ] {
+            assert!(valid_s10(ok), "{ok}");
+        }
+        assert!(!valid_s10("AA123456789BR"));
+        assert!(!valid_s10("AA12345678BR"));
+    }
+
+    #[test]
+    fn query_parsing() {
+        let q = parse_query(Some(
+            "codigosObjetos=A%2CB&codigosObjetos=C+D&resultado=T&x",
+        ));
+        assert_eq!(q[0], ("codigosObjetos".to_string(), "A,B".to_string()));
+        assert_eq!(q[1].1, "C D");
+        assert_eq!(q[3], ("x".to_string(), String::new()));
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
+    }
+}

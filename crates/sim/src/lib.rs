@@ -1,0 +1,107 @@
+//! `tracking-sim`: stand-ins for the far ends of the shipment-tracking pipeline, for tests and the demo.
+//!
+//! Both simulators are real HTTP servers on `127.0.0.1` speaking the real wire shapes, so the production
+//! clients are exercised unchanged (only their base URL points here):
+//!
+//! - [`correios`]: the Correios "API Rastro" (token endpoints, `srorastro/v1/objetos`, SRO messages,
+//!   the `Accept-Language` rule, gateway errors), with scripted journeys revealed poll by poll and a small
+//!   control API (`/_sim/objects/{code}`) for the demo.
+//! - [`marketplace`]: a receiver for the signed marketplace webhook (`X-Signature: t=..,v1=..`), recording every
+//!   call and answering scripted statuses (with `Retry-After`) on demand.
+//!
+//! The binaries `correios-sim` and `marketplace-receiver` wrap these for manual runs and the demo.
+
+pub mod correios;
+pub mod marketplace;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+/// A running axum server; stopping it (explicitly or by dropping the guard) shuts it down gracefully.
+#[derive(Debug)]
+pub(crate) struct ServerGuard {
+    stop: watch::Sender<bool>,
+    addr: SocketAddr,
+}
+
+impl ServerGuard {
+    pub(crate) async fn spawn(
+        router: axum::Router,
+        addr: SocketAddr,
+    ) -> anyhow::Result<ServerGuard> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let mut local = listener.local_addr().context("no local address")?;
+        if local.ip().is_unspecified() {
+            local.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        let (stop, mut stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            let signal = async move {
+                // Also completes when the sender is gone: the last handle was dropped.
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(signal)
+                .await
+            {
+                tracing::warn!(error = %e, "simulator server stopped with an error");
+            }
+        });
+        Ok(ServerGuard { stop, addr: local })
+    }
+
+    pub(crate) fn http_base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub(crate) fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Logging for the binaries: human-readable lines on stdout, `RUST_LOG` (default `info`).
+pub(crate) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .try_init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn wait_for_signal() {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+pub(crate) fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_string())
+}

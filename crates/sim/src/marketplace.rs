@@ -1,0 +1,252 @@
+//! A marketplace webhook receiver for the signed webhook of the contract (`X-Signature: t={unix},v1={hex HMAC-SHA256
+//! over "{t}.{raw body}"}`, `Idempotency-Key`). It accepts a POST or PUT on any path, records it, and answers
+//! `200 {"ok":true}` unless told otherwise with [`Receiver::answer_next`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::ServerGuard;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct ReceivedCall {
+    pub path: String,
+    /// Lower-case names, in arrival order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// The body parsed as JSON, when it is JSON.
+    pub json: Option<Value>,
+    /// `X-Signature` present and valid for the receiver's secret.
+    pub signature_valid: bool,
+    pub idempotency_key: Option<String>,
+    /// The HTTP status answered.
+    pub answered: u16,
+}
+
+struct Shared {
+    secret: String,
+    calls: Mutex<Vec<ReceivedCall>>,
+    answers: Mutex<VecDeque<(u16, Option<String>)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Handle to a running receiver; clones share state. The server stops on [`Receiver::shutdown`] or when the last
+/// handle is dropped.
+#[derive(Clone)]
+pub struct Receiver {
+    shared: Arc<Shared>,
+    server: Arc<ServerGuard>,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("url", &self.url())
+            .finish()
+    }
+}
+
+impl Receiver {
+    /// Binds `addr` (port 0 allowed) and serves in the background on the current tokio runtime.
+    pub async fn start(secret: String, addr: SocketAddr) -> anyhow::Result<Receiver> {
+        let shared = Arc::new(Shared {
+            secret,
+            calls: Mutex::new(Vec::new()),
+            answers: Mutex::new(VecDeque::new()),
+        });
+        let router = Router::new().fallback(receive).with_state(shared.clone());
+        let server = ServerGuard::spawn(router, addr)
+            .await
+            .context("starting the marketplace receiver")?;
+        Ok(Receiver {
+            shared,
+            server: Arc::new(server),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT/hooks/tracking`, the webhook URL to configure.
+    pub fn url(&self) -> String {
+        format!("{}/hooks/tracking", self.base_url())
+    }
+
+    /// `http://127.0.0.1:PORT` (any path under it is accepted).
+    pub fn base_url(&self) -> String {
+        self.server.http_base()
+    }
+
+    /// Every call so far, oldest first.
+    pub fn calls(&self) -> Vec<ReceivedCall> {
+        lock(&self.shared.calls).clone()
+    }
+
+    /// The next calls get these statuses (with a `Retry-After` header when given), then 200 again.
+    pub fn answer_next(&self, statuses: Vec<(u16, Option<String>)>) {
+        lock(&self.shared.answers).extend(statuses);
+    }
+
+    /// Stops the server (in-flight requests finish; idle connections close).
+    pub fn shutdown(&self) {
+        self.server.shutdown();
+    }
+}
+
+fn new_mac(secret: &str, t: i64, body: &[u8]) -> Option<HmacSha256> {
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(secret.as_bytes()).ok()?;
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    Some(mac)
+}
+
+/// `t={t},v1={hex HMAC-SHA256 over "{t}.{body}"}`.
+pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
+    let v1 = new_mac(secret, t, body)
+        .map(|m| hex::encode(m.finalize().into_bytes()))
+        .unwrap_or_default();
+    format!("t={t},v1={v1}")
+}
+
+/// Checks an `X-Signature` value (`t=..,v1=..`; any of several `v1` may match) in constant time. No freshness check.
+pub fn verify(secret: &str, header: &str, body: &[u8]) -> bool {
+    let mut t = None;
+    let mut candidates = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => t = v.trim().parse::<i64>().ok(),
+            Some(("v1", v)) => candidates.push(v.trim()),
+            _ => {}
+        }
+    }
+    let Some(mac) = t.and_then(|t| new_mac(secret, t, body)) else {
+        return false;
+    };
+    candidates
+        .iter()
+        .filter_map(|c| hex::decode(c).ok())
+        .any(|sig| mac.clone().verify_slice(&sig).is_ok())
+}
+
+async fn receive(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if method != Method::POST && method != Method::PUT {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            axum::Json(json!({ "ok": false, "error": "POST or PUT only" })),
+        )
+            .into_response();
+    }
+    let header_text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let signature_valid =
+        header_text("x-signature").is_some_and(|h| verify(&shared.secret, &h, &body));
+    let idempotency_key = header_text("idempotency-key");
+    let (status, retry_after) = lock(&shared.answers).pop_front().unwrap_or((200, None));
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|j| j.get(name))
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_string()
+    };
+    tracing::info!(
+        "{method} {} idempotency-key={} signature={} status={} tracking_code={} -> {}",
+        uri.path(),
+        idempotency_key.as_deref().unwrap_or("-"),
+        if signature_valid { "valid" } else { "INVALID" },
+        field("status"),
+        field("tracking_code"),
+        status.as_u16(),
+    );
+
+    lock(&shared.calls).push(ReceivedCall {
+        path: uri.path().to_string(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: text,
+        json: parsed,
+        signature_valid,
+        idempotency_key,
+        answered: status.as_u16(),
+    });
+
+    let body = if status.is_success() {
+        json!({ "ok": true })
+    } else {
+        json!({ "ok": false, "error": format!("simulated {}", status.as_u16()) })
+    };
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// Runs the `marketplace-receiver` binary with this secret: listens on `RECEIVER_ADDR` (127.0.0.1:9090) and logs
+/// each call on stdout until SIGINT/SIGTERM.
+pub async fn run_with_secret(secret: String) -> anyhow::Result<()> {
+    crate::init_logging();
+    let addr_text = crate::env_or("RECEIVER_ADDR", "127.0.0.1:9090");
+    let addr: SocketAddr = addr_text
+        .parse()
+        .with_context(|| format!("RECEIVER_ADDR {addr_text:?} is not host:port"))?;
+    let receiver = Receiver::start(secret, addr).await?;
+    println!("marketplace-receiver listening on {}", receiver.url());
+    crate::wait_for_signal().await;
+    receiver.shutdown();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_verify_round_trip() {
+        let body = br#"{"status":"delivered"}"#;
+        let sig = sign("s3cret", 1_774_000_000, body);
+        assert!(sig.starts_with("t=1774000000,v1="));
+        assert!(verify("s3cret", &sig, body));
+        assert!(verify("s3cret", &format!("{sig},v1=00"), body));
+        assert!(!verify("other", &sig, body));
+        assert!(!verify("s3cret", &sig, b"{}"));
+        assert!(!verify("s3cret", "garbage", body));
+        assert!(!verify("s3cret", "t=1774000001,v1=zz", body));
+    }
+}

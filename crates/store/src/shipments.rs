@@ -1,0 +1,135 @@
+//! Shipments and their order context.
+
+use crate::StoreError;
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection, PgPool};
+use tracking_domain::{Carrier, Customer, EmailAddress, Locale, MarketplaceRef, OrderId, Status, TrackingCode, TrackingRequest};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ShipmentRow {
+    pub id: i64,
+    pub carrier: String,
+    pub tracking_code: String,
+    pub order_id: String,
+    pub customer_email: String,
+    pub customer_name: Option<String>,
+    pub customer_locale: String,
+    pub marketplace_name: Option<String>,
+    pub marketplace_order_id: Option<String>,
+    pub invoice_number: Option<String>,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub status_at: Option<DateTime<Utc>>,
+    pub estimated_delivery: Option<DateTime<Utc>>,
+    pub last_news_at: DateTime<Utc>,
+    pub next_poll_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+pub const SHIPMENT_COLUMNS: &str = "id, carrier, tracking_code, order_id, customer_email, customer_name, customer_locale, \
+     marketplace_name, marketplace_order_id, invoice_number, status, status_reason, status_at, estimated_delivery, \
+     last_news_at, next_poll_at, finished_at";
+
+impl ShipmentRow {
+    pub fn status(&self) -> Result<Status, StoreError> {
+        self.status.parse().map_err(StoreError::Corrupt)
+    }
+
+    /// The tracking request this shipment was registered with (its latest order context).
+    pub fn request(&self) -> Result<TrackingRequest, StoreError> {
+        let corrupt = |what: &str, e: String| StoreError::Corrupt(format!("shipment {}: {what}: {e}", self.id));
+        Ok(TrackingRequest {
+            order_id: OrderId::parse(&self.order_id).map_err(|e| corrupt("order_id", e))?,
+            tracking_code: TrackingCode::parse(&self.tracking_code).map_err(|e| corrupt("tracking_code", e.to_string()))?,
+            carrier: self.carrier.parse::<Carrier>().map_err(|e| corrupt("carrier", e))?,
+            customer: Customer {
+                email: EmailAddress::parse(&self.customer_email).map_err(|e| corrupt("customer_email", e))?,
+                name: self.customer_name.clone(),
+                locale: Locale::parse(&self.customer_locale).map_err(|e| corrupt("customer_locale", e))?,
+            },
+            marketplace: match (&self.marketplace_name, &self.marketplace_order_id) {
+                (Some(name), Some(order_id)) => Some(MarketplaceRef { name: name.clone(), order_id: order_id.clone() }),
+                _ => None,
+            },
+            invoice_number: self.invoice_number.clone(),
+        })
+    }
+}
+
+/// Registers the shipment, or updates its order context when the request brings new data, and locks its row
+/// for the rest of the transaction (several normalizers may handle the same shipment at once).
+pub async fn upsert_and_lock(conn: &mut PgConnection, req: &TrackingRequest) -> Result<ShipmentRow, StoreError> {
+    let sql = format!(
+        "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, customer_name, customer_locale, \
+             marketplace_name, marketplace_order_id, invoice_number) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (carrier, tracking_code) DO UPDATE SET \
+             order_id = EXCLUDED.order_id, customer_email = EXCLUDED.customer_email, \
+             customer_name = EXCLUDED.customer_name, customer_locale = EXCLUDED.customer_locale, \
+             marketplace_name = EXCLUDED.marketplace_name, marketplace_order_id = EXCLUDED.marketplace_order_id, \
+             invoice_number = COALESCE(EXCLUDED.invoice_number, shipments.invoice_number), updated_at = now() \
+         RETURNING {SHIPMENT_COLUMNS}"
+    );
+    let row = sqlx::query_as::<_, ShipmentRow>(&sql)
+        .bind(req.carrier.as_str())
+        .bind(req.tracking_code.as_str())
+        .bind(req.order_id.as_str())
+        .bind(req.customer.email.as_str())
+        .bind(req.customer.name.as_deref())
+        .bind(req.customer.locale.as_str())
+        .bind(req.marketplace.as_ref().map(|m| m.name.as_str()))
+        .bind(req.marketplace.as_ref().map(|m| m.order_id.as_str()))
+        .bind(req.invoice_number.as_deref())
+        .fetch_one(&mut *conn)
+        .await?;
+    // INSERT … ON CONFLICT DO UPDATE already holds the row lock until commit.
+    Ok(row)
+}
+
+/// Locks a known shipment's row for the rest of the transaction.
+pub async fn lock(conn: &mut PgConnection, carrier: Carrier, code: &TrackingCode) -> Result<Option<ShipmentRow>, StoreError> {
+    let sql = format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE carrier = $1 AND tracking_code = $2 FOR UPDATE");
+    Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
+        .bind(carrier.as_str())
+        .bind(code.as_str())
+        .fetch_optional(&mut *conn)
+        .await?)
+}
+
+pub async fn by_order(pool: &PgPool, order_id: &str) -> Result<Vec<ShipmentRow>, StoreError> {
+    let sql = format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE order_id = $1 ORDER BY id");
+    Ok(sqlx::query_as::<_, ShipmentRow>(&sql).bind(order_id).fetch_all(pool).await?)
+}
+
+pub async fn by_code(pool: &PgPool, code: &str) -> Result<Vec<ShipmentRow>, StoreError> {
+    let sql = format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE tracking_code = $1 ORDER BY id");
+    Ok(sqlx::query_as::<_, ShipmentRow>(&sql).bind(code).fetch_all(pool).await?)
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct EventRow {
+    pub id: i64,
+    pub source: String,
+    pub code: String,
+    pub kind: Option<String>,
+    pub description: String,
+    pub city: Option<String>,
+    pub state: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub utc_offset_secs: i32,
+    pub status: Option<String>,
+    pub reason: Option<String>,
+    pub reverses: bool,
+    pub fingerprint: String,
+}
+
+/// A shipment's events in carrier-time order.
+pub async fn events(conn: &mut PgConnection, shipment_id: i64) -> Result<Vec<EventRow>, StoreError> {
+    Ok(sqlx::query_as::<_, EventRow>(
+        "SELECT id, source, code, kind, description, city, state, occurred_at, utc_offset_secs, status, reason, reverses, fingerprint \
+         FROM tracking_events WHERE shipment_id = $1 ORDER BY occurred_at, id",
+    )
+    .bind(shipment_id)
+    .fetch_all(&mut *conn)
+    .await?)
+}

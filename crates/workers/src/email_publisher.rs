@@ -1,0 +1,195 @@
+//! The email publisher: one email per notified status change, in the customer's language.
+//!
+//! Per change: statuses that do not notify (configurable, `EMAIL_STATUSES`) and customers of a marketplace that emails
+//! them itself (`email_customers = false` in `MARKETPLACES_FILE`) are acked without email. Otherwise the change is
+//! claimed in `deliveries` (`email`, change id) under a row lock, sent with a Message-ID derived from the change id,
+//! and marked done in the same transaction: a redelivered change finds it done and sends nothing.
+//! SMTP 4xx, refused connections and timeouts are retried with backoff through the delay queues; 5xx (e.g. 550 an
+//! unknown mailbox) parks the change in `email.order-status.dead` with the server's answer.
+
+use crate::{backoff, boot, db_retry};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracking_domain::{Carrier, Status, StatusChange};
+use tracking_email::{Mailer, MailerSettings, Renderer, TemplateSettings};
+use tracking_marketplaces::Marketplaces;
+use tracking_runtime::amqp::topology::EMAIL_QUEUE;
+use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome, Publisher, run_consumer};
+use tracking_runtime::ops::Health;
+use tracking_runtime::settings::{self, SettingsError};
+use tracking_store::deliveries::{self, Progress};
+
+pub const DESTINATION: &str = "email";
+
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub db: tracking_store::DbSettings,
+    pub mailer: MailerSettings,
+    pub templates: TemplateSettings,
+    /// `EMAIL_STATUSES`: comma-separated statuses that email the customer (default: posted, out_for_delivery,
+    /// delivery_failed, awaiting_pickup, delivered, returning, exception).
+    pub statuses: HashSet<Status>,
+    pub marketplaces: Marketplaces,
+    /// `EMAIL_RETRY_BASE_MS` (default 2000): first delay after a transient SMTP failure, doubling per attempt.
+    pub retry_base: Duration,
+}
+
+pub fn marketplaces_from_env() -> Result<Marketplaces, SettingsError> {
+    match settings::var("MARKETPLACES_FILE") {
+        Some(path) => Marketplaces::load(std::path::Path::new(&path)).map_err(|e| SettingsError::new("MARKETPLACES_FILE", e.to_string())),
+        None => Ok(Marketplaces::default()),
+    }
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let amqp = AmqpSettings::from_env()?;
+        let smtp_url = settings::required("SMTP_URL")?;
+        let from = settings::required("EMAIL_FROM")?;
+        let statuses = match settings::var("EMAIL_STATUSES") {
+            None => Status::ALL.into_iter().filter(|s| s.notifies_customer_by_default()).collect(),
+            Some(list) => list
+                .split(',')
+                .map(|s| s.trim().parse::<Status>().map_err(|e| SettingsError::new("EMAIL_STATUSES", e)))
+                .collect::<Result<_, _>>()?,
+        };
+        let mut templates = TemplateSettings::default();
+        if let Some(name) = settings::var("STORE_NAME") {
+            templates.store_name = name;
+        }
+        if let Some(url) = settings::var("CORREIOS_TRACKING_URL") {
+            if !url.contains("{code}") {
+                return Err(SettingsError::new("CORREIOS_TRACKING_URL", "must contain {code}"));
+            }
+            templates.tracking_urls.insert(Carrier::Correios, url);
+        }
+        if let Some(tz) = settings::var("CUSTOMER_TIME_ZONE") {
+            templates.time_zone = tz.parse().map_err(|e: chrono_tz::ParseError| SettingsError::new("CUSTOMER_TIME_ZONE", e.to_string()))?;
+        }
+        Ok(Self {
+            db: boot::db_settings(u32::from(amqp.prefetch) + 2)?,
+            mailer: MailerSettings {
+                smtp_url: smtp_url.into(),
+                from,
+                timeout: settings::millis("SMTP_TIMEOUT_MS", 15_000)?,
+                pool_max_size: settings::parse("SMTP_POOL_SIZE", 8u32)?,
+            },
+            amqp,
+            templates,
+            statuses,
+            marketplaces: marketplaces_from_env()?,
+            retry_base: settings::millis("EMAIL_RETRY_BASE_MS", 2_000)?,
+        })
+    }
+}
+
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mailer = Mailer::new(&settings.mailer).map_err(|e| SettingsError::new("SMTP_URL", e.to_string()))?;
+    let renderer = Renderer::new(settings.templates)?;
+    let health = Health::new(&["rabbitmq", "postgres"]);
+    boot::serve_ops("127.0.0.1:9104", health.clone(), shutdown.clone()).await?;
+    let pool = tracking_store::pool(&settings.db)?;
+    tokio::spawn(boot::watch_database(pool.clone(), health.clone(), shutdown.clone()));
+    let publisher = Publisher::new(settings.amqp.clone(), "email-publisher");
+    let handler = Arc::new(EmailPublisher {
+        pool,
+        mailer,
+        renderer,
+        statuses: settings.statuses,
+        marketplaces: settings.marketplaces,
+        retry_base: settings.retry_base,
+    });
+    run_consumer(settings.amqp, EMAIL_QUEUE, publisher.clone(), handler, health, shutdown).await;
+    publisher.close().await;
+    Ok(())
+}
+
+pub struct EmailPublisher {
+    pool: sqlx::PgPool,
+    mailer: Mailer,
+    renderer: Renderer,
+    statuses: HashSet<Status>,
+    marketplaces: Marketplaces,
+    retry_base: Duration,
+}
+
+fn count(result: &'static str) {
+    metrics::counter!("emails_total", "result" => result).increment(1);
+}
+
+impl Handler for EmailPublisher {
+    async fn handle(&self, msg: Incoming) -> Outcome {
+        let change: StatusChange = match serde_json::from_slice(&msg.body) {
+            Ok(c) => c,
+            Err(e) => return Outcome::Park { reason: format!("not a status change: {e}") },
+        };
+        if !self.statuses.contains(&change.status) {
+            count("not_notified");
+            return Outcome::Ack;
+        }
+        if let Some(mp) = change.marketplace.as_ref().and_then(|m| self.marketplaces.get(&m.name)) {
+            if !mp.email_customers {
+                count("marketplace_emails");
+                return Outcome::Ack;
+            }
+        }
+        let email = match self.renderer.render(&change) {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                count("no_template");
+                return Outcome::Ack;
+            }
+            Err(e) => return Outcome::Park { reason: format!("cannot render the email: {e}") },
+        };
+        let mut tx = match self.pool.begin().await {
+            Ok(tx) => tx,
+            Err(e) => return db_retry(e),
+        };
+        match deliveries::claim(&mut tx, DESTINATION, change.change_id).await {
+            Ok(Progress::Done) => {
+                count("duplicate");
+                tracing::info!(change_id = %change.change_id, "Email already sent for this change; nothing to do.");
+                return Outcome::Ack;
+            }
+            Ok(Progress::ToDo { .. }) => {}
+            Err(e) => return db_retry(e),
+        }
+        let message_id = self.mailer.message_id(change.change_id);
+        let sent = self
+            .mailer
+            .send(&change.customer.email, change.customer.name.as_deref(), &email, &message_id)
+            .await;
+        let outcome = match &sent {
+            Ok(()) => {
+                if let Err(e) = deliveries::complete(&mut tx, DESTINATION, change.change_id, &message_id).await {
+                    return db_retry(e);
+                }
+                Outcome::Ack
+            }
+            Err(e) if e.is_transient() => {
+                let _ = deliveries::fail(&mut tx, DESTINATION, change.change_id, &e.to_string(), false).await;
+                Outcome::Retry { after: backoff(msg.attempt, self.retry_base, Duration::from_secs(600)), reason: e.to_string() }
+            }
+            Err(e) => {
+                let _ = deliveries::fail(&mut tx, DESTINATION, change.change_id, &e.to_string(), true).await;
+                Outcome::Park { reason: e.to_string() }
+            }
+        };
+        if let Err(e) = tx.commit().await {
+            // The email went out but its record did not: a redelivery will send it again, with the same Message-ID.
+            tracing::error!(change_id = %change.change_id, error = %e, "Could not record the email's outcome.");
+            return db_retry(e);
+        }
+        match sent {
+            Ok(()) => {
+                count("sent");
+                tracing::info!(change_id = %change.change_id, to = %change.customer.email.masked(), status = %change.status,
+                    locale = change.customer.locale.as_str(), "Email accepted by the SMTP server.");
+            }
+            Err(_) => count(if matches!(outcome, Outcome::Park { .. }) { "refused" } else { "failed" }),
+        }
+        outcome
+    }
+}

@@ -1,0 +1,401 @@
+//! The normalizer: stores each poll's events once, decides the shipment's status, and records and publishes
+//! status changes without the database and the queue ever disagreeing.
+//!
+//! In one transaction: the shipment is registered (or its order context updated) and its row locked; new events
+//! are inserted (a carrier returns the whole history on every poll: equal fingerprints add nothing); the status is
+//! recomputed from all stored events (`tracking_domain::rules`); a changed status is recorded in `status_changes`
+//! with a stable id. After the commit the change is published to `order.status` with a confirm and marked
+//! published. A change whose publish failed or was cut short (crash, broker down) stays unpublished in the table,
+//! and the outbox relay in this worker publishes it later: nothing is lost, and a rare double publish carries the
+//! same `change_id`, which both publishers deduplicate.
+
+use crate::policy::PollPolicy;
+use crate::{boot, db_retry};
+use chrono::{DateTime, FixedOffset, Utc};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracking_domain::rules::{RuleEvent, current_status};
+use tracking_domain::table::{EventTables, Mapping};
+use tracking_domain::{CarrierUpdate, ChangeEvent, Location, Source, Status, StatusChange};
+use tracking_runtime::amqp::topology::{NORMALIZER_QUEUE, ORDER_STATUS};
+use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome, Outgoing, Publisher, run_consumer};
+use tracking_runtime::ops::Health;
+use tracking_runtime::settings;
+use tracking_store::StoreError;
+use tracking_store::shipments::{self, EventRow};
+
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub db: tracking_store::DbSettings,
+    pub policy: PollPolicy,
+    pub tables: EventTables,
+    /// `OUTBOX_INTERVAL_MS` (default 1000): how often the relay looks for unpublished changes.
+    pub outbox_interval: Duration,
+    /// `OUTBOX_GRACE_MS` (default 5000): how old an unpublished change must be before the relay takes it
+    /// (younger ones are still being published by the handler that recorded them).
+    pub outbox_grace: Duration,
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let amqp = AmqpSettings::from_env()?;
+        let tables = match settings::var("EVENT_TABLES_DIR") {
+            Some(dir) => EventTables::load(std::path::Path::new(&dir))
+                .map_err(|e| settings::SettingsError::new("EVENT_TABLES_DIR", e.to_string()))?,
+            None => EventTables::builtin(),
+        };
+        Ok(Self {
+            db: boot::db_settings(u32::from(amqp.prefetch) + 4)?,
+            amqp,
+            policy: PollPolicy::from_env()?,
+            tables,
+            outbox_interval: settings::millis("OUTBOX_INTERVAL_MS", 1000)?,
+            outbox_grace: settings::millis("OUTBOX_GRACE_MS", 5000)?,
+        })
+    }
+}
+
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let health = Health::new(&["rabbitmq", "postgres"]);
+    boot::serve_ops("127.0.0.1:9102", health.clone(), shutdown.clone()).await?;
+    let pool = tracking_store::pool(&settings.db)?;
+    // The normalizer owns the schema: migrate before consuming (retrying while the database is down).
+    let mut failures = 0u32;
+    loop {
+        match tracking_store::migrate(&pool).await {
+            Ok(()) => break,
+            Err(e) => {
+                failures += 1;
+                tracing::error!(error = %e, "Cannot migrate the database yet; retrying.");
+                tokio::select! {
+                    _ = tokio::time::sleep(crate::backoff(failures, Duration::from_millis(500), Duration::from_secs(10))) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        }
+    }
+    tokio::spawn(boot::watch_database(pool.clone(), health.clone(), shutdown.clone()));
+    let publisher = Publisher::new(settings.amqp.clone(), "normalizer");
+    let relay = tokio::spawn(outbox_relay(
+        pool.clone(),
+        publisher.clone(),
+        settings.outbox_interval,
+        settings.outbox_grace,
+        shutdown.clone(),
+    ));
+    let handler = Arc::new(Normalizer {
+        pool,
+        tables: settings.tables,
+        policy: settings.policy,
+        publisher: publisher.clone(),
+    });
+    run_consumer(settings.amqp, NORMALIZER_QUEUE, publisher.clone(), handler, health, shutdown).await;
+    let _ = relay.await;
+    publisher.close().await;
+    Ok(())
+}
+
+pub struct Normalizer {
+    pool: PgPool,
+    tables: EventTables,
+    policy: PollPolicy,
+    publisher: Publisher,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<sqlx::Error> for ApplyError {
+    fn from(e: sqlx::Error) -> Self {
+        ApplyError::Store(StoreError::Db(e))
+    }
+}
+
+impl Handler for Normalizer {
+    async fn handle(&self, msg: Incoming) -> Outcome {
+        let update: CarrierUpdate = match serde_json::from_slice(&msg.body) {
+            Ok(u) => u,
+            Err(e) => return Outcome::Park { reason: format!("not a carrier update: {e}") },
+        };
+        let changes = match self.apply(&update).await {
+            Ok(c) => c,
+            Err(ApplyError::Invalid(reason)) => return Outcome::Park { reason },
+            Err(ApplyError::Store(StoreError::Corrupt(reason))) => return Outcome::Park { reason },
+            Err(ApplyError::Store(e)) => return db_retry(e),
+        };
+        for change in changes {
+            // A failure here is not the message's failure: the change is stored, and the relay will publish it.
+            if let Err(e) = publish_change(&self.publisher, &self.pool, &change).await {
+                tracing::warn!(change_id = %change.change_id, error = %e, "Status change stored but not yet published; the outbox relay will retry.");
+            }
+        }
+        Outcome::Ack
+    }
+}
+
+fn mapping_of(row: &EventRow) -> Option<Mapping> {
+    if row.reverses {
+        return Some(Mapping::Reverse);
+    }
+    let status = row.status.as_deref()?.parse::<Status>().ok()?;
+    Some(Mapping::Status { status, reason: row.reason.clone() })
+}
+
+fn with_offset(at: DateTime<Utc>, offset_secs: i32) -> DateTime<FixedOffset> {
+    FixedOffset::east_opt(offset_secs).map_or_else(|| at.fixed_offset(), |o| at.with_timezone(&o))
+}
+
+impl Normalizer {
+    async fn apply(&self, update: &CarrierUpdate) -> Result<Vec<StatusChange>, ApplyError> {
+        let mut tx = self.pool.begin().await?;
+        let shipment = match &update.request {
+            Some(req) => {
+                if req.tracking_code != update.tracking_code || req.carrier != update.carrier {
+                    return Err(ApplyError::Invalid(format!(
+                        "the update is for {} {} but carries a request for {} {}",
+                        update.carrier, update.tracking_code, req.carrier, req.tracking_code
+                    )));
+                }
+                shipments::upsert_and_lock(&mut tx, req).await?
+            }
+            None => shipments::lock(&mut tx, update.carrier, &update.tracking_code).await?.ok_or_else(|| {
+                ApplyError::Invalid(format!("no shipment {} {} is registered", update.carrier, update.tracking_code))
+            })?,
+        };
+
+        let mut inserted = 0usize;
+        for ev in &update.events {
+            let fp = ev.fingerprint(update.carrier, &update.tracking_code, update.source);
+            let mapping = match update.source {
+                Source::Manual => ev.status.map(|status| Mapping::Status { status, reason: None }),
+                Source::Carrier => self.tables.lookup(update.carrier, &ev.code, ev.kind.as_deref()).cloned(),
+            };
+            let (status, reason, reverses) = match &mapping {
+                Some(Mapping::Status { status, reason }) => (Some(status.as_str()), reason.clone(), false),
+                Some(Mapping::Reverse) => (None, None, true),
+                None => (None, None, false),
+            };
+            let loc = ev.location.clone().unwrap_or_default();
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO tracking_events (shipment_id, fingerprint, source, code, kind, description, detail, city, state, unit, \
+                     occurred_at, utc_offset_secs, status, reason, reverses, raw) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+                 ON CONFLICT (fingerprint) DO NOTHING RETURNING id",
+            )
+            .bind(shipment.id)
+            .bind(&fp)
+            .bind(update.source.as_str())
+            .bind(&ev.code)
+            .bind(ev.kind.as_deref())
+            .bind(&ev.description)
+            .bind(ev.detail.as_deref())
+            .bind(loc.city.as_deref())
+            .bind(loc.state.as_deref())
+            .bind(ev.unit.as_deref())
+            .bind(ev.occurred_at.with_timezone(&Utc))
+            .bind(ev.occurred_at.offset().local_minus_utc())
+            .bind(status)
+            .bind(reason)
+            .bind(reverses)
+            .bind(&ev.raw)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if id.is_some() {
+                inserted += 1;
+                if mapping.is_none() {
+                    metrics::counter!("unmapped_events_total", "carrier" => update.carrier.as_str(), "code" => ev.code.clone(),
+                        "type" => ev.kind.clone().unwrap_or_default())
+                    .increment(1);
+                    tracing::warn!(carrier = %update.carrier, code = %ev.code, kind = ?ev.kind, description = %ev.description,
+                        "An event code nobody mapped was stored; add it to the event table.");
+                }
+            }
+        }
+        metrics::counter!("events_stored_total", "carrier" => update.carrier.as_str()).increment(inserted as u64);
+
+        let previous = shipment.status()?;
+        let now = Utc::now();
+        let mut changes = Vec::new();
+        let mut status = previous;
+        if inserted > 0 {
+            let rows = shipments::events(&mut tx, shipment.id).await?;
+            let rule_events: Vec<RuleEvent> = rows
+                .iter()
+                .map(|r| RuleEvent { occurred_at: r.occurred_at.fixed_offset(), seq: r.id, mapping: mapping_of(r) })
+                .collect();
+            let decision = current_status(&rule_events);
+            let computed = decision.as_ref().map_or(Status::Registered, |d| d.status);
+            if computed != previous {
+                let (row, reason) = match &decision {
+                    Some(d) => (rows.get(d.index), d.reason.clone()),
+                    None => (None, None),
+                };
+                let change = self.change_for(&shipment, update, previous, computed, row, reason, now)?;
+                let payload = serde_json::to_value(&change).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO status_changes (change_id, shipment_id, event_id, status, previous_status, occurred_at, payload) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (change_id) DO NOTHING",
+                )
+                .bind(change.change_id)
+                .bind(shipment.id)
+                .bind(row.map(|r| r.id))
+                .bind(computed.as_str())
+                .bind(previous.as_str())
+                .bind(change.occurred_at.with_timezone(&Utc))
+                .bind(&payload)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE shipments SET status = $2, status_reason = $3, status_at = $4, finished_at = NULL, updated_at = now() WHERE id = $1",
+                )
+                .bind(shipment.id)
+                .bind(computed.as_str())
+                .bind(change.reason.as_deref())
+                .bind(change.occurred_at.with_timezone(&Utc))
+                .execute(&mut *tx)
+                .await?;
+                tracing::info!(change_id = %change.change_id, order_id = %change.order_id, tracking_code = %change.tracking_code,
+                    from = %previous, to = %computed, "Status changed.");
+                metrics::counter!("status_changes_total", "status" => computed.as_str()).increment(1);
+                status = computed;
+                changes.push(change);
+            }
+        }
+        let next = self.policy.next_poll(status, now);
+        sqlx::query(
+            "UPDATE shipments SET last_polled_at = CASE WHEN $2 THEN now() ELSE last_polled_at END, \
+                 last_news_at = CASE WHEN $3 THEN now() ELSE last_news_at END, \
+                 estimated_delivery = COALESCE($4, estimated_delivery), carrier_message = $5, next_poll_at = $6, updated_at = now() \
+             WHERE id = $1",
+        )
+        .bind(shipment.id)
+        .bind(update.source == Source::Carrier)
+        .bind(inserted > 0)
+        .bind(update.estimated_delivery.map(|d| d.with_timezone(&Utc)))
+        .bind(update.carrier_message.as_deref())
+        .bind(next)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(changes)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn change_for(
+        &self,
+        shipment: &shipments::ShipmentRow,
+        update: &CarrierUpdate,
+        previous: Status,
+        status: Status,
+        row: Option<&EventRow>,
+        reason: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<StatusChange, ApplyError> {
+        let req = shipment.request()?;
+        // A change without a deciding event happens only when every mapped event was reversed.
+        let (fingerprint, occurred_at, event, source) = match row {
+            Some(r) => (
+                r.fingerprint.clone(),
+                with_offset(r.occurred_at, r.utc_offset_secs),
+                ChangeEvent {
+                    code: r.code.clone(),
+                    kind: r.kind.clone(),
+                    description: r.description.clone(),
+                    location: Location { city: r.city.clone(), state: r.state.clone() },
+                },
+                if r.source == "manual" { Source::Manual } else { Source::Carrier },
+            ),
+            None => (
+                format!("reverted-at-{}", now.timestamp_millis()),
+                now.fixed_offset(),
+                ChangeEvent { code: "EST".into(), kind: None, description: "previous information disregarded".into(), location: Location::default() },
+                update.source,
+            ),
+        };
+        Ok(StatusChange {
+            change_id: StatusChange::id_for(update.carrier, &update.tracking_code, status, &fingerprint),
+            order_id: req.order_id,
+            tracking_code: update.tracking_code.clone(),
+            carrier: update.carrier,
+            status,
+            previous_status: previous,
+            occurred_at,
+            source,
+            event,
+            reason,
+            customer: req.customer,
+            marketplace: req.marketplace,
+            invoice_number: req.invoice_number,
+            estimated_delivery: update
+                .estimated_delivery
+                .or_else(|| shipment.estimated_delivery.map(|d| d.fixed_offset())),
+        })
+    }
+}
+
+/// Publishes one recorded change and marks it published.
+async fn publish_change(publisher: &Publisher, pool: &PgPool, change: &StatusChange) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(change)?;
+    publish_raw(publisher, pool, change.change_id, change.status.as_str(), &body).await
+}
+
+async fn publish_raw(publisher: &Publisher, pool: &PgPool, change_id: uuid::Uuid, status: &str, body: &[u8]) -> anyhow::Result<()> {
+    let mut msg = Outgoing::json(ORDER_STATUS, status, body);
+    msg.message_id = Some(change_id.to_string());
+    publisher.publish(msg).await?;
+    sqlx::query("UPDATE status_changes SET published_at = now() WHERE change_id = $1 AND published_at IS NULL")
+        .bind(change_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The outbox relay: publishes changes that were recorded but not published (a crash or a broker outage
+/// between commit and publish), oldest first. Several normalizers share the work with `SKIP LOCKED`.
+pub async fn outbox_relay(pool: PgPool, publisher: Publisher, every: Duration, grace: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match relay_once(&pool, &publisher, grace).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(published = n, "The outbox relay published changes left unpublished."),
+            Err(e) => tracing::warn!(error = %e, "The outbox relay could not run; it will try again."),
+        }
+    }
+}
+
+pub async fn relay_once(pool: &PgPool, publisher: &Publisher, grace: Duration) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(uuid::Uuid, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT change_id, status, payload FROM status_changes \
+         WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1) \
+         ORDER BY created_at LIMIT 200 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(grace.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut published = 0;
+    for (change_id, status, payload) in rows {
+        let body = serde_json::to_vec(&payload)?;
+        let mut msg = Outgoing::json(ORDER_STATUS, &status, &body);
+        msg.message_id = Some(change_id.to_string());
+        publisher.publish(msg).await?;
+        sqlx::query("UPDATE status_changes SET published_at = now() WHERE change_id = $1")
+            .bind(change_id)
+            .execute(&mut *tx)
+            .await?;
+        published += 1;
+    }
+    tx.commit().await?;
+    metrics::counter!("outbox_relayed_total").increment(published as u64);
+    Ok(published)
+}

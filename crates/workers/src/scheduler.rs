@@ -1,0 +1,165 @@
+//! The scheduler: re-polls every shipment that is not finished, when it is due.
+//!
+//! Each tick takes up to `SCHEDULER_BATCH` due shipments with `FOR UPDATE SKIP LOCKED` (several schedulers never take
+//! the same shipment), publishes a tracking request for each (with confirms) and moves its `next_poll_at` on, in the
+//! same transaction: a failed publish rolls back, and the shipment stays due.
+//! - Delivered or returned: this is the final poll (for late events); the shipment is marked finished.
+//! - No news for `EXPIRE_AFTER_DAYS`: the shipment is marked `expired`, the change is recorded in the outbox
+//!   (the normalizer's relay publishes it), a warning is logged and `shipments_expired_total` counted; polling stops.
+
+use crate::policy::PollPolicy;
+use crate::boot;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracking_domain::{ChangeEvent, Location, Source, Status, StatusChange};
+use tracking_runtime::amqp::topology::TRACKING_REQUESTS;
+use tracking_runtime::amqp::{AmqpSettings, Outgoing, Publisher};
+use tracking_runtime::ops::Health;
+use tracking_runtime::settings::{self, SettingsError};
+use tracking_store::shipments::{SHIPMENT_COLUMNS, ShipmentRow};
+
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub db: tracking_store::DbSettings,
+    pub policy: PollPolicy,
+    /// `SCHEDULER_TICK_MS` (default 1000): how often it looks for due shipments.
+    pub tick: Duration,
+    /// `SCHEDULER_BATCH` (default 500): shipments taken per transaction.
+    pub batch: i64,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let batch = settings::parse("SCHEDULER_BATCH", 500i64)?;
+        if batch < 1 {
+            return Err(SettingsError::new("SCHEDULER_BATCH", "must be at least 1"));
+        }
+        Ok(Self {
+            amqp: AmqpSettings::from_env()?,
+            db: boot::db_settings(4)?,
+            policy: PollPolicy::from_env()?,
+            tick: settings::millis("SCHEDULER_TICK_MS", 1000)?,
+            batch,
+        })
+    }
+}
+
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let health = Health::new(&["rabbitmq", "postgres"]);
+    boot::serve_ops("127.0.0.1:9103", health.clone(), shutdown.clone()).await?;
+    let pool = tracking_store::pool(&settings.db)?;
+    tokio::spawn(boot::watch_database(pool.clone(), health.clone(), shutdown.clone()));
+    let publisher = Publisher::new(settings.amqp.clone(), "scheduler");
+    tracing::info!(tick_ms = settings.tick.as_millis() as u64, "Scheduling polls.");
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(settings.tick) => {}
+            _ = shutdown.cancelled() => break,
+        }
+        match tick(&pool, &publisher, &settings.policy, settings.batch, Utc::now()).await {
+            Ok(report) => {
+                health.set("rabbitmq", true);
+                if report.polled + report.expired > 0 {
+                    tracing::debug!(polled = report.polled, finished = report.finished, expired = report.expired, "Scheduled polls.");
+                }
+            }
+            Err(e) => {
+                health.set("rabbitmq", publisher.is_connected());
+                tracing::warn!(error = %e, "A scheduler tick failed; the shipments stay due.");
+            }
+        }
+    }
+    publisher.close().await;
+    Ok(())
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TickReport {
+    pub polled: usize,
+    pub finished: usize,
+    pub expired: usize,
+}
+
+/// One pass over due shipments.
+pub async fn tick(pool: &PgPool, publisher: &Publisher, policy: &PollPolicy, batch: i64, now: DateTime<Utc>) -> anyhow::Result<TickReport> {
+    let mut report = TickReport::default();
+    let mut tx = pool.begin().await?;
+    let sql = format!(
+        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE finished_at IS NULL AND next_poll_at <= $1 \
+         ORDER BY next_poll_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+    );
+    let due: Vec<ShipmentRow> = sqlx::query_as(&sql).bind(now).bind(batch).fetch_all(&mut *tx).await?;
+    let expire_before = now - chrono::Duration::from_std(policy.expire_after).unwrap_or(chrono::Duration::days(30));
+    for s in due {
+        let status = s.status()?;
+        if !status.is_final() && s.last_news_at < expire_before {
+            expire(&mut tx, &s, status, now).await?;
+            report.expired += 1;
+            continue;
+        }
+        let request = s.request()?;
+        let body = serde_json::to_vec(&request)?;
+        publisher.publish(Outgoing::json("", TRACKING_REQUESTS, &body)).await?;
+        let final_poll = status.is_final();
+        sqlx::query("UPDATE shipments SET next_poll_at = $2, finished_at = CASE WHEN $3 THEN now() ELSE NULL END WHERE id = $1")
+            .bind(s.id)
+            .bind(policy.next_poll(status, now))
+            .bind(final_poll)
+            .execute(&mut *tx)
+            .await?;
+        report.polled += 1;
+        if final_poll {
+            report.finished += 1;
+        }
+    }
+    tx.commit().await?;
+    metrics::counter!("scheduled_polls_total").increment(report.polled as u64);
+    Ok(report)
+}
+
+async fn expire(tx: &mut sqlx::PgConnection, s: &ShipmentRow, previous: Status, now: DateTime<Utc>) -> anyhow::Result<()> {
+    let req = s.request()?;
+    let change = StatusChange {
+        change_id: StatusChange::id_for(req.carrier, &req.tracking_code, Status::Expired, &format!("expired-after-{}", s.last_news_at.timestamp())),
+        order_id: req.order_id,
+        tracking_code: req.tracking_code.clone(),
+        carrier: req.carrier,
+        status: Status::Expired,
+        previous_status: previous,
+        occurred_at: now.fixed_offset(),
+        source: Source::Carrier,
+        event: ChangeEvent {
+            code: "EXPIRED".into(),
+            kind: None,
+            description: format!("no carrier update since {}", s.last_news_at.to_rfc3339()),
+            location: Location::default(),
+        },
+        reason: Some("no update for too long".into()),
+        customer: req.customer,
+        marketplace: req.marketplace,
+        invoice_number: req.invoice_number,
+        estimated_delivery: s.estimated_delivery.map(|d| d.fixed_offset()),
+    };
+    sqlx::query(
+        "INSERT INTO status_changes (change_id, shipment_id, status, previous_status, occurred_at, payload) \
+         VALUES ($1, $2, 'expired', $3, $4, $5) ON CONFLICT (change_id) DO NOTHING",
+    )
+    .bind(change.change_id)
+    .bind(s.id)
+    .bind(previous.as_str())
+    .bind(now)
+    .bind(serde_json::to_value(&change)?)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE shipments SET status = 'expired', status_at = $2, finished_at = $2, updated_at = now() WHERE id = $1")
+        .bind(s.id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    metrics::counter!("shipments_expired_total", "carrier" => req.carrier.as_str()).increment(1);
+    tracing::warn!(order_id = %s.order_id, tracking_code = %s.tracking_code, last_news_at = %s.last_news_at,
+        "Shipment expired: no carrier update for too long; polling stopped.");
+    Ok(())
+}
