@@ -1,1 +1,463 @@
+//! Test support: every test gets its own RabbitMQ vhost and PostgreSQL database (dropped afterwards), and talks to
+//! real servers: the worker binaries from `target/debug/`, maildev (a real SMTP server with a REST API), the Correios
+//! simulator and the marketplace receiver (real HTTP servers on 127.0.0.1).
+//!
+//! `TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672`) and `TEST_DATABASE_URL` (default
+//! `postgres://postgres:postgres@127.0.0.1:5432/postgres`, a role that can create databases) say where the servers are.
+//! Vhosts are created with `rabbitmqctl` (as root, or through `sudo -n`).
 
+#![allow(clippy::unwrap_used)]
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::Value;
+use sqlx::PgPool;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn amqp_base_url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
+}
+
+fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    let direct = Command::new("rabbitmqctl").args(args).stdout(Stdio::null()).stderr(Stdio::piped()).output();
+    if let Ok(out) = &direct {
+        if out.status.success() {
+            return Ok(());
+        }
+    }
+    let out = Command::new("sudo").arg("-n").arg("rabbitmqctl").args(args).stdout(Stdio::null()).output()?;
+    if !out.status.success() {
+        bail!("rabbitmqctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// An isolated place to run: a vhost and a database of its own.
+pub struct TestEnv {
+    pub name: String,
+    pub amqp_url: String,
+    pub database_url: String,
+    pub pool: PgPool,
+    vhost: String,
+    database: String,
+}
+
+impl TestEnv {
+    pub async fn new() -> anyhow::Result<Self> {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let vhost = format!("t-{id}");
+        let database = format!("t_{id}");
+        tokio::task::block_in_place(|| -> anyhow::Result<()> {
+            rabbitmqctl(&["add_vhost", &vhost])?;
+            rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"])
+        })?;
+        let admin = admin_database_url();
+        let (_, _) = tracking_store::split_database(&admin).context("TEST_DATABASE_URL has no database name")?;
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).context("bad TEST_DATABASE_URL")?;
+        let database_url = format!("{base}/{database}");
+        tracking_store::create_database_if_missing(&database_url).await?;
+        let pool = tracking_store::pool(&tracking_store::DbSettings::new(&database_url))?;
+        Ok(Self {
+            name: id,
+            amqp_url: format!("{}/{vhost}", amqp_base_url()),
+            database_url,
+            pool,
+            vhost,
+            database,
+        })
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        tracking_store::migrate(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The environment every worker of this test gets.
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AMQP_URL".into(), self.amqp_url.clone()),
+            ("DATABASE_URL".into(), self.database_url.clone()),
+            ("RUST_LOG".into(), "info,lapin=warn".into()),
+            ("RETRY_DELAYS_MS".into(), "200,1000".into()),
+            ("SHUTDOWN_GRACE_MS".into(), "3000".into()),
+        ]
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        let dir = target_dir().join("test-logs").join(&self.name);
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+
+    pub async fn amqp(&self) -> anyhow::Result<Amqp> {
+        Amqp::connect(&self.amqp_url).await
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl(&["delete_vhost", &self.vhost]);
+        let _ = Command::new("psql")
+            .arg(admin_database_url())
+            .args(["-q", "-c", &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"))
+}
+
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A worker binary running as its own process; stopped with SIGTERM (then SIGKILL) on drop.
+pub struct Worker {
+    pub name: String,
+    pub metrics_addr: SocketAddr,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Worker {
+    pub fn spawn(env: &TestEnv, name: &str, extra: &[(&str, String)]) -> anyhow::Result<Worker> {
+        let bin = target_dir().join("debug").join(name);
+        if !bin.exists() {
+            bail!("{} is missing: build the binaries first (`make test` does: cargo build --workspace --bins)", bin.display());
+        }
+        let metrics_addr = free_addr();
+        let log = env.log_dir().join(format!("{name}-{}.log", metrics_addr.port()));
+        let file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(&bin);
+        cmd.envs(env.worker_env())
+            .env("METRICS_ADDR", metrics_addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Worker { name: name.into(), metrics_addr, log, child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until `/health` answers 200.
+    pub async fn wait_healthy(&mut self, within: Duration) -> anyhow::Result<Value> {
+        let url = format!("http://{}/health", self.metrics_addr);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited with {status} before it was healthy; log:\n{}", self.name, self.log_text());
+            }
+            if let Ok(resp) = client.get(&url).send().await {
+                if resp.status().is_success() {
+                    return Ok(resp.json().await?);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{} was not healthy within {within:?}; log:\n{}", self.name, self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn health(&self) -> anyhow::Result<(u16, Value)> {
+        let resp = reqwest::get(format!("http://{}/health", self.metrics_addr)).await?;
+        Ok((resp.status().as_u16(), resp.json().await?))
+    }
+
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("http://{}/metrics", self.metrics_addr)).await?.text().await?)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit code.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("{} did not stop within 15 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs a binary to completion (for configuration checks): exit status and everything it printed.
+    pub fn run_to_exit(env: &TestEnv, name: &str, extra: &[(&str, String)]) -> anyhow::Result<(i32, String)> {
+        let bin = target_dir().join("debug").join(name);
+        let mut cmd = Command::new(&bin);
+        cmd.envs(env.worker_env()).env("METRICS_ADDR", free_addr().to_string());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output()?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.code().unwrap_or(-1), text))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.terminate();
+        }
+    }
+}
+
+/// maildev: a real SMTP server whose REST API lists what it received.
+pub struct Maildev {
+    pub smtp_port: u16,
+    pub web_port: u16,
+    child: Child,
+}
+
+impl Maildev {
+    pub async fn start() -> anyhow::Result<Maildev> {
+        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/node_modules/.bin/maildev");
+        if !bin.exists() {
+            bail!("maildev is missing at {}: run `make setup`", bin.display());
+        }
+        let (smtp_port, web_port) = (free_addr().port(), free_addr().port());
+        let dir = target_dir().join("test-logs").join(format!("maildev-{smtp_port}"));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new(bin)
+            .args(["--ip", "127.0.0.1", "--web-ip", "127.0.0.1", "-s", &smtp_port.to_string(), "-w", &web_port.to_string()])
+            .arg("--mail-directory")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let me = Maildev { smtp_port, web_port, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while me.emails().await.is_err() {
+            if Instant::now() > deadline {
+                bail!("maildev did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(me)
+    }
+
+    pub fn smtp_url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.smtp_port)
+    }
+
+    pub async fn emails(&self) -> anyhow::Result<Vec<Value>> {
+        let resp = reqwest::get(format!("http://127.0.0.1:{}/api/email", self.web_port)).await?;
+        if !resp.status().is_success() {
+            bail!("maildev answered {}", resp.status());
+        }
+        Ok(resp.json().await?)
+    }
+}
+
+impl Drop for Maildev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `within` with `what`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for {what} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A message taken from a queue.
+#[derive(Debug)]
+pub struct Taken {
+    pub body: Vec<u8>,
+    pub headers: FieldTable,
+}
+
+impl Taken {
+    pub fn header(&self, key: &str) -> Option<String> {
+        match self.headers.inner().get(key)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+            AMQPValue::LongLongInt(n) => Some(n.to_string()),
+            AMQPValue::LongInt(n) => Some(n.to_string()),
+            other => Some(format!("{other:?}")),
+        }
+    }
+}
+
+/// A test's own AMQP client.
+pub struct Amqp {
+    conn: Connection,
+    channel: lapin::Channel,
+}
+
+impl Amqp {
+    pub async fn connect(url: &str) -> anyhow::Result<Amqp> {
+        let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Amqp { conn, channel })
+    }
+
+    /// Declares the contract's topology (as every worker does at start).
+    pub async fn declare(&self, retry_delays: &[Duration]) -> anyhow::Result<()> {
+        tracking_runtime::amqp::topology::declare(&self.channel, retry_delays).await?;
+        Ok(())
+    }
+
+    /// Publishes bytes to a queue through the default exchange and waits for the confirm.
+    pub async fn publish(&self, queue: &str, body: &[u8]) -> anyhow::Result<()> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+        if !confirm.is_ack() || confirm.take_message().is_some() {
+            bail!("the broker did not take the message for {queue}");
+        }
+        Ok(())
+    }
+
+    pub async fn count(&self, queue: &str) -> anyhow::Result<u32> {
+        Ok(tracking_runtime::amqp::topology::message_count(&self.channel, queue).await?)
+    }
+
+    /// Takes (and acks) every message now in `queue`.
+    pub async fn drain(&self, queue: &str) -> anyhow::Result<Vec<Taken>> {
+        let mut out = Vec::new();
+        while let Some(msg) = self.channel.basic_get(queue.into(), BasicGetOptions::default()).await? {
+            let delivery = msg.delivery;
+            delivery.ack(BasicAckOptions::default()).await?;
+            out.push(Taken { body: delivery.data.clone(), headers: delivery.properties.headers().clone().unwrap_or_default() });
+        }
+        Ok(out)
+    }
+
+    /// Every `.dead` queue's depth, for "nothing was parked" checks.
+    pub async fn dead_counts(&self) -> anyhow::Result<Vec<(String, u32)>> {
+        let mut out = Vec::new();
+        for q in tracking_runtime::amqp::topology::WORK_QUEUES {
+            let dead = tracking_runtime::amqp::topology::dead_queue(q);
+            out.push((dead.clone(), self.count(&dead).await?));
+        }
+        Ok(out)
+    }
+
+    pub async fn queue_exists(&self, queue: &str) -> bool {
+        let ch = match self.conn.create_channel().await {
+            Ok(c) => c,
+            Err(_) => return false,
+        };
+        ch.queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .await
+            .is_ok()
+    }
+
+    /// Consumes one message within `within` (used by runtime tests).
+    pub async fn consume_one(&self, queue: &str, within: Duration) -> anyhow::Result<Option<Taken>> {
+        let ch = self.conn.create_channel().await?;
+        let mut consumer = ch.basic_consume(queue.into(), "".into(), Default::default(), FieldTable::default()).await?;
+        match tokio::time::timeout(within, consumer.next()).await {
+            Ok(Some(Ok(d))) => {
+                d.ack(BasicAckOptions::default()).await?;
+                Ok(Some(Taken { body: d.data.clone(), headers: d.properties.headers().clone().unwrap_or_default() }))
+            }
+            Ok(Some(Err(e))) => Err(e.into()),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A tracking request in the contract's shape.
+pub fn request(order_id: &str, code: &str, email: &str, locale: &str, marketplace: Option<&str>) -> Value {
+    let mut r = serde_json::json!({
+        "order_id": order_id,
+        "tracking_code": code,
+        "customer": { "email": email, "name": "Ana Souza", "locale": locale },
+        "invoice_number": "00012345"
+    });
+    if let Some(m) = marketplace {
+        r["marketplace"] = serde_json::json!({ "name": m, "order_id": format!("MP-{order_id}") });
+    }
+    r
+}
+
+/// The n-th valid Correios S10 code of a series: `{prefix}{8 digits}{check digit}BR`.
+pub fn s10(prefix: &str, n: u32) -> String {
+    let digits = format!("{:08}", n % 100_000_000);
+    let weights = [8, 6, 4, 2, 3, 5, 9, 7];
+    let sum: u32 = digits.bytes().zip(weights).map(|(d, w)| u32::from(d - b'0') * w).sum();
+    let check = match sum % 11 {
+        0 => 5,
+        1 => 0,
+        r => 11 - r,
+    };
+    format!("{prefix}{digits}{check}BR")
+}
+
+/// The Correios simulator and marketplace receiver settings a fetcher and a marketplace publisher need.
+pub fn correios_env(sim: &tracking_sim::correios::CorreiosSim) -> Vec<(&'static str, String)> {
+    vec![
+        ("CORREIOS_BASE_URL", sim.base_url()),
+        ("CORREIOS_USER", "sim-user".into()),
+        ("CORREIOS_ACCESS_CODE", "sim-code".into()),
+        ("CORREIOS_TIMEOUT_MS", "5000".into()),
+        ("CARRIER_RETRY_BASE_MS", "200".into()),
+    ]
+}
+
+/// Writes a marketplaces file naming one webhook marketplace and returns its path.
+pub fn marketplaces_file(env: &TestEnv, name: &str, url: &str, secret: &str) -> anyhow::Result<PathBuf> {
+    let path = env.log_dir().join("marketplaces.toml");
+    std::fs::write(&path, format!("[[marketplace]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"{url}\"\nsecret = \"{secret}\"\n"))?;
+    Ok(path)
+}

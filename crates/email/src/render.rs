@@ -73,11 +73,11 @@ pub enum RenderError {
         locale: &'static str,
         message: String,
     },
-    #[error("template {name} failed: {source:#}")]
+    /// The template's error is in the message (and not a `source`, so that reports do not print it twice).
+    #[error("template {name} failed: {error}")]
     Template {
         name: String,
-        #[source]
-        source: minijinja::Error,
+        error: minijinja::Error,
     },
     #[error("the {locale} date format {format:?} is invalid")]
     DateFormat {
@@ -192,20 +192,27 @@ impl Renderer {
     /// (with every optional value present, and with none) so that a broken template stops the worker at
     /// start-up rather than parking every email.
     pub fn new(settings: TemplateSettings) -> Result<Renderer, RenderError> {
+        Self::with_catalogs(settings, CATALOGS)
+    }
+
+    fn with_catalogs(
+        settings: TemplateSettings,
+        catalogs: [(Locale, &str); 3],
+    ) -> Result<Renderer, RenderError> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         for (name, source) in [LAYOUT_HTML, LAYOUT_TXT] {
             env.add_template(name, source)
-                .map_err(|source| RenderError::Template {
+                .map_err(|error| RenderError::Template {
                     name: name.into(),
-                    source,
+                    error,
                 })?;
         }
 
         let mut locales = HashMap::new();
-        for (locale, source) in CATALOGS {
+        for (locale, source) in catalogs {
             let catalog = Catalog::parse(source).map_err(|message| RenderError::Catalog {
                 locale: locale.as_str(),
                 message,
@@ -244,7 +251,7 @@ impl Renderer {
             for (part, source) in templates {
                 let name = template_name(locale, &part);
                 env.add_template_owned(name.clone(), source)
-                    .map_err(|source| RenderError::Template { name, source })?;
+                    .map_err(|error| RenderError::Template { name, error })?;
             }
             locales.insert(
                 locale,
@@ -336,9 +343,9 @@ impl Renderer {
         self.env
             .get_template(name)
             .and_then(|t| t.render(ctx))
-            .map_err(|source| RenderError::Template {
+            .map_err(|error| RenderError::Template {
                 name: name.to_owned(),
-                source,
+                error,
             })
     }
 
@@ -436,5 +443,79 @@ impl Renderer {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with_pt_br(catalog: &str) -> Result<Renderer, RenderError> {
+        let mut catalogs = CATALOGS;
+        catalogs[0].1 = catalog;
+        Renderer::with_catalogs(TemplateSettings::default(), catalogs)
+    }
+
+    fn pt_br() -> String {
+        CATALOGS[0].1.to_owned()
+    }
+
+    #[test]
+    fn the_embedded_catalogs_load() {
+        assert!(Renderer::new(TemplateSettings::default()).is_ok());
+    }
+
+    #[test]
+    fn a_misspelt_variable_stops_start_up() {
+        let broken = pt_br().replace("Olá, {{ name }}!", "Olá, {{ nmae }}!");
+        let err = with_pt_br(&broken).unwrap_err();
+        assert!(err.to_string().contains("undefined"), "{err}");
+        assert!(
+            matches!(&err, RenderError::Template { name, .. } if name == "pt-BR/greeting.txt"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_unknown_status_stops_start_up() {
+        let missing = pt_br().replace("[status.returning]", "[status.returned]");
+        let err = with_pt_br(&missing).unwrap_err().to_string();
+        assert!(
+            err.contains("pt-BR") && err.contains("[status.returning] is missing"),
+            "{err}"
+        );
+
+        let extra = format!(
+            "{}\n[status.in_transit]\nsubject = \"x\"\nbody = \"y\"\n",
+            pt_br()
+        );
+        let err = with_pt_br(&extra).unwrap_err().to_string();
+        assert!(err.contains("[status.in_transit] is not a status"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_label_or_a_bad_date_format_stops_start_up() {
+        let err = with_pt_br(&pt_br().replace("carrier_says = ", "carrier_said = ")).unwrap_err();
+        assert!(err.to_string().contains("carrier_said"), "{err}");
+        let err =
+            with_pt_br(&pt_br().replace("\"%d/%m/%Y %H:%M\"", "\"%d/%m/%Y %H:%Q\"")).unwrap_err();
+        assert!(matches!(err, RenderError::DateFormat { .. }), "{err}");
+    }
+
+    #[test]
+    fn every_locale_names_the_same_reasons() {
+        let keys = |source: &str| {
+            let mut k: Vec<String> = Catalog::parse(source)
+                .unwrap()
+                .reasons
+                .into_keys()
+                .collect();
+            k.sort();
+            k
+        };
+        for (locale, source) in CATALOGS {
+            assert_eq!(keys(source), keys(CATALOGS[0].1), "{locale:?}");
+        }
     }
 }

@@ -304,3 +304,9 @@ async fn a_server_that_stops_answering_times_out_as_transient_and_its_connection
     assert!(received.recv().await.is_some());
     Ok(())
 }
+
+#[test]
+fn the_mailer_can_be_shared_between_tasks() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<Mailer>();
+}

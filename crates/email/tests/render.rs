@@ -341,3 +341,9 @@ fn render_errors_name_the_template() {
     };
     assert_eq!(err.to_string(), "the en date format \"%Q\" is invalid");
 }
+
+#[test]
+fn the_renderer_can_be_shared_between_tasks() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Renderer>();
+}
