@@ -10,7 +10,10 @@
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::Value;
@@ -22,7 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn admin_database_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub fn amqp_base_url() -> String {
@@ -30,15 +34,27 @@ pub fn amqp_base_url() -> String {
 }
 
 fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
-    let direct = Command::new("rabbitmqctl").args(args).stdout(Stdio::null()).stderr(Stdio::piped()).output();
-    if let Ok(out) = &direct {
-        if out.status.success() {
-            return Ok(());
-        }
+    let direct = Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    if let Ok(out) = &direct
+        && out.status.success()
+    {
+        return Ok(());
     }
-    let out = Command::new("sudo").arg("-n").arg("rabbitmqctl").args(args).stdout(Stdio::null()).output()?;
+    let out = Command::new("sudo")
+        .arg("-n")
+        .arg("rabbitmqctl")
+        .args(args)
+        .stdout(Stdio::null())
+        .output()?;
     if !out.status.success() {
-        bail!("rabbitmqctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "rabbitmqctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -63,8 +79,12 @@ impl TestEnv {
             rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"])
         })?;
         let admin = admin_database_url();
-        let (_, _) = tracking_store::split_database(&admin).context("TEST_DATABASE_URL has no database name")?;
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).context("bad TEST_DATABASE_URL")?;
+        let (_, _) = tracking_store::split_database(&admin)
+            .context("TEST_DATABASE_URL has no database name")?;
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_owned())
+            .context("bad TEST_DATABASE_URL")?;
         let database_url = format!("{base}/{database}");
         tracking_store::create_database_if_missing(&database_url).await?;
         let pool = tracking_store::pool(&tracking_store::DbSettings::new(&database_url))?;
@@ -110,7 +130,11 @@ impl Drop for TestEnv {
         let _ = rabbitmqctl(&["delete_vhost", &self.vhost]);
         let _ = Command::new("psql")
             .arg(admin_database_url())
-            .args(["-q", "-c", &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database)])
+            .args([
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -120,7 +144,11 @@ impl Drop for TestEnv {
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        })
 }
 
 pub fn free_addr() -> SocketAddr {
@@ -140,10 +168,15 @@ impl Worker {
     pub fn spawn(env: &TestEnv, name: &str, extra: &[(&str, String)]) -> anyhow::Result<Worker> {
         let bin = target_dir().join("debug").join(name);
         if !bin.exists() {
-            bail!("{} is missing: build the binaries first (`make test` does: cargo build --workspace --bins)", bin.display());
+            bail!(
+                "{} is missing: build the binaries first (`make test` does: cargo build --workspace --bins)",
+                bin.display()
+            );
         }
         let metrics_addr = free_addr();
-        let log = env.log_dir().join(format!("{name}-{}.log", metrics_addr.port()));
+        let log = env
+            .log_dir()
+            .join(format!("{name}-{}.log", metrics_addr.port()));
         let file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(&bin);
         cmd.envs(env.worker_env())
@@ -154,8 +187,15 @@ impl Worker {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Worker { name: name.into(), metrics_addr, log, child })
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Worker {
+            name: name.into(),
+            metrics_addr,
+            log,
+            child,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -169,15 +209,23 @@ impl Worker {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited with {status} before it was healthy; log:\n{}", self.name, self.log_text());
+                bail!(
+                    "{} exited with {status} before it was healthy; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
-            if let Ok(resp) = client.get(&url).send().await {
-                if resp.status().is_success() {
-                    return Ok(resp.json().await?);
-                }
+            if let Ok(resp) = client.get(&url).send().await
+                && resp.status().is_success()
+            {
+                return Ok(resp.json().await?);
             }
             if Instant::now() > deadline {
-                bail!("{} was not healthy within {within:?}; log:\n{}", self.name, self.log_text());
+                bail!(
+                    "{} was not healthy within {within:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -189,7 +237,12 @@ impl Worker {
     }
 
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        Ok(reqwest::get(format!("http://{}/metrics", self.metrics_addr)).await?.text().await?)
+        Ok(
+            reqwest::get(format!("http://{}/metrics", self.metrics_addr))
+                .await?
+                .text()
+                .await?,
+        )
     }
 
     pub fn log_text(&self) -> String {
@@ -198,7 +251,9 @@ impl Worker {
 
     /// SIGTERM, then waits for the exit code.
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(s) = self.child.try_wait()? {
@@ -213,15 +268,24 @@ impl Worker {
     }
 
     /// Runs a binary to completion (for configuration checks): exit status and everything it printed.
-    pub fn run_to_exit(env: &TestEnv, name: &str, extra: &[(&str, String)]) -> anyhow::Result<(i32, String)> {
+    pub fn run_to_exit(
+        env: &TestEnv,
+        name: &str,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<(i32, String)> {
         let bin = target_dir().join("debug").join(name);
         let mut cmd = Command::new(&bin);
-        cmd.envs(env.worker_env()).env("METRICS_ADDR", free_addr().to_string());
+        cmd.envs(env.worker_env())
+            .env("METRICS_ADDR", free_addr().to_string());
         for (k, v) in extra {
             cmd.env(k, v);
         }
         let out = cmd.output()?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok((out.status.code().unwrap_or(-1), text))
     }
 }
@@ -243,21 +307,37 @@ pub struct Maildev {
 
 impl Maildev {
     pub async fn start() -> anyhow::Result<Maildev> {
-        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/node_modules/.bin/maildev");
+        let bin =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/node_modules/.bin/maildev");
         if !bin.exists() {
             bail!("maildev is missing at {}: run `make setup`", bin.display());
         }
         let (smtp_port, web_port) = (free_addr().port(), free_addr().port());
-        let dir = target_dir().join("test-logs").join(format!("maildev-{smtp_port}"));
+        let dir = target_dir()
+            .join("test-logs")
+            .join(format!("maildev-{smtp_port}"));
         std::fs::create_dir_all(&dir)?;
         let child = Command::new(bin)
-            .args(["--ip", "127.0.0.1", "--web-ip", "127.0.0.1", "-s", &smtp_port.to_string(), "-w", &web_port.to_string()])
+            .args([
+                "--ip",
+                "127.0.0.1",
+                "--web-ip",
+                "127.0.0.1",
+                "-s",
+                &smtp_port.to_string(),
+                "-w",
+                &web_port.to_string(),
+            ])
             .arg("--mail-directory")
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let me = Maildev { smtp_port, web_port, child };
+        let me = Maildev {
+            smtp_port,
+            web_port,
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while me.emails().await.is_err() {
             if Instant::now() > deadline {
@@ -338,7 +418,9 @@ impl Amqp {
     pub async fn connect(url: &str) -> anyhow::Result<Amqp> {
         let conn = Connection::connect(url, ConnectionProperties::default()).await?;
         let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Amqp { conn, channel })
     }
 
@@ -355,7 +437,10 @@ impl Amqp {
             .basic_publish(
                 "".into(),
                 queue.into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 body,
                 BasicProperties::default().with_delivery_mode(2),
             )
@@ -374,10 +459,17 @@ impl Amqp {
     /// Takes (and acks) every message now in `queue`.
     pub async fn drain(&self, queue: &str) -> anyhow::Result<Vec<Taken>> {
         let mut out = Vec::new();
-        while let Some(msg) = self.channel.basic_get(queue.into(), BasicGetOptions::default()).await? {
+        while let Some(msg) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await?
+        {
             let delivery = msg.delivery;
             delivery.ack(BasicAckOptions::default()).await?;
-            out.push(Taken { body: delivery.data.clone(), headers: delivery.properties.headers().clone().unwrap_or_default() });
+            out.push(Taken {
+                body: delivery.data.clone(),
+                headers: delivery.properties.headers().clone().unwrap_or_default(),
+            });
         }
         Ok(out)
     }
@@ -397,19 +489,40 @@ impl Amqp {
             Ok(c) => c,
             Err(_) => return false,
         };
-        ch.queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-            .await
-            .is_ok()
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok()
     }
 
     /// Consumes one message within `within` (used by runtime tests).
-    pub async fn consume_one(&self, queue: &str, within: Duration) -> anyhow::Result<Option<Taken>> {
+    pub async fn consume_one(
+        &self,
+        queue: &str,
+        within: Duration,
+    ) -> anyhow::Result<Option<Taken>> {
         let ch = self.conn.create_channel().await?;
-        let mut consumer = ch.basic_consume(queue.into(), "".into(), Default::default(), FieldTable::default()).await?;
+        let mut consumer = ch
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await?;
         match tokio::time::timeout(within, consumer.next()).await {
             Ok(Some(Ok(d))) => {
                 d.ack(BasicAckOptions::default()).await?;
-                Ok(Some(Taken { body: d.data.clone(), headers: d.properties.headers().clone().unwrap_or_default() }))
+                Ok(Some(Taken {
+                    body: d.data.clone(),
+                    headers: d.properties.headers().clone().unwrap_or_default(),
+                }))
             }
             Ok(Some(Err(e))) => Err(e.into()),
             _ => Ok(None),
@@ -418,7 +531,13 @@ impl Amqp {
 }
 
 /// A tracking request in the contract's shape.
-pub fn request(order_id: &str, code: &str, email: &str, locale: &str, marketplace: Option<&str>) -> Value {
+pub fn request(
+    order_id: &str,
+    code: &str,
+    email: &str,
+    locale: &str,
+    marketplace: Option<&str>,
+) -> Value {
     let mut r = serde_json::json!({
         "order_id": order_id,
         "tracking_code": code,
@@ -435,7 +554,11 @@ pub fn request(order_id: &str, code: &str, email: &str, locale: &str, marketplac
 pub fn s10(prefix: &str, n: u32) -> String {
     let digits = format!("{:08}", n % 100_000_000);
     let weights = [8, 6, 4, 2, 3, 5, 9, 7];
-    let sum: u32 = digits.bytes().zip(weights).map(|(d, w)| u32::from(d - b'0') * w).sum();
+    let sum: u32 = digits
+        .bytes()
+        .zip(weights)
+        .map(|(d, w)| u32::from(d - b'0') * w)
+        .sum();
     let check = match sum % 11 {
         0 => 5,
         1 => 0,
@@ -456,8 +579,18 @@ pub fn correios_env(sim: &tracking_sim::correios::CorreiosSim) -> Vec<(&'static 
 }
 
 /// Writes a marketplaces file naming one webhook marketplace and returns its path.
-pub fn marketplaces_file(env: &TestEnv, name: &str, url: &str, secret: &str) -> anyhow::Result<PathBuf> {
+pub fn marketplaces_file(
+    env: &TestEnv,
+    name: &str,
+    url: &str,
+    secret: &str,
+) -> anyhow::Result<PathBuf> {
     let path = env.log_dir().join("marketplaces.toml");
-    std::fs::write(&path, format!("[[marketplace]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"{url}\"\nsecret = \"{secret}\"\n"))?;
+    std::fs::write(
+        &path,
+        format!(
+            "[[marketplace]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"{url}\"\nsecret = \"{secret}\"\n"
+        ),
+    )?;
     Ok(path)
 }

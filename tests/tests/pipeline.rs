@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 use tracking_sim::correios::{CorreiosSim, Journey, Script, SimConfig};
 use tracking_sim::marketplace::Receiver;
-use tracking_tests::{Maildev, TestEnv, Worker, correios_env, eventually, marketplaces_file, request};
+use tracking_tests::{
+    Maildev, TestEnv, Worker, correios_env, eventually, marketplaces_file, request,
+};
 
 const SECRET: &str = "webhook-secret-for-tests-0123";
 const FAST_POLLING: [(&str, &str); 4] = [
@@ -18,29 +20,34 @@ const FAST_POLLING: [(&str, &str); 4] = [
 ];
 
 fn fast() -> Vec<(&'static str, String)> {
-    FAST_POLLING.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+    FAST_POLLING
+        .iter()
+        .map(|(k, v)| (*k, (*v).to_owned()))
+        .collect()
 }
 
-fn with(mut base: Vec<(&'static str, String)>, more: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
-    base.extend_from_slice(more);
-    base
-}
-
-async fn start(env: &TestEnv, name: &str, extra: &[(&'static str, String)]) -> anyhow::Result<Worker> {
+async fn start(
+    env: &TestEnv,
+    name: &str,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<Worker> {
     let mut w = Worker::spawn(env, name, extra)?;
     w.wait_healthy(Duration::from_secs(60)).await?;
     Ok(w)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_parcel_travels_from_posted_to_delivered_with_one_email_and_one_call_per_change() -> anyhow::Result<()> {
+async fn a_parcel_travels_from_posted_to_delivered_with_one_email_and_one_call_per_change()
+-> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let code = "DL746686536BR";
     let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
     sim.script(code, Script::Journey(Journey::delivered()));
     let receiver = Receiver::start(SECRET.into(), "127.0.0.1:0".parse()?).await?;
     let maildev = Maildev::start().await?;
-    let mp_file = marketplaces_file(&env, "acme", &receiver.url(), SECRET)?.display().to_string();
+    let mp_file = marketplaces_file(&env, "acme", &receiver.url(), SECRET)?
+        .display()
+        .to_string();
 
     // The normalizer owns the schema: it migrates the empty database before the others become healthy.
     let mut workers = vec![start(&env, "normalizer", &fast()).await?];
@@ -48,74 +55,144 @@ async fn a_parcel_travels_from_posted_to_delivered_with_one_email_and_one_call_p
     workers.push(start(&env, "scheduler", &fast()).await?);
     let email_env = [
         ("SMTP_URL", maildev.smtp_url()),
-        ("EMAIL_FROM", "Loja Teste <rastreio@loja.example>".to_owned()),
+        (
+            "EMAIL_FROM",
+            "Loja Teste <rastreio@loja.example>".to_owned(),
+        ),
         ("MARKETPLACES_FILE", mp_file.clone()),
         ("STORE_NAME", "Loja Teste".to_owned()),
     ];
     workers.push(start(&env, "email-publisher", &email_env).await?);
-    workers.push(start(&env, "marketplace-publisher", &[("MARKETPLACES_FILE", mp_file)]).await?);
+    workers.push(
+        start(
+            &env,
+            "marketplace-publisher",
+            &[("MARKETPLACES_FILE", mp_file)],
+        )
+        .await?,
+    );
 
     let amqp = env.amqp().await?;
-    let req = request("1385310000001-01", code, "ana@example.com", "es", Some("acme"));
-    amqp.publish("tracking.requests", &serde_json::to_vec(&req)?).await?;
+    let req = request(
+        "1385310000001-01",
+        code,
+        "ana@example.com",
+        "es",
+        Some("acme"),
+    );
+    amqp.publish("tracking.requests", &serde_json::to_vec(&req)?)
+        .await?;
 
     // Posted, then one more event per poll: in transit, out for delivery, delivered; then a final poll finishes it.
-    eventually(Duration::from_secs(90), "the shipment to be delivered and finished", || async {
-        let done: Option<(String, Option<chrono::DateTime<chrono::Utc>>)> =
-            sqlx::query_as("SELECT status, finished_at FROM shipments WHERE tracking_code = $1")
-                .bind(code)
-                .fetch_optional(&env.pool)
-                .await?;
-        Ok(done.filter(|(s, f)| s == "delivered" && f.is_some()))
-    })
+    eventually(
+        Duration::from_secs(90),
+        "the shipment to be delivered and finished",
+        || async {
+            let done: Option<(String, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+                "SELECT status, finished_at FROM shipments WHERE tracking_code = $1",
+            )
+            .bind(code)
+            .fetch_optional(&env.pool)
+            .await?;
+            Ok(done.filter(|(s, f)| s == "delivered" && f.is_some()))
+        },
+    )
     .await?;
-    eventually(Duration::from_secs(30), "4 marketplace calls and 3 emails", || async {
-        Ok((receiver.calls().len() >= 4 && maildev.emails().await?.len() >= 3).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(30),
+        "4 marketplace calls and 3 emails",
+        || async {
+            Ok((receiver.calls().len() >= 4 && maildev.emails().await?.len() >= 3).then_some(()))
+        },
+    )
     .await?;
     // Time for any duplicate to show up (a redelivery, a second poll of the full history).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(sim.polls(code) >= 5, "posted, 3 more events, and the final poll: {} polls", sim.polls(code));
+    assert!(
+        sim.polls(code) >= 5,
+        "posted, 3 more events, and the final poll: {} polls",
+        sim.polls(code)
+    );
 
     // PostgreSQL holds the whole history, once.
     let events: Vec<(String, String)> =
-        sqlx::query_as("SELECT code, status FROM tracking_events ORDER BY occurred_at").fetch_all(&env.pool).await?;
+        sqlx::query_as("SELECT code, status FROM tracking_events ORDER BY occurred_at")
+            .fetch_all(&env.pool)
+            .await?;
     assert_eq!(
         events,
-        [("PO", "posted"), ("RO", "in_transit"), ("OEC", "out_for_delivery"), ("BDE", "delivered")]
-            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        [
+            ("PO", "posted"),
+            ("RO", "in_transit"),
+            ("OEC", "out_for_delivery"),
+            ("BDE", "delivered")
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
     );
     let changes: Vec<(uuid::Uuid, String, String, bool)> = sqlx::query_as(
         "SELECT change_id, previous_status, status, published_at IS NOT NULL FROM status_changes ORDER BY occurred_at",
     )
     .fetch_all(&env.pool)
     .await?;
-    let transitions: Vec<(&str, &str)> = changes.iter().map(|(_, p, s, _)| (p.as_str(), s.as_str())).collect();
+    let transitions: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|(_, p, s, _)| (p.as_str(), s.as_str()))
+        .collect();
     assert_eq!(
         transitions,
-        [("registered", "posted"), ("posted", "in_transit"), ("in_transit", "out_for_delivery"), ("out_for_delivery", "delivered")]
+        [
+            ("registered", "posted"),
+            ("posted", "in_transit"),
+            ("in_transit", "out_for_delivery"),
+            ("out_for_delivery", "delivered")
+        ]
     );
     assert!(changes.iter().all(|c| c.3), "every change was published");
 
     // The marketplace got each change once, in order, signed.
     let calls = receiver.calls();
-    let statuses: Vec<String> =
-        calls.iter().map(|c| c.json.as_ref().unwrap()["status"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(statuses, ["posted", "in_transit", "out_for_delivery", "delivered"]);
+    let statuses: Vec<String> = calls
+        .iter()
+        .map(|c| {
+            c.json.as_ref().unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        ["posted", "in_transit", "out_for_delivery", "delivered"]
+    );
     for (call, (change_id, ..)) in calls.iter().zip(&changes) {
         assert!(call.signature_valid, "bad signature on {}", call.body);
-        assert_eq!(call.idempotency_key.as_deref(), Some(change_id.to_string().as_str()));
-        assert_eq!(call.json.as_ref().unwrap()["change_id"], change_id.to_string());
-        assert_eq!(call.json.as_ref().unwrap()["marketplace"]["order_id"], "MP-1385310000001-01");
+        assert_eq!(
+            call.idempotency_key.as_deref(),
+            Some(change_id.to_string().as_str())
+        );
+        assert_eq!(
+            call.json.as_ref().unwrap()["change_id"],
+            change_id.to_string()
+        );
+        assert_eq!(
+            call.json.as_ref().unwrap()["marketplace"]["order_id"],
+            "MP-1385310000001-01"
+        );
     }
 
     // The customer got one email per notified status (not in_transit), in Spanish, carrying the tracking code.
     let emails = maildev.emails().await?;
     assert_eq!(emails.len(), 3, "{emails:#?}");
     let mut ids = HashSet::new();
-    for (email, expected) in emails.iter().zip(["fue enviado", "salió a reparto", "fue entregado"]) {
+    for (email, expected) in emails
+        .iter()
+        .zip(["fue enviado", "salió a reparto", "fue entregado"])
+    {
         let subject = email["subject"].as_str().unwrap();
-        assert!(subject.contains(expected), "subject {subject:?} should say {expected:?}");
+        assert!(
+            subject.contains(expected),
+            "subject {subject:?} should say {expected:?}"
+        );
         assert!(subject.starts_with("Loja Teste"), "{subject}");
         assert!(email["text"].as_str().unwrap().contains(code));
         assert_eq!(email["envelope"]["to"][0]["address"], "ana@example.com");
@@ -137,7 +214,12 @@ async fn a_parcel_travels_from_posted_to_delivered_with_one_email_and_one_call_p
     // SIGTERM stops every worker cleanly.
     for w in &mut workers {
         let status = w.terminate()?;
-        assert!(status.success(), "{} exited with {status}; log:\n{}", w.name, w.log_text());
+        assert!(
+            status.success(),
+            "{} exited with {status}; log:\n{}",
+            w.name,
+            w.log_text()
+        );
     }
     Ok(())
 }
@@ -155,32 +237,63 @@ async fn bad_requests_are_parked_with_a_reason_and_good_ones_still_flow() -> any
     let no_email = serde_json::json!({"order_id": "2", "tracking_code": "DL746686536BR", "customer": {"name": "Ana"}});
     let bad_code = request("3", "AA123456789BR", "ana@example.com", "pt-BR", None);
     amqp.publish("tracking.requests", b"{not json").await?;
-    amqp.publish("tracking.requests", &serde_json::to_vec(&no_email)?).await?;
-    amqp.publish("tracking.requests", &serde_json::to_vec(&bad_code)?).await?;
-    amqp.publish("tracking.requests", &serde_json::to_vec(&request("4", good, "bia@example.com", "en", None))?).await?;
+    amqp.publish("tracking.requests", &serde_json::to_vec(&no_email)?)
+        .await?;
+    amqp.publish("tracking.requests", &serde_json::to_vec(&bad_code)?)
+        .await?;
+    amqp.publish(
+        "tracking.requests",
+        &serde_json::to_vec(&request("4", good, "bia@example.com", "en", None))?,
+    )
+    .await?;
 
-    eventually(Duration::from_secs(30), "the good request to be stored", || async {
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM shipments WHERE tracking_code = $1")
-            .bind(good)
-            .fetch_optional(&env.pool)
-            .await?;
-        Ok(status.filter(|s| s == "posted"))
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the good request to be stored",
+        || async {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM shipments WHERE tracking_code = $1")
+                    .bind(good)
+                    .fetch_optional(&env.pool)
+                    .await?;
+            Ok(status.filter(|s| s == "posted"))
+        },
+    )
     .await?;
     let parked = eventually(Duration::from_secs(10), "three parked requests", || async {
         Ok((amqp.count("tracking.requests.dead").await? == 3).then_some(()))
     })
     .await
     .and(amqp.drain("tracking.requests.dead").await)?;
-    let reasons: Vec<String> = parked.iter().map(|m| m.header("x-park-reason").unwrap_or_default()).collect();
+    let reasons: Vec<String> = parked
+        .iter()
+        .map(|m| m.header("x-park-reason").unwrap_or_default())
+        .collect();
     assert!(reasons[0].contains("not valid JSON"), "{reasons:?}");
-    assert!(reasons[1].contains("customer.email: is required"), "{reasons:?}");
-    assert!(reasons[2].contains("AA123456789BR") && reasons[2].contains("not a valid Correios S10 code"), "{reasons:?}");
+    assert!(
+        reasons[1].contains("customer.email: is required"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].contains("AA123456789BR")
+            && reasons[2].contains("not a valid Correios S10 code"),
+        "{reasons:?}"
+    );
     // The original message is kept whole, for replay.
     assert_eq!(parked[0].body, b"{not json");
-    assert!(parked.iter().all(|m| m.header("x-attempts").as_deref() == Some("1")));
-    assert!(parked.iter().all(|m| m.header("x-original-queue").as_deref() == Some("tracking.requests")));
-    let shipments: i64 = sqlx::query_scalar("SELECT count(*) FROM shipments").fetch_one(&env.pool).await?;
+    assert!(
+        parked
+            .iter()
+            .all(|m| m.header("x-attempts").as_deref() == Some("1"))
+    );
+    assert!(
+        parked
+            .iter()
+            .all(|m| m.header("x-original-queue").as_deref() == Some("tracking.requests"))
+    );
+    let shipments: i64 = sqlx::query_scalar("SELECT count(*) FROM shipments")
+        .fetch_one(&env.pool)
+        .await?;
     assert_eq!(shipments, 1, "nothing was registered for the bad requests");
     Ok(())
 }
@@ -197,7 +310,10 @@ async fn the_same_request_published_twice_sends_one_email() -> anyhow::Result<()
     let _email = start(
         &env,
         "email-publisher",
-        &[("SMTP_URL", maildev.smtp_url()), ("EMAIL_FROM", "rastreio@loja.example".to_owned())],
+        &[
+            ("SMTP_URL", maildev.smtp_url()),
+            ("EMAIL_FROM", "rastreio@loja.example".to_owned()),
+        ],
     )
     .await?;
     let amqp = env.amqp().await?;
@@ -205,47 +321,81 @@ async fn the_same_request_published_twice_sends_one_email() -> anyhow::Result<()
     amqp.publish("tracking.requests", &body).await?;
     amqp.publish("tracking.requests", &body).await?;
 
-    eventually(Duration::from_secs(30), "both requests polled and one email", || async {
-        Ok((sim.polls(code) == 2 && !maildev.emails().await?.is_empty()).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(30),
+        "both requests polled and one email",
+        || async {
+            Ok((sim.polls(code) == 2 && !maildev.emails().await?.is_empty()).then_some(()))
+        },
+    )
     .await?;
-    eventually(Duration::from_secs(10), "the normalizer to handle both polls", || async {
-        let metrics = normalizer.metrics().await?;
-        let acked = metrics
-            .lines()
-            .find(|l| l.starts_with("messages_total") && l.contains("normalizer.carrier-events") && l.contains("acked"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|n| n.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        Ok((acked >= 2.0).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the normalizer to handle both polls",
+        || async {
+            let metrics = normalizer.metrics().await?;
+            let acked = metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("messages_total")
+                        && l.contains("normalizer.carrier-events")
+                        && l.contains("acked")
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            Ok((acked >= 2.0).then_some(()))
+        },
+    )
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let emails = maildev.emails().await?;
     assert_eq!(emails.len(), 1, "{emails:#?}");
     assert!(emails[0]["subject"].as_str().unwrap().contains("entregue"));
-    let changes: i64 = sqlx::query_scalar("SELECT count(*) FROM status_changes").fetch_one(&env.pool).await?;
+    let changes: i64 = sqlx::query_scalar("SELECT count(*) FROM status_changes")
+        .fetch_one(&env.pool)
+        .await?;
     assert_eq!(changes, 1, "registered → delivered, once");
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM tracking_events").fetch_one(&env.pool).await?;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM tracking_events")
+        .fetch_one(&env.pool)
+        .await?;
     assert_eq!(events, 4);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_refuse_bad_configuration_with_a_message_naming_the_setting() -> anyhow::Result<()> {
+async fn workers_refuse_bad_configuration_with_a_message_naming_the_setting() -> anyhow::Result<()>
+{
     let env = TestEnv::new().await?;
-    let (code, out) = Worker::run_to_exit(&env, "email-publisher", &[("EMAIL_FROM", "a@b.co".to_owned())])?;
+    let (code, out) = Worker::run_to_exit(
+        &env,
+        "email-publisher",
+        &[("EMAIL_FROM", "a@b.co".to_owned())],
+    )?;
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("SMTP_URL"), "{out}");
-    let (code, out) = Worker::run_to_exit(&env, "scheduler", &[("POLL_INTERVAL_SECS", "soon".to_owned())])?;
+    let (code, out) = Worker::run_to_exit(
+        &env,
+        "scheduler",
+        &[("POLL_INTERVAL_SECS", "soon".to_owned())],
+    )?;
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("POLL_INTERVAL_SECS"), "{out}");
     let (code, out) = Worker::run_to_exit(&env, "fetcher", &[("LOG_FORMAT", "xml".to_owned())])?;
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("LOG_FORMAT"), "{out}");
-    let (code, out) =
-        Worker::run_to_exit(&env, "normalizer", &[("AMQP_URL", "amqp://guest:hunter2@127.0.0.1:1/x".to_owned()), ("PREFETCH", "0".to_owned())])?;
+    let (code, out) = Worker::run_to_exit(
+        &env,
+        "normalizer",
+        &[
+            ("AMQP_URL", "amqp://guest:hunter2@127.0.0.1:1/x".to_owned()),
+            ("PREFETCH", "0".to_owned()),
+        ],
+    )?;
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("PREFETCH") && !out.contains("hunter2"), "{out}");
+    assert!(
+        out.contains("PREFETCH") && !out.contains("hunter2"),
+        "{out}"
+    );
     Ok(())
 }

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracking_runtime::amqp::topology::{NORMALIZER_QUEUE, dead_queue};
-use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome, Outgoing, PublishError, Publisher, run_consumer};
+use tracking_runtime::amqp::{
+    AmqpSettings, Handler, Incoming, Outcome, Outgoing, PublishError, Publisher, run_consumer,
+};
 use tracking_runtime::ops::Health;
 use tracking_tests::{TestEnv, eventually};
 
@@ -19,11 +21,22 @@ struct Scripted {
 impl Handler for Scripted {
     async fn handle(&self, msg: Incoming) -> Outcome {
         let body = String::from_utf8_lossy(&msg.body).into_owned();
-        self.seen.lock().unwrap().push((body.clone(), msg.attempt, Instant::now()));
+        self.seen
+            .lock()
+            .unwrap()
+            .push((body.clone(), msg.attempt, Instant::now()));
         match body.as_str() {
-            "retry-once" if msg.attempt == 1 => Outcome::Retry { after: Duration::from_millis(300), reason: "not yet".into() },
-            "always-retry" => Outcome::Retry { after: Duration::from_millis(10), reason: "still down".into() },
-            "park" => Outcome::Park { reason: "bad input: park me".into() },
+            "retry-once" if msg.attempt == 1 => Outcome::Retry {
+                after: Duration::from_millis(300),
+                reason: "not yet".into(),
+            },
+            "always-retry" => Outcome::Retry {
+                after: Duration::from_millis(10),
+                reason: "still down".into(),
+            },
+            "park" => Outcome::Park {
+                reason: "bad input: park me".into(),
+            },
             "panic" => panic!("boom"),
             _ => Outcome::Ack,
         }
@@ -59,11 +72,17 @@ async fn consume(env: &TestEnv, max_attempts: u32) -> anyhow::Result<Running> {
         async move { Ok(ok.then_some(())) }
     })
     .await?;
-    Ok(Running { handler, shutdown, task, health })
+    Ok(Running {
+        handler,
+        shutdown,
+        task,
+        health,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_waits_in_a_delay_queue_and_comes_back_with_its_attempt_count() -> anyhow::Result<()> {
+async fn a_retry_waits_in_a_delay_queue_and_comes_back_with_its_attempt_count() -> anyhow::Result<()>
+{
     let env = TestEnv::new().await?;
     let run = consume(&env, 5).await?;
     let amqp = env.amqp().await?;
@@ -77,18 +96,28 @@ async fn a_retry_waits_in_a_delay_queue_and_comes_back_with_its_attempt_count() 
     let seen = run.handler.seen.lock().unwrap().clone();
     assert_eq!(seen.iter().map(|s| s.1).collect::<Vec<_>>(), [1, 2]);
     let waited = seen[1].2 - seen[0].2;
-    assert!(waited >= Duration::from_millis(290), "came back after {waited:?}, before the 300 ms delay");
-    assert!(waited < Duration::from_secs(5), "came back after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(290),
+        "came back after {waited:?}, before the 300 ms delay"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "came back after {waited:?}"
+    );
     assert_eq!(amqp.count(NORMALIZER_QUEUE).await?, 0);
     assert_eq!(amqp.count(&dead_queue(NORMALIZER_QUEUE)).await?, 0);
     run.shutdown.cancel();
     run.task.await?;
-    assert!(!run.health.is_ok(), "health reports the consumer gone after shutdown");
+    assert!(
+        !run.health.is_ok(),
+        "health reports the consumer gone after shutdown"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parked_messages_keep_their_body_reason_and_attempts_and_exhausted_retries_are_parked() -> anyhow::Result<()> {
+async fn parked_messages_keep_their_body_reason_and_attempts_and_exhausted_retries_are_parked()
+-> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let run = consume(&env, 3).await?;
     let amqp = env.amqp().await?;
@@ -106,18 +135,35 @@ async fn parked_messages_keep_their_body_reason_and_attempts_and_exhausted_retri
     let summary: Vec<(String, String, String)> = parked
         .iter()
         .map(|m| {
-            (String::from_utf8_lossy(&m.body).into_owned(), m.header("x-park-reason").unwrap(), m.header("x-attempts").unwrap())
+            (
+                String::from_utf8_lossy(&m.body).into_owned(),
+                m.header("x-park-reason").unwrap(),
+                m.header("x-attempts").unwrap(),
+            )
         })
         .collect();
     assert_eq!(summary[0].0, "always-retry");
-    assert_eq!(summary[0].1, "retries exhausted after 3 attempts: still down");
+    assert_eq!(
+        summary[0].1,
+        "retries exhausted after 3 attempts: still down"
+    );
     assert_eq!(summary[0].2, "3");
     assert_eq!(summary[1].0, "panic");
-    assert!(summary[1].1.contains("handler panicked: boom"), "{summary:?}");
-    assert_eq!(summary[2], ("park".into(), "bad input: park me".into(), "1".into()));
+    assert!(
+        summary[1].1.contains("handler panicked: boom"),
+        "{summary:?}"
+    );
+    assert_eq!(
+        summary[2],
+        ("park".into(), "bad input: park me".into(), "1".into())
+    );
     let seen = run.handler.seen.lock().unwrap().clone();
     assert_eq!(seen.iter().filter(|s| s.0 == "always-retry").count(), 3);
-    assert_eq!(seen.iter().filter(|s| s.0 == "fine").count(), 1, "a good message is not held up");
+    assert_eq!(
+        seen.iter().filter(|s| s.0 == "fine").count(),
+        1,
+        "a good message is not held up"
+    );
     run.shutdown.cancel();
     run.task.await?;
     Ok(())
@@ -128,15 +174,33 @@ async fn an_unroutable_publish_is_an_error_not_a_success() -> anyhow::Result<()>
     let env = TestEnv::new().await?;
     let publisher = Publisher::new(AmqpSettings::with_url(&env.amqp_url), "test");
     publisher.connect().await?;
-    let err = publisher.publish(Outgoing::json("", "no-such-queue", b"{}")).await.unwrap_err();
+    let err = publisher
+        .publish(Outgoing::json("", "no-such-queue", b"{}"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, PublishError::Unroutable { .. }), "{err}");
-    publisher.publish(Outgoing::json("", NORMALIZER_QUEUE, b"{}")).await?;
-    publisher.publish(Outgoing::json("order.status", "delivered", b"{}")).await?;
+    publisher
+        .publish(Outgoing::json("", NORMALIZER_QUEUE, b"{}"))
+        .await?;
+    publisher
+        .publish(Outgoing::json("order.status", "delivered", b"{}"))
+        .await?;
     let amqp = env.amqp().await?;
     assert_eq!(amqp.count(NORMALIZER_QUEUE).await?, 1);
-    assert_eq!(amqp.count("email.order-status").await?, 1, "order.status routes every status to the email queue");
-    assert_eq!(amqp.count("marketplace.order-status").await?, 1, "and to the marketplace queue");
-    let bad = Publisher::new(AmqpSettings::with_url("amqp://guest:guest@127.0.0.1:1/%2f"), "test");
+    assert_eq!(
+        amqp.count("email.order-status").await?,
+        1,
+        "order.status routes every status to the email queue"
+    );
+    assert_eq!(
+        amqp.count("marketplace.order-status").await?,
+        1,
+        "and to the marketplace queue"
+    );
+    let bad = Publisher::new(
+        AmqpSettings::with_url("amqp://guest:guest@127.0.0.1:1/%2f"),
+        "test",
+    );
     assert!(matches!(bad.connect().await, Err(PublishError::Connect(_))));
     Ok(())
 }
@@ -156,7 +220,12 @@ async fn the_consumer_reconnects_after_the_broker_drops_its_connections() -> any
     let vhost = env.amqp_url.rsplit('/').next().unwrap().to_owned();
     let status = std::process::Command::new("rabbitmqctl")
         .stdout(std::process::Stdio::null())
-        .args(["close_all_connections", "-p", &vhost, "test: broker goes away"])
+        .args([
+            "close_all_connections",
+            "-p",
+            &vhost,
+            "test: broker goes away",
+        ])
         .status()?;
     assert!(status.success());
     let h = run.health.clone();
@@ -167,10 +236,14 @@ async fn the_consumer_reconnects_after_the_broker_drops_its_connections() -> any
     .await?;
     let amqp = env.amqp().await?;
     amqp.publish(NORMALIZER_QUEUE, b"after").await?;
-    eventually(Duration::from_secs(20), "the message after the reconnect", || {
-        let has = seen.lock().unwrap().iter().any(|s| s.0 == "after");
-        async move { Ok(has.then_some(())) }
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the message after the reconnect",
+        || {
+            let has = seen.lock().unwrap().iter().any(|s| s.0 == "after");
+            async move { Ok(has.then_some(())) }
+        },
+    )
     .await?;
     assert!(run.health.is_ok());
     run.shutdown.cancel();
@@ -190,14 +263,34 @@ async fn migrations_apply_to_an_empty_database_and_again_harmlessly() -> anyhow:
     )
     .fetch_all(&env.pool)
     .await?;
-    assert_eq!(tables, ["deliveries", "shipments", "status_changes", "tracking_events"]);
+    assert_eq!(
+        tables,
+        [
+            "deliveries",
+            "shipments",
+            "status_changes",
+            "tracking_events"
+        ]
+    );
     // Events are unique by fingerprint.
     sqlx::query("INSERT INTO shipments (carrier, tracking_code, order_id, customer_email) VALUES ('correios', 'DL746686536BR', '1', 'a@b.co')")
         .execute(&env.pool)
         .await?;
     let insert = "INSERT INTO tracking_events (shipment_id, fingerprint, source, code, description, occurred_at) \
                   VALUES (1, 'fp', 'carrier', 'PO', 'x', now()) ON CONFLICT (fingerprint) DO NOTHING";
-    assert_eq!(sqlx::query(insert).execute(&env.pool).await?.rows_affected(), 1);
-    assert_eq!(sqlx::query(insert).execute(&env.pool).await?.rows_affected(), 0);
+    assert_eq!(
+        sqlx::query(insert)
+            .execute(&env.pool)
+            .await?
+            .rows_affected(),
+        1
+    );
+    assert_eq!(
+        sqlx::query(insert)
+            .execute(&env.pool)
+            .await?
+            .rows_affected(),
+        0
+    );
     Ok(())
 }

@@ -115,7 +115,11 @@ impl CorreiosClient {
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("tracking-pipeline/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { http, settings, token: Mutex::new(None) })
+        Ok(Self {
+            http,
+            settings,
+            token: Mutex::new(None),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -124,19 +128,22 @@ impl CorreiosClient {
 
     async fn token(&self) -> Result<SecretString, FetchError> {
         let mut guard = self.token.lock().await;
-        if let Some(t) = guard.as_ref() {
-            if Utc::now() < t.refresh_after {
-                return Ok(t.value.clone());
-            }
+        if let Some(t) = guard.as_ref()
+            && Utc::now() < t.refresh_after
+        {
+            return Ok(t.value.clone());
         }
         let (path, body) = match &self.settings.postage_card {
-            Some(card) => ("/token/v1/autentica/cartaopostagem", Some(serde_json::json!({ "numero": card }))),
+            Some(card) => (
+                "/token/v1/autentica/cartaopostagem",
+                Some(serde_json::json!({ "numero": card })),
+            ),
             None => ("/token/v1/autentica", None),
         };
-        let mut req = self
-            .http
-            .post(self.url(path))
-            .basic_auth(&self.settings.user, Some(self.settings.access_code.expose_secret()));
+        let mut req = self.http.post(self.url(path)).basic_auth(
+            &self.settings.user,
+            Some(self.settings.access_code.expose_secret()),
+        );
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -144,23 +151,40 @@ impl CorreiosClient {
         let status = resp.status();
         let text = resp.text().await.map_err(transport)?;
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(FetchError::Auth(format!("token endpoint answered {status}: {}", snippet(&text))));
+            return Err(FetchError::Auth(format!(
+                "token endpoint answered {status}: {}",
+                snippet(&text)
+            )));
         }
         if let Some(e) = transient(status, None) {
             return Err(e);
         }
         if !status.is_success() {
-            return Err(FetchError::Malformed { reason: format!("token endpoint answered {status}"), body: snippet(&text) });
+            return Err(FetchError::Malformed {
+                reason: format!("token endpoint answered {status}"),
+                body: snippet(&text),
+            });
         }
-        let answer: TokenAnswer = serde_json::from_str(&text).map_err(|e| FetchError::Malformed {
-            reason: format!("token answer: {e}"),
+        let answer: TokenAnswer =
+            serde_json::from_str(&text).map_err(|e| FetchError::Malformed {
+                reason: format!("token answer: {e}"),
+                body: snippet(&text),
+            })?;
+        let expires = parse_local(
+            &answer.expira_em,
+            answer.zone_offset.as_deref(),
+            self.settings.time_zone,
+        )
+        .ok_or_else(|| FetchError::Malformed {
+            reason: "token answer: bad expiraEm".into(),
             body: snippet(&text),
         })?;
-        let expires = parse_local(&answer.expira_em, answer.zone_offset.as_deref(), self.settings.time_zone)
-            .ok_or_else(|| FetchError::Malformed { reason: "token answer: bad expiraEm".into(), body: snippet(&text) })?;
         let refresh_after = expires.with_timezone(&Utc) - chrono::Duration::minutes(5);
         let value = SecretString::from(answer.token);
-        *guard = Some(Token { value: value.clone(), refresh_after });
+        *guard = Some(Token {
+            value: value.clone(),
+            refresh_after,
+        });
         tracing::info!(expires_at = %expires, "Got a Correios token.");
         Ok(value)
     }
@@ -170,7 +194,10 @@ impl CorreiosClient {
     }
 
     /// Tracks up to 50 codes in one call. Every code asked is in the answer map, or the call is an error.
-    pub async fn track(&self, codes: &[TrackingCode]) -> Result<HashMap<TrackingCode, ObjectResult>, FetchError> {
+    pub async fn track(
+        &self,
+        codes: &[TrackingCode],
+    ) -> Result<HashMap<TrackingCode, ObjectResult>, FetchError> {
         match self.track_once(codes).await {
             Err(FetchError::Auth(first)) => {
                 tracing::warn!(reason = %first, "Correios refused the token; refreshing it once.");
@@ -181,11 +208,21 @@ impl CorreiosClient {
         }
     }
 
-    async fn track_once(&self, codes: &[TrackingCode]) -> Result<HashMap<TrackingCode, ObjectResult>, FetchError> {
+    async fn track_once(
+        &self,
+        codes: &[TrackingCode],
+    ) -> Result<HashMap<TrackingCode, ObjectResult>, FetchError> {
         let token = self.token().await?;
-        let mut query: Vec<(&str, &str)> = codes.iter().map(|c| ("codigosObjetos", c.as_str())).collect();
+        let mut query: Vec<(&str, &str)> = codes
+            .iter()
+            .map(|c| ("codigosObjetos", c.as_str()))
+            .collect();
         query.push(("resultado", "T"));
-        let qs: String = query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        let qs: String = query
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
         let resp = self
             .http
             .get(format!("{}?{qs}", self.url("/srorastro/v1/objetos")))
@@ -204,38 +241,61 @@ impl CorreiosClient {
             .map(Duration::from_secs);
         let text = resp.text().await.map_err(transport)?;
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(FetchError::Auth(format!("tracking call answered {status}: {}", snippet(&text))));
+            return Err(FetchError::Auth(format!(
+                "tracking call answered {status}: {}",
+                snippet(&text)
+            )));
         }
         if let Some(e) = transient(status, retry_after) {
             return Err(e);
         }
         if !status.is_success() {
-            return Err(FetchError::Malformed { reason: format!("tracking call answered {status}"), body: snippet(&text) });
+            return Err(FetchError::Malformed {
+                reason: format!("tracking call answered {status}"),
+                body: snippet(&text),
+            });
         }
         self.parse_tracking(codes, &text)
     }
 
-    fn parse_tracking(&self, codes: &[TrackingCode], text: &str) -> Result<HashMap<TrackingCode, ObjectResult>, FetchError> {
-        let malformed = |reason: String| FetchError::Malformed { reason, body: snippet(text) };
-        let answer: TrackingAnswer = serde_json::from_str(text).map_err(|e| malformed(format!("tracking answer: {e}")))?;
+    fn parse_tracking(
+        &self,
+        codes: &[TrackingCode],
+        text: &str,
+    ) -> Result<HashMap<TrackingCode, ObjectResult>, FetchError> {
+        let malformed = |reason: String| FetchError::Malformed {
+            reason,
+            body: snippet(text),
+        };
+        let answer: TrackingAnswer =
+            serde_json::from_str(text).map_err(|e| malformed(format!("tracking answer: {e}")))?;
         let mut out = HashMap::new();
         for raw in answer.objetos {
-            let obj: Objeto =
-                serde_json::from_value(raw.clone()).map_err(|e| malformed(format!("tracking answer object: {e}")))?;
+            let obj: Objeto = serde_json::from_value(raw.clone())
+                .map_err(|e| malformed(format!("tracking answer object: {e}")))?;
             let Ok(code) = TrackingCode::parse(&obj.cod_objeto) else {
-                return Err(malformed(format!("unexpected codObjeto {:?}", obj.cod_objeto)));
+                return Err(malformed(format!(
+                    "unexpected codObjeto {:?}",
+                    obj.cod_objeto
+                )));
             };
             let result = match (obj.eventos, obj.mensagem) {
                 (Some(eventos), _) => {
                     let mut events = Vec::with_capacity(eventos.len());
                     for raw_ev in eventos {
-                        events.push(self.event(raw_ev).map_err(|e| malformed(format!("{code}: {e}")))?);
+                        events.push(
+                            self.event(raw_ev)
+                                .map_err(|e| malformed(format!("{code}: {e}")))?,
+                        );
                     }
                     let estimated_delivery = obj
                         .dt_prevista
                         .as_deref()
                         .and_then(|d| parse_local(d, None, self.settings.time_zone));
-                    ObjectResult::Found { events, estimated_delivery }
+                    ObjectResult::Found {
+                        events,
+                        estimated_delivery,
+                    }
                 }
                 (None, Some(message)) => {
                     if message.starts_with("SRO-020") {
@@ -243,10 +303,16 @@ impl CorreiosClient {
                     } else if message.starts_with("SRO-019") || message.starts_with("SRO-009") {
                         ObjectResult::Refused { message }
                     } else {
-                        return Err(malformed(format!("{code}: unknown per-object message {message:?}")));
+                        return Err(malformed(format!(
+                            "{code}: unknown per-object message {message:?}"
+                        )));
                     }
                 }
-                (None, None) => return Err(malformed(format!("{code}: object with neither eventos nor mensagem"))),
+                (None, None) => {
+                    return Err(malformed(format!(
+                        "{code}: object with neither eventos nor mensagem"
+                    )));
+                }
             };
             out.insert(code, result);
         }
@@ -262,7 +328,10 @@ impl CorreiosClient {
             .ok_or_else(|| format!("event {}: bad dtHrCriado {:?}", ev.codigo, ev.dt_hr_criado))?;
         let (unit, location) = match ev.unidade {
             Some(u) => {
-                let loc = u.endereco.map(|e| Location { city: e.cidade, state: e.uf });
+                let loc = u.endereco.map(|e| Location {
+                    city: e.cidade,
+                    state: e.uf,
+                });
                 (u.nome.or(u.tipo), loc)
             }
             None => (None, None),
@@ -282,13 +351,27 @@ impl CorreiosClient {
 }
 
 fn transport(e: reqwest::Error) -> FetchError {
-    let what = if e.is_timeout() { "timed out" } else if e.is_connect() { "connection failed" } else { "transport error" };
-    FetchError::Transient { reason: format!("{what}: {e}"), retry_after: None }
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "transport error"
+    };
+    FetchError::Transient {
+        reason: format!("{what}: {e}"),
+        retry_after: None,
+    }
 }
 
 fn transient(status: StatusCode, retry_after: Option<Duration>) -> Option<FetchError> {
-    (status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT || status.is_server_error())
-        .then(|| FetchError::Transient { reason: format!("answered {status}"), retry_after })
+    (status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error())
+    .then(|| FetchError::Transient {
+        reason: format!("answered {status}"),
+        retry_after,
+    })
 }
 
 /// Reads a Correios local time (`2026-03-27T14:40:30`, no offset) in `offset` when given (`-03:00`), else in `tz`.
@@ -296,13 +379,18 @@ pub fn parse_local(s: &str, offset: Option<&str>, tz: Tz) -> Option<DateTime<Fix
     let naive = NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%dT%H:%M:%S%.f")
         .or_else(|_| NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S"))
         .ok()?;
-    if let Some(off) = offset.and_then(|o| DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{o}")).ok()) {
+    if let Some(off) =
+        offset.and_then(|o| DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{o}")).ok())
+    {
         return off.offset().from_local_datetime(&naive).single();
     }
-    tz.from_local_datetime(&naive).earliest().map(|d| d.fixed_offset())
+    tz.from_local_datetime(&naive)
+        .earliest()
+        .map(|d| d.fixed_offset())
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -310,7 +398,12 @@ mod tests {
     fn local_times_are_read_in_brazil_time() {
         let t = parse_local("2026-03-27T14:40:30", None, chrono_tz::America::Sao_Paulo).unwrap();
         assert_eq!(t.to_rfc3339(), "2026-03-27T14:40:30-03:00");
-        let t = parse_local("2026-03-27T14:40:30", Some("-02:00"), chrono_tz::America::Sao_Paulo).unwrap();
+        let t = parse_local(
+            "2026-03-27T14:40:30",
+            Some("-02:00"),
+            chrono_tz::America::Sao_Paulo,
+        )
+        .unwrap();
         assert_eq!(t.to_rfc3339(), "2026-03-27T14:40:30-02:00");
         // Brazil had summer time until 2019.
         let t = parse_local("2018-12-01T10:00:00", None, chrono_tz::America::Sao_Paulo).unwrap();

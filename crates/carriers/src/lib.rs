@@ -15,7 +15,10 @@ use tracking_domain::CarrierEvent;
 #[derive(Debug, Clone, PartialEq)]
 pub enum ObjectResult {
     /// The carrier knows the object: its events (possibly none yet) and delivery estimate.
-    Found { events: Vec<CarrierEvent>, estimated_delivery: Option<chrono::DateTime<chrono::FixedOffset>> },
+    Found {
+        events: Vec<CarrierEvent>,
+        estimated_delivery: Option<chrono::DateTime<chrono::FixedOffset>>,
+    },
     /// Not in the carrier's system yet (Correios SRO-020: normal for hours after the label is issued). Keep polling.
     NotYet { message: String },
     /// The carrier refuses this code for good (Correios SRO-019 invalid, SRO-009 another contract's). Park the request.
@@ -26,7 +29,10 @@ pub enum ObjectResult {
 pub enum FetchError {
     /// Timeouts, connection failures, 429, 5xx: try again later.
     #[error("carrier temporarily unavailable: {reason}")]
-    Transient { reason: String, retry_after: Option<Duration> },
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// The credentials were refused: an operator must act. Retrying soon would only hammer the carrier.
     #[error("carrier refused our credentials: {0}")]
     Auth(String),

@@ -48,13 +48,19 @@ pub struct StatusChange {
 
 impl StatusChange {
     /// A change is identified by the shipment, the new status and the event that caused it.
-    pub fn id_for(carrier: Carrier, code: &TrackingCode, status: Status, event_fingerprint: &str) -> Uuid {
+    pub fn id_for(
+        carrier: Carrier,
+        code: &TrackingCode,
+        status: Status,
+        event_fingerprint: &str,
+    ) -> Uuid {
         let name = format!("{carrier}:{code}:{status}:{event_fingerprint}");
         Uuid::new_v5(&CHANGE_NAMESPACE, name.as_bytes())
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -62,8 +68,17 @@ mod tests {
     fn change_ids_are_stable_and_distinct() {
         let code = TrackingCode::parse("DL746686536BR").unwrap();
         let a = StatusChange::id_for(Carrier::Correios, &code, Status::Delivered, "f1");
-        assert_eq!(a, StatusChange::id_for(Carrier::Correios, &code, Status::Delivered, "f1"));
-        assert_ne!(a, StatusChange::id_for(Carrier::Correios, &code, Status::Delivered, "f2"));
-        assert_ne!(a, StatusChange::id_for(Carrier::Correios, &code, Status::Returned, "f1"));
+        assert_eq!(
+            a,
+            StatusChange::id_for(Carrier::Correios, &code, Status::Delivered, "f1")
+        );
+        assert_ne!(
+            a,
+            StatusChange::id_for(Carrier::Correios, &code, Status::Delivered, "f2")
+        );
+        assert_ne!(
+            a,
+            StatusChange::id_for(Carrier::Correios, &code, Status::Returned, "f1")
+        );
     }
 }

@@ -36,7 +36,9 @@ impl FromStr for Carrier {
         match s {
             "correios" => Ok(Carrier::Correios),
             "jadlog" => Ok(Carrier::Jadlog),
-            other => Err(format!("unknown carrier {other:?} (known: correios, jadlog)")),
+            other => Err(format!(
+                "unknown carrier {other:?} (known: correios, jadlog)"
+            )),
         }
     }
 }
@@ -52,7 +54,9 @@ pub struct TrackingCode(String);
 pub enum CodeError {
     #[error("must be 8 to 40 letters and digits, got {0:?}")]
     Shape(String),
-    #[error("{0} is not a valid Correios S10 code (two letters, eight digits, a check digit, two letters; the check digit must match)")]
+    #[error(
+        "{0} is not a valid Correios S10 code (two letters, eight digits, a check digit, two letters; the check digit must match)"
+    )]
     NotS10(String),
     #[error("{0} is not a Jadlog code (14 digits)")]
     NotJadlog(String),
@@ -83,7 +87,11 @@ impl TrackingCode {
             return false;
         }
         let weights = [8, 6, 4, 2, 3, 5, 9, 7];
-        let sum: u32 = b[2..10].iter().zip(weights).map(|(d, w)| u32::from(d - b'0') * w).sum();
+        let sum: u32 = b[2..10]
+            .iter()
+            .zip(weights)
+            .map(|(d, w)| u32::from(d - b'0') * w)
+            .sum();
         let expected = match sum % 11 {
             0 => 5,
             1 => 0,
@@ -102,7 +110,9 @@ impl TrackingCode {
     pub fn validate_for(&self, carrier: Carrier) -> Result<(), CodeError> {
         match carrier {
             Carrier::Correios if !self.is_valid_s10() => Err(CodeError::NotS10(self.0.clone())),
-            Carrier::Jadlog if !(self.0.len() == 14 && self.0.bytes().all(|b| b.is_ascii_digit())) => {
+            Carrier::Jadlog
+                if !(self.0.len() == 14 && self.0.bytes().all(|b| b.is_ascii_digit())) =>
+            {
                 Err(CodeError::NotJadlog(self.0.clone()))
             }
             _ => Ok(()),
@@ -124,12 +134,19 @@ impl<'de> Deserialize<'de> for TrackingCode {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn s10_examples_from_the_carrier_notes() {
-        for ok in ["DL746686536BR", "PG747937788BR", "SW091892778BR", "JT124720455BR", "DU713842539BR"] {
+        for ok in [
+            "DL746686536BR",
+            "PG747937788BR",
+            "SW091892778BR",
+            "JT124720455BR",
+            "DU713842539BR",
+        ] {
             let code = TrackingCode::parse(ok).unwrap();
             assert!(code.is_valid_s10(), "{ok} should be valid");
             assert_eq!(code.detect_carrier(), Some(Carrier::Correios));
@@ -141,7 +158,10 @@ mod tests {
 
     #[test]
     fn parse_normalises_and_rejects_junk() {
-        assert_eq!(TrackingCode::parse(" dl746686536br ").unwrap().as_str(), "DL746686536BR");
+        assert_eq!(
+            TrackingCode::parse(" dl746686536br ").unwrap().as_str(),
+            "DL746686536BR"
+        );
         assert!(TrackingCode::parse("DL74668-536BR").is_err());
         assert!(TrackingCode::parse("short").is_err());
         assert!(TrackingCode::parse("").is_err());

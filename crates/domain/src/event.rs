@@ -78,7 +78,11 @@ impl CarrierEvent {
             loc.city.as_deref().unwrap_or(""),
             loc.state.as_deref().unwrap_or(""),
             self.status.map(Status::as_str).unwrap_or(""),
-            if source == Source::Manual { &self.description } else { "" },
+            if source == Source::Manual {
+                &self.description
+            } else {
+                ""
+            },
         ] {
             h.update(part.as_bytes());
             h.update([0x1f]);
@@ -109,6 +113,7 @@ pub struct CarrierUpdate {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -119,7 +124,10 @@ mod tests {
             occurred_at: DateTime::parse_from_rfc3339(at).unwrap(),
             description: "x".into(),
             detail: None,
-            location: Some(Location { city: Some("CAMPINAS".into()), state: Some("SP".into()) }),
+            location: Some(Location {
+                city: Some("CAMPINAS".into()),
+                state: Some("SP".into()),
+            }),
             unit: Some("Unidade de Distribuição".into()),
             status: None,
             raw: serde_json::Value::Null,
@@ -137,6 +145,9 @@ mod tests {
         assert_eq!(fp(&a), fp(&b));
         assert_ne!(fp(&a), fp(&ev("BDE", "20", "2026-03-27T14:40:30-03:00")));
         assert_ne!(fp(&a), fp(&ev("BDE", "01", "2026-03-27T14:40:31-03:00")));
-        assert_ne!(fp(&a), a.fingerprint(Carrier::Correios, &code, Source::Manual));
+        assert_ne!(
+            fp(&a),
+            a.fingerprint(Carrier::Correios, &code, Source::Manual)
+        );
     }
 }

@@ -23,5 +23,8 @@ pub mod table;
 pub use change::{ChangeEvent, StatusChange};
 pub use code::{Carrier, TrackingCode};
 pub use event::{CarrierEvent, CarrierUpdate, Location, Source};
-pub use request::{Customer, EmailAddress, FieldError, InvalidRequest, Locale, MarketplaceRef, OrderId, TrackingRequest};
+pub use request::{
+    Customer, EmailAddress, FieldError, InvalidRequest, Locale, MarketplaceRef, OrderId,
+    TrackingRequest,
+};
 pub use status::Status;

@@ -38,7 +38,9 @@ impl EmailAddress {
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
         let valid = s.len() <= 254
-            && !s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'))
+            && !s
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'))
             && match s.split_once('@') {
                 Some((local, domain)) => {
                     !local.is_empty()
@@ -49,7 +51,11 @@ impl EmailAddress {
                 }
                 None => false,
             };
-        if valid { Ok(Self(s.to_owned())) } else { Err(format!("{s:?} is not an email address")) }
+        if valid {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!("{s:?} is not an email address"))
+        }
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -145,7 +151,10 @@ pub enum InvalidRequest {
 impl InvalidRequest {
     pub fn details(&self) -> Vec<FieldError> {
         match self {
-            InvalidRequest::NotJson(m) => vec![FieldError { field: "$".into(), message: m.clone() }],
+            InvalidRequest::NotJson(m) => vec![FieldError {
+                field: "$".into(),
+                message: m.clone(),
+            }],
             InvalidRequest::Fields(f) => f.clone(),
         }
     }
@@ -158,7 +167,10 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn err(&mut self, field: &str, message: impl Into<String>) {
-        self.errors.push(FieldError { field: field.into(), message: message.into() });
+        self.errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
     }
 
     fn get(&self, path: &str) -> Option<&'a Value> {
@@ -189,7 +201,8 @@ impl<'a> Fields<'a> {
 
 impl TrackingRequest {
     pub fn parse(bytes: &[u8]) -> Result<Self, InvalidRequest> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| InvalidRequest::NotJson(e.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| InvalidRequest::NotJson(e.to_string()))?;
         Self::from_value(&value)
     }
 
@@ -200,29 +213,38 @@ impl TrackingRequest {
                 message: "must be a JSON object".into(),
             }]));
         }
-        let mut f = Fields { errors: Vec::new(), root: value };
+        let mut f = Fields {
+            errors: Vec::new(),
+            root: value,
+        };
 
-        let order_id = f.string("order_id", true).and_then(|s| match OrderId::parse(s) {
-            Ok(v) => Some(v),
-            Err(m) => {
-                f.err("order_id", m);
-                None
-            }
-        });
-        let carrier_named = f.string("carrier", false).and_then(|s| match s.parse::<Carrier>() {
-            Ok(c) => Some(c),
-            Err(m) => {
-                f.err("carrier", m);
-                None
-            }
-        });
-        let code = f.string("tracking_code", true).and_then(|s| match TrackingCode::parse(s) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                f.err("tracking_code", e.to_string());
-                None
-            }
-        });
+        let order_id = f
+            .string("order_id", true)
+            .and_then(|s| match OrderId::parse(s) {
+                Ok(v) => Some(v),
+                Err(m) => {
+                    f.err("order_id", m);
+                    None
+                }
+            });
+        let carrier_named = f
+            .string("carrier", false)
+            .and_then(|s| match s.parse::<Carrier>() {
+                Ok(c) => Some(c),
+                Err(m) => {
+                    f.err("carrier", m);
+                    None
+                }
+            });
+        let code = f
+            .string("tracking_code", true)
+            .and_then(|s| match TrackingCode::parse(s) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    f.err("tracking_code", e.to_string());
+                    None
+                }
+            });
         let carrier = match (&code, carrier_named) {
             (Some(code), Some(carrier)) => match code.validate_for(carrier) {
                 Ok(()) => Some(carrier),
@@ -246,14 +268,19 @@ impl TrackingRequest {
         if f.get("customer").is_some_and(|c| !c.is_object()) {
             f.err("customer", "must be an object");
         }
-        let email = f.string("customer.email", true).and_then(|s| match EmailAddress::parse(s) {
-            Ok(e) => Some(e),
-            Err(m) => {
-                f.err("customer.email", m);
-                None
-            }
-        });
-        let name = f.string("customer.name", false).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        let email = f
+            .string("customer.email", true)
+            .and_then(|s| match EmailAddress::parse(s) {
+                Ok(e) => Some(e),
+                Err(m) => {
+                    f.err("customer.email", m);
+                    None
+                }
+            });
+        let name = f
+            .string("customer.name", false)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty());
         let locale = match f.string("customer.locale", false) {
             Some(s) => Locale::parse(s).unwrap_or_else(|m| {
                 f.err("customer.locale", m);
@@ -264,10 +291,19 @@ impl TrackingRequest {
         let marketplace = match f.get("marketplace") {
             None => None,
             Some(Value::Object(_)) => {
-                let name = f.string("marketplace.name", true).map(str::trim).filter(|s| !s.is_empty());
-                let mp_order = f.string("marketplace.order_id", true).map(str::trim).filter(|s| !s.is_empty());
+                let name = f
+                    .string("marketplace.name", true)
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty());
+                let mp_order = f
+                    .string("marketplace.order_id", true)
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty());
                 match (name, mp_order) {
-                    (Some(n), Some(o)) => Some(MarketplaceRef { name: n.to_owned(), order_id: o.to_owned() }),
+                    (Some(n), Some(o)) => Some(MarketplaceRef {
+                        name: n.to_owned(),
+                        order_id: o.to_owned(),
+                    }),
                     (n, o) => {
                         if n.is_none() && f.get("marketplace.name").is_some() {
                             f.err("marketplace.name", "must not be empty");
@@ -284,23 +320,35 @@ impl TrackingRequest {
                 None
             }
         };
-        let invoice_number = f.string("invoice_number", false).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        let invoice_number = f
+            .string("invoice_number", false)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty());
 
         match (order_id, code, carrier, email) {
-            (Some(order_id), Some(tracking_code), Some(carrier), Some(email)) if f.errors.is_empty() => Ok(Self {
-                order_id,
-                tracking_code,
-                carrier,
-                customer: Customer { email, name, locale },
-                marketplace,
-                invoice_number,
-            }),
+            (Some(order_id), Some(tracking_code), Some(carrier), Some(email))
+                if f.errors.is_empty() =>
+            {
+                Ok(Self {
+                    order_id,
+                    tracking_code,
+                    carrier,
+                    customer: Customer {
+                        email,
+                        name,
+                        locale,
+                    },
+                    marketplace,
+                    invoice_number,
+                })
+            }
             _ => Err(InvalidRequest::Fields(f.errors)),
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -348,28 +396,52 @@ mod tests {
         }))
         .unwrap_err();
         let fields: Vec<_> = err.details().into_iter().map(|e| e.field).collect();
-        assert_eq!(fields, ["order_id", "carrier", "customer.email", "customer.locale", "marketplace.order_id"]);
+        assert_eq!(
+            fields,
+            [
+                "order_id",
+                "carrier",
+                "customer.email",
+                "customer.locale",
+                "marketplace.order_id"
+            ]
+        );
     }
 
     #[test]
     fn missing_email_and_bad_json_are_refused() {
-        let err = TrackingRequest::from_value(&json!({"order_id": "1", "tracking_code": "DL746686536BR"})).unwrap_err();
+        let err = TrackingRequest::from_value(
+            &json!({"order_id": "1", "tracking_code": "DL746686536BR"}),
+        )
+        .unwrap_err();
         assert_eq!(err.details()[0].field, "customer.email");
-        assert!(matches!(TrackingRequest::parse(b"{not json"), Err(InvalidRequest::NotJson(_))));
+        assert!(matches!(
+            TrackingRequest::parse(b"{not json"),
+            Err(InvalidRequest::NotJson(_))
+        ));
         assert!(TrackingRequest::parse(b"[1,2]").is_err());
     }
 
     #[test]
     fn a_jadlog_request_must_name_its_carrier_and_fit_its_format() {
         let ok = json!({"order_id": "1", "tracking_code": "10084500001234", "carrier": "jadlog", "customer": {"email": "a@b.co"}});
-        assert_eq!(TrackingRequest::from_value(&ok).unwrap().carrier, Carrier::Jadlog);
+        assert_eq!(
+            TrackingRequest::from_value(&ok).unwrap().carrier,
+            Carrier::Jadlog
+        );
         let unnamed = json!({"order_id": "1", "tracking_code": "10084500001234", "customer": {"email": "a@b.co"}});
-        assert_eq!(TrackingRequest::from_value(&unnamed).unwrap_err().details()[0].field, "carrier");
+        assert_eq!(
+            TrackingRequest::from_value(&unnamed).unwrap_err().details()[0].field,
+            "carrier"
+        );
     }
 
     #[test]
     fn emails_are_masked_for_logs() {
-        assert_eq!(EmailAddress::parse("ana@example.com").unwrap().masked(), "a***@example.com");
+        assert_eq!(
+            EmailAddress::parse("ana@example.com").unwrap().masked(),
+            "a***@example.com"
+        );
         for bad in ["", "a@", "@b.co", "a b@c.de", "a@b", "a@@b.co"] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad} accepted");
         }

@@ -59,9 +59,15 @@ pub fn current_status(events: &[RuleEvent]) -> Option<Decision> {
     let mut decision: Option<Decision> = None;
     for i in effective {
         if let Some(Mapping::Status { status, reason }) = &events[i].mapping {
-            let allowed = decision.as_ref().is_none_or(|d| transition_allowed(d.status, *status));
+            let allowed = decision
+                .as_ref()
+                .is_none_or(|d| transition_allowed(d.status, *status));
             if allowed {
-                decision = Some(Decision { status: *status, reason: reason.clone(), index: i });
+                decision = Some(Decision {
+                    status: *status,
+                    reason: reason.clone(),
+                    index: i,
+                });
             }
         }
     }
@@ -69,35 +75,52 @@ pub fn current_status(events: &[RuleEvent]) -> Option<Decision> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     fn ev(seq: i64, hour: u32, mapping: Option<Mapping>) -> RuleEvent {
         RuleEvent {
-            occurred_at: DateTime::parse_from_rfc3339(&format!("2026-03-27T{hour:02}:00:00-03:00")).unwrap(),
+            occurred_at: DateTime::parse_from_rfc3339(&format!("2026-03-27T{hour:02}:00:00-03:00"))
+                .unwrap(),
             seq,
             mapping,
         }
     }
     fn st(s: Status) -> Option<Mapping> {
-        Some(Mapping::Status { status: s, reason: None })
+        Some(Mapping::Status {
+            status: s,
+            reason: None,
+        })
     }
 
     #[test]
     fn newest_by_carrier_time_wins_not_arrival() {
         // Delivered arrives first, the older out-for-delivery event arrives later.
-        let events = [ev(1, 14, st(Status::Delivered)), ev(2, 9, st(Status::OutForDelivery))];
+        let events = [
+            ev(1, 14, st(Status::Delivered)),
+            ev(2, 9, st(Status::OutForDelivery)),
+        ];
         let d = current_status(&events).unwrap();
         assert_eq!((d.status, d.index), (Status::Delivered, 0));
     }
 
     #[test]
     fn delivered_does_not_flip_back_but_a_return_after_it_counts() {
-        let events = [ev(1, 10, st(Status::Delivered)), ev(2, 11, st(Status::InTransit))];
+        let events = [
+            ev(1, 10, st(Status::Delivered)),
+            ev(2, 11, st(Status::InTransit)),
+        ];
         assert_eq!(current_status(&events).unwrap().status, Status::Delivered);
-        let events = [ev(1, 10, st(Status::Delivered)), ev(2, 12, st(Status::Returning))];
+        let events = [
+            ev(1, 10, st(Status::Delivered)),
+            ev(2, 12, st(Status::Returning)),
+        ];
         assert_eq!(current_status(&events).unwrap().status, Status::Returning);
-        let events = [ev(1, 10, st(Status::Returned)), ev(2, 12, st(Status::Exception))];
+        let events = [
+            ev(1, 10, st(Status::Returned)),
+            ev(2, 12, st(Status::Exception)),
+        ];
         assert_eq!(current_status(&events).unwrap().status, Status::Returned);
     }
 
@@ -122,7 +145,17 @@ mod tests {
 
     #[test]
     fn reasons_travel_with_the_status() {
-        let events = [ev(1, 8, Some(Mapping::Status { status: Status::Exception, reason: Some("customs".into()) }))];
-        assert_eq!(current_status(&events).unwrap().reason.as_deref(), Some("customs"));
+        let events = [ev(
+            1,
+            8,
+            Some(Mapping::Status {
+                status: Status::Exception,
+                reason: Some("customs".into()),
+            }),
+        )];
+        assert_eq!(
+            current_status(&events).unwrap().reason.as_deref(),
+            Some("customs")
+        );
     }
 }

@@ -89,6 +89,7 @@ impl FromStr for Status {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

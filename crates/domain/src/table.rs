@@ -11,7 +11,10 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mapping {
     /// The event puts the shipment in this status (with a reason for some, e.g. customs).
-    Status { status: Status, reason: Option<String> },
+    Status {
+        status: Status,
+        reason: Option<String>,
+    },
     /// The event undoes the event before it (Correios `EST`).
     Reverse,
 }
@@ -19,11 +22,21 @@ pub enum Mapping {
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
     #[error("event table {name}: {source}")]
-    Toml { name: String, source: toml::de::Error },
+    Toml {
+        name: String,
+        source: toml::de::Error,
+    },
     #[error("event table {name}: rule {index}: {message}")]
-    Rule { name: String, index: usize, message: String },
+    Rule {
+        name: String,
+        index: usize,
+        message: String,
+    },
     #[error("event table {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Deserialize)]
@@ -51,12 +64,22 @@ pub struct EventTable {
 
 impl EventTable {
     pub fn parse(name: &str, text: &str) -> Result<Self, TableError> {
-        let file: File = toml::from_str(text).map_err(|source| TableError::Toml { name: name.into(), source })?;
+        let file: File = toml::from_str(text).map_err(|source| TableError::Toml {
+            name: name.into(),
+            source,
+        })?;
         let mut table = EventTable::default();
         for (index, rule) in file.rule.into_iter().enumerate() {
-            let bad = |message: String| TableError::Rule { name: name.into(), index: index + 1, message };
+            let bad = |message: String| TableError::Rule {
+                name: name.into(),
+                index: index + 1,
+                message,
+            };
             let mapping = match (rule.status.as_deref(), rule.effect.as_deref()) {
-                (Some(s), None) => Mapping::Status { status: s.parse().map_err(bad)?, reason: rule.reason.clone() },
+                (Some(s), None) => Mapping::Status {
+                    status: s.parse().map_err(bad)?,
+                    reason: rule.reason.clone(),
+                },
                 (None, Some("reverse")) => Mapping::Reverse,
                 (None, Some(other)) => return Err(bad(format!("unknown effect {other:?}"))),
                 _ => return Err(bad("needs exactly one of status or effect".into())),
@@ -67,13 +90,21 @@ impl EventTable {
             for code in &rule.codes {
                 for types in &rule.types {
                     if types == "*" {
-                        if table.any_type.insert(code.clone(), mapping.clone()).is_some() {
+                        if table
+                            .any_type
+                            .insert(code.clone(), mapping.clone())
+                            .is_some()
+                        {
                             return Err(bad(format!("{code} * is mapped twice")));
                         }
                         continue;
                     }
                     for t in expand(types).map_err(bad)? {
-                        if table.exact.insert((code.clone(), t.clone()), mapping.clone()).is_some() {
+                        if table
+                            .exact
+                            .insert((code.clone(), t.clone()), mapping.clone())
+                            .is_some()
+                        {
                             return Err(bad(format!("{code} {t} is mapped twice")));
                         }
                     }
@@ -111,7 +142,9 @@ fn expand(types: &str) -> Result<Vec<String>, String> {
             }
             Ok((a..=b).map(|n| format!("{n:02}")).collect())
         }
-        None => Err(format!("type {types:?} must be two characters, a range like 10-42, or *")),
+        None => Err(format!(
+            "type {types:?} must be two characters, a range like 10-42, or *"
+        )),
     }
 }
 
@@ -141,9 +174,14 @@ impl EventTables {
             if !path.exists() {
                 continue;
             }
-            let text = std::fs::read_to_string(&path)
-                .map_err(|source| TableError::Io { path: path.display().to_string(), source })?;
-            tables.tables.insert(carrier, EventTable::parse(&path.display().to_string(), &text)?);
+            let text = std::fs::read_to_string(&path).map_err(|source| TableError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            tables.tables.insert(
+                carrier,
+                EventTable::parse(&path.display().to_string(), &text)?,
+            );
         }
         Ok(tables)
     }
@@ -161,6 +199,7 @@ fn builtin_text(carrier: Carrier) -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -186,22 +225,34 @@ mod tests {
         }
         assert_eq!(status(&t, "PAR", "31"), Some(Status::Exception));
         assert_eq!(status(&t, "BLQ", "77"), Some(Status::Exception));
-        assert_eq!(t.lookup(Carrier::Correios, "EST", Some("01")), Some(&Mapping::Reverse));
+        assert_eq!(
+            t.lookup(Carrier::Correios, "EST", Some("01")),
+            Some(&Mapping::Reverse)
+        );
         assert_eq!(status(&t, "XYZ", "01"), None);
         assert_eq!(status(&t, "BDE", "99"), None);
         assert!(matches!(
             t.lookup(Carrier::Jadlog, "ENTREGUE", None),
-            Some(Mapping::Status { status: Status::Delivered, .. })
+            Some(Mapping::Status {
+                status: Status::Delivered,
+                ..
+            })
         ));
     }
 
     #[test]
     fn a_pair_mapped_twice_or_a_bad_rule_is_refused() {
         let twice = "[[rule]]\ncodes=[\"A\"]\ntypes=[\"01\"]\nstatus=\"posted\"\n[[rule]]\ncodes=[\"A\"]\ntypes=[\"00-02\"]\nstatus=\"delivered\"\n";
-        assert!(EventTable::parse("t", twice).unwrap_err().to_string().contains("A 01 is mapped twice"));
+        assert!(
+            EventTable::parse("t", twice)
+                .unwrap_err()
+                .to_string()
+                .contains("A 01 is mapped twice")
+        );
         let bad = "[[rule]]\ncodes=[\"A\"]\ntypes=[\"01\"]\nstatus=\"lost\"\n";
         assert!(EventTable::parse("t", bad).is_err());
-        let both = "[[rule]]\ncodes=[\"A\"]\ntypes=[\"01\"]\nstatus=\"posted\"\neffect=\"reverse\"\n";
+        let both =
+            "[[rule]]\ncodes=[\"A\"]\ntypes=[\"01\"]\nstatus=\"posted\"\neffect=\"reverse\"\n";
         assert!(EventTable::parse("t", both).is_err());
     }
 }

@@ -259,6 +259,7 @@ fn redact(message: &str, url: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

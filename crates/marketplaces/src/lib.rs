@@ -19,9 +19,19 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Kind {
-    Webhook { url: String, secret: SecretString },
-    Vtex { url: String, app_key: String, app_token: SecretString },
-    Mercadolivre { url: String, access_token: SecretString },
+    Webhook {
+        url: String,
+        secret: SecretString,
+    },
+    Vtex {
+        url: String,
+        app_key: String,
+        app_token: SecretString,
+    },
+    Mercadolivre {
+        url: String,
+        access_token: SecretString,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,7 +67,10 @@ pub struct Marketplaces {
 
 impl Marketplaces {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { path: path.display().to_string(), message };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
         Self::parse(&text).map_err(invalid)
     }
@@ -72,14 +85,20 @@ impl Marketplaces {
             let url = match &m.kind {
                 Kind::Webhook { url, secret } => {
                     if secret.expose_secret().len() < 16 {
-                        return Err(format!("marketplace {:?}: the webhook secret must be at least 16 characters", m.name));
+                        return Err(format!(
+                            "marketplace {:?}: the webhook secret must be at least 16 characters",
+                            m.name
+                        ));
                     }
                     url
                 }
                 Kind::Vtex { url, .. } | Kind::Mercadolivre { url, .. } => url,
             };
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!("marketplace {:?}: url must start with http:// or https://", m.name));
+                return Err(format!(
+                    "marketplace {:?}: url must start with http:// or https://",
+                    m.name
+                ));
             }
             if by_name.insert(m.name.clone(), m.clone()).is_some() {
                 return Err(format!("marketplace {:?} is configured twice", m.name));
@@ -105,14 +124,18 @@ impl Marketplaces {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
     #[error("temporary failure: {reason}")]
-    Retry { reason: String, after: Option<Duration> },
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
     #[error("refused: {reason}")]
     Refused { reason: String },
 }
 
 /// `t={t},v1={hex HMAC-SHA256 over "{t}.{body}"}`.
 pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -133,7 +156,12 @@ impl Relay {
     }
 
     /// Relays one status change (`body` is its JSON) to a marketplace. `Ok` carries a short record of the answer.
-    pub async fn deliver(&self, marketplace: &Marketplace, change_id: &str, body: &[u8]) -> Result<String, RelayError> {
+    pub async fn deliver(
+        &self,
+        marketplace: &Marketplace,
+        change_id: &str,
+        body: &[u8],
+    ) -> Result<String, RelayError> {
         match &marketplace.kind {
             Kind::Webhook { url, secret } => {
                 let t = chrono::Utc::now().timestamp();
@@ -146,13 +174,18 @@ impl Relay {
                     .body(body.to_vec())
                     .send()
                     .await
-                    .map_err(|e| RelayError::Retry { reason: format!("{url}: {e}"), after: None })?;
+                    .map_err(|e| RelayError::Retry {
+                        reason: format!("{url}: {e}"),
+                        after: None,
+                    })?;
                 classify(resp).await
             }
-            Kind::Vtex { .. } => Err(RelayError::Refused { reason: "the vtex adapter is not in this version".into() }),
-            Kind::Mercadolivre { .. } => {
-                Err(RelayError::Refused { reason: "the mercadolivre adapter is not in this version".into() })
-            }
+            Kind::Vtex { .. } => Err(RelayError::Refused {
+                reason: "the vtex adapter is not in this version".into(),
+            }),
+            Kind::Mercadolivre { .. } => Err(RelayError::Refused {
+                reason: "the mercadolivre adapter is not in this version".into(),
+            }),
         }
     }
 }
@@ -165,14 +198,25 @@ async fn classify(resp: reqwest::Response) -> Result<String, RelayError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let body: String = resp.text().await.unwrap_or_default().chars().take(1000).collect();
+    let body: String = resp
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(1000)
+        .collect();
     let code = status.as_u16();
     if status.is_success() {
         Ok(format!("{code}"))
     } else if code == 408 || code == 429 || status.is_server_error() {
-        Err(RelayError::Retry { reason: format!("answered {code}: {body}"), after })
+        Err(RelayError::Retry {
+            reason: format!("answered {code}: {body}"),
+            after,
+        })
     } else {
-        Err(RelayError::Refused { reason: format!("answered {code}: {body}") })
+        Err(RelayError::Refused {
+            reason: format!("answered {code}: {body}"),
+        })
     }
 }
 
@@ -211,15 +255,24 @@ access_token = "x"
         assert_eq!(m.len(), 3);
         assert!(m.get("acme").unwrap().email_customers);
         assert!(!m.get("minha-loja-vtex").unwrap().email_customers);
-        assert!(matches!(m.get("meli").unwrap().kind, Kind::Mercadolivre { .. }));
+        assert!(matches!(
+            m.get("meli").unwrap().kind,
+            Kind::Mercadolivre { .. }
+        ));
         assert!(!format!("{:?}", m.get("acme")).contains("0123456789abcdef0123"));
     }
 
     #[test]
     fn bad_files_name_the_problem() {
-        assert!(Marketplaces::parse("[[marketplace]]\nname='a'\nkind='fax'\nurl='http://x'").is_err());
+        assert!(
+            Marketplaces::parse("[[marketplace]]\nname='a'\nkind='fax'\nurl='http://x'").is_err()
+        );
         let short = "[[marketplace]]\nname='a'\nkind='webhook'\nurl='http://x'\nsecret='short'";
-        assert!(Marketplaces::parse(short).unwrap_err().contains("at least 16"));
+        assert!(
+            Marketplaces::parse(short)
+                .unwrap_err()
+                .contains("at least 16")
+        );
         let twice = "[[marketplace]]\nname='a'\nkind='webhook'\nurl='http://x'\nsecret='0123456789abcdef'\n".repeat(2);
         assert!(Marketplaces::parse(&twice).unwrap_err().contains("twice"));
     }

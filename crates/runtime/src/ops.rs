@@ -53,7 +53,10 @@ impl Health {
     }
 
     pub fn is_ok(&self) -> bool {
-        self.inner.lock().map(|s| s.components.values().all(|up| *up)).unwrap_or(false)
+        self.inner
+            .lock()
+            .map(|s| s.components.values().all(|up| *up))
+            .unwrap_or(false)
     }
 
     pub fn report(&self) -> (bool, Value) {
@@ -62,9 +65,15 @@ impl Health {
         };
         let ok = s.components.values().all(|up| *up);
         let mut body = Map::new();
-        body.insert("status".into(), json!(if ok { "ok" } else { "unavailable" }));
-        let components: Map<String, Value> =
-            s.components.iter().map(|(k, v)| ((*k).to_owned(), json!(if *v { "up" } else { "down" }))).collect();
+        body.insert(
+            "status".into(),
+            json!(if ok { "ok" } else { "unavailable" }),
+        );
+        let components: Map<String, Value> = s
+            .components
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(if *v { "up" } else { "down" })))
+            .collect();
         body.insert("components".into(), Value::Object(components));
         for (k, v) in &s.sections {
             body.insert(k.clone(), v.clone());
@@ -96,12 +105,20 @@ struct OpsState {
 
 async fn health(State(s): State<OpsState>) -> Response {
     let (ok, body) = s.health.report();
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, axum::Json(body)).into_response()
 }
 
 async fn metrics_page(State(s): State<OpsState>) -> Response {
-    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 /// The ops routes, for servers that want to merge them into their own router.
@@ -109,11 +126,18 @@ pub fn router(health_state: Health) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
-        .with_state(OpsState { health: health_state, metrics: metrics_handle() })
+        .with_state(OpsState {
+            health: health_state,
+            metrics: metrics_handle(),
+        })
 }
 
 /// Binds `addr` and serves `/health` and `/metrics` until `shutdown`. Returns the bound address.
-pub async fn serve(addr: SocketAddr, health_state: Health, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    health_state: Health,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let handle = metrics_handle();
@@ -129,7 +153,9 @@ pub async fn serve(addr: SocketAddr, health_state: Health, shutdown: Cancellatio
     });
     let app = router(health_state);
     tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "The /health and /metrics server stopped.");
         }

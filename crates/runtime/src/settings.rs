@@ -13,7 +13,10 @@ pub struct SettingsError {
 
 impl SettingsError {
     pub fn new(variable: &str, message: impl Into<String>) -> Self {
-        Self { variable: variable.into(), message: message.into() }
+        Self {
+            variable: variable.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -36,7 +39,10 @@ where
 {
     match var(name) {
         None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|e| SettingsError::new(name, format!("cannot parse {v:?}: {e}"))),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| SettingsError::new(name, format!("cannot parse {v:?}: {e}"))),
     }
 }
 
@@ -51,7 +57,10 @@ pub fn millis(name: &str, default: u64) -> Result<Duration, SettingsError> {
 fn parse_f64_duration(name: &str, default: f64, unit_secs: f64) -> Result<Duration, SettingsError> {
     let value = parse(name, default)?;
     if !value.is_finite() || value < 0.0 {
-        return Err(SettingsError::new(name, format!("must be a non-negative number, got {value}")));
+        return Err(SettingsError::new(
+            name,
+            format!("must be a non-negative number, got {value}"),
+        ));
     }
     Ok(Duration::from_secs_f64(value * unit_secs))
 }
@@ -59,14 +68,19 @@ fn parse_f64_duration(name: &str, default: f64, unit_secs: f64) -> Result<Durati
 /// A comma-separated list of milliseconds, e.g. `1000,5000,30000`.
 pub fn millis_list(name: &str, default: &[u64]) -> Result<Vec<Duration>, SettingsError> {
     let Some(v) = var(name) else {
-        return Ok(default.iter().map(|&ms| Duration::from_millis(ms)).collect());
+        return Ok(default
+            .iter()
+            .map(|&ms| Duration::from_millis(ms))
+            .collect());
     };
     let mut out = Vec::new();
     for part in v.split(',') {
-        let ms: u64 = part
-            .trim()
-            .parse()
-            .map_err(|_| SettingsError::new(name, format!("{part:?} is not a whole number of milliseconds")))?;
+        let ms: u64 = part.trim().parse().map_err(|_| {
+            SettingsError::new(
+                name,
+                format!("{part:?} is not a whole number of milliseconds"),
+            )
+        })?;
         if ms == 0 {
             return Err(SettingsError::new(name, "delays must be above 0 ms"));
         }

@@ -821,6 +821,7 @@ async fn control_get(State(shared): State<Arc<Shared>>, Path(code): Path<String>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -234,6 +234,7 @@ pub async fn run_with_secret(secret: String) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -15,22 +15,37 @@ pub enum Progress {
 }
 
 /// Claims the change for the destination inside `tx` (row lock held until commit or rollback).
-pub async fn claim(tx: &mut Transaction<'_, Postgres>, destination: &str, change_id: Uuid) -> Result<Progress, StoreError> {
-    sqlx::query("INSERT INTO deliveries (destination, change_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(destination)
-        .bind(change_id)
-        .execute(&mut **tx)
-        .await?;
+pub async fn claim(
+    tx: &mut Transaction<'_, Postgres>,
+    destination: &str,
+    change_id: Uuid,
+) -> Result<Progress, StoreError> {
+    sqlx::query(
+        "INSERT INTO deliveries (destination, change_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(destination)
+    .bind(change_id)
+    .execute(&mut **tx)
+    .await?;
     let (state, attempts): (String, i32) =
         sqlx::query_as("SELECT state, attempts FROM deliveries WHERE destination = $1 AND change_id = $2 FOR UPDATE")
             .bind(destination)
             .bind(change_id)
             .fetch_one(&mut **tx)
             .await?;
-    Ok(if state == "done" { Progress::Done } else { Progress::ToDo { attempts } })
+    Ok(if state == "done" {
+        Progress::Done
+    } else {
+        Progress::ToDo { attempts }
+    })
 }
 
-pub async fn complete(conn: &mut PgConnection, destination: &str, change_id: Uuid, detail: &str) -> Result<(), StoreError> {
+pub async fn complete(
+    conn: &mut PgConnection,
+    destination: &str,
+    change_id: Uuid,
+    detail: &str,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE deliveries SET state = 'done', attempts = attempts + 1, completed_at = now(), detail = $3, last_error = NULL \
          WHERE destination = $1 AND change_id = $2",
@@ -43,7 +58,13 @@ pub async fn complete(conn: &mut PgConnection, destination: &str, change_id: Uui
     Ok(())
 }
 
-pub async fn fail(conn: &mut PgConnection, destination: &str, change_id: Uuid, error: &str, parked: bool) -> Result<(), StoreError> {
+pub async fn fail(
+    conn: &mut PgConnection,
+    destination: &str,
+    change_id: Uuid,
+    error: &str,
+    parked: bool,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE deliveries SET state = $4, attempts = attempts + 1, last_error = $3 WHERE destination = $1 AND change_id = $2",
     )

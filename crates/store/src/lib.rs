@@ -32,13 +32,19 @@ pub struct DbSettings {
 
 impl std::fmt::Debug for DbSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DbSettings").field("max_connections", &self.max_connections).finish_non_exhaustive()
+        f.debug_struct("DbSettings")
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
     }
 }
 
 impl DbSettings {
     pub fn new(url: &str) -> Self {
-        Self { url: SecretString::from(url.to_owned()), max_connections: 16, acquire_timeout: Duration::from_secs(5) }
+        Self {
+            url: SecretString::from(url.to_owned()),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -68,12 +74,16 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 /// Whether the database answers and carries every migration this build knows.
 pub async fn schema_ready(pool: &PgPool) -> Result<bool, StoreError> {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text").fetch_one(pool).await?;
+    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+        .fetch_one(pool)
+        .await?;
     if exists.is_none() {
         return Ok(false);
     }
     let applied: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?;
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?;
     Ok(applied.is_some_and(|v| v >= latest))
 }
 
@@ -90,21 +100,29 @@ pub fn split_database(url: &str) -> Option<(String, String)> {
 /// Creates the database named in `url` when it does not exist (`trackctl migrate`, the demo, tests).
 pub async fn create_database_if_missing(url: &str) -> Result<(), StoreError> {
     let Some((name, admin_url)) = split_database(url) else {
-        return Err(StoreError::Corrupt(format!("no database name in the database URL ending {:?}", url.rsplit('/').next())));
+        return Err(StoreError::Corrupt(format!(
+            "no database name in the database URL ending {:?}",
+            url.rsplit('/').next()
+        )));
     };
-    let admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&admin)
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_url)
         .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&admin)
+            .await?;
     if !exists {
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         if let Err(e) = sqlx::query(&sql).execute(&admin).await {
             // Another process may have created it at the same moment.
-            let raced: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(&name)
-                .fetch_one(&admin)
-                .await?;
+            let raced: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&name)
+                    .fetch_one(&admin)
+                    .await?;
             if !raced {
                 return Err(e.into());
             }
@@ -115,6 +133,7 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), StoreError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -122,11 +141,17 @@ mod tests {
     fn database_urls_split_into_name_and_admin_url() {
         assert_eq!(
             split_database("postgres://postgres@127.0.0.1:5432/tracking"),
-            Some(("tracking".into(), "postgres://postgres@127.0.0.1:5432/postgres".into()))
+            Some((
+                "tracking".into(),
+                "postgres://postgres@127.0.0.1:5432/postgres".into()
+            ))
         );
         assert_eq!(
             split_database("postgres://u:p@h/db?sslmode=disable"),
-            Some(("db".into(), "postgres://u:p@h/postgres?sslmode=disable".into()))
+            Some((
+                "db".into(),
+                "postgres://u:p@h/postgres?sslmode=disable".into()
+            ))
         );
     }
 }

@@ -3,7 +3,10 @@
 use crate::StoreError;
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgPool};
-use tracking_domain::{Carrier, Customer, EmailAddress, Locale, MarketplaceRef, OrderId, Status, TrackingCode, TrackingRequest};
+use tracking_domain::{
+    Carrier, Customer, EmailAddress, Locale, MarketplaceRef, OrderId, Status, TrackingCode,
+    TrackingRequest,
+};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct ShipmentRow {
@@ -37,18 +40,29 @@ impl ShipmentRow {
 
     /// The tracking request this shipment was registered with (its latest order context).
     pub fn request(&self) -> Result<TrackingRequest, StoreError> {
-        let corrupt = |what: &str, e: String| StoreError::Corrupt(format!("shipment {}: {what}: {e}", self.id));
+        let corrupt = |what: &str, e: String| {
+            StoreError::Corrupt(format!("shipment {}: {what}: {e}", self.id))
+        };
         Ok(TrackingRequest {
             order_id: OrderId::parse(&self.order_id).map_err(|e| corrupt("order_id", e))?,
-            tracking_code: TrackingCode::parse(&self.tracking_code).map_err(|e| corrupt("tracking_code", e.to_string()))?,
-            carrier: self.carrier.parse::<Carrier>().map_err(|e| corrupt("carrier", e))?,
+            tracking_code: TrackingCode::parse(&self.tracking_code)
+                .map_err(|e| corrupt("tracking_code", e.to_string()))?,
+            carrier: self
+                .carrier
+                .parse::<Carrier>()
+                .map_err(|e| corrupt("carrier", e))?,
             customer: Customer {
-                email: EmailAddress::parse(&self.customer_email).map_err(|e| corrupt("customer_email", e))?,
+                email: EmailAddress::parse(&self.customer_email)
+                    .map_err(|e| corrupt("customer_email", e))?,
                 name: self.customer_name.clone(),
-                locale: Locale::parse(&self.customer_locale).map_err(|e| corrupt("customer_locale", e))?,
+                locale: Locale::parse(&self.customer_locale)
+                    .map_err(|e| corrupt("customer_locale", e))?,
             },
             marketplace: match (&self.marketplace_name, &self.marketplace_order_id) {
-                (Some(name), Some(order_id)) => Some(MarketplaceRef { name: name.clone(), order_id: order_id.clone() }),
+                (Some(name), Some(order_id)) => Some(MarketplaceRef {
+                    name: name.clone(),
+                    order_id: order_id.clone(),
+                }),
                 _ => None,
             },
             invoice_number: self.invoice_number.clone(),
@@ -58,7 +72,10 @@ impl ShipmentRow {
 
 /// Registers the shipment, or updates its order context when the request brings new data, and locks its row
 /// for the rest of the transaction (several normalizers may handle the same shipment at once).
-pub async fn upsert_and_lock(conn: &mut PgConnection, req: &TrackingRequest) -> Result<ShipmentRow, StoreError> {
+pub async fn upsert_and_lock(
+    conn: &mut PgConnection,
+    req: &TrackingRequest,
+) -> Result<ShipmentRow, StoreError> {
     let sql = format!(
         "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, customer_name, customer_locale, \
              marketplace_name, marketplace_order_id, invoice_number) \
@@ -87,8 +104,14 @@ pub async fn upsert_and_lock(conn: &mut PgConnection, req: &TrackingRequest) -> 
 }
 
 /// Locks a known shipment's row for the rest of the transaction.
-pub async fn lock(conn: &mut PgConnection, carrier: Carrier, code: &TrackingCode) -> Result<Option<ShipmentRow>, StoreError> {
-    let sql = format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE carrier = $1 AND tracking_code = $2 FOR UPDATE");
+pub async fn lock(
+    conn: &mut PgConnection,
+    carrier: Carrier,
+    code: &TrackingCode,
+) -> Result<Option<ShipmentRow>, StoreError> {
+    let sql = format!(
+        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE carrier = $1 AND tracking_code = $2 FOR UPDATE"
+    );
     Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
         .bind(carrier.as_str())
         .bind(code.as_str())
@@ -98,12 +121,19 @@ pub async fn lock(conn: &mut PgConnection, carrier: Carrier, code: &TrackingCode
 
 pub async fn by_order(pool: &PgPool, order_id: &str) -> Result<Vec<ShipmentRow>, StoreError> {
     let sql = format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE order_id = $1 ORDER BY id");
-    Ok(sqlx::query_as::<_, ShipmentRow>(&sql).bind(order_id).fetch_all(pool).await?)
+    Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
+        .bind(order_id)
+        .fetch_all(pool)
+        .await?)
 }
 
 pub async fn by_code(pool: &PgPool, code: &str) -> Result<Vec<ShipmentRow>, StoreError> {
-    let sql = format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE tracking_code = $1 ORDER BY id");
-    Ok(sqlx::query_as::<_, ShipmentRow>(&sql).bind(code).fetch_all(pool).await?)
+    let sql =
+        format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE tracking_code = $1 ORDER BY id");
+    Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
+        .bind(code)
+        .fetch_all(pool)
+        .await?)
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -124,7 +154,10 @@ pub struct EventRow {
 }
 
 /// A shipment's events in carrier-time order.
-pub async fn events(conn: &mut PgConnection, shipment_id: i64) -> Result<Vec<EventRow>, StoreError> {
+pub async fn events(
+    conn: &mut PgConnection,
+    shipment_id: i64,
+) -> Result<Vec<EventRow>, StoreError> {
     Ok(sqlx::query_as::<_, EventRow>(
         "SELECT id, source, code, kind, description, city, state, occurred_at, utc_offset_secs, status, reason, reverses, fingerprint \
          FROM tracking_events WHERE shipment_id = $1 ORDER BY occurred_at, id",

@@ -42,21 +42,31 @@ where
 /// `METRICS_ADDR`, with a default port per worker so that one of each can run side by side.
 pub fn metrics_addr(default: &str) -> Result<SocketAddr, SettingsError> {
     let v = settings::var_or("METRICS_ADDR", default);
-    v.parse().map_err(|e| SettingsError::new("METRICS_ADDR", format!("{v:?} is not host:port: {e}")))
+    v.parse()
+        .map_err(|e| SettingsError::new("METRICS_ADDR", format!("{v:?} is not host:port: {e}")))
 }
 
 /// Serves `/health` and `/metrics`; failing to bind is a configuration error.
-pub async fn serve_ops(default_addr: &str, health: Health, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+pub async fn serve_ops(
+    default_addr: &str,
+    health: Health,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
     let addr = metrics_addr(default_addr)?;
     tracking_runtime::ops::serve(addr, health, shutdown)
         .await
-        .map_err(|e| SettingsError::new("METRICS_ADDR", format!("cannot listen on {addr}: {e}")).into())
+        .map_err(|e| {
+            SettingsError::new("METRICS_ADDR", format!("cannot listen on {addr}: {e}")).into()
+        })
 }
 
 pub fn db_settings(default_max: u32) -> Result<DbSettings, SettingsError> {
     let url = settings::var_or("DATABASE_URL", tracking_store::DEFAULT_DATABASE_URL);
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(SettingsError::new("DATABASE_URL", "must start with postgres:// or postgresql://"));
+        return Err(SettingsError::new(
+            "DATABASE_URL",
+            "must start with postgres:// or postgresql://",
+        ));
     }
     let mut s = DbSettings::new(&url);
     s.max_connections = settings::parse("DATABASE_MAX_CONNECTIONS", default_max)?;
@@ -72,7 +82,9 @@ pub async fn watch_database(pool: sqlx::PgPool, health: Health, shutdown: Cancel
             Ok(true) => true,
             Ok(false) => {
                 if !warned {
-                    tracing::warn!("The database has no schema yet (or an older one); waiting for the normalizer or `trackctl migrate`.");
+                    tracing::warn!(
+                        "The database has no schema yet (or an older one); waiting for the normalizer or `trackctl migrate`."
+                    );
                     warned = true;
                 }
                 false

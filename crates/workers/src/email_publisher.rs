@@ -38,7 +38,8 @@ pub struct Settings {
 
 pub fn marketplaces_from_env() -> Result<Marketplaces, SettingsError> {
     match settings::var("MARKETPLACES_FILE") {
-        Some(path) => Marketplaces::load(std::path::Path::new(&path)).map_err(|e| SettingsError::new("MARKETPLACES_FILE", e.to_string())),
+        Some(path) => Marketplaces::load(std::path::Path::new(&path))
+            .map_err(|e| SettingsError::new("MARKETPLACES_FILE", e.to_string())),
         None => Ok(Marketplaces::default()),
     }
 }
@@ -49,10 +50,17 @@ impl Settings {
         let smtp_url = settings::required("SMTP_URL")?;
         let from = settings::required("EMAIL_FROM")?;
         let statuses = match settings::var("EMAIL_STATUSES") {
-            None => Status::ALL.into_iter().filter(|s| s.notifies_customer_by_default()).collect(),
+            None => Status::ALL
+                .into_iter()
+                .filter(|s| s.notifies_customer_by_default())
+                .collect(),
             Some(list) => list
                 .split(',')
-                .map(|s| s.trim().parse::<Status>().map_err(|e| SettingsError::new("EMAIL_STATUSES", e)))
+                .map(|s| {
+                    s.trim()
+                        .parse::<Status>()
+                        .map_err(|e| SettingsError::new("EMAIL_STATUSES", e))
+                })
                 .collect::<Result<_, _>>()?,
         };
         let mut templates = TemplateSettings::default();
@@ -61,12 +69,17 @@ impl Settings {
         }
         if let Some(url) = settings::var("CORREIOS_TRACKING_URL") {
             if !url.contains("{code}") {
-                return Err(SettingsError::new("CORREIOS_TRACKING_URL", "must contain {code}"));
+                return Err(SettingsError::new(
+                    "CORREIOS_TRACKING_URL",
+                    "must contain {code}",
+                ));
             }
             templates.tracking_urls.insert(Carrier::Correios, url);
         }
         if let Some(tz) = settings::var("CUSTOMER_TIME_ZONE") {
-            templates.time_zone = tz.parse().map_err(|e: chrono_tz::ParseError| SettingsError::new("CUSTOMER_TIME_ZONE", e.to_string()))?;
+            templates.time_zone = tz.parse().map_err(|e: chrono_tz::ParseError| {
+                SettingsError::new("CUSTOMER_TIME_ZONE", e.to_string())
+            })?;
         }
         Ok(Self {
             db: boot::db_settings(u32::from(amqp.prefetch) + 2)?,
@@ -86,12 +99,17 @@ impl Settings {
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mailer = Mailer::new(&settings.mailer).map_err(|e| SettingsError::new("SMTP_URL", e.to_string()))?;
+    let mailer =
+        Mailer::new(&settings.mailer).map_err(|e| SettingsError::new("SMTP_URL", e.to_string()))?;
     let renderer = Renderer::new(settings.templates)?;
     let health = Health::new(&["rabbitmq", "postgres"]);
     boot::serve_ops("127.0.0.1:9104", health.clone(), shutdown.clone()).await?;
     let pool = tracking_store::pool(&settings.db)?;
-    tokio::spawn(boot::watch_database(pool.clone(), health.clone(), shutdown.clone()));
+    tokio::spawn(boot::watch_database(
+        pool.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let publisher = Publisher::new(settings.amqp.clone(), "email-publisher");
     let handler = Arc::new(EmailPublisher {
         pool,
@@ -101,7 +119,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         marketplaces: settings.marketplaces,
         retry_base: settings.retry_base,
     });
-    run_consumer(settings.amqp, EMAIL_QUEUE, publisher.clone(), handler, health, shutdown).await;
+    run_consumer(
+        settings.amqp,
+        EMAIL_QUEUE,
+        publisher.clone(),
+        handler,
+        health,
+        shutdown,
+    )
+    .await;
     publisher.close().await;
     Ok(())
 }
@@ -123,17 +149,24 @@ impl Handler for EmailPublisher {
     async fn handle(&self, msg: Incoming) -> Outcome {
         let change: StatusChange = match serde_json::from_slice(&msg.body) {
             Ok(c) => c,
-            Err(e) => return Outcome::Park { reason: format!("not a status change: {e}") },
+            Err(e) => {
+                return Outcome::Park {
+                    reason: format!("not a status change: {e}"),
+                };
+            }
         };
         if !self.statuses.contains(&change.status) {
             count("not_notified");
             return Outcome::Ack;
         }
-        if let Some(mp) = change.marketplace.as_ref().and_then(|m| self.marketplaces.get(&m.name)) {
-            if !mp.email_customers {
-                count("marketplace_emails");
-                return Outcome::Ack;
-            }
+        if let Some(mp) = change
+            .marketplace
+            .as_ref()
+            .and_then(|m| self.marketplaces.get(&m.name))
+            && !mp.email_customers
+        {
+            count("marketplace_emails");
+            return Outcome::Ack;
         }
         let email = match self.renderer.render(&change) {
             Ok(Some(e)) => e,
@@ -141,7 +174,11 @@ impl Handler for EmailPublisher {
                 count("no_template");
                 return Outcome::Ack;
             }
-            Err(e) => return Outcome::Park { reason: format!("cannot render the email: {e}") },
+            Err(e) => {
+                return Outcome::Park {
+                    reason: format!("cannot render the email: {e}"),
+                };
+            }
         };
         let mut tx = match self.pool.begin().await {
             Ok(tx) => tx,
@@ -159,22 +196,43 @@ impl Handler for EmailPublisher {
         let message_id = self.mailer.message_id(change.change_id);
         let sent = self
             .mailer
-            .send(&change.customer.email, change.customer.name.as_deref(), &email, &message_id)
+            .send(
+                &change.customer.email,
+                change.customer.name.as_deref(),
+                &email,
+                &message_id,
+            )
             .await;
         let outcome = match &sent {
             Ok(()) => {
-                if let Err(e) = deliveries::complete(&mut tx, DESTINATION, change.change_id, &message_id).await {
+                if let Err(e) =
+                    deliveries::complete(&mut tx, DESTINATION, change.change_id, &message_id).await
+                {
                     return db_retry(e);
                 }
                 Outcome::Ack
             }
             Err(e) if e.is_transient() => {
-                let _ = deliveries::fail(&mut tx, DESTINATION, change.change_id, &e.to_string(), false).await;
-                Outcome::Retry { after: backoff(msg.attempt, self.retry_base, Duration::from_secs(600)), reason: e.to_string() }
+                let _ = deliveries::fail(
+                    &mut tx,
+                    DESTINATION,
+                    change.change_id,
+                    &e.to_string(),
+                    false,
+                )
+                .await;
+                Outcome::Retry {
+                    after: backoff(msg.attempt, self.retry_base, Duration::from_secs(600)),
+                    reason: e.to_string(),
+                }
             }
             Err(e) => {
-                let _ = deliveries::fail(&mut tx, DESTINATION, change.change_id, &e.to_string(), true).await;
-                Outcome::Park { reason: e.to_string() }
+                let _ =
+                    deliveries::fail(&mut tx, DESTINATION, change.change_id, &e.to_string(), true)
+                        .await;
+                Outcome::Park {
+                    reason: e.to_string(),
+                }
             }
         };
         if let Err(e) = tx.commit().await {
@@ -188,7 +246,11 @@ impl Handler for EmailPublisher {
                 tracing::info!(change_id = %change.change_id, to = %change.customer.email.masked(), status = %change.status,
                     locale = change.customer.locale.as_str(), "Email accepted by the SMTP server.");
             }
-            Err(_) => count(if matches!(outcome, Outcome::Park { .. }) { "refused" } else { "failed" }),
+            Err(_) => count(if matches!(outcome, Outcome::Park { .. }) {
+                "refused"
+            } else {
+                "failed"
+            }),
         }
         outcome
     }

@@ -19,7 +19,9 @@ use tracking_carriers::correios::{CorreiosClient, CorreiosSettings};
 use tracking_carriers::{FetchError, ObjectResult};
 use tracking_domain::{Carrier, CarrierUpdate, Source, TrackingRequest};
 use tracking_runtime::amqp::topology::{CARRIER_EVENTS, TRACKING_REQUESTS};
-use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome, Outgoing, Publisher, run_consumer};
+use tracking_runtime::amqp::{
+    AmqpSettings, Handler, Incoming, Outcome, Outgoing, Publisher, run_consumer,
+};
 use tracking_runtime::ops::Health;
 use tracking_runtime::settings::{self, SettingsError};
 
@@ -38,7 +40,10 @@ impl Settings {
         let time_zone = tz_name
             .parse::<chrono_tz::Tz>()
             .map_err(|e| SettingsError::new("CARRIER_TIME_ZONE", e.to_string()))?;
-        let correios = match (settings::var("CORREIOS_USER"), settings::var("CORREIOS_ACCESS_CODE")) {
+        let correios = match (
+            settings::var("CORREIOS_USER"),
+            settings::var("CORREIOS_ACCESS_CODE"),
+        ) {
             (Some(user), Some(code)) => Some(CorreiosSettings {
                 base_url: settings::var_or("CORREIOS_BASE_URL", "https://api.correios.com.br"),
                 user,
@@ -48,8 +53,18 @@ impl Settings {
                 time_zone,
             }),
             (None, None) => None,
-            (Some(_), None) => return Err(SettingsError::new("CORREIOS_ACCESS_CODE", "is required when CORREIOS_USER is set")),
-            (None, Some(_)) => return Err(SettingsError::new("CORREIOS_USER", "is required when CORREIOS_ACCESS_CODE is set")),
+            (Some(_), None) => {
+                return Err(SettingsError::new(
+                    "CORREIOS_ACCESS_CODE",
+                    "is required when CORREIOS_USER is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(SettingsError::new(
+                    "CORREIOS_USER",
+                    "is required when CORREIOS_ACCESS_CODE is set",
+                ));
+            }
         };
         Ok(Self {
             amqp: AmqpSettings::from_env()?,
@@ -60,33 +75,47 @@ impl Settings {
     }
 }
 
+/// Each carrier's state (`ok`, `degraded`, `broken`) and why.
+type CarrierStates = BTreeMap<Carrier, (&'static str, Option<String>)>;
+
 /// Per-carrier state for `/health` and the `carrier_state` gauge.
 #[derive(Clone)]
 pub struct CarrierHealth {
     health: Health,
-    states: Arc<Mutex<BTreeMap<Carrier, (&'static str, Option<String>)>>>,
+    states: Arc<Mutex<CarrierStates>>,
 }
 
 impl CarrierHealth {
     fn new(health: Health, configured: &[Carrier]) -> Self {
         let mut states = BTreeMap::new();
         for c in Carrier::ALL {
-            let state = if configured.contains(&c) { ("ok", None) } else { ("broken", Some("not configured".to_owned())) };
+            let state = if configured.contains(&c) {
+                ("ok", None)
+            } else {
+                ("broken", Some("not configured".to_owned()))
+            };
             states.insert(c, state);
         }
-        let me = Self { health, states: Arc::new(Mutex::new(states)) };
+        let me = Self {
+            health,
+            states: Arc::new(Mutex::new(states)),
+        };
         me.publish();
         me
     }
 
     fn set(&self, carrier: Carrier, state: &'static str, reason: Option<String>) {
-        let Ok(mut states) = self.states.lock() else { return };
+        let Ok(mut states) = self.states.lock() else {
+            return;
+        };
         let before = states.get(&carrier).map(|s| s.0);
         if before != Some(state) {
             match state {
                 "broken" => tracing::error!(%carrier, reason = reason.as_deref().unwrap_or(""),
                     "Carrier integration is BROKEN: requests for it are being held for retry until an operator fixes the cause."),
-                "degraded" => tracing::warn!(%carrier, reason = reason.as_deref().unwrap_or(""), "Carrier integration is degraded."),
+                "degraded" => {
+                    tracing::warn!(%carrier, reason = reason.as_deref().unwrap_or(""), "Carrier integration is degraded.")
+                }
                 _ => tracing::info!(%carrier, "Carrier integration is ok again."),
             }
         }
@@ -96,7 +125,9 @@ impl CarrierHealth {
     }
 
     fn publish(&self) {
-        let Ok(states) = self.states.lock() else { return };
+        let Ok(states) = self.states.lock() else {
+            return;
+        };
         let mut section = serde_json::Map::new();
         for (carrier, (state, reason)) in states.iter() {
             let mut entry = json!({ "state": state });
@@ -105,10 +136,12 @@ impl CarrierHealth {
             }
             section.insert(carrier.as_str().into(), entry);
             for s in ["ok", "degraded", "broken"] {
-                metrics::gauge!("carrier_state", "carrier" => carrier.as_str(), "state" => s).set(if s == *state { 1.0 } else { 0.0 });
+                metrics::gauge!("carrier_state", "carrier" => carrier.as_str(), "state" => s)
+                    .set(if s == *state { 1.0 } else { 0.0 });
             }
         }
-        self.health.set_section("carriers", serde_json::Value::Object(section));
+        self.health
+            .set_section("carriers", serde_json::Value::Object(section));
     }
 }
 
@@ -118,7 +151,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let correios = match settings.correios {
         Some(s) => Some(CorreiosClient::new(s)?),
         None => {
-            tracing::warn!("CORREIOS_USER and CORREIOS_ACCESS_CODE are not set: Correios requests will be held for retry.");
+            tracing::warn!(
+                "CORREIOS_USER and CORREIOS_ACCESS_CODE are not set: Correios requests will be held for retry."
+            );
             None
         }
     };
@@ -131,7 +166,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         retry_base: settings.retry_base,
         retry_max: settings.retry_max,
     });
-    run_consumer(settings.amqp, TRACKING_REQUESTS, publisher.clone(), handler, health, shutdown).await;
+    run_consumer(
+        settings.amqp,
+        TRACKING_REQUESTS,
+        publisher.clone(),
+        handler,
+        health,
+        shutdown,
+    )
+    .await;
     publisher.close().await;
     Ok(())
 }
@@ -148,7 +191,11 @@ impl Handler for Fetcher {
     async fn handle(&self, msg: Incoming) -> Outcome {
         let request = match TrackingRequest::parse(&msg.body) {
             Ok(r) => r,
-            Err(e) => return Outcome::Park { reason: format!("invalid tracking request: {e}") },
+            Err(e) => {
+                return Outcome::Park {
+                    reason: format!("invalid tracking request: {e}"),
+                };
+            }
         };
         let retry = |reason: String, after: Option<Duration>| Outcome::Retry {
             after: after.unwrap_or_else(|| backoff(msg.attempt, self.retry_base, self.retry_max)),
@@ -160,12 +207,17 @@ impl Handler for Fetcher {
                 None => return retry("Correios credentials are not configured".into(), None),
             },
             Carrier::Jadlog => {
-                return Outcome::Park { reason: "the jadlog client is not in this version; replay once it is".into() };
+                return Outcome::Park {
+                    reason: "the jadlog client is not in this version; replay once it is".into(),
+                };
             }
         };
         let started = std::time::Instant::now();
-        let result = client.track(std::slice::from_ref(&request.tracking_code)).await;
-        metrics::histogram!("carrier_call_seconds", "carrier" => request.carrier.as_str()).record(started.elapsed());
+        let result = client
+            .track(std::slice::from_ref(&request.tracking_code))
+            .await;
+        metrics::histogram!("carrier_call_seconds", "carrier" => request.carrier.as_str())
+            .record(started.elapsed());
         let mut answers = match result {
             Ok(a) => {
                 self.carriers.set(request.carrier, "ok", None);
@@ -179,30 +231,53 @@ impl Handler for Fetcher {
                 };
                 metrics::counter!("carrier_errors_total", "carrier" => request.carrier.as_str(), "kind" => kind).increment(1);
                 return match e {
-                    FetchError::Transient { reason, retry_after } => {
-                        self.carriers.set(request.carrier, "degraded", Some(reason.clone()));
+                    FetchError::Transient {
+                        reason,
+                        retry_after,
+                    } => {
+                        self.carriers
+                            .set(request.carrier, "degraded", Some(reason.clone()));
                         retry(reason, retry_after)
                     }
                     FetchError::Auth(reason) => {
-                        self.carriers.set(request.carrier, "broken", Some(format!("authentication: {reason}")));
+                        self.carriers.set(
+                            request.carrier,
+                            "broken",
+                            Some(format!("authentication: {reason}")),
+                        );
                         retry(format!("authentication refused: {reason}"), None)
                     }
                     FetchError::Malformed { reason, body } => {
-                        self.carriers.set(request.carrier, "broken", Some(format!("unreadable answer: {reason}")));
+                        self.carriers.set(
+                            request.carrier,
+                            "broken",
+                            Some(format!("unreadable answer: {reason}")),
+                        );
                         tracing::error!(reason = %reason, body = %body, "The carrier's answer could not be read.");
                         retry(format!("unreadable carrier answer: {reason}"), None)
                     }
                 };
             }
         };
-        let (events, estimated_delivery, carrier_message) = match answers.remove(&request.tracking_code) {
-            Some(ObjectResult::Found { events, estimated_delivery }) => (events, estimated_delivery, None),
-            Some(ObjectResult::NotYet { message }) => (Vec::new(), None, Some(message)),
-            Some(ObjectResult::Refused { message }) => {
-                return Outcome::Park { reason: format!("the carrier refused {}: {message}", request.tracking_code) };
-            }
-            None => return retry(format!("the carrier's answer lacked {}", request.tracking_code), None),
-        };
+        let (events, estimated_delivery, carrier_message) =
+            match answers.remove(&request.tracking_code) {
+                Some(ObjectResult::Found {
+                    events,
+                    estimated_delivery,
+                }) => (events, estimated_delivery, None),
+                Some(ObjectResult::NotYet { message }) => (Vec::new(), None, Some(message)),
+                Some(ObjectResult::Refused { message }) => {
+                    return Outcome::Park {
+                        reason: format!("the carrier refused {}: {message}", request.tracking_code),
+                    };
+                }
+                None => {
+                    return retry(
+                        format!("the carrier's answer lacked {}", request.tracking_code),
+                        None,
+                    );
+                }
+            };
         let update = CarrierUpdate {
             carrier: request.carrier,
             tracking_code: request.tracking_code.clone(),
@@ -215,12 +290,23 @@ impl Handler for Fetcher {
         };
         let body = match serde_json::to_vec(&update) {
             Ok(b) => b,
-            Err(e) => return Outcome::Park { reason: format!("cannot encode the carrier update: {e}") },
+            Err(e) => {
+                return Outcome::Park {
+                    reason: format!("cannot encode the carrier update: {e}"),
+                };
+            }
         };
         let key = format!("{}.{}", update.carrier, update.tracking_code);
-        match self.publisher.publish(Outgoing::json(CARRIER_EVENTS, &key, &body)).await {
+        match self
+            .publisher
+            .publish(Outgoing::json(CARRIER_EVENTS, &key, &body))
+            .await
+        {
             Ok(()) => Outcome::Ack,
-            Err(e) => Outcome::Retry { after: Duration::from_secs(1), reason: format!("publishing the carrier's events: {e}") },
+            Err(e) => Outcome::Retry {
+                after: Duration::from_secs(1),
+                reason: format!("publishing the carrier's events: {e}"),
+            },
         }
     }
 }

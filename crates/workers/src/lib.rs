@@ -24,10 +24,14 @@ use tracking_runtime::amqp::Outcome;
 
 /// A database error is transient (the database may be restarting): retry the message later.
 pub(crate) fn db_retry(e: impl std::fmt::Display) -> Outcome {
-    Outcome::Retry { after: Duration::from_secs(1), reason: format!("database: {e}") }
+    Outcome::Retry {
+        after: Duration::from_secs(1),
+        reason: format!("database: {e}"),
+    }
 }
 
 /// Exponential backoff for the n-th attempt (1-based), from `base`, capped at `cap`.
 pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20))).min(cap)
+    base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)))
+        .min(cap)
 }

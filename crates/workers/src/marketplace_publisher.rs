@@ -43,12 +43,18 @@ impl Settings {
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     if settings.marketplaces.is_empty() {
-        tracing::warn!("No marketplaces are configured (MARKETPLACES_FILE): changes of orders that name one will be parked.");
+        tracing::warn!(
+            "No marketplaces are configured (MARKETPLACES_FILE): changes of orders that name one will be parked."
+        );
     }
     let health = Health::new(&["rabbitmq", "postgres"]);
     boot::serve_ops("127.0.0.1:9105", health.clone(), shutdown.clone()).await?;
     let pool = tracking_store::pool(&settings.db)?;
-    tokio::spawn(boot::watch_database(pool.clone(), health.clone(), shutdown.clone()));
+    tokio::spawn(boot::watch_database(
+        pool.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let publisher = Publisher::new(settings.amqp.clone(), "marketplace-publisher");
     let handler = Arc::new(MarketplacePublisher {
         pool,
@@ -56,7 +62,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         marketplaces: settings.marketplaces,
         retry_base: settings.retry_base,
     });
-    run_consumer(settings.amqp, MARKETPLACE_QUEUE, publisher.clone(), handler, health, shutdown).await;
+    run_consumer(
+        settings.amqp,
+        MARKETPLACE_QUEUE,
+        publisher.clone(),
+        handler,
+        health,
+        shutdown,
+    )
+    .await;
     publisher.close().await;
     Ok(())
 }
@@ -76,13 +90,22 @@ impl Handler for MarketplacePublisher {
     async fn handle(&self, msg: Incoming) -> Outcome {
         let change: StatusChange = match serde_json::from_slice(&msg.body) {
             Ok(c) => c,
-            Err(e) => return Outcome::Park { reason: format!("not a status change: {e}") },
+            Err(e) => {
+                return Outcome::Park {
+                    reason: format!("not a status change: {e}"),
+                };
+            }
         };
         let Some(target) = &change.marketplace else {
             return Outcome::Ack;
         };
         let Some(marketplace) = self.marketplaces.get(&target.name) else {
-            return Outcome::Park { reason: format!("marketplace {:?} is not configured in MARKETPLACES_FILE", target.name) };
+            return Outcome::Park {
+                reason: format!(
+                    "marketplace {:?} is not configured in MARKETPLACES_FILE",
+                    target.name
+                ),
+            };
         };
         let destination = format!("marketplace:{}", marketplace.name);
         let mut tx = match self.pool.begin().await {
@@ -97,22 +120,41 @@ impl Handler for MarketplacePublisher {
             Ok(Progress::ToDo { .. }) => {}
             Err(e) => return db_retry(e),
         }
-        let result = self.relay.deliver(marketplace, &change.change_id.to_string(), &msg.body).await;
+        let result = self
+            .relay
+            .deliver(marketplace, &change.change_id.to_string(), &msg.body)
+            .await;
         let (outcome, label) = match &result {
             Ok(detail) => {
-                if let Err(e) = deliveries::complete(&mut tx, &destination, change.change_id, detail).await {
+                if let Err(e) =
+                    deliveries::complete(&mut tx, &destination, change.change_id, detail).await
+                {
                     return db_retry(e);
                 }
                 (Outcome::Ack, "delivered")
             }
             Err(RelayError::Retry { reason, after }) => {
-                let _ = deliveries::fail(&mut tx, &destination, change.change_id, reason, false).await;
-                let wait = backoff(msg.attempt, self.retry_base, Duration::from_secs(600)).max(after.unwrap_or_default());
-                (Outcome::Retry { after: wait, reason: format!("{}: {reason}", marketplace.name) }, "failed")
+                let _ =
+                    deliveries::fail(&mut tx, &destination, change.change_id, reason, false).await;
+                let wait = backoff(msg.attempt, self.retry_base, Duration::from_secs(600))
+                    .max(after.unwrap_or_default());
+                (
+                    Outcome::Retry {
+                        after: wait,
+                        reason: format!("{}: {reason}", marketplace.name),
+                    },
+                    "failed",
+                )
             }
             Err(RelayError::Refused { reason }) => {
-                let _ = deliveries::fail(&mut tx, &destination, change.change_id, reason, true).await;
-                (Outcome::Park { reason: format!("{} refused the change: {reason}", marketplace.name) }, "refused")
+                let _ =
+                    deliveries::fail(&mut tx, &destination, change.change_id, reason, true).await;
+                (
+                    Outcome::Park {
+                        reason: format!("{} refused the change: {reason}", marketplace.name),
+                    },
+                    "refused",
+                )
             }
         };
         if let Err(e) = tx.commit().await {

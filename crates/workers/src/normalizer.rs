@@ -20,7 +20,9 @@ use tracking_domain::rules::{RuleEvent, current_status};
 use tracking_domain::table::{EventTables, Mapping};
 use tracking_domain::{CarrierUpdate, ChangeEvent, Location, Source, Status, StatusChange};
 use tracking_runtime::amqp::topology::{NORMALIZER_QUEUE, ORDER_STATUS};
-use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome, Outgoing, Publisher, run_consumer};
+use tracking_runtime::amqp::{
+    AmqpSettings, Handler, Incoming, Outcome, Outgoing, Publisher, run_consumer,
+};
 use tracking_runtime::ops::Health;
 use tracking_runtime::settings;
 use tracking_store::StoreError;
@@ -76,7 +78,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             }
         }
     }
-    tokio::spawn(boot::watch_database(pool.clone(), health.clone(), shutdown.clone()));
+    tokio::spawn(boot::watch_database(
+        pool.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let publisher = Publisher::new(settings.amqp.clone(), "normalizer");
     let relay = tokio::spawn(outbox_relay(
         pool.clone(),
@@ -91,7 +97,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         policy: settings.policy,
         publisher: publisher.clone(),
     });
-    run_consumer(settings.amqp, NORMALIZER_QUEUE, publisher.clone(), handler, health, shutdown).await;
+    run_consumer(
+        settings.amqp,
+        NORMALIZER_QUEUE,
+        publisher.clone(),
+        handler,
+        health,
+        shutdown,
+    )
+    .await;
     let _ = relay.await;
     publisher.close().await;
     Ok(())
@@ -122,7 +136,11 @@ impl Handler for Normalizer {
     async fn handle(&self, msg: Incoming) -> Outcome {
         let update: CarrierUpdate = match serde_json::from_slice(&msg.body) {
             Ok(u) => u,
-            Err(e) => return Outcome::Park { reason: format!("not a carrier update: {e}") },
+            Err(e) => {
+                return Outcome::Park {
+                    reason: format!("not a carrier update: {e}"),
+                };
+            }
         };
         let changes = match self.apply(&update).await {
             Ok(c) => c,
@@ -145,7 +163,10 @@ fn mapping_of(row: &EventRow) -> Option<Mapping> {
         return Some(Mapping::Reverse);
     }
     let status = row.status.as_deref()?.parse::<Status>().ok()?;
-    Some(Mapping::Status { status, reason: row.reason.clone() })
+    Some(Mapping::Status {
+        status,
+        reason: row.reason.clone(),
+    })
 }
 
 fn with_offset(at: DateTime<Utc>, offset_secs: i32) -> DateTime<FixedOffset> {
@@ -165,20 +186,33 @@ impl Normalizer {
                 }
                 shipments::upsert_and_lock(&mut tx, req).await?
             }
-            None => shipments::lock(&mut tx, update.carrier, &update.tracking_code).await?.ok_or_else(|| {
-                ApplyError::Invalid(format!("no shipment {} {} is registered", update.carrier, update.tracking_code))
-            })?,
+            None => shipments::lock(&mut tx, update.carrier, &update.tracking_code)
+                .await?
+                .ok_or_else(|| {
+                    ApplyError::Invalid(format!(
+                        "no shipment {} {} is registered",
+                        update.carrier, update.tracking_code
+                    ))
+                })?,
         };
 
         let mut inserted = 0usize;
         for ev in &update.events {
             let fp = ev.fingerprint(update.carrier, &update.tracking_code, update.source);
             let mapping = match update.source {
-                Source::Manual => ev.status.map(|status| Mapping::Status { status, reason: None }),
-                Source::Carrier => self.tables.lookup(update.carrier, &ev.code, ev.kind.as_deref()).cloned(),
+                Source::Manual => ev.status.map(|status| Mapping::Status {
+                    status,
+                    reason: None,
+                }),
+                Source::Carrier => self
+                    .tables
+                    .lookup(update.carrier, &ev.code, ev.kind.as_deref())
+                    .cloned(),
             };
             let (status, reason, reverses) = match &mapping {
-                Some(Mapping::Status { status, reason }) => (Some(status.as_str()), reason.clone(), false),
+                Some(Mapping::Status { status, reason }) => {
+                    (Some(status.as_str()), reason.clone(), false)
+                }
                 Some(Mapping::Reverse) => (None, None, true),
                 None => (None, None, false),
             };
@@ -218,7 +252,8 @@ impl Normalizer {
                 }
             }
         }
-        metrics::counter!("events_stored_total", "carrier" => update.carrier.as_str()).increment(inserted as u64);
+        metrics::counter!("events_stored_total", "carrier" => update.carrier.as_str())
+            .increment(inserted as u64);
 
         let previous = shipment.status()?;
         let now = Utc::now();
@@ -228,7 +263,11 @@ impl Normalizer {
             let rows = shipments::events(&mut tx, shipment.id).await?;
             let rule_events: Vec<RuleEvent> = rows
                 .iter()
-                .map(|r| RuleEvent { occurred_at: r.occurred_at.fixed_offset(), seq: r.id, mapping: mapping_of(r) })
+                .map(|r| RuleEvent {
+                    occurred_at: r.occurred_at.fixed_offset(),
+                    seq: r.id,
+                    mapping: mapping_of(r),
+                })
                 .collect();
             let decision = current_status(&rule_events);
             let computed = decision.as_ref().map_or(Status::Registered, |d| d.status);
@@ -237,8 +276,10 @@ impl Normalizer {
                     Some(d) => (rows.get(d.index), d.reason.clone()),
                     None => (None, None),
                 };
-                let change = self.change_for(&shipment, update, previous, computed, row, reason, now)?;
-                let payload = serde_json::to_value(&change).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+                let change =
+                    self.change_for(&shipment, update, previous, computed, row, reason, now)?;
+                let payload = serde_json::to_value(&change)
+                    .map_err(|e| ApplyError::Invalid(e.to_string()))?;
                 sqlx::query(
                     "INSERT INTO status_changes (change_id, shipment_id, event_id, status, previous_status, occurred_at, payload) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (change_id) DO NOTHING",
@@ -263,7 +304,8 @@ impl Normalizer {
                 .await?;
                 tracing::info!(change_id = %change.change_id, order_id = %change.order_id, tracking_code = %change.tracking_code,
                     from = %previous, to = %computed, "Status changed.");
-                metrics::counter!("status_changes_total", "status" => computed.as_str()).increment(1);
+                metrics::counter!("status_changes_total", "status" => computed.as_str())
+                    .increment(1);
                 status = computed;
                 changes.push(change);
             }
@@ -308,19 +350,36 @@ impl Normalizer {
                     code: r.code.clone(),
                     kind: r.kind.clone(),
                     description: r.description.clone(),
-                    location: Location { city: r.city.clone(), state: r.state.clone() },
+                    location: Location {
+                        city: r.city.clone(),
+                        state: r.state.clone(),
+                    },
                 },
-                if r.source == "manual" { Source::Manual } else { Source::Carrier },
+                if r.source == "manual" {
+                    Source::Manual
+                } else {
+                    Source::Carrier
+                },
             ),
             None => (
                 format!("reverted-at-{}", now.timestamp_millis()),
                 now.fixed_offset(),
-                ChangeEvent { code: "EST".into(), kind: None, description: "previous information disregarded".into(), location: Location::default() },
+                ChangeEvent {
+                    code: "EST".into(),
+                    kind: None,
+                    description: "previous information disregarded".into(),
+                    location: Location::default(),
+                },
                 update.source,
             ),
         };
         Ok(StatusChange {
-            change_id: StatusChange::id_for(update.carrier, &update.tracking_code, status, &fingerprint),
+            change_id: StatusChange::id_for(
+                update.carrier,
+                &update.tracking_code,
+                status,
+                &fingerprint,
+            ),
             order_id: req.order_id,
             tracking_code: update.tracking_code.clone(),
             carrier: update.carrier,
@@ -341,12 +400,29 @@ impl Normalizer {
 }
 
 /// Publishes one recorded change and marks it published.
-async fn publish_change(publisher: &Publisher, pool: &PgPool, change: &StatusChange) -> anyhow::Result<()> {
+async fn publish_change(
+    publisher: &Publisher,
+    pool: &PgPool,
+    change: &StatusChange,
+) -> anyhow::Result<()> {
     let body = serde_json::to_vec(change)?;
-    publish_raw(publisher, pool, change.change_id, change.status.as_str(), &body).await
+    publish_raw(
+        publisher,
+        pool,
+        change.change_id,
+        change.status.as_str(),
+        &body,
+    )
+    .await
 }
 
-async fn publish_raw(publisher: &Publisher, pool: &PgPool, change_id: uuid::Uuid, status: &str, body: &[u8]) -> anyhow::Result<()> {
+async fn publish_raw(
+    publisher: &Publisher,
+    pool: &PgPool,
+    change_id: uuid::Uuid,
+    status: &str,
+    body: &[u8],
+) -> anyhow::Result<()> {
     let mut msg = Outgoing::json(ORDER_STATUS, status, body);
     msg.message_id = Some(change_id.to_string());
     publisher.publish(msg).await?;
@@ -359,7 +435,13 @@ async fn publish_raw(publisher: &Publisher, pool: &PgPool, change_id: uuid::Uuid
 
 /// The outbox relay: publishes changes that were recorded but not published (a crash or a broker outage
 /// between commit and publish), oldest first. Several normalizers share the work with `SKIP LOCKED`.
-pub async fn outbox_relay(pool: PgPool, publisher: Publisher, every: Duration, grace: Duration, shutdown: CancellationToken) {
+pub async fn outbox_relay(
+    pool: PgPool,
+    publisher: Publisher,
+    every: Duration,
+    grace: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -367,13 +449,22 @@ pub async fn outbox_relay(pool: PgPool, publisher: Publisher, every: Duration, g
         }
         match relay_once(&pool, &publisher, grace).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(published = n, "The outbox relay published changes left unpublished."),
-            Err(e) => tracing::warn!(error = %e, "The outbox relay could not run; it will try again."),
+            Ok(n) => tracing::info!(
+                published = n,
+                "The outbox relay published changes left unpublished."
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "The outbox relay could not run; it will try again.")
+            }
         }
     }
 }
 
-pub async fn relay_once(pool: &PgPool, publisher: &Publisher, grace: Duration) -> anyhow::Result<usize> {
+pub async fn relay_once(
+    pool: &PgPool,
+    publisher: &Publisher,
+    grace: Duration,
+) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     let rows: Vec<(uuid::Uuid, String, serde_json::Value)> = sqlx::query_as(
         "SELECT change_id, status, payload FROM status_changes \

@@ -21,7 +21,10 @@ impl PollPolicy {
     pub fn from_env() -> Result<Self, SettingsError> {
         let days = settings::parse("EXPIRE_AFTER_DAYS", 30.0f64)?;
         if !days.is_finite() || days <= 0.0 {
-            return Err(SettingsError::new("EXPIRE_AFTER_DAYS", "must be a positive number of days"));
+            return Err(SettingsError::new(
+                "EXPIRE_AFTER_DAYS",
+                "must be a positive number of days",
+            ));
         }
         Ok(Self {
             interval: settings::secs("POLL_INTERVAL_SECS", 4 * 3600)?,
@@ -33,7 +36,9 @@ impl PollPolicy {
 
     pub fn delay_for(&self, status: Status) -> Duration {
         match status {
-            Status::OutForDelivery | Status::DeliveryFailed | Status::AwaitingPickup => self.near_delivery,
+            Status::OutForDelivery | Status::DeliveryFailed | Status::AwaitingPickup => {
+                self.near_delivery
+            }
             Status::Delivered | Status::Returned => self.final_poll_after,
             _ => self.interval,
         }
@@ -48,6 +53,7 @@ impl PollPolicy {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -7,8 +7,8 @@
 //! - No news for `EXPIRE_AFTER_DAYS`: the shipment is marked `expired`, the change is recorded in the outbox
 //!   (the normalizer's relay publishes it), a warning is logged and `shipments_expired_total` counted; polling stops.
 
-use crate::policy::PollPolicy;
 use crate::boot;
+use crate::policy::PollPolicy;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -50,19 +50,39 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let health = Health::new(&["rabbitmq", "postgres"]);
     boot::serve_ops("127.0.0.1:9103", health.clone(), shutdown.clone()).await?;
     let pool = tracking_store::pool(&settings.db)?;
-    tokio::spawn(boot::watch_database(pool.clone(), health.clone(), shutdown.clone()));
+    tokio::spawn(boot::watch_database(
+        pool.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let publisher = Publisher::new(settings.amqp.clone(), "scheduler");
-    tracing::info!(tick_ms = settings.tick.as_millis() as u64, "Scheduling polls.");
+    tracing::info!(
+        tick_ms = settings.tick.as_millis() as u64,
+        "Scheduling polls."
+    );
     loop {
         tokio::select! {
             _ = tokio::time::sleep(settings.tick) => {}
             _ = shutdown.cancelled() => break,
         }
-        match tick(&pool, &publisher, &settings.policy, settings.batch, Utc::now()).await {
+        match tick(
+            &pool,
+            &publisher,
+            &settings.policy,
+            settings.batch,
+            Utc::now(),
+        )
+        .await
+        {
             Ok(report) => {
                 health.set("rabbitmq", true);
                 if report.polled + report.expired > 0 {
-                    tracing::debug!(polled = report.polled, finished = report.finished, expired = report.expired, "Scheduled polls.");
+                    tracing::debug!(
+                        polled = report.polled,
+                        finished = report.finished,
+                        expired = report.expired,
+                        "Scheduled polls."
+                    );
                 }
             }
             Err(e) => {
@@ -83,15 +103,26 @@ pub struct TickReport {
 }
 
 /// One pass over due shipments.
-pub async fn tick(pool: &PgPool, publisher: &Publisher, policy: &PollPolicy, batch: i64, now: DateTime<Utc>) -> anyhow::Result<TickReport> {
+pub async fn tick(
+    pool: &PgPool,
+    publisher: &Publisher,
+    policy: &PollPolicy,
+    batch: i64,
+    now: DateTime<Utc>,
+) -> anyhow::Result<TickReport> {
     let mut report = TickReport::default();
     let mut tx = pool.begin().await?;
     let sql = format!(
         "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE finished_at IS NULL AND next_poll_at <= $1 \
          ORDER BY next_poll_at LIMIT $2 FOR UPDATE SKIP LOCKED"
     );
-    let due: Vec<ShipmentRow> = sqlx::query_as(&sql).bind(now).bind(batch).fetch_all(&mut *tx).await?;
-    let expire_before = now - chrono::Duration::from_std(policy.expire_after).unwrap_or(chrono::Duration::days(30));
+    let due: Vec<ShipmentRow> = sqlx::query_as(&sql)
+        .bind(now)
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
+    let expire_before =
+        now - chrono::Duration::from_std(policy.expire_after).unwrap_or(chrono::Duration::days(30));
     for s in due {
         let status = s.status()?;
         if !status.is_final() && s.last_news_at < expire_before {
@@ -101,7 +132,9 @@ pub async fn tick(pool: &PgPool, publisher: &Publisher, policy: &PollPolicy, bat
         }
         let request = s.request()?;
         let body = serde_json::to_vec(&request)?;
-        publisher.publish(Outgoing::json("", TRACKING_REQUESTS, &body)).await?;
+        publisher
+            .publish(Outgoing::json("", TRACKING_REQUESTS, &body))
+            .await?;
         let final_poll = status.is_final();
         sqlx::query("UPDATE shipments SET next_poll_at = $2, finished_at = CASE WHEN $3 THEN now() ELSE NULL END WHERE id = $1")
             .bind(s.id)
@@ -119,10 +152,20 @@ pub async fn tick(pool: &PgPool, publisher: &Publisher, policy: &PollPolicy, bat
     Ok(report)
 }
 
-async fn expire(tx: &mut sqlx::PgConnection, s: &ShipmentRow, previous: Status, now: DateTime<Utc>) -> anyhow::Result<()> {
+async fn expire(
+    tx: &mut sqlx::PgConnection,
+    s: &ShipmentRow,
+    previous: Status,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
     let req = s.request()?;
     let change = StatusChange {
-        change_id: StatusChange::id_for(req.carrier, &req.tracking_code, Status::Expired, &format!("expired-after-{}", s.last_news_at.timestamp())),
+        change_id: StatusChange::id_for(
+            req.carrier,
+            &req.tracking_code,
+            Status::Expired,
+            &format!("expired-after-{}", s.last_news_at.timestamp()),
+        ),
         order_id: req.order_id,
         tracking_code: req.tracking_code.clone(),
         carrier: req.carrier,

@@ -15,7 +15,9 @@ use super::{AmqpSettings, Outgoing, Publisher, connect, reconnect_delay, topolog
 use crate::ops::Health;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -97,7 +99,12 @@ pub async fn run_consumer<H: Handler>(
     health: Health,
     shutdown: CancellationToken,
 ) {
-    let ctx = Arc::new(Ctx { queue: queue.to_owned(), handler, publisher, settings });
+    let ctx = Arc::new(Ctx {
+        queue: queue.to_owned(),
+        handler,
+        publisher,
+        settings,
+    });
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         match consume_once(&ctx, &health, &shutdown).await {
@@ -119,13 +126,24 @@ pub async fn run_consumer<H: Handler>(
 }
 
 /// One connection's life. `Ok` means shutdown was asked and handled; `Err` means reconnect.
-async fn consume_once<H: Handler>(ctx: &Arc<Ctx<H>>, health: &Health, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn consume_once<H: Handler>(
+    ctx: &Arc<Ctx<H>>,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let conn = connect(&ctx.settings, &format!("{}-consume", ctx.queue)).await?;
     let channel = conn.create_channel().await?;
     topology::declare(&channel, &ctx.settings.retry_delays).await?;
-    channel.basic_qos(ctx.settings.prefetch, BasicQosOptions::default()).await?;
+    channel
+        .basic_qos(ctx.settings.prefetch, BasicQosOptions::default())
+        .await?;
     let mut consumer = channel
-        .basic_consume(ctx.queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            ctx.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     health.set("rabbitmq", true);
     tracing::info!(queue = %ctx.queue, prefetch = ctx.settings.prefetch, "Consuming.");
@@ -150,9 +168,14 @@ async fn consume_once<H: Handler>(ctx: &Arc<Ctx<H>>, health: &Health, shutdown: 
         }
     };
     // Stop taking new deliveries, let in-flight ones finish, then close: unacked messages return to the queue.
-    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+    let _ = channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await;
     tracker.close();
-    if tokio::time::timeout(ctx.settings.shutdown_grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(ctx.settings.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(queue = %ctx.queue, "In-flight messages did not finish in time; they go back to the queue.");
     }
     let _ = channel.close(200, "bye".into()).await;
@@ -162,8 +185,14 @@ async fn consume_once<H: Handler>(ctx: &Arc<Ctx<H>>, health: &Health, shutdown: 
 
 async fn process<H: Handler>(ctx: &Ctx<H>, delivery: Delivery) {
     let headers = delivery.properties.headers().as_ref();
-    let attempt = header_u32(headers, ATTEMPTS_HEADER).unwrap_or(0).saturating_add(1);
-    let message_id = delivery.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
+    let attempt = header_u32(headers, ATTEMPTS_HEADER)
+        .unwrap_or(0)
+        .saturating_add(1);
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.as_str().to_owned());
     let msg = Incoming {
         queue: ctx.queue.clone(),
         body: delivery.data.clone(),
@@ -217,7 +246,11 @@ async fn settle<H: Handler>(ctx: &Ctx<H>, delivery: &Delivery, attempt: u32, out
                     tracing::info!(reason = %reason, delay_ms = d.as_millis() as u64, "Retrying later.");
                     Some((topology::retry_queue(&ctx.queue, d), reason.clone(), false))
                 }
-                None => Some((topology::dead_queue(&ctx.queue), format!("no retry queue configured: {reason}"), true)),
+                None => Some((
+                    topology::dead_queue(&ctx.queue),
+                    format!("no retry queue configured: {reason}"),
+                    true,
+                )),
             }
         }
         Outcome::Park { reason } => {
@@ -227,20 +260,48 @@ async fn settle<H: Handler>(ctx: &Ctx<H>, delivery: &Delivery, attempt: u32, out
     };
     if let Some((target, reason, parked)) = copy {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(ShortString::from(ATTEMPTS_HEADER), AMQPValue::LongLongInt(i64::from(attempt)));
-        headers.insert(ShortString::from(ORIGINAL_QUEUE_HEADER), AMQPValue::LongString(LongString::from(ctx.queue.as_str())));
-        let key = if parked { PARK_REASON_HEADER } else { LAST_ERROR_HEADER };
+        headers.insert(
+            ShortString::from(ATTEMPTS_HEADER),
+            AMQPValue::LongLongInt(i64::from(attempt)),
+        );
+        headers.insert(
+            ShortString::from(ORIGINAL_QUEUE_HEADER),
+            AMQPValue::LongString(LongString::from(ctx.queue.as_str())),
+        );
+        let key = if parked {
+            PARK_REASON_HEADER
+        } else {
+            LAST_ERROR_HEADER
+        };
         let reason: String = reason.chars().take(4000).collect();
-        headers.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(reason.as_str())));
-        let message_id = delivery.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
+        headers.insert(
+            ShortString::from(key),
+            AMQPValue::LongString(LongString::from(reason.as_str())),
+        );
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_owned());
         let published = ctx
             .publisher
-            .publish(Outgoing { exchange: "", routing_key: &target, body: &delivery.data, headers, message_id })
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: &target,
+                body: &delivery.data,
+                headers,
+                message_id,
+            })
             .await;
         if let Err(e) = published {
             tracing::error!(error = %e, target = %target, "Could not move the message; returning it to the queue.");
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
             return;
         }
     }

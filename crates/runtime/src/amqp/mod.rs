@@ -64,7 +64,10 @@ impl AmqpSettings {
     pub fn from_env() -> Result<Self, SettingsError> {
         let url = settings::var_or("AMQP_URL", DEFAULT_AMQP_URL);
         if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            return Err(SettingsError::new("AMQP_URL", "must start with amqp:// or amqps://"));
+            return Err(SettingsError::new(
+                "AMQP_URL",
+                "must start with amqp:// or amqps://",
+            ));
         }
         let prefetch = settings::parse("PREFETCH", 32u16)?;
         if prefetch == 0 {
@@ -78,7 +81,10 @@ impl AmqpSettings {
             url: SecretString::from(url),
             prefetch,
             publish_timeout: settings::millis("PUBLISH_TIMEOUT_MS", 10_000)?,
-            retry_delays: settings::millis_list("RETRY_DELAYS_MS", &[1_000, 10_000, 60_000, 600_000])?,
+            retry_delays: settings::millis_list(
+                "RETRY_DELAYS_MS",
+                &[1_000, 10_000, 60_000, 600_000],
+            )?,
             max_attempts,
             reconnect_max_delay: settings::millis("RECONNECT_MAX_DELAY_MS", 30_000)?,
             shutdown_grace: settings::millis("SHUTDOWN_GRACE_MS", 20_000)?,
@@ -99,7 +105,10 @@ impl AmqpSettings {
     }
 }
 
-pub(crate) async fn connect(settings: &AmqpSettings, name: &str) -> lapin::Result<lapin::Connection> {
+pub(crate) async fn connect(
+    settings: &AmqpSettings,
+    name: &str,
+) -> lapin::Result<lapin::Connection> {
     let props = lapin::ConnectionProperties::default().with_connection_name(name.into());
     lapin::Connection::connect(settings.url.expose_secret(), props).await
 }
@@ -112,12 +121,16 @@ pub(crate) fn reconnect_delay(failures: u32, cap: Duration) -> Duration {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("amqp://guest:secret@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(
+            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
         assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
         let s = AmqpSettings::with_url("amqp://u:pw@h/v");
         assert!(!format!("{s:?}").contains("pw"));

@@ -3,8 +3,8 @@
 //! connection is dropped and reopened on the next publish.
 
 use super::{AmqpSettings, connect, topology};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use std::sync::Arc;
@@ -20,8 +20,13 @@ pub enum PublishError {
     Timeout(std::time::Duration),
     #[error("the broker refused the message (nack)")]
     Nacked,
-    #[error("no queue is bound for exchange {exchange:?} with routing key {routing_key:?}: the message came back unroutable")]
-    Unroutable { exchange: String, routing_key: String },
+    #[error(
+        "no queue is bound for exchange {exchange:?} with routing key {routing_key:?}: the message came back unroutable"
+    )]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
 }
 
 /// One message to publish. Messages are always persistent and mandatory.
@@ -36,7 +41,13 @@ pub struct Outgoing<'a> {
 
 impl<'a> Outgoing<'a> {
     pub fn json(exchange: &'a str, routing_key: &'a str, body: &'a [u8]) -> Self {
-        Self { exchange, routing_key, body, headers: FieldTable::default(), message_id: None }
+        Self {
+            exchange,
+            routing_key,
+            body,
+            headers: FieldTable::default(),
+            message_id: None,
+        }
     }
 }
 
@@ -54,7 +65,13 @@ struct Inner {
 impl Publisher {
     /// A publisher that connects on first use (and again after any failure).
     pub fn new(settings: AmqpSettings, name: &str) -> Self {
-        Self { inner: Arc::new(Inner { settings, name: format!("{name}-publish"), conn: Mutex::new(None) }) }
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                name: format!("{name}-publish"),
+                conn: Mutex::new(None),
+            }),
+        }
     }
 
     /// Connects now and declares the topology: the start-up check of a worker.
@@ -64,33 +81,42 @@ impl Publisher {
 
     pub fn is_connected(&self) -> bool {
         match self.inner.conn.try_lock() {
-            Ok(guard) => guard.as_ref().is_some_and(|(c, ch)| c.status().connected() && ch.status().connected()),
+            Ok(guard) => guard
+                .as_ref()
+                .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected()),
             Err(_) => true,
         }
     }
 
     async fn channel(&self) -> Result<Channel, PublishError> {
         let mut guard = self.inner.conn.lock().await;
-        if let Some((conn, ch)) = guard.as_ref() {
-            if conn.status().connected() && ch.status().connected() {
-                return Ok(ch.clone());
-            }
+        if let Some((conn, ch)) = guard.as_ref()
+            && conn.status().connected()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
         }
         *guard = None;
-        let conn = connect(&self.inner.settings, &self.inner.name).await.map_err(PublishError::Connect)?;
+        let conn = connect(&self.inner.settings, &self.inner.name)
+            .await
+            .map_err(PublishError::Connect)?;
         let ch = conn.create_channel().await.map_err(PublishError::Connect)?;
-        topology::declare(&ch, &self.inner.settings.retry_delays).await.map_err(PublishError::Connect)?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await.map_err(PublishError::Connect)?;
+        topology::declare(&ch, &self.inner.settings.retry_delays)
+            .await
+            .map_err(PublishError::Connect)?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(PublishError::Connect)?;
         *guard = Some((conn, ch.clone()));
         Ok(ch)
     }
 
     async fn reset(&self, failed: &Channel) {
         let mut guard = self.inner.conn.lock().await;
-        if guard.as_ref().is_some_and(|(_, ch)| ch.id() == failed.id()) {
-            if let Some((conn, _)) = guard.take() {
-                let _ = conn.close(200, "publisher reset".into()).await;
-            }
+        if guard.as_ref().is_some_and(|(_, ch)| ch.id() == failed.id())
+            && let Some((conn, _)) = guard.take()
+        {
+            let _ = conn.close(200, "publisher reset".into()).await;
         }
     }
 
@@ -105,10 +131,19 @@ impl Publisher {
             props = props.with_message_id(ShortString::from(id));
         }
         let timeout = self.inner.settings.publish_timeout;
-        let opts = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        let opts = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
         let result = tokio::time::timeout(timeout, async {
             let confirm = channel
-                .basic_publish(msg.exchange.into(), msg.routing_key.into(), opts, msg.body, props)
+                .basic_publish(
+                    msg.exchange.into(),
+                    msg.routing_key.into(),
+                    opts,
+                    msg.body,
+                    props,
+                )
                 .await
                 .map_err(PublishError::Publish)?;
             confirm.await.map_err(PublishError::Publish)

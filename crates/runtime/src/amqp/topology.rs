@@ -24,7 +24,12 @@ pub const EMAIL_QUEUE: &str = "email.order-status";
 pub const MARKETPLACE_QUEUE: &str = "marketplace.order-status";
 
 /// Every work queue, each with its `.dead` and `.retry.*` queues.
-pub const WORK_QUEUES: [&str; 4] = [TRACKING_REQUESTS, NORMALIZER_QUEUE, EMAIL_QUEUE, MARKETPLACE_QUEUE];
+pub const WORK_QUEUES: [&str; 4] = [
+    TRACKING_REQUESTS,
+    NORMALIZER_QUEUE,
+    EMAIL_QUEUE,
+    MARKETPLACE_QUEUE,
+];
 
 /// Deliveries of one message before the broker parks it on its own (a worker crashing on it each time).
 pub const DELIVERY_LIMIT: i64 = 50;
@@ -50,19 +55,38 @@ fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
 }
 
 fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
 }
 
 /// Declares the whole topology. Retry tiers are named by their delay, so workers with different
 /// `RETRY_DELAYS_MS` never clash on queue arguments.
 pub async fn declare(channel: &Channel, retry_delays: &[Duration]) -> lapin::Result<()> {
-    let exchange_opts = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    let exchange_opts = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
     for exchange in [CARRIER_EVENTS, ORDER_STATUS] {
-        channel.exchange_declare(exchange.into(), ExchangeKind::Topic, exchange_opts, FieldTable::default()).await?;
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                exchange_opts,
+                FieldTable::default(),
+            )
+            .await?;
     }
     for queue in WORK_QUEUES {
         let dead = dead_queue(queue);
-        channel.queue_declare(dead.as_str().into(), durable(), table(&[("x-queue-type", text("quorum"))])).await?;
+        channel
+            .queue_declare(
+                dead.as_str().into(),
+                durable(),
+                table(&[("x-queue-type", text("quorum"))]),
+            )
+            .await?;
         let args = table(&[
             ("x-queue-type", text("quorum")),
             ("x-dead-letter-exchange", text("")),
@@ -75,17 +99,30 @@ pub async fn declare(channel: &Channel, retry_delays: &[Duration]) -> lapin::Res
         for delay in retry_delays {
             let args = table(&[
                 ("x-queue-type", text("quorum")),
-                ("x-message-ttl", AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))),
+                (
+                    "x-message-ttl",
+                    AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+                ),
                 ("x-dead-letter-exchange", text("")),
                 ("x-dead-letter-routing-key", text(queue)),
                 ("x-dead-letter-strategy", text("at-least-once")),
                 ("x-overflow", text("reject-publish")),
             ]);
-            channel.queue_declare(retry_queue(queue, *delay).as_str().into(), durable(), args).await?;
+            channel
+                .queue_declare(retry_queue(queue, *delay).as_str().into(), durable(), args)
+                .await?;
         }
     }
     let bind = |q: &'static str, ex: &'static str| async move {
-        channel.queue_bind(q.into(), ex.into(), "#".into(), QueueBindOptions::default(), FieldTable::default()).await
+        channel
+            .queue_bind(
+                q.into(),
+                ex.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
     };
     bind(NORMALIZER_QUEUE, CARRIER_EVENTS).await?;
     bind(EMAIL_QUEUE, ORDER_STATUS).await?;
@@ -96,7 +133,14 @@ pub async fn declare(channel: &Channel, retry_delays: &[Duration]) -> lapin::Res
 /// Messages ready in a queue right now (a passive declare: the management API's counts lag by seconds).
 pub async fn message_count(channel: &Channel, queue: &str) -> lapin::Result<u32> {
     let q = channel
-        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() }, FieldTable::default())
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
         .await?;
     Ok(q.message_count())
 }

@@ -5,5 +5,8 @@ use tracking_workers::{boot, fetcher};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    boot::main("fetcher", |shutdown| async move { fetcher::run(fetcher::Settings::from_env()?, shutdown).await }).await
+    boot::main("fetcher", |shutdown| async move {
+        fetcher::run(fetcher::Settings::from_env()?, shutdown).await
+    })
+    .await
 }

@@ -5,5 +5,8 @@ use tracking_workers::{boot, marketplace_publisher};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    boot::main("marketplace-publisher", |shutdown| async move { marketplace_publisher::run(marketplace_publisher::Settings::from_env()?, shutdown).await }).await
+    boot::main("marketplace-publisher", |shutdown| async move {
+        marketplace_publisher::run(marketplace_publisher::Settings::from_env()?, shutdown).await
+    })
+    .await
 }

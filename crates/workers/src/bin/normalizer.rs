@@ -5,5 +5,8 @@ use tracking_workers::{boot, normalizer};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    boot::main("normalizer", |shutdown| async move { normalizer::run(normalizer::Settings::from_env()?, shutdown).await }).await
+    boot::main("normalizer", |shutdown| async move {
+        normalizer::run(normalizer::Settings::from_env()?, shutdown).await
+    })
+    .await
 }

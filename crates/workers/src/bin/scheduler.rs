@@ -5,5 +5,8 @@ use tracking_workers::{boot, scheduler};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    boot::main("scheduler", |shutdown| async move { scheduler::run(scheduler::Settings::from_env()?, shutdown).await }).await
+    boot::main("scheduler", |shutdown| async move {
+        scheduler::run(scheduler::Settings::from_env()?, shutdown).await
+    })
+    .await
 }
