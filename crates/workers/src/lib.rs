@@ -12,6 +12,7 @@
 //! retries, parking, reconnection and shutdown.
 
 pub mod boot;
+pub mod ctl;
 pub mod email_publisher;
 pub mod fetcher;
 pub mod marketplace_publisher;

@@ -1,0 +1,304 @@
+//! `trackctl`: the operator's command line. Publishes tracking requests, shows a shipment, lists and replays
+//! parked messages, and migrates the database.
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use secrecy::ExposeSecret;
+use std::io::BufRead;
+use tracking_domain::TrackingRequest;
+use tracking_runtime::amqp::topology::{self, TRACKING_REQUESTS, WORK_QUEUES};
+use tracking_runtime::amqp::{AmqpSettings, Outgoing, Publisher};
+use tracking_store::shipments;
+
+#[derive(Parser)]
+#[command(name = "trackctl", version, about = "Operate the tracking pipeline", after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  trackctl migrate
+  trackctl publish --order-id 1385310000001-01 --code DL746686536BR --email ana@example.com --locale pt-BR --marketplace acme:ACME-991
+  trackctl publish --file requests.jsonl        (one JSON tracking request per line; - reads standard input)
+  trackctl shipment show DL746686536BR
+  trackctl dead list tracking.requests
+  trackctl dead replay email.order-status --limit 10
+
+Settings come from the environment: AMQP_URL, DATABASE_URL.";
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create the database if it is missing and apply the schema's migrations.
+    Migrate,
+    /// Publish tracking requests to `tracking.requests` (validated here first; invalid ones are reported, not sent).
+    Publish(PublishArgs),
+    /// Shipments.
+    #[command(subcommand)]
+    Shipment(ShipmentCommand),
+    /// Parked messages (`Q.dead`).
+    #[command(subcommand)]
+    Dead(DeadCommand),
+}
+
+#[derive(clap::Args)]
+pub struct PublishArgs {
+    /// A file of JSON tracking requests, one per line (`-` for standard input).
+    #[arg(long, conflicts_with_all = ["order_id", "code", "email"])]
+    pub file: Option<String>,
+    #[arg(long)]
+    pub order_id: Option<String>,
+    /// The tracking code.
+    #[arg(long)]
+    pub code: Option<String>,
+    /// The customer's email.
+    #[arg(long)]
+    pub email: Option<String>,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// pt-BR, es or en.
+    #[arg(long)]
+    pub locale: Option<String>,
+    /// correios or jadlog (detected from the code when absent).
+    #[arg(long)]
+    pub carrier: Option<String>,
+    /// `name:order_id` of the marketplace the order came from.
+    #[arg(long)]
+    pub marketplace: Option<String>,
+    #[arg(long)]
+    pub invoice: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ShipmentCommand {
+    /// A shipment's status, order context, events and status changes.
+    Show { tracking_code: String },
+}
+
+#[derive(Subcommand)]
+pub enum DeadCommand {
+    /// List parked messages with their reason (they stay parked).
+    List {
+        /// A work queue (`tracking.requests`) or its parking queue (`tracking.requests.dead`).
+        queue: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Move parked messages back to their work queue, oldest first, keeping their bodies and ids.
+    Replay {
+        queue: String,
+        #[arg(long, default_value_t = usize::MAX)]
+        limit: usize,
+    },
+    /// Delete every parked message of a queue.
+    Purge {
+        queue: String,
+        /// Required: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn work_queue(name: &str) -> anyhow::Result<&'static str> {
+    let base = name.strip_suffix(".dead").unwrap_or(name);
+    WORK_QUEUES
+        .into_iter()
+        .find(|q| *q == base)
+        .with_context(|| format!("{name:?} is not a work queue; known: {}", WORK_QUEUES.join(", ")))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Migrate => {
+            let db = crate::boot::db_settings(2)?;
+            tracking_store::create_database_if_missing(db.url.expose_secret()).await?;
+            let pool = tracking_store::pool(&db)?;
+            tracking_store::migrate(&pool).await?;
+            println!("The database is migrated.");
+            Ok(())
+        }
+        Command::Publish(args) => publish(args).await,
+        Command::Shipment(ShipmentCommand::Show { tracking_code }) => show(&tracking_code).await,
+        Command::Dead(cmd) => dead(cmd).await,
+    }
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let mut requests: Vec<(String, Result<TrackingRequest, String>)> = Vec::new();
+    if let Some(file) = &args.file {
+        let reader: Box<dyn BufRead> = if file == "-" {
+            Box::new(std::io::BufReader::new(std::io::stdin()))
+        } else {
+            Box::new(std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("opening {file}"))?))
+        };
+        for (n, line) in reader.lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            requests.push((format!("line {}", n + 1), TrackingRequest::parse(line.as_bytes()).map_err(|e| e.to_string())));
+        }
+    } else {
+        let (Some(order_id), Some(code), Some(email)) = (&args.order_id, &args.code, &args.email) else {
+            bail!("give --order-id, --code and --email, or --file");
+        };
+        let mut v = serde_json::json!({ "order_id": order_id, "tracking_code": code, "customer": { "email": email } });
+        if let Some(n) = &args.name {
+            v["customer"]["name"] = n.clone().into();
+        }
+        if let Some(l) = &args.locale {
+            v["customer"]["locale"] = l.clone().into();
+        }
+        if let Some(c) = &args.carrier {
+            v["carrier"] = c.clone().into();
+        }
+        if let Some(i) = &args.invoice {
+            v["invoice_number"] = i.clone().into();
+        }
+        if let Some(m) = &args.marketplace {
+            let (name, order) = m.split_once(':').context("--marketplace takes name:order_id")?;
+            v["marketplace"] = serde_json::json!({ "name": name, "order_id": order });
+        }
+        requests.push(("request".into(), TrackingRequest::from_value(&v).map_err(|e| e.to_string())));
+    }
+    let publisher = Publisher::new(AmqpSettings::from_env()?, "trackctl");
+    let (mut sent, mut refused) = (0usize, 0usize);
+    for (what, req) in requests {
+        match req {
+            Ok(r) => {
+                let body = serde_json::to_vec(&r)?;
+                publisher.publish(Outgoing::json("", TRACKING_REQUESTS, &body)).await?;
+                sent += 1;
+            }
+            Err(e) => {
+                eprintln!("{what}: not sent: {e}");
+                refused += 1;
+            }
+        }
+    }
+    publisher.close().await;
+    println!("Published {sent} tracking request(s); refused {refused}.");
+    if refused > 0 { bail!("{refused} request(s) were invalid") } else { Ok(()) }
+}
+
+async fn show(code: &str) -> anyhow::Result<()> {
+    let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
+    let found = shipments::by_code(&pool, &code.trim().to_ascii_uppercase()).await?;
+    if found.is_empty() {
+        bail!("no shipment with tracking code {code}");
+    }
+    for s in found {
+        println!("{} {}  status {}{}", s.carrier, s.tracking_code, s.status, s.status_reason.map(|r| format!(" ({r})")).unwrap_or_default());
+        println!("  order {}  customer {}  locale {}", s.order_id, s.customer_email, s.customer_locale);
+        if let (Some(m), Some(o)) = (&s.marketplace_name, &s.marketplace_order_id) {
+            println!("  marketplace {m} order {o}");
+        }
+        println!("  next poll {}{}", s.next_poll_at, s.finished_at.map(|f| format!("  finished {f}")).unwrap_or_default());
+        let mut conn = pool.acquire().await?;
+        println!("  events:");
+        for e in shipments::events(&mut conn, s.id).await? {
+            println!(
+                "    {}  {} {}  {}  {}/{}  -> {}",
+                e.occurred_at,
+                e.code,
+                e.kind.unwrap_or_default(),
+                e.description,
+                e.city.unwrap_or_default(),
+                e.state.unwrap_or_default(),
+                e.status.unwrap_or_else(|| if e.reverses { "(reverses previous)".into() } else { "(unmapped)".into() })
+            );
+        }
+        println!("  status changes:");
+        let changes: Vec<(uuid::Uuid, String, String, chrono::DateTime<chrono::Utc>, bool)> = sqlx::query_as(
+            "SELECT change_id, previous_status, status, occurred_at, published_at IS NOT NULL FROM status_changes \
+             WHERE shipment_id = $1 ORDER BY occurred_at",
+        )
+        .bind(s.id)
+        .fetch_all(&pool)
+        .await?;
+        for (id, prev, st, at, published) in changes {
+            let deliveries: Vec<(String, String)> =
+                sqlx::query_as("SELECT destination, state FROM deliveries WHERE change_id = $1 ORDER BY destination")
+                    .bind(id)
+                    .fetch_all(&pool)
+                    .await?;
+            let d: Vec<String> = deliveries.into_iter().map(|(dest, state)| format!("{dest}={state}")).collect();
+            println!("    {at}  {prev} -> {st}  {id}{}  {}", if published { "" } else { " (not yet published)" }, d.join(" "));
+        }
+    }
+    Ok(())
+}
+
+fn header(headers: &FieldTable, key: &str) -> String {
+    match headers.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::LongLongInt(n)) => n.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
+    let settings = AmqpSettings::from_env()?;
+    let conn = lapin::Connection::connect(settings.url.expose_secret(), lapin::ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    topology::declare(&channel, &settings.retry_delays).await?;
+    match cmd {
+        DeadCommand::List { queue, limit } => {
+            let work = work_queue(&queue)?;
+            let dead = topology::dead_queue(work);
+            let total = topology::message_count(&channel, &dead).await?;
+            println!("{dead}: {total} parked message(s)");
+            // Held unacked on this channel and returned, in order, when it closes: listing changes nothing.
+            for n in 0..limit {
+                let Some(msg) = channel.basic_get(dead.as_str().into(), BasicGetOptions::default()).await? else { break };
+                let headers = msg.delivery.properties.headers().clone().unwrap_or_default();
+                let body: String = String::from_utf8_lossy(&msg.delivery.data).chars().take(300).collect();
+                println!(
+                    "#{}  attempts {}  reason: {}\n    {}",
+                    n + 1,
+                    header(&headers, "x-attempts"),
+                    header(&headers, "x-park-reason"),
+                    body
+                );
+            }
+        }
+        DeadCommand::Replay { queue, limit } => {
+            let work = work_queue(&queue)?;
+            let dead = topology::dead_queue(work);
+            let publisher = Publisher::new(settings, "trackctl");
+            let mut replayed = 0usize;
+            while replayed < limit {
+                let Some(msg) = channel.basic_get(dead.as_str().into(), BasicGetOptions::default()).await? else { break };
+                let d = msg.delivery;
+                let mut headers = FieldTable::default();
+                for (k, v) in d.properties.headers().clone().unwrap_or_default().inner() {
+                    if !matches!(k.as_str(), "x-park-reason" | "x-attempts" | "x-last-error" | "x-death" | "x-original-queue" | "x-delivery-count")
+                        && !k.as_str().starts_with("x-first-death")
+                        && !k.as_str().starts_with("x-last-death")
+                    {
+                        headers.insert(k.clone(), v.clone());
+                    }
+                }
+                let message_id = d.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
+                publisher.publish(Outgoing { exchange: "", routing_key: work, body: &d.data, headers, message_id }).await?;
+                d.ack(BasicAckOptions::default()).await?;
+                replayed += 1;
+            }
+            publisher.close().await;
+            println!("Replayed {replayed} message(s) from {dead} to {work}.");
+        }
+        DeadCommand::Purge { queue, yes } => {
+            let dead = topology::dead_queue(work_queue(&queue)?);
+            if !yes {
+                bail!("purging {dead} cannot be undone: add --yes");
+            }
+            let n = channel.queue_purge(dead.as_str().into(), QueuePurgeOptions::default()).await?;
+            println!("Purged {n} message(s) from {dead}.");
+        }
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(())
+}
