@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The demo: every worker, the Correios simulator, a real SMTP server with a web page (maildev) and a marketplace
+# receiver, on this machine; then a handful of parcels, whose status changes, emails and marketplace calls are shown
+# as they happen. Ctrl-C stops everything. DEMO_SECONDS=N stops it after N seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=target/release
+DEMO=.demo
+mkdir -p "$DEMO/logs"
+rm -f "$DEMO"/logs/*.log
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo; echo "Stopping the demo..."
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/tracking-demo"
+export DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/tracking_demo"
+export RUST_LOG="info,lapin=warn"
+export CORREIOS_BASE_URL="http://127.0.0.1:9080" CORREIOS_USER="sim-user" CORREIOS_ACCESS_CODE="sim-code"
+export SMTP_URL="smtp://127.0.0.1:1025" EMAIL_FROM="Loja Demo <rastreio@loja-demo.example>" STORE_NAME="Loja Demo"
+export MARKETPLACES_FILE="$PWD/deploy/demo/marketplaces.toml"
+export POLL_INTERVAL_SECS=4 POLL_INTERVAL_NEAR_DELIVERY_SECS=3 FINAL_POLL_AFTER_SECS=5 SCHEDULER_TICK_MS=500
+
+rmq() { rabbitmqctl "$@" >/dev/null 2>&1 || sudo -n rabbitmqctl "$@" >/dev/null 2>&1; }
+echo "==> a fresh vhost (tracking-demo) and database (tracking_demo)"
+rmq delete_vhost tracking-demo || true
+rmq add_vhost tracking-demo
+rmq set_permissions -p tracking-demo guest ".*" ".*" ".*"
+psql "postgres://postgres:postgres@127.0.0.1:5432/postgres" -qc "DROP DATABASE IF EXISTS tracking_demo WITH (FORCE)"
+"$BIN/trackctl" migrate
+
+start() { # name, then the command
+  local name=$1; shift
+  "$@" >"$DEMO/logs/$name.log" 2>&1 &
+  pids+=($!)
+}
+echo "==> starting maildev, the Correios simulator, the marketplace receiver and every worker"
+start maildev .tools/node_modules/.bin/maildev --ip 127.0.0.1 --web-ip 127.0.0.1 -s 1025 -w 1080 --mail-directory "$DEMO/mail"
+SIM_ADDR=127.0.0.1:9080 SIM_AUTO_JOURNEY=1 start correios-sim "$BIN/correios-sim"
+RECEIVER_ADDR=127.0.0.1:9090 RECEIVER_SECRET="demo-webhook-secret-0123456789" start marketplace-receiver "$BIN/marketplace-receiver"
+for w in normalizer fetcher scheduler email-publisher marketplace-publisher; do start "$w" "$BIN/$w"; done
+
+for port in 1025 1080 9080 9090 9101 9102 9103 9104 9105; do
+  for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.2; done
+done
+echo "==> every worker reports healthy:"
+for port in 9101 9102 9103 9104 9105; do printf '    :%s %s\n' "$port" "$(curl -s "http://127.0.0.1:$port/health")"; done
+
+echo "==> publishing five parcels (the simulator moves each one event further per poll)"
+"$BIN/trackctl" publish --file - <<'JSON'
+{"order_id": "DEMO-1001", "tracking_code": "DL746686536BR", "customer": {"email": "ana@example.com", "name": "Ana Souza", "locale": "pt-BR"}, "marketplace": {"name": "demo-shop", "order_id": "SHOP-1"}}
+{"order_id": "DEMO-1002", "tracking_code": "PG747937788BR", "customer": {"email": "bruno@example.com", "name": "Bruno Díaz", "locale": "es"}, "marketplace": {"name": "demo-shop", "order_id": "SHOP-2"}}
+{"order_id": "DEMO-1003", "tracking_code": "SW091892778BR", "customer": {"email": "carol@example.com", "name": "Carol Smith", "locale": "en"}}
+{"order_id": "DEMO-1004", "tracking_code": "JT124720455BR", "customer": {"email": "davi@example.com", "locale": "pt-BR"}, "marketplace": {"name": "demo-shop", "order_id": "SHOP-4"}}
+{"order_id": "DEMO-1005", "tracking_code": "DU713842539BR", "customer": {"email": "eva@example.com", "name": "Eva", "locale": "es"}}
+JSON
+
+cat <<'TXT'
+
+==> watching. Emails: http://127.0.0.1:1080   Logs: .demo/logs/   Ctrl-C stops.
+    [change]   a status change recorded and published by the normalizer
+    [email]    an email accepted by the SMTP server
+    [market]   a signed webhook call received by the marketplace
+TXT
+tail -n +1 -F "$DEMO/logs/normalizer.log" "$DEMO/logs/email-publisher.log" "$DEMO/logs/marketplace-receiver.log" 2>/dev/null \
+  | grep --line-buffered -E "Status changed|Email accepted|signature" \
+  | sed -u -E \
+      -e 's/.*Status changed\. (.*)/[change] \1/' \
+      -e 's/.*Email accepted by the SMTP server\. (.*)/[email]  \1/' \
+      -e 's/^.*INFO POST [^ ]+ (.*)/[market] \1/' &
+pids+=($!)
+
+if [ -n "${DEMO_SECONDS:-}" ]; then sleep "$DEMO_SECONDS"; else wait; fi
