@@ -106,7 +106,12 @@ fn work_queue(name: &str) -> anyhow::Result<&'static str> {
     WORK_QUEUES
         .into_iter()
         .find(|q| *q == base)
-        .with_context(|| format!("{name:?} is not a work queue; known: {}", WORK_QUEUES.join(", ")))
+        .with_context(|| {
+            format!(
+                "{name:?} is not a work queue; known: {}",
+                WORK_QUEUES.join(", ")
+            )
+        })
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -131,17 +136,23 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         let reader: Box<dyn BufRead> = if file == "-" {
             Box::new(std::io::BufReader::new(std::io::stdin()))
         } else {
-            Box::new(std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("opening {file}"))?))
+            Box::new(std::io::BufReader::new(
+                std::fs::File::open(file).with_context(|| format!("opening {file}"))?,
+            ))
         };
         for (n, line) in reader.lines().enumerate() {
             let line = line?;
             if line.trim().is_empty() {
                 continue;
             }
-            requests.push((format!("line {}", n + 1), TrackingRequest::parse(line.as_bytes()).map_err(|e| e.to_string())));
+            requests.push((
+                format!("line {}", n + 1),
+                TrackingRequest::parse(line.as_bytes()).map_err(|e| e.to_string()),
+            ));
         }
     } else {
-        let (Some(order_id), Some(code), Some(email)) = (&args.order_id, &args.code, &args.email) else {
+        let (Some(order_id), Some(code), Some(email)) = (&args.order_id, &args.code, &args.email)
+        else {
             bail!("give --order-id, --code and --email, or --file");
         };
         let mut v = serde_json::json!({ "order_id": order_id, "tracking_code": code, "customer": { "email": email } });
@@ -158,10 +169,15 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             v["invoice_number"] = i.clone().into();
         }
         if let Some(m) = &args.marketplace {
-            let (name, order) = m.split_once(':').context("--marketplace takes name:order_id")?;
+            let (name, order) = m
+                .split_once(':')
+                .context("--marketplace takes name:order_id")?;
             v["marketplace"] = serde_json::json!({ "name": name, "order_id": order });
         }
-        requests.push(("request".into(), TrackingRequest::from_value(&v).map_err(|e| e.to_string())));
+        requests.push((
+            "request".into(),
+            TrackingRequest::from_value(&v).map_err(|e| e.to_string()),
+        ));
     }
     let publisher = Publisher::new(AmqpSettings::from_env()?, "trackctl");
     let (mut sent, mut refused) = (0usize, 0usize);
@@ -169,7 +185,9 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         match req {
             Ok(r) => {
                 let body = serde_json::to_vec(&r)?;
-                publisher.publish(Outgoing::json("", TRACKING_REQUESTS, &body)).await?;
+                publisher
+                    .publish(Outgoing::json("", TRACKING_REQUESTS, &body))
+                    .await?;
                 sent += 1;
             }
             Err(e) => {
@@ -180,7 +198,11 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     }
     publisher.close().await;
     println!("Published {sent} tracking request(s); refused {refused}.");
-    if refused > 0 { bail!("{refused} request(s) were invalid") } else { Ok(()) }
+    if refused > 0 {
+        bail!("{refused} request(s) were invalid")
+    } else {
+        Ok(())
+    }
 }
 
 async fn show(code: &str) -> anyhow::Result<()> {
@@ -190,12 +212,29 @@ async fn show(code: &str) -> anyhow::Result<()> {
         bail!("no shipment with tracking code {code}");
     }
     for s in found {
-        println!("{} {}  status {}{}", s.carrier, s.tracking_code, s.status, s.status_reason.map(|r| format!(" ({r})")).unwrap_or_default());
-        println!("  order {}  customer {}  locale {}", s.order_id, s.customer_email, s.customer_locale);
+        println!(
+            "{} {}  status {}{}",
+            s.carrier,
+            s.tracking_code,
+            s.status,
+            s.status_reason
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+        println!(
+            "  order {}  customer {}  locale {}",
+            s.order_id, s.customer_email, s.customer_locale
+        );
         if let (Some(m), Some(o)) = (&s.marketplace_name, &s.marketplace_order_id) {
             println!("  marketplace {m} order {o}");
         }
-        println!("  next poll {}{}", s.next_poll_at, s.finished_at.map(|f| format!("  finished {f}")).unwrap_or_default());
+        println!(
+            "  next poll {}{}",
+            s.next_poll_at,
+            s.finished_at
+                .map(|f| format!("  finished {f}"))
+                .unwrap_or_default()
+        );
         let mut conn = pool.acquire().await?;
         println!("  events:");
         for e in shipments::events(&mut conn, s.id).await? {
@@ -207,7 +246,11 @@ async fn show(code: &str) -> anyhow::Result<()> {
                 e.description,
                 e.city.unwrap_or_default(),
                 e.state.unwrap_or_default(),
-                e.status.unwrap_or_else(|| if e.reverses { "(reverses previous)".into() } else { "(unmapped)".into() })
+                e.status.unwrap_or_else(|| if e.reverses {
+                    "(reverses previous)".into()
+                } else {
+                    "(unmapped)".into()
+                })
             );
         }
         println!("  status changes:");
@@ -224,8 +267,19 @@ async fn show(code: &str) -> anyhow::Result<()> {
                     .bind(id)
                     .fetch_all(&pool)
                     .await?;
-            let d: Vec<String> = deliveries.into_iter().map(|(dest, state)| format!("{dest}={state}")).collect();
-            println!("    {at}  {prev} -> {st}  {id}{}  {}", if published { "" } else { " (not yet published)" }, d.join(" "));
+            let d: Vec<String> = deliveries
+                .into_iter()
+                .map(|(dest, state)| format!("{dest}={state}"))
+                .collect();
+            println!(
+                "    {at}  {prev} -> {st}  {id}{}  {}",
+                if published {
+                    ""
+                } else {
+                    " (not yet published)"
+                },
+                d.join(" ")
+            );
         }
     }
     Ok(())
@@ -242,7 +296,11 @@ fn header(headers: &FieldTable, key: &str) -> String {
 
 async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
     let settings = AmqpSettings::from_env()?;
-    let conn = lapin::Connection::connect(settings.url.expose_secret(), lapin::ConnectionProperties::default()).await?;
+    let conn = lapin::Connection::connect(
+        settings.url.expose_secret(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await?;
     let channel = conn.create_channel().await?;
     topology::declare(&channel, &settings.retry_delays).await?;
     match cmd {
@@ -253,9 +311,22 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
             println!("{dead}: {total} parked message(s)");
             // Held unacked on this channel and returned, in order, when it closes: listing changes nothing.
             for n in 0..limit {
-                let Some(msg) = channel.basic_get(dead.as_str().into(), BasicGetOptions::default()).await? else { break };
-                let headers = msg.delivery.properties.headers().clone().unwrap_or_default();
-                let body: String = String::from_utf8_lossy(&msg.delivery.data).chars().take(300).collect();
+                let Some(msg) = channel
+                    .basic_get(dead.as_str().into(), BasicGetOptions::default())
+                    .await?
+                else {
+                    break;
+                };
+                let headers = msg
+                    .delivery
+                    .properties
+                    .headers()
+                    .clone()
+                    .unwrap_or_default();
+                let body: String = String::from_utf8_lossy(&msg.delivery.data)
+                    .chars()
+                    .take(300)
+                    .collect();
                 println!(
                     "#{}  attempts {}  reason: {}\n    {}",
                     n + 1,
@@ -271,19 +342,43 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
             let publisher = Publisher::new(settings, "trackctl");
             let mut replayed = 0usize;
             while replayed < limit {
-                let Some(msg) = channel.basic_get(dead.as_str().into(), BasicGetOptions::default()).await? else { break };
+                let Some(msg) = channel
+                    .basic_get(dead.as_str().into(), BasicGetOptions::default())
+                    .await?
+                else {
+                    break;
+                };
                 let d = msg.delivery;
                 let mut headers = FieldTable::default();
                 for (k, v) in d.properties.headers().clone().unwrap_or_default().inner() {
-                    if !matches!(k.as_str(), "x-park-reason" | "x-attempts" | "x-last-error" | "x-death" | "x-original-queue" | "x-delivery-count")
-                        && !k.as_str().starts_with("x-first-death")
+                    if !matches!(
+                        k.as_str(),
+                        "x-park-reason"
+                            | "x-attempts"
+                            | "x-last-error"
+                            | "x-death"
+                            | "x-original-queue"
+                            | "x-delivery-count"
+                    ) && !k.as_str().starts_with("x-first-death")
                         && !k.as_str().starts_with("x-last-death")
                     {
                         headers.insert(k.clone(), v.clone());
                     }
                 }
-                let message_id = d.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
-                publisher.publish(Outgoing { exchange: "", routing_key: work, body: &d.data, headers, message_id }).await?;
+                let message_id = d
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.as_str().to_owned());
+                publisher
+                    .publish(Outgoing {
+                        exchange: "",
+                        routing_key: work,
+                        body: &d.data,
+                        headers,
+                        message_id,
+                    })
+                    .await?;
                 d.ack(BasicAckOptions::default()).await?;
                 replayed += 1;
             }
@@ -295,7 +390,9 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
             if !yes {
                 bail!("purging {dead} cannot be undone: add --yes");
             }
-            let n = channel.queue_purge(dead.as_str().into(), QueuePurgeOptions::default()).await?;
+            let n = channel
+                .queue_purge(dead.as_str().into(), QueuePurgeOptions::default())
+                .await?;
             println!("Purged {n} message(s) from {dead}.");
         }
     }
