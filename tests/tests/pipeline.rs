@@ -53,6 +53,9 @@ async fn a_parcel_travels_from_posted_to_delivered_with_one_email_and_one_call_p
     let mut workers = vec![start(&env, "normalizer", &fast()).await?];
     workers.push(start(&env, "fetcher", &correios_env(&sim)).await?);
     workers.push(start(&env, "scheduler", &fast()).await?);
+    let (_, health) = workers[1].health().await?;
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["carriers"]["correios"]["state"], "ok", "{health}");
     let email_env = [
         ("SMTP_URL", maildev.smtp_url()),
         (
@@ -396,6 +399,42 @@ async fn workers_refuse_bad_configuration_with_a_message_naming_the_setting() ->
     assert!(
         out.contains("PREFETCH") && !out.contains("hunter2"),
         "{out}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_unavailable_while_a_dependency_is_missing() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    // The database of this test has no schema: the scheduler waits for it and says so.
+    let scheduler = Worker::spawn(&env, "scheduler", &[])?;
+    let (code, body) = eventually(Duration::from_secs(20), "/health to answer", || async {
+        Ok(scheduler.health().await.ok())
+    })
+    .await?;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["components"]["postgres"], "down", "{body}");
+    // Once the schema is there, it is healthy.
+    env.migrate().await?;
+    eventually(Duration::from_secs(20), "/health to turn ok", || async {
+        Ok(scheduler.health().await.ok().filter(|(c, _)| *c == 200))
+    })
+    .await?;
+    // A fetcher without Correios credentials is healthy (restarting would not help) but says Correios is broken.
+    let mut fetcher = Worker::spawn(&env, "fetcher", &[])?;
+    let health = fetcher.wait_healthy(Duration::from_secs(20)).await?;
+    assert_eq!(
+        health["carriers"]["correios"]["state"], "broken",
+        "{health}"
+    );
+    let metrics = fetcher.metrics().await?;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("carrier_state{")
+            && l.contains("correios")
+            && l.contains("broken")
+            && l.ends_with(" 1")),
+        "{metrics}"
     );
     Ok(())
 }

@@ -87,14 +87,15 @@ pub struct CarrierHealth {
 
 impl CarrierHealth {
     fn new(health: Health, configured: &[Carrier]) -> Self {
+        // Correios is always listed (requests for it are held while it has no credentials); others once configured.
         let mut states = BTreeMap::new();
         for c in Carrier::ALL {
-            let state = if configured.contains(&c) {
-                ("ok", None)
-            } else {
-                ("broken", Some("not configured".to_owned()))
-            };
-            states.insert(c, state);
+            if configured.contains(&c) {
+                states.insert(c, ("ok", None));
+            } else if c == Carrier::Correios {
+                let reason = "CORREIOS_USER and CORREIOS_ACCESS_CODE are not set".to_owned();
+                states.insert(c, ("broken", Some(reason)));
+            }
         }
         let me = Self {
             health,

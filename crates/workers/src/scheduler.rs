@@ -65,6 +65,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             _ = tokio::time::sleep(settings.tick) => {}
             _ = shutdown.cancelled() => break,
         }
+        // A tick with nothing due touches no broker: check the connection itself for /health.
+        if !publisher.is_connected() {
+            if let Err(e) = publisher.connect().await {
+                health.set("rabbitmq", false);
+                tracing::warn!(error = %e, "Cannot reach RabbitMQ; due shipments wait.");
+                continue;
+            }
+        }
+        health.set("rabbitmq", true);
         match tick(
             &pool,
             &publisher,
@@ -75,7 +84,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .await
         {
             Ok(report) => {
-                health.set("rabbitmq", true);
                 if report.polled + report.expired > 0 {
                     tracing::debug!(
                         polled = report.polled,
