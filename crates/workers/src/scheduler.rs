@@ -66,12 +66,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             _ = shutdown.cancelled() => break,
         }
         // A tick with nothing due touches no broker: check the connection itself for /health.
-        if !publisher.is_connected() {
-            if let Err(e) = publisher.connect().await {
-                health.set("rabbitmq", false);
-                tracing::warn!(error = %e, "Cannot reach RabbitMQ; due shipments wait.");
-                continue;
-            }
+        if !publisher.is_connected()
+            && let Err(e) = publisher.connect().await
+        {
+            health.set("rabbitmq", false);
+            tracing::warn!(error = %e, "Cannot reach RabbitMQ; due shipments wait.");
+            continue;
         }
         health.set("rabbitmq", true);
         match tick(
