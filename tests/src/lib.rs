@@ -553,17 +553,7 @@ pub fn request(
 /// The n-th valid Correios S10 code of a series: `{prefix}{8 digits}{check digit}BR`.
 pub fn s10(prefix: &str, n: u32) -> String {
     let digits = format!("{:08}", n % 100_000_000);
-    let weights = [8, 6, 4, 2, 3, 5, 9, 7];
-    let sum: u32 = digits
-        .bytes()
-        .zip(weights)
-        .map(|(d, w)| u32::from(d - b'0') * w)
-        .sum();
-    let check = match sum % 11 {
-        0 => 5,
-        1 => 0,
-        r => 11 - r,
-    };
+    let check = tracking_domain::code::s10_check_digit(digits.as_bytes()).unwrap();
     format!("{prefix}{digits}{check}BR")
 }
 

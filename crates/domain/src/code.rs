@@ -86,18 +86,7 @@ impl TrackingCode {
         {
             return false;
         }
-        let weights = [8, 6, 4, 2, 3, 5, 9, 7];
-        let sum: u32 = b[2..10]
-            .iter()
-            .zip(weights)
-            .map(|(d, w)| u32::from(d - b'0') * w)
-            .sum();
-        let expected = match sum % 11 {
-            0 => 5,
-            1 => 0,
-            r => 11 - r,
-        };
-        u32::from(b[10] - b'0') == expected
+        s10_check_digit(&b[2..10]) == Some(u32::from(b[10] - b'0'))
     }
 
     /// The carrier a code belongs to, when its format says so: a valid S10 code is Correios'.
@@ -118,6 +107,25 @@ impl TrackingCode {
             _ => Ok(()),
         }
     }
+}
+
+/// The UPU S10 check digit of eight ASCII digits: weights 8 6 4 2 3 5 9 7, sum mod 11; r = 0 → 5, r = 1 → 0,
+/// else 11 − r. `None` when the input is not eight digits.
+pub fn s10_check_digit(digits: &[u8]) -> Option<u32> {
+    if digits.len() != 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let weights = [8, 6, 4, 2, 3, 5, 9, 7];
+    let sum: u32 = digits
+        .iter()
+        .zip(weights)
+        .map(|(d, w)| u32::from(d - b'0') * w)
+        .sum();
+    Some(match sum % 11 {
+        0 => 5,
+        1 => 0,
+        r => 11 - r,
+    })
 }
 
 impl fmt::Display for TrackingCode {

@@ -649,6 +649,7 @@ fn valid_s10(code: &str) -> bool {
     {
         return false;
     }
+    // Deliberately not tracking_domain's: the simulator plays Correios and must not share the code under test.
     let sum: u32 = b[2..10]
         .iter()
         .zip([8u32, 6, 4, 2, 3, 5, 9, 7])
