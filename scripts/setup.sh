@@ -37,8 +37,8 @@ fi
 # A fresh Debian PostgreSQL asks for a password over TCP: give the postgres role the one DATABASE_URL carries.
 if ! PGPASSWORD=postgres psql "postgres://postgres@127.0.0.1:5432/postgres" -tAc 'SELECT 1' >/dev/null 2>&1; then
   say "setting the postgres role's password for TCP connections"
-  $SUDO -u postgres psql -q -c "ALTER ROLE postgres PASSWORD 'postgres'" 2>/dev/null \
-    || su postgres -c "psql -q -c \"ALTER ROLE postgres PASSWORD 'postgres'\""
+  sql="ALTER ROLE postgres PASSWORD 'postgres'"
+  if [ "$(id -u)" -eq 0 ]; then su postgres -s /bin/sh -c "psql -q -c \"$sql\""; else sudo -u postgres psql -q -c "$sql"; fi
 fi
 
 if ! port_open 5672; then
@@ -50,8 +50,11 @@ fi
 port_open 5672 || { echo "RabbitMQ does not answer on 127.0.0.1:5672" >&2; exit 1; }
 
 if [ ! -x .tools/node_modules/.bin/maildev ]; then
-  say "installing maildev (SMTP server with a web page) into .tools/"
+  # maildev 3 needs Node.js 20; Debian 12's own Node.js is 18, where maildev 2.2 runs (its REST API is /email, not /api/email).
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  if [ "$node_major" -ge 20 ]; then maildev=maildev@3; else maildev=maildev@2.2.1; fi
+  say "installing $maildev (SMTP server with a web page) into .tools/"
   mkdir -p .tools
-  npm install --prefix .tools --no-audit --no-fund --loglevel=error maildev@3 >/dev/null
+  npm install --prefix .tools --no-audit --no-fund --loglevel=error "$maildev" >/dev/null
 fi
 say "services ready"

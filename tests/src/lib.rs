@@ -352,12 +352,17 @@ impl Maildev {
         format!("smtp://127.0.0.1:{}", self.smtp_port)
     }
 
+    /// What the SMTP server received (maildev 3 serves it at `/api/email`, maildev 2 at `/email`).
     pub async fn emails(&self) -> anyhow::Result<Vec<Value>> {
-        let resp = reqwest::get(format!("http://127.0.0.1:{}/api/email", self.web_port)).await?;
-        if !resp.status().is_success() {
-            bail!("maildev answered {}", resp.status());
+        for path in ["api/email", "email"] {
+            let resp = reqwest::get(format!("http://127.0.0.1:{}/{path}", self.web_port)).await?;
+            if resp.status().is_success()
+                && let Ok(list) = resp.json::<Vec<Value>>().await
+            {
+                return Ok(list);
+            }
         }
-        Ok(resp.json().await?)
+        bail!("maildev did not list its emails")
     }
 }
 
