@@ -439,3 +439,88 @@ async fn health_says_unavailable_while_a_dependency_is_missing() -> anyhow::Resu
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_messages_and_refused_credentials_are_handled_as_the_carrier_notes_say()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+    let (not_yet, invalid) = ("JT124720455BR", "DU713842539BR");
+    sim.script(not_yet, Script::NotFound);
+    sim.script(invalid, Script::Invalid);
+    let _normalizer = start(&env, "normalizer", &[]).await?;
+    let mut fetcher = start(&env, "fetcher", &correios_env(&sim)).await?;
+    let amqp = env.amqp().await?;
+    for (order, code) in [("11", not_yet), ("12", invalid)] {
+        let body = serde_json::to_vec(&request(order, code, "ana@example.com", "pt-BR", None))?;
+        amqp.publish("tracking.requests", &body).await?;
+    }
+    // SRO-020: known to us, not yet to Correios: registered, and polled again later.
+    let status = eventually(
+        Duration::from_secs(20),
+        "the SRO-020 shipment to be registered",
+        || async {
+            let row: Option<(String, Option<String>)> = sqlx::query_as(
+                "SELECT status, carrier_message FROM shipments WHERE tracking_code = $1",
+            )
+            .bind(not_yet)
+            .fetch_optional(&env.pool)
+            .await?;
+            Ok(row)
+        },
+    )
+    .await?;
+    assert_eq!(status.0, "registered");
+    assert!(status.1.unwrap_or_default().starts_with("SRO-020"));
+    // SRO-019: the carrier refuses the code: parked with its message, nothing registered.
+    let parked = eventually(
+        Duration::from_secs(20),
+        "the SRO-019 request to be parked",
+        || async { Ok((amqp.count("tracking.requests.dead").await? == 1).then_some(())) },
+    )
+    .await
+    .and(amqp.drain("tracking.requests.dead").await)?;
+    let reason = parked[0].header("x-park-reason").unwrap();
+    assert!(
+        reason.contains(invalid) && reason.contains("SRO-019"),
+        "{reason}"
+    );
+
+    // Refused credentials: the fetcher stays up, says Correios is broken, and holds the request for retry.
+    drop(fetcher);
+    let mut wrong = correios_env(&sim);
+    wrong.retain(|(k, _)| *k != "CORREIOS_ACCESS_CODE");
+    wrong.push(("CORREIOS_ACCESS_CODE", "wrong-code".into()));
+    fetcher = start(&env, "fetcher", &wrong).await?;
+    let body = serde_json::to_vec(&request(
+        "13",
+        "SW091892778BR",
+        "ana@example.com",
+        "pt-BR",
+        None,
+    ))?;
+    amqp.publish("tracking.requests", &body).await?;
+    let health = eventually(
+        Duration::from_secs(20),
+        "Correios to be reported broken",
+        || async {
+            let (code, h) = fetcher.health().await?;
+            Ok((code == 200 && h["carriers"]["correios"]["state"] == "broken").then_some(h))
+        },
+    )
+    .await?;
+    let why = health["carriers"]["correios"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("authentication"), "{health}");
+    assert!(
+        fetcher.log_text().contains("BROKEN"),
+        "an error line for the operator"
+    );
+    assert_eq!(
+        amqp.count("tracking.requests.dead").await?,
+        0,
+        "nothing is parked: it waits for the fix"
+    );
+    Ok(())
+}
