@@ -9,11 +9,16 @@ DEMO=.demo
 mkdir -p "$DEMO/logs"
 rm -f "$DEMO"/logs/*.log
 
-pids=()
+# Stops every process this script started, and their children (the log watcher is a pipeline), with SIGTERM.
+kill_tree() {
+  local child
+  for child in $(pgrep -P "$1"); do kill_tree "$child"; done
+  kill -TERM "$1" 2>/dev/null || true
+}
 cleanup() {
   trap - INT TERM EXIT
   echo; echo "Stopping the demo..."
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in $(pgrep -P $$); do kill_tree "$p"; done
   wait 2>/dev/null || true
 }
 trap cleanup INT TERM EXIT
@@ -37,7 +42,6 @@ psql "postgres://postgres:postgres@127.0.0.1:5432/postgres" -qc "DROP DATABASE I
 start() { # name, then the command
   local name=$1; shift
   "$@" >"$DEMO/logs/$name.log" 2>&1 &
-  pids+=($!)
 }
 echo "==> starting maildev, the Correios simulator, the marketplace receiver and every worker"
 start maildev .tools/node_modules/.bin/maildev --ip 127.0.0.1 --web-ip 127.0.0.1 -s 1025 -w 1080 --mail-directory "$DEMO/mail"
@@ -45,11 +49,15 @@ SIM_ADDR=127.0.0.1:9080 SIM_AUTO_JOURNEY=1 start correios-sim "$BIN/correios-sim
 RECEIVER_ADDR=127.0.0.1:9090 RECEIVER_SECRET="demo-webhook-secret-0123456789" start marketplace-receiver "$BIN/marketplace-receiver"
 for w in normalizer fetcher scheduler email-publisher marketplace-publisher; do start "$w" "$BIN/$w"; done
 
-for port in 1025 1080 9080 9090 9101 9102 9103 9104 9105; do
-  for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.2; done
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in 1025 1080 9080 9090; do # maildev (SMTP, web), correios-sim, marketplace-receiver
+  for _ in $(seq 1 100); do port_open "$port" && break; sleep 0.2; done
+done
+for port in 9101 9102 9103 9104 9105; do # the workers' /health
+  for _ in $(seq 1 100); do curl -fs --max-time 2 "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.2; done
 done
 echo "==> every worker reports healthy:"
-for port in 9101 9102 9103 9104 9105; do printf '    :%s %s\n' "$port" "$(curl -s "http://127.0.0.1:$port/health")"; done
+for port in 9101 9102 9103 9104 9105; do printf '    :%s %s\n' "$port" "$(curl -s --max-time 2 "http://127.0.0.1:$port/health")"; done
 
 echo "==> publishing five parcels (the simulator moves each one event further per poll)"
 "$BIN/trackctl" publish --file - <<'JSON'
@@ -73,6 +81,5 @@ tail -n +1 -F "$DEMO/logs/normalizer.log" "$DEMO/logs/email-publisher.log" "$DEM
       -e 's/.*Status changed\. (.*)/[change] \1/' \
       -e 's/.*Email accepted by the SMTP server\. (.*)/[email]  \1/' \
       -e 's/^.*INFO POST [^ ]+ (.*)/[market] \1/' &
-pids+=($!)
 
 if [ -n "${DEMO_SECONDS:-}" ]; then sleep "$DEMO_SECONDS"; else wait; fi
