@@ -524,3 +524,92 @@ async fn carrier_messages_and_refused_credentials_are_handled_as_the_carrier_not
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_on_every_work_queue_are_parked_with_a_reason() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let maildev = Maildev::start().await?;
+    let _normalizer = start(&env, "normalizer", &[]).await?;
+    let email_env = [
+        ("SMTP_URL", maildev.smtp_url()),
+        ("EMAIL_FROM", "rastreio@loja.example".to_owned()),
+    ];
+    let _email = start(&env, "email-publisher", &email_env).await?;
+    let _marketplace = start(&env, "marketplace-publisher", &[]).await?;
+    let amqp = env.amqp().await?;
+    // An update for a shipment nobody registered, and a change naming a marketplace nobody configured.
+    let orphan = serde_json::json!({
+        "carrier": "correios", "tracking_code": "DL746686536BR", "source": "manual",
+        "fetched_at": "2026-03-27T18:00:00Z", "events": []
+    });
+    let change = serde_json::json!({
+        "change_id": "6f1c1b3e-8a55-5b9a-9f55-1f5d2f0c9a11", "order_id": "1", "tracking_code": "DL746686536BR",
+        "carrier": "correios", "status": "in_transit", "previous_status": "posted",
+        "occurred_at": "2026-03-27T14:40:30-03:00", "source": "carrier",
+        "event": {"code": "RO", "type": "01", "description": "Objeto em trânsito", "location": {}},
+        "customer": {"email": "ana@example.com", "locale": "pt-BR"},
+        "marketplace": {"name": "nobody", "order_id": "X-1"}
+    });
+    for queue in [
+        "normalizer.carrier-events",
+        "email.order-status",
+        "marketplace.order-status",
+    ] {
+        amqp.publish(queue, b"\x00not json").await?;
+    }
+    amqp.publish("normalizer.carrier-events", &serde_json::to_vec(&orphan)?)
+        .await?;
+    amqp.publish("marketplace.order-status", &serde_json::to_vec(&change)?)
+        .await?;
+    // The in-transit change itself is fine for email (not notified): acked, nothing sent, nothing parked.
+    amqp.publish("email.order-status", &serde_json::to_vec(&change)?)
+        .await?;
+
+    for (queue, expected) in [
+        (
+            "normalizer.carrier-events",
+            vec![
+                "not a carrier update",
+                "no shipment correios DL746686536BR is registered",
+            ],
+        ),
+        ("email.order-status", vec!["not a status change"]),
+        (
+            "marketplace.order-status",
+            vec![
+                "not a status change",
+                "marketplace \"nobody\" is not configured",
+            ],
+        ),
+    ] {
+        let dead = format!("{queue}.dead");
+        let n = expected.len() as u32;
+        eventually(
+            Duration::from_secs(20),
+            &format!("{n} parked in {dead}"),
+            || async { Ok((amqp.count(&dead).await? == n).then_some(())) },
+        )
+        .await?;
+        let reasons: Vec<String> = amqp
+            .drain(&dead)
+            .await?
+            .iter()
+            .map(|m| m.header("x-park-reason").unwrap_or_default())
+            .collect();
+        for want in expected {
+            assert!(
+                reasons.iter().any(|r| r.contains(want)),
+                "{dead}: {reasons:?} lacks {want:?}"
+            );
+        }
+    }
+    assert!(maildev.emails().await?.is_empty());
+    for queue in [
+        "normalizer.carrier-events",
+        "email.order-status",
+        "marketplace.order-status",
+    ] {
+        assert_eq!(amqp.count(queue).await?, 0, "{queue} drained");
+    }
+    Ok(())
+}
