@@ -613,3 +613,55 @@ async fn bad_messages_on_every_work_queue_are_parked_with_a_reason() -> anyhow::
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_relay_publishes_a_change_that_was_recorded_but_not_published()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    env.migrate().await?;
+    // What a normalizer that died between its commit and its publish leaves behind.
+    let change_id = uuid::Uuid::new_v4();
+    let payload = serde_json::json!({
+        "change_id": change_id, "order_id": "77", "tracking_code": "DL746686536BR", "carrier": "correios",
+        "status": "delivered", "previous_status": "out_for_delivery", "occurred_at": "2026-03-27T14:40:30-03:00",
+        "source": "carrier", "event": {"code": "BDE", "type": "01", "description": "Objeto entregue", "location": {}},
+        "customer": {"email": "ana@example.com", "locale": "pt-BR"}
+    });
+    sqlx::query("INSERT INTO shipments (carrier, tracking_code, order_id, customer_email) VALUES ('correios', 'DL746686536BR', '77', 'ana@example.com')")
+        .execute(&env.pool)
+        .await?;
+    sqlx::query(
+        "INSERT INTO status_changes (change_id, shipment_id, status, previous_status, occurred_at, payload, created_at) \
+         VALUES ($1, 1, 'delivered', 'out_for_delivery', now(), $2, now() - interval '1 minute')",
+    )
+    .bind(change_id)
+    .bind(&payload)
+    .execute(&env.pool)
+    .await?;
+    let _normalizer = start(&env, "normalizer", &[("OUTBOX_INTERVAL_MS", "200".into())]).await?;
+    let amqp = env.amqp().await?;
+    eventually(
+        Duration::from_secs(20),
+        "the change on both publishers' queues",
+        || async {
+            Ok((amqp.count("email.order-status").await? == 1
+                && amqp.count("marketplace.order-status").await? == 1)
+                .then_some(()))
+        },
+    )
+    .await?;
+    let published: bool = sqlx::query_scalar(
+        "SELECT published_at IS NOT NULL FROM status_changes WHERE change_id = $1",
+    )
+    .bind(change_id)
+    .fetch_one(&env.pool)
+    .await?;
+    assert!(published);
+    let taken = amqp.drain("email.order-status").await?;
+    let body: serde_json::Value = serde_json::from_slice(&taken[0].body)?;
+    assert_eq!(body, payload, "published exactly as recorded");
+    // Marked once, published once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(amqp.count("marketplace.order-status").await?, 1);
+    Ok(())
+}

@@ -406,9 +406,10 @@ async fn publish_change(
     change: &StatusChange,
 ) -> anyhow::Result<()> {
     let body = serde_json::to_vec(change)?;
+    let mut conn = pool.acquire().await?;
     publish_raw(
         publisher,
-        pool,
+        &mut conn,
         change.change_id,
         change.status.as_str(),
         &body,
@@ -416,9 +417,10 @@ async fn publish_change(
     .await
 }
 
+/// Publishes a recorded change to `order.status` (message id = change id) and marks it published.
 async fn publish_raw(
     publisher: &Publisher,
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     change_id: uuid::Uuid,
     status: &str,
     body: &[u8],
@@ -428,7 +430,7 @@ async fn publish_raw(
     publisher.publish(msg).await?;
     sqlx::query("UPDATE status_changes SET published_at = now() WHERE change_id = $1 AND published_at IS NULL")
         .bind(change_id)
-        .execute(pool)
+        .execute(conn)
         .await?;
     Ok(())
 }
@@ -477,13 +479,7 @@ pub async fn relay_once(
     let mut published = 0;
     for (change_id, status, payload) in rows {
         let body = serde_json::to_vec(&payload)?;
-        let mut msg = Outgoing::json(ORDER_STATUS, &status, &body);
-        msg.message_id = Some(change_id.to_string());
-        publisher.publish(msg).await?;
-        sqlx::query("UPDATE status_changes SET published_at = now() WHERE change_id = $1")
-            .bind(change_id)
-            .execute(&mut *tx)
-            .await?;
+        publish_raw(publisher, &mut tx, change_id, &status, &body).await?;
         published += 1;
     }
     tx.commit().await?;
