@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use secrecy::ExposeSecret;
 use std::io::BufRead;
@@ -309,7 +309,8 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
             let dead = topology::dead_queue(work);
             let total = topology::message_count(&channel, &dead).await?;
             println!("{dead}: {total} parked message(s)");
-            // Held unacked on this channel and returned, in order, when it closes: listing changes nothing.
+            // Held unacked while listing (so each is shown once), then handed back: listing changes nothing.
+            let mut held = Vec::new();
             for n in 0..limit {
                 let Some(msg) = channel
                     .basic_get(dead.as_str().into(), BasicGetOptions::default())
@@ -334,6 +335,15 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
                     header(&headers, "x-park-reason"),
                     body
                 );
+                held.push(msg.delivery);
+            }
+            for delivery in held {
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await?;
             }
         }
         DeadCommand::Replay { queue, limit } => {
