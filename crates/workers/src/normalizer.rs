@@ -406,10 +406,9 @@ async fn publish_change(
     change: &StatusChange,
 ) -> anyhow::Result<()> {
     let body = serde_json::to_vec(change)?;
-    let mut conn = pool.acquire().await?;
     publish_raw(
         publisher,
-        &mut conn,
+        pool,
         change.change_id,
         change.status.as_str(),
         &body,
@@ -417,10 +416,11 @@ async fn publish_change(
     .await
 }
 
-/// Publishes a recorded change to `order.status` (message id = change id) and marks it published.
-async fn publish_raw(
+/// Publishes a recorded change to `order.status` (message id = change id) and marks it published, on the pool
+/// (inline path: no connection is held while the broker confirms) or in the relay's transaction.
+async fn publish_raw<'e>(
     publisher: &Publisher,
-    conn: &mut sqlx::PgConnection,
+    db: impl sqlx::PgExecutor<'e>,
     change_id: uuid::Uuid,
     status: &str,
     body: &[u8],
@@ -430,7 +430,7 @@ async fn publish_raw(
     publisher.publish(msg).await?;
     sqlx::query("UPDATE status_changes SET published_at = now() WHERE change_id = $1 AND published_at IS NULL")
         .bind(change_id)
-        .execute(conn)
+        .execute(db)
         .await?;
     Ok(())
 }
@@ -479,7 +479,7 @@ pub async fn relay_once(
     let mut published = 0;
     for (change_id, status, payload) in rows {
         let body = serde_json::to_vec(&payload)?;
-        publish_raw(publisher, &mut tx, change_id, &status, &body).await?;
+        publish_raw(publisher, &mut *tx, change_id, &status, &body).await?;
         published += 1;
     }
     tx.commit().await?;
