@@ -79,12 +79,10 @@ impl TestEnv {
             rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"])
         })?;
         let admin = admin_database_url();
-        let (_, _) = tracking_store::split_database(&admin)
-            .context("TEST_DATABASE_URL has no database name")?;
         let base = admin
             .rsplit_once('/')
             .map(|(b, _)| b.to_owned())
-            .context("bad TEST_DATABASE_URL")?;
+            .context("TEST_DATABASE_URL has no database name")?;
         let database_url = format!("{base}/{database}");
         tracking_store::create_database_if_missing(&database_url).await?;
         let pool = tracking_store::pool(&tracking_store::DbSettings::new(&database_url))?;
