@@ -79,6 +79,8 @@ impl Publisher {
         self.channel().await.map(|_| ())
     }
 
+    /// Whether the last known connection is open. While another task holds the connection lock (publishing or
+    /// connecting) the answer is optimistic: `true`; a failing publish resets it.
     pub fn is_connected(&self) -> bool {
         match self.inner.conn.try_lock() {
             Ok(guard) => guard
