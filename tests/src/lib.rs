@@ -265,6 +265,27 @@ impl Worker {
         }
     }
 
+    /// Waits for the process to end on its own.
+    pub async fn wait_exit(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} still runs after {within:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs a binary to completion (for configuration checks): exit status and everything it printed.
     pub fn run_to_exit(
         env: &TestEnv,
@@ -551,6 +572,32 @@ pub fn request(
         r["marketplace"] = serde_json::json!({ "name": m, "order_id": format!("MP-{order_id}") });
     }
     r
+}
+
+/// A Correios event as the fetcher puts it in a carrier update: (code, type, time with offset).
+pub fn correios_event(code: &str, kind: &str, at: &str) -> Value {
+    serde_json::json!({
+        "code": code, "type": kind, "occurred_at": at,
+        "description": format!("{code} {kind}"),
+        "location": { "city": "CAMPINAS", "state": "SP" },
+        "unit": "Unidade de Tratamento",
+        "raw": {}
+    })
+}
+
+/// A carrier update for `normalizer.carrier-events`; with `request`, it registers the shipment.
+pub fn carrier_update(code: &str, request: Option<&Value>, events: &[Value]) -> Value {
+    let mut u = serde_json::json!({
+        "carrier": "correios", "tracking_code": code, "source": "carrier",
+        "fetched_at": chrono::Utc::now().to_rfc3339(),
+        "events": events,
+    });
+    if let Some(r) = request {
+        let mut r = r.clone();
+        r["carrier"] = "correios".into();
+        u["request"] = r;
+    }
+    u
 }
 
 /// The n-th valid Correios S10 code of a series: `{prefix}{8 digits}{check digit}BR`.

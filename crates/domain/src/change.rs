@@ -47,14 +47,17 @@ pub struct StatusChange {
 }
 
 impl StatusChange {
-    /// A change is identified by the shipment, the new status and the event that caused it.
+    /// A change is identified by the shipment, the status it left, the status it entered and the event that
+    /// caused it: recomputing the same history gives the same ids, and a return to an earlier status (after a
+    /// reversal) is a change of its own.
     pub fn id_for(
         carrier: Carrier,
         code: &TrackingCode,
+        previous: Status,
         status: Status,
         event_fingerprint: &str,
     ) -> Uuid {
-        let name = format!("{carrier}:{code}:{status}:{event_fingerprint}");
+        let name = format!("{carrier}:{code}:{previous}:{status}:{event_fingerprint}");
         Uuid::new_v5(&CHANGE_NAMESPACE, name.as_bytes())
     }
 }
@@ -67,18 +70,17 @@ mod tests {
     #[test]
     fn change_ids_are_stable_and_distinct() {
         let code = TrackingCode::parse("DL746686536BR").unwrap();
-        let a = StatusChange::id_for(Carrier::Correios, &code, Status::Delivered, "f1");
-        assert_eq!(
-            a,
-            StatusChange::id_for(Carrier::Correios, &code, Status::Delivered, "f1")
-        );
+        let id = |previous, status, fp| {
+            StatusChange::id_for(Carrier::Correios, &code, previous, status, fp)
+        };
+        let a = id(Status::OutForDelivery, Status::Delivered, "f1");
+        assert_eq!(a, id(Status::OutForDelivery, Status::Delivered, "f1"));
+        assert_ne!(a, id(Status::OutForDelivery, Status::Delivered, "f2"));
+        assert_ne!(a, id(Status::OutForDelivery, Status::Returned, "f1"));
+        // Back to posted after a reversal is not the first move to posted.
         assert_ne!(
-            a,
-            StatusChange::id_for(Carrier::Correios, &code, Status::Delivered, "f2")
-        );
-        assert_ne!(
-            a,
-            StatusChange::id_for(Carrier::Correios, &code, Status::Returned, "f1")
+            id(Status::Registered, Status::Posted, "f1"),
+            id(Status::InTransit, Status::Posted, "f1")
         );
     }
 }

@@ -56,7 +56,13 @@ fn change(status: Status, locale: Locale) -> StatusChange {
     let code = TrackingCode::parse("DL746686536BR").unwrap();
     let (event_code, kind, description) = carrier_event(status);
     StatusChange {
-        change_id: StatusChange::id_for(Carrier::Correios, &code, status, "fixture"),
+        change_id: StatusChange::id_for(
+            Carrier::Correios,
+            &code,
+            Status::Registered,
+            status,
+            "fixture",
+        ),
         order_id: OrderId::parse("1385310000001-01").unwrap(),
         tracking_code: code,
         carrier: Carrier::Correios,

@@ -24,6 +24,7 @@ const EXAMPLES: &str = "Examples:
   trackctl publish --order-id 1385310000001-01 --code DL746686536BR --email ana@example.com --locale pt-BR --marketplace acme:ACME-991
   trackctl publish --file requests.jsonl        (one JSON tracking request per line; - reads standard input)
   trackctl shipment show DL746686536BR
+  trackctl shipment recompute --all     (after the event-code table changed: records and publishes only new changes)
   trackctl dead list tracking.requests
   trackctl dead replay email.order-status --limit 10
 
@@ -75,6 +76,16 @@ pub struct PublishArgs {
 pub enum ShipmentCommand {
     /// A shipment's status, order context, events and status changes.
     Show { tracking_code: String },
+    /// Re-read stored events through the current event-code table (EVENT_TABLES_DIR or the built-in one) and
+    /// record and publish the status changes that are new. Run it after the table changed.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["tracking_code", "all"])))]
+    Recompute {
+        /// One shipment's tracking code.
+        tracking_code: Option<String>,
+        /// Every shipment.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -126,6 +137,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Publish(args) => publish(args).await,
         Command::Shipment(ShipmentCommand::Show { tracking_code }) => show(&tracking_code).await,
+        Command::Shipment(ShipmentCommand::Recompute { tracking_code, .. }) => {
+            recompute(tracking_code.as_deref()).await
+        }
         Command::Dead(cmd) => dead(cmd).await,
     }
 }
@@ -203,6 +217,41 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     } else {
         Ok(())
     }
+}
+
+async fn recompute(code: Option<&str>) -> anyhow::Result<()> {
+    let tables = crate::normalizer::event_tables_from_env()?;
+    let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
+    let code = code.map(|c| c.trim().to_ascii_uppercase());
+    let report = crate::normalizer::recompute(&pool, &tables, code.as_deref()).await?;
+    for c in &report.changes {
+        println!(
+            "{} {}: {} -> {}  (change {})",
+            c.carrier, c.tracking_code, c.previous_status, c.status, c.change_id
+        );
+    }
+    println!(
+        "Recomputed {} shipment(s): {} event(s) remapped, {} new status change(s).",
+        report.shipments,
+        report.events_remapped,
+        report.changes.len()
+    );
+    if !report.changes.is_empty() {
+        // Publish them now rather than waiting for a normalizer's relay (which would also find them).
+        let publisher = Publisher::new(AmqpSettings::from_env()?, "trackctl");
+        let mut published = 0;
+        loop {
+            let n =
+                crate::normalizer::relay_once(&pool, &publisher, std::time::Duration::ZERO).await?;
+            if n == 0 {
+                break;
+            }
+            published += n;
+        }
+        publisher.close().await;
+        println!("Published {published} change(s) to order.status.");
+    }
+    Ok(())
 }
 
 async fn show(code: &str) -> anyhow::Result<()> {

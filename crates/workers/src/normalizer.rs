@@ -38,16 +38,15 @@ pub struct Settings {
     /// `OUTBOX_GRACE_MS` (default 5000): how old an unpublished change must be before the relay takes it
     /// (younger ones are still being published by the handler that recorded them).
     pub outbox_grace: Duration,
+    /// `FAILPOINT_CRASH_AFTER_COMMIT` (tests only, default off): abort the process right after the first commit
+    /// that recorded a status change, before publishing it, as a crash at the worst moment would.
+    pub crash_after_commit: bool,
 }
 
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         let amqp = AmqpSettings::from_env()?;
-        let tables = match settings::var("EVENT_TABLES_DIR") {
-            Some(dir) => EventTables::load(std::path::Path::new(&dir))
-                .map_err(|e| settings::SettingsError::new("EVENT_TABLES_DIR", e.to_string()))?,
-            None => EventTables::builtin(),
-        };
+        let tables = event_tables_from_env()?;
         Ok(Self {
             db: boot::db_settings(u32::from(amqp.prefetch) + 4)?,
             amqp,
@@ -55,7 +54,18 @@ impl Settings {
             tables,
             outbox_interval: settings::millis("OUTBOX_INTERVAL_MS", 1000)?,
             outbox_grace: settings::millis("OUTBOX_GRACE_MS", 5000)?,
+            crash_after_commit: settings::parse("FAILPOINT_CRASH_AFTER_COMMIT", false)?,
         })
+    }
+}
+
+/// The event-code tables: `EVENT_TABLES_DIR` when set (a folder with `correios.toml` and `jadlog.toml`),
+/// else the ones built from `crates/domain/data/`.
+pub fn event_tables_from_env() -> Result<EventTables, settings::SettingsError> {
+    match settings::var("EVENT_TABLES_DIR") {
+        Some(dir) => EventTables::load(std::path::Path::new(&dir))
+            .map_err(|e| settings::SettingsError::new("EVENT_TABLES_DIR", e.to_string())),
+        None => Ok(EventTables::builtin()),
     }
 }
 
@@ -96,6 +106,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         tables: settings.tables,
         policy: settings.policy,
         publisher: publisher.clone(),
+        crash_after_commit: settings.crash_after_commit,
     });
     run_consumer(
         settings.amqp,
@@ -116,6 +127,7 @@ pub struct Normalizer {
     tables: EventTables,
     policy: PollPolicy,
     publisher: Publisher,
+    crash_after_commit: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +160,12 @@ impl Handler for Normalizer {
             Err(ApplyError::Store(StoreError::Corrupt(reason))) => return Outcome::Park { reason },
             Err(ApplyError::Store(e)) => return db_retry(e),
         };
+        if self.crash_after_commit && !changes.is_empty() {
+            tracing::error!(
+                "FAILPOINT_CRASH_AFTER_COMMIT: aborting between the commit and the publish."
+            );
+            std::process::abort();
+        }
         for change in changes {
             // A failure here is not the message's failure: the change is stored, and the relay will publish it.
             if let Err(e) = publish_change(&self.publisher, &self.pool, &change).await {
@@ -255,62 +273,26 @@ impl Normalizer {
         metrics::counter!("events_stored_total", "carrier" => update.carrier.as_str())
             .increment(inserted as u64);
 
-        let previous = shipment.status()?;
         let now = Utc::now();
+        let mut status = shipment.status()?;
         let mut changes = Vec::new();
-        let mut status = previous;
         if inserted > 0 {
-            let rows = shipments::events(&mut tx, shipment.id).await?;
-            let rule_events: Vec<RuleEvent> = rows
-                .iter()
-                .map(|r| RuleEvent {
-                    occurred_at: r.occurred_at.fixed_offset(),
-                    seq: r.id,
-                    mapping: mapping_of(r),
-                })
-                .collect();
-            let decision = current_status(&rule_events);
-            let computed = decision.as_ref().map_or(Status::Registered, |d| d.status);
-            if computed != previous {
-                let (row, reason) = match &decision {
-                    Some(d) => (rows.get(d.index), d.reason.clone()),
-                    None => (None, None),
-                };
-                let change =
-                    self.change_for(&shipment, update, previous, computed, row, reason, now)?;
-                let payload = serde_json::to_value(&change)
-                    .map_err(|e| ApplyError::Invalid(e.to_string()))?;
-                sqlx::query(
-                    "INSERT INTO status_changes (change_id, shipment_id, event_id, status, previous_status, occurred_at, payload) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (change_id) DO NOTHING",
-                )
-                .bind(change.change_id)
-                .bind(shipment.id)
-                .bind(row.map(|r| r.id))
-                .bind(computed.as_str())
-                .bind(previous.as_str())
-                .bind(change.occurred_at.with_timezone(&Utc))
-                .bind(&payload)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE shipments SET status = $2, status_reason = $3, status_at = $4, finished_at = NULL, updated_at = now() WHERE id = $1",
-                )
-                .bind(shipment.id)
-                .bind(computed.as_str())
-                .bind(change.reason.as_deref())
-                .bind(change.occurred_at.with_timezone(&Utc))
-                .execute(&mut *tx)
-                .await?;
-                tracing::info!(change_id = %change.change_id, order_id = %change.order_id, tracking_code = %change.tracking_code,
-                    from = %previous, to = %computed, "Status changed.");
-                metrics::counter!("status_changes_total", "status" => computed.as_str())
-                    .increment(1);
-                status = computed;
+            let context = ChangeContext {
+                source: update.source,
+                estimated_delivery: update.estimated_delivery,
+                replay: false,
+            };
+            if let Some(change) = record_status(&mut tx, &shipment, &context, now).await? {
+                status = change.status;
                 changes.push(change);
             }
         }
-        let next = self.policy.next_poll(status, now);
+        let last_news = if inserted > 0 {
+            now
+        } else {
+            shipment.last_news_at
+        };
+        let next = self.policy.next_poll(status, last_news, now);
         sqlx::query(
             "UPDATE shipments SET last_polled_at = CASE WHEN $2 THEN now() ELSE last_polled_at END, \
                  last_news_at = CASE WHEN $3 THEN now() ELSE last_news_at END, \
@@ -328,75 +310,149 @@ impl Normalizer {
         tx.commit().await?;
         Ok(changes)
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn change_for(
-        &self,
-        shipment: &shipments::ShipmentRow,
-        update: &CarrierUpdate,
-        previous: Status,
-        status: Status,
-        row: Option<&EventRow>,
-        reason: Option<String>,
-        now: DateTime<Utc>,
-    ) -> Result<StatusChange, ApplyError> {
-        let req = shipment.request()?;
-        // A change without a deciding event happens only when every mapped event was reversed.
-        let (fingerprint, occurred_at, event, source) = match row {
-            Some(r) => (
-                r.fingerprint.clone(),
-                with_offset(r.occurred_at, r.utc_offset_secs),
-                ChangeEvent {
-                    code: r.code.clone(),
-                    kind: r.kind.clone(),
-                    description: r.description.clone(),
-                    location: Location {
-                        city: r.city.clone(),
-                        state: r.state.clone(),
-                    },
-                },
-                if r.source == "manual" {
-                    Source::Manual
-                } else {
-                    Source::Carrier
-                },
-            ),
-            None => (
-                format!("reverted-at-{}", now.timestamp_millis()),
-                now.fixed_offset(),
-                ChangeEvent {
-                    code: "EST".into(),
-                    kind: None,
-                    description: "previous information disregarded".into(),
-                    location: Location::default(),
-                },
-                update.source,
-            ),
-        };
-        Ok(StatusChange {
-            change_id: StatusChange::id_for(
-                update.carrier,
-                &update.tracking_code,
-                status,
-                &fingerprint,
-            ),
-            order_id: req.order_id,
-            tracking_code: update.tracking_code.clone(),
-            carrier: update.carrier,
-            status,
-            previous_status: previous,
-            occurred_at,
-            source,
-            event,
-            reason,
-            customer: req.customer,
-            marketplace: req.marketplace,
-            invoice_number: req.invoice_number,
-            estimated_delivery: update
-                .estimated_delivery
-                .or_else(|| shipment.estimated_delivery.map(|d| d.fixed_offset())),
+/// What the update that triggered a recomputation says beyond its events.
+struct ChangeContext {
+    /// The source named in a change that no stored event decided (every mapped event was reversed).
+    source: Source,
+    estimated_delivery: Option<DateTime<FixedOffset>>,
+    /// A recomputation from stored events after the event table changed, not news from the carrier.
+    replay: bool,
+}
+
+/// Recomputes a locked shipment's status from all its stored events and, when it moved, records the change
+/// (`status_changes`, the outbox) and the shipment's new status, in the caller's transaction.
+async fn record_status(
+    tx: &mut sqlx::PgConnection,
+    shipment: &shipments::ShipmentRow,
+    context: &ChangeContext,
+    now: DateTime<Utc>,
+) -> Result<Option<StatusChange>, ApplyError> {
+    let previous = shipment.status()?;
+    let rows = shipments::events(&mut *tx, shipment.id).await?;
+    let rule_events: Vec<RuleEvent> = rows
+        .iter()
+        .map(|r| RuleEvent {
+            occurred_at: r.occurred_at.fixed_offset(),
+            seq: r.id,
+            mapping: mapping_of(r),
         })
+        .collect();
+    let decision = current_status(&rule_events);
+    let computed = decision.as_ref().map_or(Status::Registered, |d| d.status);
+    // `expired` is ours, not the carrier's: recomputing what the carrier said never restores it, but news does.
+    if computed == previous || (previous == Status::Expired && context.replay) {
+        return Ok(None);
     }
+    let (row, reason) = match &decision {
+        Some(d) => (rows.get(d.index), d.reason.clone()),
+        None => (None, None),
+    };
+    let change = change_for(shipment, context, previous, computed, row, reason, now)?;
+    let payload = serde_json::to_value(&change).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+    let recorded = sqlx::query(
+        "INSERT INTO status_changes (change_id, shipment_id, event_id, status, previous_status, occurred_at, payload) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (change_id) DO NOTHING",
+    )
+    .bind(change.change_id)
+    .bind(shipment.id)
+    .bind(row.map(|r| r.id))
+    .bind(computed.as_str())
+    .bind(previous.as_str())
+    .bind(change.occurred_at.with_timezone(&Utc))
+    .bind(&payload)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    sqlx::query(
+        "UPDATE shipments SET status = $2, status_reason = $3, status_at = $4, finished_at = NULL, updated_at = now() WHERE id = $1",
+    )
+    .bind(shipment.id)
+    .bind(computed.as_str())
+    .bind(change.reason.as_deref())
+    .bind(change.occurred_at.with_timezone(&Utc))
+    .execute(&mut *tx)
+    .await?;
+    if !recorded {
+        // The same change (same move, same deciding event) was recorded before, and published then.
+        tracing::info!(change_id = %change.change_id, tracking_code = %change.tracking_code, from = %previous, to = %computed,
+            "Status restored by a change recorded earlier; nothing new to publish.");
+        return Ok(None);
+    }
+    tracing::info!(change_id = %change.change_id, order_id = %change.order_id, tracking_code = %change.tracking_code,
+        from = %previous, to = %computed, "Status changed.");
+    metrics::counter!("status_changes_total", "status" => computed.as_str()).increment(1);
+    Ok(Some(change))
+}
+
+fn change_for(
+    shipment: &shipments::ShipmentRow,
+    context: &ChangeContext,
+    previous: Status,
+    status: Status,
+    row: Option<&EventRow>,
+    reason: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<StatusChange, ApplyError> {
+    let req = shipment.request()?;
+    // A change without a deciding event happens only when every mapped event was reversed.
+    let (fingerprint, occurred_at, event, source) = match row {
+        Some(r) => (
+            r.fingerprint.clone(),
+            with_offset(r.occurred_at, r.utc_offset_secs),
+            ChangeEvent {
+                code: r.code.clone(),
+                kind: r.kind.clone(),
+                description: r.description.clone(),
+                location: Location {
+                    city: r.city.clone(),
+                    state: r.state.clone(),
+                },
+            },
+            if r.source == "manual" {
+                Source::Manual
+            } else {
+                Source::Carrier
+            },
+        ),
+        None => (
+            format!("reverted-at-{}", now.timestamp_millis()),
+            now.fixed_offset(),
+            ChangeEvent {
+                code: "EST".into(),
+                kind: None,
+                description: "previous information disregarded".into(),
+                location: Location::default(),
+            },
+            context.source,
+        ),
+    };
+    Ok(StatusChange {
+        change_id: StatusChange::id_for(
+            req.carrier,
+            &req.tracking_code,
+            previous,
+            status,
+            &fingerprint,
+        ),
+        order_id: req.order_id,
+        tracking_code: req.tracking_code.clone(),
+        carrier: req.carrier,
+        status,
+        previous_status: previous,
+        occurred_at,
+        source,
+        event,
+        reason,
+        customer: req.customer,
+        marketplace: req.marketplace,
+        invoice_number: req.invoice_number,
+        estimated_delivery: context
+            .estimated_delivery
+            .or_else(|| shipment.estimated_delivery.map(|d| d.fixed_offset())),
+    })
 }
 
 /// Publishes one recorded change and marks it published.
@@ -485,4 +541,86 @@ pub async fn relay_once(
     tx.commit().await?;
     metrics::counter!("outbox_relayed_total").increment(published as u64);
     Ok(published)
+}
+
+/// What [`recompute`] did.
+#[derive(Debug, Default)]
+pub struct RecomputeReport {
+    pub shipments: usize,
+    /// Stored events whose mapping (status, reason, reversal) the current tables changed.
+    pub events_remapped: usize,
+    /// The new changes recorded (in the outbox; the relay publishes them).
+    pub changes: Vec<StatusChange>,
+}
+
+/// Re-reads every stored carrier event of the selected shipments (all when `only` is `None`) through `tables`,
+/// for when the event-code table changed: stores each event's new mapping and records a status change where the
+/// status moved. Only new changes are recorded: a shipment whose status stays puts nothing in the outbox, and
+/// change ids derive from the move and its deciding event, so running it twice records nothing the second time.
+/// Expired shipments stay expired (only carrier news revives them).
+pub async fn recompute(
+    pool: &PgPool,
+    tables: &EventTables,
+    only: Option<&str>,
+) -> anyhow::Result<RecomputeReport> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM shipments WHERE $1::text IS NULL OR tracking_code = $1 ORDER BY id",
+    )
+    .bind(only)
+    .fetch_all(pool)
+    .await?;
+    let mut report = RecomputeReport::default();
+    let lock_sql = format!(
+        "SELECT {} FROM shipments WHERE id = $1 FOR UPDATE",
+        shipments::SHIPMENT_COLUMNS
+    );
+    for id in ids {
+        let mut tx = pool.begin().await?;
+        let Some(shipment) = sqlx::query_as::<_, shipments::ShipmentRow>(&lock_sql)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            continue;
+        };
+        report.shipments += 1;
+        let carrier = shipment.request()?.carrier;
+        let rows = shipments::events(&mut tx, shipment.id).await?;
+        let mut remapped = 0;
+        for row in rows.iter().filter(|r| r.source == "carrier") {
+            let (status, reason, reverses) =
+                match tables.lookup(carrier, &row.code, row.kind.as_deref()) {
+                    Some(Mapping::Status { status, reason }) => {
+                        (Some(status.as_str().to_owned()), reason.clone(), false)
+                    }
+                    Some(Mapping::Reverse) => (None, None, true),
+                    None => (None, None, false),
+                };
+            if (&status, &reason, reverses) != (&row.status, &row.reason, row.reverses) {
+                sqlx::query(
+                    "UPDATE tracking_events SET status = $2, reason = $3, reverses = $4 WHERE id = $1",
+                )
+                .bind(row.id)
+                .bind(status)
+                .bind(reason)
+                .bind(reverses)
+                .execute(&mut *tx)
+                .await?;
+                remapped += 1;
+            }
+        }
+        report.events_remapped += remapped;
+        if remapped > 0 {
+            let context = ChangeContext {
+                source: Source::Carrier,
+                estimated_delivery: None,
+                replay: true,
+            };
+            if let Some(change) = record_status(&mut tx, &shipment, &context, Utc::now()).await? {
+                report.changes.push(change);
+            }
+        }
+        tx.commit().await?;
+    }
+    Ok(report)
 }

@@ -15,7 +15,12 @@ pub struct PollPolicy {
     pub final_poll_after: Duration,
     /// `EXPIRE_AFTER_DAYS` (default 30): a shipment with no news this long is marked expired and no longer polled.
     pub expire_after: Duration,
+    /// `POLL_INTERVAL_MAX_SECS` (default 24 h): the longest gap between polls of a parcel that has gone quiet.
+    pub max_interval: Duration,
 }
+
+/// A quiet parcel is polled at most every `quiet time / QUIET_DIVISOR`: after 2 days without news, every 12 h.
+const QUIET_DIVISOR: u32 = 4;
 
 impl PollPolicy {
     pub fn from_env() -> Result<Self, SettingsError> {
@@ -31,22 +36,35 @@ impl PollPolicy {
             near_delivery: settings::secs("POLL_INTERVAL_NEAR_DELIVERY_SECS", 1800)?,
             final_poll_after: settings::secs("FINAL_POLL_AFTER_SECS", 86_400)?,
             expire_after: Duration::from_secs_f64(days * 86_400.0),
+            max_interval: settings::secs("POLL_INTERVAL_MAX_SECS", 86_400)?,
         })
     }
 
-    pub fn delay_for(&self, status: Status) -> Duration {
-        match status {
+    /// The delay before the next poll of a shipment in `status` that has had no news for `quiet`.
+    /// A parcel on its way is polled at its status's interval, and less often the longer it stays quiet
+    /// (a quarter of the quiet time, never more than `max_interval`); the final poll keeps its own delay.
+    pub fn delay_for(&self, status: Status, quiet: Duration) -> Duration {
+        let base = match status {
             Status::OutForDelivery | Status::DeliveryFailed | Status::AwaitingPickup => {
                 self.near_delivery
             }
-            Status::Delivered | Status::Returned => self.final_poll_after,
+            Status::Delivered | Status::Returned => return self.final_poll_after,
             _ => self.interval,
-        }
+        };
+        let slowed = (quiet / QUIET_DIVISOR).min(self.max_interval);
+        base.max(slowed)
     }
 
-    /// The next poll time for a shipment in `status`, with ±10 % jitter so polls of a batch spread out.
-    pub fn next_poll(&self, status: Status, now: DateTime<Utc>) -> DateTime<Utc> {
-        let base = self.delay_for(status);
+    /// The next poll time for a shipment in `status` whose last news came at `last_news_at`, with ±10 % jitter
+    /// so polls of a batch spread out.
+    pub fn next_poll(
+        &self,
+        status: Status,
+        last_news_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        let quiet = (now - last_news_at).to_std().unwrap_or_default();
+        let base = self.delay_for(status, quiet);
         let jittered = base.mul_f64(0.9 + fastrand::f64() * 0.2);
         now + chrono::Duration::from_std(jittered).unwrap_or(chrono::Duration::days(1))
     }
@@ -57,21 +75,49 @@ impl PollPolicy {
 mod tests {
     use super::*;
 
-    #[test]
-    fn near_delivery_is_polled_more_often_and_jitter_stays_within_ten_percent() {
-        let p = PollPolicy {
+    fn policy() -> PollPolicy {
+        PollPolicy {
             interval: Duration::from_secs(1000),
             near_delivery: Duration::from_secs(100),
             final_poll_after: Duration::from_secs(5000),
             expire_after: Duration::from_secs(86_400),
-        };
+            max_interval: Duration::from_secs(10_000),
+        }
+    }
+
+    #[test]
+    fn near_delivery_is_polled_more_often_and_jitter_stays_within_ten_percent() {
+        let p = policy();
         let now = Utc::now();
         for _ in 0..100 {
-            let d = (p.next_poll(Status::OutForDelivery, now) - now).num_milliseconds();
+            let d = (p.next_poll(Status::OutForDelivery, now, now) - now).num_milliseconds();
             assert!((90_000..=110_000).contains(&d), "{d}");
-            let d = (p.next_poll(Status::InTransit, now) - now).num_milliseconds();
+            let d = (p.next_poll(Status::InTransit, now, now) - now).num_milliseconds();
             assert!((900_000..=1_100_000).contains(&d), "{d}");
         }
-        assert_eq!(p.delay_for(Status::Delivered), Duration::from_secs(5000));
+        assert_eq!(
+            p.delay_for(Status::Delivered, Duration::ZERO),
+            Duration::from_secs(5000)
+        );
+    }
+
+    #[test]
+    fn a_quiet_parcel_is_polled_less_often_up_to_the_maximum() {
+        let p = policy();
+        let secs = |s: u64| Duration::from_secs(s);
+        // Recent news: the status's own interval.
+        assert_eq!(p.delay_for(Status::InTransit, secs(2000)), secs(1000));
+        assert_eq!(p.delay_for(Status::OutForDelivery, secs(200)), secs(100));
+        // Quiet for 6000 s: every 1500 s, whatever the status's interval.
+        assert_eq!(p.delay_for(Status::InTransit, secs(6000)), secs(1500));
+        assert_eq!(p.delay_for(Status::OutForDelivery, secs(6000)), secs(1500));
+        // Quiet for days: capped.
+        assert_eq!(p.delay_for(Status::InTransit, secs(400_000)), secs(10_000));
+        // The final poll after delivery keeps its delay.
+        assert_eq!(p.delay_for(Status::Delivered, secs(400_000)), secs(5000));
+        let now = Utc::now();
+        let quiet_since = now - chrono::Duration::seconds(6000);
+        let d = (p.next_poll(Status::InTransit, quiet_since, now) - now).num_seconds();
+        assert!((1350..=1650).contains(&d), "{d}");
     }
 }

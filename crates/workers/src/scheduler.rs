@@ -146,7 +146,7 @@ pub async fn tick(
         let final_poll = status.is_final();
         sqlx::query("UPDATE shipments SET next_poll_at = $2, finished_at = CASE WHEN $3 THEN now() ELSE NULL END WHERE id = $1")
             .bind(s.id)
-            .bind(policy.next_poll(status, now))
+            .bind(policy.next_poll(status, s.last_news_at, now))
             .bind(final_poll)
             .execute(&mut *tx)
             .await?;
@@ -171,6 +171,7 @@ async fn expire(
         change_id: StatusChange::id_for(
             req.carrier,
             &req.tracking_code,
+            previous,
             Status::Expired,
             &format!("expired-after-{}", s.last_news_at.timestamp()),
         ),
