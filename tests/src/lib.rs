@@ -149,6 +149,12 @@ pub fn target_dir() -> PathBuf {
         })
 }
 
+/// Where the worker binaries are: `target/debug/`, or `target/$TRACKING_BIN_PROFILE/` (the benchmarks use release).
+pub fn bin_dir() -> PathBuf {
+    let profile = std::env::var("TRACKING_BIN_PROFILE").unwrap_or_else(|_| "debug".into());
+    target_dir().join(profile)
+}
+
 pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
@@ -164,7 +170,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn spawn(env: &TestEnv, name: &str, extra: &[(&str, String)]) -> anyhow::Result<Worker> {
-        let bin = target_dir().join("debug").join(name);
+        let bin = bin_dir().join(name);
         if !bin.exists() {
             bail!(
                 "{} is missing: build the binaries first (`make test` does: cargo build --workspace --bins)",
@@ -292,7 +298,7 @@ impl Worker {
         name: &str,
         extra: &[(&str, String)],
     ) -> anyhow::Result<(i32, String)> {
-        let bin = target_dir().join("debug").join(name);
+        let bin = bin_dir().join(name);
         let mut cmd = Command::new(&bin);
         cmd.envs(env.worker_env())
             .env("METRICS_ADDR", free_addr().to_string());

@@ -110,6 +110,15 @@ pub struct TickReport {
     pub expired: usize,
 }
 
+/// The due-scan: up to `$2` shipments due at `$1`, oldest first, skipping those another scheduler holds
+/// (served by the partial index `shipments_due`).
+pub fn due_scan_sql() -> String {
+    format!(
+        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE finished_at IS NULL AND next_poll_at <= $1 \
+         ORDER BY next_poll_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+    )
+}
+
 /// One pass over due shipments.
 pub async fn tick(
     pool: &PgPool,
@@ -120,11 +129,7 @@ pub async fn tick(
 ) -> anyhow::Result<TickReport> {
     let mut report = TickReport::default();
     let mut tx = pool.begin().await?;
-    let sql = format!(
-        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE finished_at IS NULL AND next_poll_at <= $1 \
-         ORDER BY next_poll_at LIMIT $2 FOR UPDATE SKIP LOCKED"
-    );
-    let due: Vec<ShipmentRow> = sqlx::query_as(&sql)
+    let due: Vec<ShipmentRow> = sqlx::query_as(&due_scan_sql())
         .bind(now)
         .bind(batch)
         .fetch_all(&mut *tx)

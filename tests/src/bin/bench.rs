@@ -1,0 +1,272 @@
+//! Benchmarks against the real RabbitMQ and PostgreSQL (own vhost and database, dropped at the end), with the release
+//! binaries. `make bench` runs them all; docs/BENCHMARKS.md records the figures.
+//!
+//! - `bench normalizer [SHIPMENTS]`: carrier updates per second through the normalizer (dedupe, rules, outbox, publish)
+//!   beside the same RabbitMQ hop into a consumer that only parses and acks.
+//! - `bench scheduler [ROWS]`: the scheduler's due-scan with ROWS active shipments in the table.
+
+use anyhow::{Context, bail};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracking_domain::CarrierUpdate;
+use tracking_runtime::amqp::topology::NORMALIZER_QUEUE;
+use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome, Publisher, run_consumer};
+use tracking_runtime::ops::Health;
+use tracking_tests::{TestEnv, Worker, carrier_update, correios_event, request, s10};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let count = |default: usize| -> anyhow::Result<usize> {
+        args.get(1)
+            .map(|s| s.parse().context("the size must be a number"))
+            .transpose()
+            .map(|n| n.unwrap_or(default))
+    };
+    match args.first().map(String::as_str) {
+        Some("normalizer") => normalizer(count(2000)?).await,
+        Some("scheduler") => scheduler(count(1_000_000)?).await,
+        _ => bail!("usage: bench normalizer [SHIPMENTS] | bench scheduler [ROWS]"),
+    }
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} cores, {model}")
+}
+
+/// The history a parcel shows over five polls; poll k returns the first k events (as Correios does: all of them).
+fn history() -> Vec<serde_json::Value> {
+    vec![
+        correios_event("PO", "01", "2026-11-20T10:00:00-03:00"),
+        correios_event("RO", "01", "2026-11-21T09:00:00-03:00"),
+        correios_event("RO", "01", "2026-11-22T09:00:00-03:00"),
+        correios_event("OEC", "01", "2026-11-23T08:00:00-03:00"),
+        correios_event("BDE", "01", "2026-11-23T15:00:00-03:00"),
+    ]
+}
+
+/// Every poll of every shipment, poll by poll (so each shipment's polls arrive in order).
+fn polls(shipments: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    let history = history();
+    let mut out = Vec::with_capacity(shipments * history.len());
+    for k in 1..=history.len() {
+        for n in 0..shipments {
+            let code = s10("BN", n as u32);
+            let req = request(
+                &format!("bench-{n}"),
+                &code,
+                "ana@example.com",
+                "pt-BR",
+                None,
+            );
+            out.push(serde_json::to_vec(&carrier_update(
+                &code,
+                Some(&req),
+                &history[..k],
+            ))?);
+        }
+    }
+    Ok(out)
+}
+
+struct ParseAndAck {
+    done: AtomicUsize,
+}
+
+impl Handler for ParseAndAck {
+    async fn handle(&self, msg: Incoming) -> Outcome {
+        let outcome = match serde_json::from_slice::<CarrierUpdate>(&msg.body) {
+            Ok(_) => Outcome::Ack,
+            Err(e) => Outcome::Park {
+                reason: e.to_string(),
+            },
+        };
+        self.done.fetch_add(1, Ordering::Relaxed);
+        outcome
+    }
+}
+
+async fn publish_all(env: &TestEnv, bodies: &[Vec<u8>]) -> anyhow::Result<()> {
+    let amqp = env.amqp().await?;
+    for b in bodies {
+        amqp.publish(NORMALIZER_QUEUE, b).await?;
+    }
+    Ok(())
+}
+
+async fn wait_for(
+    what: &str,
+    within: Duration,
+    mut done: impl AsyncFnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + within;
+    loop {
+        if done().await? {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not happen within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn normalizer(shipments: usize) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    env.migrate().await?;
+    let amqp = env.amqp().await?;
+    amqp.declare(&[Duration::from_secs(1)]).await?;
+    let bodies = polls(shipments)?;
+    let messages = bodies.len();
+    let events_in: usize = (1..=history().len()).sum::<usize>() * shipments;
+    println!(
+        "# normalizer: {shipments} shipments x 5 polls = {messages} carrier updates, {events_in} events in them \
+              ({} new), PREFETCH 32; {}",
+        shipments * history().len(),
+        machine()
+    );
+
+    // The hop alone: the same queue, the same consumer runtime, a handler that parses and acks.
+    publish_all(&env, &bodies).await?;
+    let settings = AmqpSettings::with_url(&env.amqp_url);
+    let handler = Arc::new(ParseAndAck {
+        done: AtomicUsize::new(0),
+    });
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(run_consumer(
+        settings.clone(),
+        NORMALIZER_QUEUE,
+        Publisher::new(settings, "bench"),
+        handler.clone(),
+        Health::new(&["rabbitmq"]),
+        shutdown.clone(),
+    ));
+    let ended = wait_for("the hop alone", Duration::from_secs(600), async || {
+        Ok(handler.done.load(Ordering::Relaxed) >= messages)
+    })
+    .await?;
+    shutdown.cancel();
+    let _ = task.await;
+    let hop = ended - started;
+
+    // The normalizer: the same messages, now stored, deduplicated, decided and published.
+    publish_all(&env, &bodies).await?;
+    let mut worker = Worker::spawn(&env, "normalizer", &[("RUST_LOG", "warn".into())])?;
+    worker.wait_healthy(Duration::from_secs(60)).await?;
+    let started = Instant::now();
+    let metrics_url = format!("http://{}/metrics", worker.metrics_addr);
+    let ended = wait_for("the normalizer", Duration::from_secs(1800), async || {
+        let text = reqwest::get(&metrics_url).await?.text().await?;
+        let handled: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("messages_total{") && l.contains(NORMALIZER_QUEUE))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        Ok(handled as usize >= messages)
+    })
+    .await?;
+    let work = ended - started;
+    worker.terminate()?;
+
+    let (events, changes): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM tracking_events), (SELECT count(*) FROM status_changes WHERE published_at IS NOT NULL)",
+    )
+    .fetch_one(&env.pool)
+    .await?;
+    if events as usize != shipments * history().len() || changes as usize != shipments * 4 {
+        bail!("unexpected result: {events} events stored, {changes} changes published");
+    }
+    let rate = |d: Duration, n: usize| n as f64 / d.as_secs_f64();
+    println!("| path | time | updates/s | events/s (as received) |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| RabbitMQ hop, parse and ack | {:.2} s | {:.0} | {:.0} |",
+        hop.as_secs_f64(),
+        rate(hop, messages),
+        rate(hop, events_in)
+    );
+    println!(
+        "| normalizer (PostgreSQL, dedupe, outbox, publish) | {:.2} s | {:.0} | {:.0} |",
+        work.as_secs_f64(),
+        rate(work, messages),
+        rate(work, events_in)
+    );
+    println!(
+        "normalizer / hop throughput: {:.2}  ({events} events stored, {changes} status changes published)",
+        rate(work, messages) / rate(hop, messages)
+    );
+    Ok(())
+}
+
+async fn scheduler(rows: usize) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    env.migrate().await?;
+    println!(
+        "# scheduler due-scan: {rows} active shipments, 1 % of them due; {}",
+        machine()
+    );
+    let started = Instant::now();
+    // Codes need not be valid here: the scan reads rows, it does not parse them.
+    sqlx::query(
+        "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, status, next_poll_at, last_news_at) \
+         SELECT 'correios', 'SC' || lpad(i::text, 9, '0') || 'BR', 'order-' || i, 'ana@example.com', 'in_transit', \
+                CASE WHEN i % 100 = 0 THEN now() - interval '1 minute' ELSE now() + (i % 14400) * interval '1 second' END, now() \
+         FROM generate_series(1, $1) AS i",
+    )
+    .bind(rows as i64)
+    .execute(&env.pool)
+    .await?;
+    sqlx::query("ANALYZE shipments").execute(&env.pool).await?;
+    println!("filled in {:.1} s", started.elapsed().as_secs_f64());
+
+    let sql = tracking_workers::scheduler::due_scan_sql();
+    let mut times = Vec::new();
+    for _ in 0..30 {
+        let mut tx = env.pool.begin().await?;
+        let t = Instant::now();
+        let got: Vec<tracking_store::shipments::ShipmentRow> = sqlx::query_as(&sql)
+            .bind(chrono::Utc::now())
+            .bind(500i64)
+            .fetch_all(&mut *tx)
+            .await?;
+        times.push(t.elapsed());
+        if got.len() != 500 {
+            bail!("the scan returned {} rows, not 500", got.len());
+        }
+        tx.rollback().await?;
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("| rows | due | batch | median | p95 | max |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| {rows} | {} | 500 | {:.2} ms | {:.2} ms | {:.2} ms |",
+        rows / 100,
+        ms(times[14]),
+        ms(times[28]),
+        ms(times[29])
+    );
+    let plan: Vec<(String,)> = sqlx::query_as(&format!("EXPLAIN {sql}"))
+        .bind(chrono::Utc::now())
+        .bind(500i64)
+        .fetch_all(&env.pool)
+        .await?;
+    println!("plan:");
+    for (line,) in plan {
+        println!("    {line}");
+    }
+    Ok(())
+}
