@@ -37,6 +37,9 @@ pub enum Outcome {
     Retry { after: Duration, reason: String },
     /// Cannot be processed (bad input, a permanent refusal): park it in `Q.dead` with the reason.
     Park { reason: String },
+    /// Not yet, and not a failure (something it depends on is not done): come back after `after`, through the
+    /// same delay queues as `Retry`, without counting an attempt.
+    Wait { after: Duration, reason: String },
 }
 
 impl Outcome {
@@ -45,6 +48,7 @@ impl Outcome {
             Outcome::Ack => "acked",
             Outcome::Retry { .. } => "retried",
             Outcome::Park { .. } => "parked",
+            Outcome::Wait { .. } => "waited",
         }
     }
 }
@@ -233,7 +237,7 @@ async fn process<H: Handler>(ctx: &Ctx<H>, delivery: Delivery) {
 async fn settle<H: Handler>(ctx: &Ctx<H>, delivery: &Delivery, attempt: u32, outcome: Outcome) {
     let copy = match &outcome {
         Outcome::Ack => None,
-        Outcome::Retry { after, reason } => {
+        Outcome::Retry { after, reason } | Outcome::Wait { after, reason } => {
             let delay = ctx
                 .settings
                 .retry_delays
@@ -260,9 +264,15 @@ async fn settle<H: Handler>(ctx: &Ctx<H>, delivery: &Delivery, attempt: u32, out
     };
     if let Some((target, reason, parked)) = copy {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        // A wait is not an attempt: the next delivery counts as this one again.
+        let attempts = if matches!(outcome, Outcome::Wait { .. }) {
+            attempt.saturating_sub(1)
+        } else {
+            attempt
+        };
         headers.insert(
             ShortString::from(ATTEMPTS_HEADER),
-            AMQPValue::LongLongInt(i64::from(attempt)),
+            AMQPValue::LongLongInt(i64::from(attempts)),
         );
         headers.insert(
             ShortString::from(ORIGINAL_QUEUE_HEADER),
