@@ -606,6 +606,29 @@ pub fn carrier_update(code: &str, request: Option<&Value>, events: &[Value]) -> 
     u
 }
 
+/// A status change as the normalizer publishes it on `order.status`, with a fresh change id.
+pub fn status_change(
+    order_id: &str,
+    code: &str,
+    status: &str,
+    previous: &str,
+    email: &str,
+    marketplace: Option<(&str, &str)>,
+) -> Value {
+    let mut c = serde_json::json!({
+        "change_id": uuid::Uuid::new_v4(), "order_id": order_id, "tracking_code": code, "carrier": "correios",
+        "status": status, "previous_status": previous, "occurred_at": "2026-11-23T15:00:00-03:00", "source": "carrier",
+        "event": { "code": "BDE", "type": "01", "description": "Objeto entregue ao destinatário",
+                   "location": { "city": "CAMPINAS", "state": "SP" } },
+        "customer": { "email": email, "name": "Ana Souza", "locale": "pt-BR" },
+        "invoice_number": "NF-1"
+    });
+    if let Some((name, order)) = marketplace {
+        c["marketplace"] = serde_json::json!({ "name": name, "order_id": order });
+    }
+    c
+}
+
 /// The n-th valid Correios S10 code of a series: `{prefix}{8 digits}{check digit}BR`.
 pub fn s10(prefix: &str, n: u32) -> String {
     let digits = format!("{:08}", n % 100_000_000);

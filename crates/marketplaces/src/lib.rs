@@ -2,36 +2,51 @@
 //!
 //! - `webhook`: `POST {url}` with the status change as JSON, `Idempotency-Key: {change_id}` and
 //!   `X-Signature: t={unix seconds},v1={hex HMAC-SHA256 over "{t}.{body}"}`.
-//! - `vtex`, `mercadolivre`: their configuration is read and checked; their adapters are not in this version,
-//!   so changes for them are refused with that reason (and parked for replay by the worker).
+//! - `vtex`: `PUT {url}/api/oms/pvt/orders/{orderId}/invoice/{invoiceNumber}/tracking` with the change's event.
+//! - `mercadolivre`: `PUT {url}/shipments/{id}` (tracking number, once per shipment), then
+//!   `POST {url}/shipments/{id}/seller_notifications` with the mapped status and substatus.
 //!
-//! Outcomes are decided here, once: 2xx is done; 408, 429 (with `Retry-After`) and 5xx and transport errors are
-//! retried; any other answer is refused with its status and body.
+//! Each kind is an [`adapters::Adapter`] that plans the calls; [`Relay::send`] makes one and decides its outcome,
+//! once for all kinds: 2xx is done; 408, 429 (with `Retry-After`), 5xx and transport errors are retried; any other
+//! answer is refused with its status and body.
 
+pub mod adapters;
+
+use adapters::{Adapter, Call, MercadoLivre, Vtex, Webhook};
 use hmac::{Hmac, Mac};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Kind {
-    Webhook {
-        url: String,
-        secret: SecretString,
-    },
-    Vtex {
-        url: String,
-        app_key: String,
-        app_token: SecretString,
-    },
-    Mercadolivre {
-        url: String,
-        access_token: SecretString,
-    },
+    Webhook(Webhook),
+    Vtex(Vtex),
+    Mercadolivre(MercadoLivre),
+}
+
+impl Kind {
+    pub fn adapter(&self) -> &dyn Adapter {
+        match self {
+            Kind::Webhook(a) => a,
+            Kind::Vtex(a) => a,
+            Kind::Mercadolivre(a) => a,
+        }
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            Kind::Webhook(a) => &a.url,
+            Kind::Vtex(a) => &a.url,
+            Kind::Mercadolivre(a) => &a.url,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,10 +57,17 @@ pub struct Marketplace {
     /// Whether we email the customers of this marketplace's orders (VTEX and Mercado Livre may email them themselves).
     #[serde(default = "yes")]
     pub email_customers: bool,
+    /// Calls per second to this marketplace from one publisher process (default 10).
+    #[serde(default = "ten")]
+    pub rate_per_second: f64,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn ten() -> f64 {
+    10.0
 }
 
 #[derive(Deserialize)]
@@ -82,18 +104,21 @@ impl Marketplaces {
             if m.name.trim().is_empty() {
                 return Err("a marketplace has an empty name".into());
             }
-            let url = match &m.kind {
-                Kind::Webhook { url, secret } => {
-                    if secret.expose_secret().len() < 16 {
-                        return Err(format!(
-                            "marketplace {:?}: the webhook secret must be at least 16 characters",
-                            m.name
-                        ));
-                    }
-                    url
-                }
-                Kind::Vtex { url, .. } | Kind::Mercadolivre { url, .. } => url,
-            };
+            if let Kind::Webhook(w) = &m.kind
+                && w.secret.expose_secret().len() < 16
+            {
+                return Err(format!(
+                    "marketplace {:?}: the webhook secret must be at least 16 characters",
+                    m.name
+                ));
+            }
+            if !(m.rate_per_second.is_finite() && m.rate_per_second > 0.0) {
+                return Err(format!(
+                    "marketplace {:?}: rate_per_second must be a positive number",
+                    m.name
+                ));
+            }
+            let url = m.kind.url();
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
                     "marketplace {:?}: url must start with http:// or https://",
@@ -105,6 +130,10 @@ impl Marketplaces {
             }
         }
         Ok(Self { by_name })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Marketplace> {
+        self.by_name.values()
     }
 
     pub fn get(&self, name: &str) -> Option<&Marketplace> {
@@ -155,38 +184,48 @@ impl Relay {
         Ok(Self { http })
     }
 
-    /// Relays one status change (`body` is its JSON) to a marketplace. `Ok` carries a short record of the answer.
-    pub async fn deliver(
-        &self,
-        marketplace: &Marketplace,
-        change_id: &str,
-        body: &[u8],
-    ) -> Result<String, RelayError> {
-        match &marketplace.kind {
-            Kind::Webhook { url, secret } => {
-                let t = chrono::Utc::now().timestamp();
-                let resp = self
-                    .http
-                    .post(url)
-                    .header("Content-Type", "application/json")
-                    .header("Idempotency-Key", change_id)
-                    .header("X-Signature", signature(secret.expose_secret(), t, body))
-                    .body(body.to_vec())
-                    .send()
-                    .await
-                    .map_err(|e| RelayError::Retry {
-                        reason: format!("{url}: {e}"),
-                        after: None,
-                    })?;
-                classify(resp).await
-            }
-            Kind::Vtex { .. } => Err(RelayError::Refused {
-                reason: "the vtex adapter is not in this version".into(),
-            }),
-            Kind::Mercadolivre { .. } => Err(RelayError::Refused {
-                reason: "the mercadolivre adapter is not in this version".into(),
-            }),
+    /// Makes one planned call. `Ok` carries a short record of the answer.
+    pub async fn send(&self, call: &Call) -> Result<String, RelayError> {
+        let mut req = self
+            .http
+            .request(call.method.clone(), &call.url)
+            .body(call.body.clone());
+        for (name, value) in &call.headers {
+            req = req.header(*name, value);
         }
+        let resp = req.send().await.map_err(|e| RelayError::Retry {
+            reason: format!("{} {}: {e}", call.method, call.url),
+            after: None,
+        })?;
+        classify(resp).await
+    }
+}
+
+/// Paces calls to one marketplace: at most `rate` per second from this process, spaced evenly.
+#[derive(Debug)]
+pub struct Pace {
+    every: Duration,
+    next: Mutex<Option<Instant>>,
+}
+
+impl Pace {
+    pub fn new(rate_per_second: f64) -> Self {
+        Self {
+            every: Duration::from_secs_f64(1.0 / rate_per_second),
+            next: Mutex::new(None),
+        }
+    }
+
+    /// Waits for this call's slot.
+    pub async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let slot = next.map_or(now, |n| n.max(now));
+            *next = Some(slot + self.every);
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
     }
 }
 
@@ -255,10 +294,7 @@ access_token = "x"
         assert_eq!(m.len(), 3);
         assert!(m.get("acme").unwrap().email_customers);
         assert!(!m.get("minha-loja-vtex").unwrap().email_customers);
-        assert!(matches!(
-            m.get("meli").unwrap().kind,
-            Kind::Mercadolivre { .. }
-        ));
+        assert!(matches!(m.get("meli").unwrap().kind, Kind::Mercadolivre(_)));
         assert!(!format!("{:?}", m.get("acme")).contains("0123456789abcdef0123"));
     }
 

@@ -23,6 +23,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// One request the receiver got.
 #[derive(Clone, Debug)]
 pub struct ReceivedCall {
+    pub method: String,
     pub path: String,
     /// Lower-case names, in arrival order.
     pub headers: Vec<(String, String)>,
@@ -34,6 +35,7 @@ pub struct ReceivedCall {
     pub idempotency_key: Option<String>,
     /// The HTTP status answered.
     pub answered: u16,
+    pub received_at: std::time::Instant,
 }
 
 struct Shared {
@@ -189,6 +191,7 @@ async fn receive(
     );
 
     lock(&shared.calls).push(ReceivedCall {
+        method: method.to_string(),
         path: uri.path().to_string(),
         headers: headers
             .iter()
@@ -204,6 +207,7 @@ async fn receive(
         signature_valid,
         idempotency_key,
         answered: status.as_u16(),
+        received_at: std::time::Instant::now(),
     });
 
     let body = if status.is_success() {

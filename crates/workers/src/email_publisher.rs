@@ -2,15 +2,15 @@
 //!
 //! Per change: statuses that do not notify (configurable, `EMAIL_STATUSES`) and customers of a marketplace that emails
 //! them itself (`email_customers = false` in `MARKETPLACES_FILE`) are acked without email. Otherwise the change is
-//! claimed in `deliveries` (`email`, change id) under a row lock, sent with a Message-ID derived from the change id,
-//! and marked done in the same transaction: a redelivered change finds it done and sends nothing.
-//! SMTP 4xx, refused connections and timeouts are retried with backoff through the delay queues; 5xx (e.g. 550 an
-//! unknown mailbox) parks the change in `email.order-status.dead` with the server's answer.
+//! sent once through [`crate::deliver::once`] (`email`, change id) with a Message-ID derived from the change id: a
+//! redelivered change finds it done and sends nothing. SMTP 4xx, refused connections and timeouts are retried in
+//! process, then with backoff through the delay queues; 5xx (e.g. 550 an unknown mailbox) parks the change in
+//! `email.order-status.dead` with the server's answer.
 
-use crate::{backoff, boot, db_retry};
+use crate::boot;
+use crate::deliver::{self, Attempt, RetryPolicy};
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracking_domain::{Carrier, Status, StatusChange};
 use tracking_email::{Mailer, MailerSettings, Renderer, TemplateSettings};
@@ -19,7 +19,6 @@ use tracking_runtime::amqp::topology::EMAIL_QUEUE;
 use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome, Publisher, run_consumer};
 use tracking_runtime::ops::Health;
 use tracking_runtime::settings::{self, SettingsError};
-use tracking_store::deliveries::{self, Progress};
 
 pub const DESTINATION: &str = "email";
 
@@ -32,8 +31,9 @@ pub struct Settings {
     /// delivery_failed, awaiting_pickup, delivered, returning, exception).
     pub statuses: HashSet<Status>,
     pub marketplaces: Marketplaces,
-    /// `EMAIL_RETRY_BASE_MS` (default 2000): first delay after a transient SMTP failure, doubling per attempt.
-    pub retry_base: Duration,
+    /// `EMAIL_RETRY_BASE_MS` (default 2000): first queue delay after a transient SMTP failure, doubling per
+    /// attempt; and the in-process retry settings.
+    pub retry: RetryPolicy,
 }
 
 pub fn marketplaces_from_env() -> Result<Marketplaces, SettingsError> {
@@ -47,6 +47,10 @@ pub fn marketplaces_from_env() -> Result<Marketplaces, SettingsError> {
 impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
         let amqp = AmqpSettings::from_env()?;
+        let retry = RetryPolicy::from_env(
+            settings::millis("EMAIL_RETRY_BASE_MS", 2_000)?,
+            amqp.max_attempts,
+        )?;
         let smtp_url = settings::required("SMTP_URL")?;
         let from = settings::required("EMAIL_FROM")?;
         let statuses = match settings::var("EMAIL_STATUSES") {
@@ -93,7 +97,7 @@ impl Settings {
             templates,
             statuses,
             marketplaces: marketplaces_from_env()?,
-            retry_base: settings::millis("EMAIL_RETRY_BASE_MS", 2_000)?,
+            retry,
         })
     }
 }
@@ -117,7 +121,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         renderer,
         statuses: settings.statuses,
         marketplaces: settings.marketplaces,
-        retry_base: settings.retry_base,
+        retry: settings.retry,
     });
     run_consumer(
         settings.amqp,
@@ -138,7 +142,7 @@ pub struct EmailPublisher {
     renderer: Renderer,
     statuses: HashSet<Status>,
     marketplaces: Marketplaces,
-    retry_base: Duration,
+    retry: RetryPolicy,
 }
 
 fn count(result: &'static str) {
@@ -180,78 +184,49 @@ impl Handler for EmailPublisher {
                 };
             }
         };
-        let mut tx = match self.pool.begin().await {
-            Ok(tx) => tx,
-            Err(e) => return db_retry(e),
-        };
-        match deliveries::claim(&mut tx, DESTINATION, change.change_id).await {
-            Ok(Progress::Done) => {
-                count("duplicate");
-                tracing::info!(change_id = %change.change_id, "Email already sent for this change; nothing to do.");
-                return Outcome::Ack;
-            }
-            Ok(Progress::ToDo { .. }) => {}
-            Err(e) => return db_retry(e),
-        }
         let message_id = self.mailer.message_id(change.change_id);
-        let sent = self
-            .mailer
-            .send(
-                &change.customer.email,
-                change.customer.name.as_deref(),
-                &email,
-                &message_id,
-            )
-            .await;
-        let outcome = match &sent {
-            Ok(()) => {
-                if let Err(e) =
-                    deliveries::complete(&mut tx, DESTINATION, change.change_id, &message_id).await
+        let delivered = deliver::once(
+            &self.pool,
+            DESTINATION,
+            change.change_id,
+            msg.attempt,
+            &self.retry,
+            "the SMTP server",
+            || async {
+                match self
+                    .mailer
+                    .send(
+                        &change.customer.email,
+                        change.customer.name.as_deref(),
+                        &email,
+                        &message_id,
+                    )
+                    .await
                 {
-                    return db_retry(e);
+                    Ok(()) => Attempt::Done(message_id.clone()),
+                    Err(e) if e.is_transient() => Attempt::Transient {
+                        reason: e.to_string(),
+                        after: None,
+                    },
+                    Err(e) => Attempt::Permanent(e.to_string()),
                 }
-                Outcome::Ack
-            }
-            Err(e) if e.is_transient() => {
-                let _ = deliveries::fail(
-                    &mut tx,
-                    DESTINATION,
-                    change.change_id,
-                    &e.to_string(),
-                    false,
-                )
-                .await;
-                Outcome::Retry {
-                    after: backoff(msg.attempt, self.retry_base, Duration::from_secs(600)),
-                    reason: e.to_string(),
-                }
-            }
-            Err(e) => {
-                let _ =
-                    deliveries::fail(&mut tx, DESTINATION, change.change_id, &e.to_string(), true)
-                        .await;
-                Outcome::Park {
-                    reason: e.to_string(),
-                }
-            }
-        };
-        if let Err(e) = tx.commit().await {
-            // The email went out but its record did not: a redelivery will send it again, with the same Message-ID.
-            tracing::error!(change_id = %change.change_id, error = %e, "Could not record the email's outcome.");
-            return db_retry(e);
-        }
-        match sent {
-            Ok(()) => {
-                count("sent");
+            },
+        )
+        .await;
+        count(match delivered.result {
+            "delivered" => "sent",
+            other => other,
+        });
+        match delivered.result {
+            "delivered" => {
                 tracing::info!(change_id = %change.change_id, to = %change.customer.email.masked(), status = %change.status,
-                    locale = change.customer.locale.as_str(), "Email accepted by the SMTP server.");
+                locale = change.customer.locale.as_str(), tries = delivered.tries, "Email accepted by the SMTP server.")
             }
-            Err(_) => count(if matches!(outcome, Outcome::Park { .. }) {
-                "refused"
-            } else {
-                "failed"
-            }),
+            "duplicate" => {
+                tracing::info!(change_id = %change.change_id, "Email already sent for this change; nothing to do.")
+            }
+            _ => {}
         }
-        outcome
+        delivered.outcome
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod boot;
 pub mod ctl;
+pub mod deliver;
 pub mod email_publisher;
 pub mod fetcher;
 pub mod marketplace_publisher;

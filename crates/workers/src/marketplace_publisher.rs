@@ -1,22 +1,27 @@
-//! The marketplace publisher: relays each status change to the marketplace its order came from, once.
+//! The marketplace publisher: relays each status change to the marketplace its order came from, once, and in
+//! order per order.
 //!
 //! Per change: no marketplace → acked. An unknown marketplace name → parked with that reason (fix the
-//! configuration, then replay). Otherwise the change is claimed in `deliveries` (`marketplace:{name}`, change id)
-//! under a row lock, relayed, and marked done in the same transaction. 408, 429 (honouring `Retry-After`), 5xx and
-//! transport errors are retried through the delay queues; any other answer parks the change with status and body.
+//! configuration, then replay). An earlier change of the same order not yet relayed (or parked) → the change waits
+//! (`Outcome::Wait`, no attempt counted) and comes back: a marketplace never gets an order's later change first.
+//! Otherwise the marketplace's adapter plans the calls, and each is made once through [`crate::deliver::once`]
+//! (claimed in `deliveries`, paced by the marketplace's `rate_per_second`, retried in process then through the delay
+//! queues on 408, 429 honouring `Retry-After`, 5xx and transport errors, parked with the answer on other 4xx).
 
+use crate::deliver::{self, Attempt, RetryPolicy};
 use crate::email_publisher::marketplaces_from_env;
-use crate::{backoff, boot, db_retry};
+use crate::{boot, db_retry};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracking_domain::StatusChange;
-use tracking_marketplaces::{Marketplaces, Relay, RelayError};
+use tracking_marketplaces::adapters::{Once, Plan};
+use tracking_marketplaces::{Marketplace, Marketplaces, Pace, Relay, RelayError};
 use tracking_runtime::amqp::topology::MARKETPLACE_QUEUE;
 use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome, Publisher, run_consumer};
 use tracking_runtime::ops::Health;
 use tracking_runtime::settings::{self, SettingsError};
-use tracking_store::deliveries::{self, Progress};
 
 pub struct Settings {
     pub amqp: AmqpSettings,
@@ -24,8 +29,12 @@ pub struct Settings {
     pub marketplaces: Marketplaces,
     /// `MARKETPLACE_TIMEOUT_MS` (default 15000): per HTTP call.
     pub timeout: Duration,
-    /// `MARKETPLACE_RETRY_BASE_MS` (default 2000): first delay after a failure, doubling per attempt (unless `Retry-After` says more).
-    pub retry_base: Duration,
+    /// `MARKETPLACE_RETRY_BASE_MS` (default 2000) and the in-process retry settings.
+    pub retry: RetryPolicy,
+    /// `MARKETPLACE_ORDER_WAIT_MS` (default 1000): how long a change waits for an earlier one of its order.
+    pub order_wait: Duration,
+    /// `MARKETPLACE_ORDER_WAIT_MAX_SECS` (default 3600): earlier changes older than this no longer hold later ones.
+    pub order_wait_max: Duration,
 }
 
 impl Settings {
@@ -33,10 +42,15 @@ impl Settings {
         let amqp = AmqpSettings::from_env()?;
         Ok(Self {
             db: boot::db_settings(u32::from(amqp.prefetch) + 2)?,
+            retry: RetryPolicy::from_env(
+                settings::millis("MARKETPLACE_RETRY_BASE_MS", 2_000)?,
+                amqp.max_attempts,
+            )?,
             amqp,
             marketplaces: marketplaces_from_env()?,
             timeout: settings::millis("MARKETPLACE_TIMEOUT_MS", 15_000)?,
-            retry_base: settings::millis("MARKETPLACE_RETRY_BASE_MS", 2_000)?,
+            order_wait: settings::millis("MARKETPLACE_ORDER_WAIT_MS", 1_000)?,
+            order_wait_max: settings::secs("MARKETPLACE_ORDER_WAIT_MAX_SECS", 3_600)?,
         })
     }
 }
@@ -56,11 +70,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         shutdown.clone(),
     ));
     let publisher = Publisher::new(settings.amqp.clone(), "marketplace-publisher");
+    let paces = settings
+        .marketplaces
+        .iter()
+        .map(|m| (m.name.clone(), Pace::new(m.rate_per_second)))
+        .collect();
     let handler = Arc::new(MarketplacePublisher {
         pool,
         relay: Relay::new(settings.timeout)?,
         marketplaces: settings.marketplaces,
-        retry_base: settings.retry_base,
+        paces,
+        retry: settings.retry,
+        order_wait: settings.order_wait,
+        order_wait_max: settings.order_wait_max,
     });
     run_consumer(
         settings.amqp,
@@ -79,12 +101,18 @@ pub struct MarketplacePublisher {
     pool: sqlx::PgPool,
     relay: Relay,
     marketplaces: Marketplaces,
-    retry_base: Duration,
+    paces: HashMap<String, Pace>,
+    retry: RetryPolicy,
+    order_wait: Duration,
+    order_wait_max: Duration,
 }
 
 fn count(marketplace: &str, result: &'static str) {
     metrics::counter!("marketplace_calls_total", "marketplace" => marketplace.to_owned(), "result" => result).increment(1);
 }
+
+/// The namespace of once-per-shipment call ids.
+const SHIPMENT_CALLS: uuid::Uuid = uuid::Uuid::from_u128(0x3f0c_81d2_5a47_4b6e_9c13_7e2a_d4b5_f601);
 
 impl Handler for MarketplacePublisher {
     async fn handle(&self, msg: Incoming) -> Outcome {
@@ -108,63 +136,124 @@ impl Handler for MarketplacePublisher {
             };
         };
         let destination = format!("marketplace:{}", marketplace.name);
-        let mut tx = match self.pool.begin().await {
-            Ok(tx) => tx,
-            Err(e) => return db_retry(e),
-        };
-        match deliveries::claim(&mut tx, &destination, change.change_id).await {
-            Ok(Progress::Done) => {
-                count(&marketplace.name, "duplicate");
-                return Outcome::Ack;
+        match self.earlier_pending(&destination, &change).await {
+            Ok(Some(earlier)) => {
+                count(&marketplace.name, "waiting");
+                return Outcome::Wait {
+                    after: self.order_wait,
+                    reason: format!("the order's earlier change {earlier} is not relayed yet"),
+                };
             }
-            Ok(Progress::ToDo { .. }) => {}
+            Ok(None) => {}
             Err(e) => return db_retry(e),
         }
-        let result = self
-            .relay
-            .deliver(marketplace, &change.change_id.to_string(), &msg.body)
+        let plan = marketplace.kind.adapter().plan(&change, &msg.body);
+        let calls = match plan {
+            Ok(Plan::Calls(calls)) => calls,
+            Ok(Plan::Skip(why)) => {
+                let d = deliver::once(
+                    &self.pool,
+                    &destination,
+                    change.change_id,
+                    msg.attempt,
+                    &self.retry,
+                    &marketplace.name,
+                    || async { Attempt::Skipped(format!("skipped: {why}")) },
+                )
+                .await;
+                count(&marketplace.name, d.result);
+                return d.outcome;
+            }
+            Err(refusal) => {
+                let d = deliver::once(
+                    &self.pool,
+                    &destination,
+                    change.change_id,
+                    msg.attempt,
+                    &self.retry,
+                    &marketplace.name,
+                    || async { Attempt::Permanent(refusal.clone()) },
+                )
+                .await;
+                count(&marketplace.name, d.result);
+                return d.outcome;
+            }
+        };
+        for call in &calls {
+            let (dest, id) = match call.once {
+                Once::PerChange => (destination.clone(), change.change_id),
+                Once::PerShipment => (
+                    format!("{destination}:{}", call.step),
+                    uuid::Uuid::new_v5(
+                        &SHIPMENT_CALLS,
+                        format!("{}:{}", change.carrier, change.tracking_code).as_bytes(),
+                    ),
+                ),
+            };
+            let d = deliver::once(
+                &self.pool,
+                &dest,
+                id,
+                msg.attempt,
+                &self.retry,
+                &marketplace.name,
+                || self.call(marketplace, call),
+            )
             .await;
-        let (outcome, label) = match &result {
-            Ok(detail) => {
-                if let Err(e) =
-                    deliveries::complete(&mut tx, &destination, change.change_id, detail).await
-                {
-                    return db_retry(e);
-                }
-                (Outcome::Ack, "delivered")
+            count(&marketplace.name, d.result);
+            if d.result == "delivered" {
+                tracing::info!(change_id = %change.change_id, marketplace = %marketplace.name, step = call.step,
+                    status = %change.status, tries = d.tries, "Change relayed to the marketplace.");
             }
-            Err(RelayError::Retry { reason, after }) => {
-                let _ =
-                    deliveries::fail(&mut tx, &destination, change.change_id, reason, false).await;
-                let wait = backoff(msg.attempt, self.retry_base, Duration::from_secs(600))
-                    .max(after.unwrap_or_default());
-                (
-                    Outcome::Retry {
-                        after: wait,
-                        reason: format!("{}: {reason}", marketplace.name),
-                    },
-                    "failed",
-                )
+            if d.outcome != Outcome::Ack {
+                return d.outcome;
             }
-            Err(RelayError::Refused { reason }) => {
-                let _ =
-                    deliveries::fail(&mut tx, &destination, change.change_id, reason, true).await;
-                (
-                    Outcome::Park {
-                        reason: format!("{} refused the change: {reason}", marketplace.name),
-                    },
-                    "refused",
-                )
-            }
+        }
+        Outcome::Ack
+    }
+}
+
+impl MarketplacePublisher {
+    async fn call(
+        &self,
+        marketplace: &Marketplace,
+        call: &tracking_marketplaces::adapters::Call,
+    ) -> Attempt {
+        if let Some(pace) = self.paces.get(&marketplace.name) {
+            pace.wait().await;
+        }
+        match self.relay.send(call).await {
+            Ok(detail) => Attempt::Done(detail),
+            Err(RelayError::Retry { reason, after }) => Attempt::Transient { reason, after },
+            Err(RelayError::Refused { reason }) => Attempt::Permanent(reason),
+        }
+    }
+
+    /// The first earlier change of the same order (and marketplace) that is neither relayed nor parked, if any.
+    async fn earlier_pending(
+        &self,
+        destination: &str,
+        change: &StatusChange,
+    ) -> Result<Option<uuid::Uuid>, sqlx::Error> {
+        let Some(target) = &change.marketplace else {
+            return Ok(None);
         };
-        if let Err(e) = tx.commit().await {
-            tracing::error!(change_id = %change.change_id, error = %e, "Could not record the relay's outcome.");
-            return db_retry(e);
-        }
-        count(&marketplace.name, label);
-        if result.is_ok() {
-            tracing::info!(change_id = %change.change_id, marketplace = %marketplace.name, status = %change.status, "Change relayed to the marketplace.");
-        }
-        outcome
+        sqlx::query_scalar(
+            "SELECT sc.change_id FROM status_changes sc \
+             JOIN shipments s ON s.id = sc.shipment_id \
+             LEFT JOIN deliveries d ON d.destination = $1 AND d.change_id = sc.change_id \
+             WHERE s.order_id = $2 AND s.marketplace_name = $3 \
+               AND sc.seq < (SELECT seq FROM status_changes WHERE change_id = $4) \
+               AND sc.created_at > now() - make_interval(secs => $5) \
+               AND (d.state IS NULL OR d.state NOT IN ('done', 'parked')) \
+             ORDER BY sc.seq LIMIT 1",
+        )
+        .bind(destination)
+        .bind(change.order_id.as_str())
+        .bind(&target.name)
+        .bind(change.change_id)
+        .bind(self.order_wait_max.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await
     }
 }

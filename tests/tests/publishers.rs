@@ -1,0 +1,521 @@
+//! The publishers against real far ends on 127.0.0.1: an SMTP server that comes late or refuses a mailbox, and a
+//! marketplace receiver that answers 500, 429 or 400 on demand, or plays VTEX and Mercado Livre.
+
+#![allow(clippy::unwrap_used)]
+
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::time::Duration;
+use tracking_sim::marketplace::Receiver;
+use tracking_sim::smtp::SmtpServer;
+use tracking_tests::{
+    TestEnv, Worker, carrier_update, correios_event, eventually, free_addr, marketplaces_file,
+    request, s10, status_change,
+};
+
+const SECRET: &str = "webhook-secret-for-tests-0123";
+const EMAIL_QUEUE: &str = "email.order-status";
+const MARKET_QUEUE: &str = "marketplace.order-status";
+
+async fn env() -> anyhow::Result<TestEnv> {
+    let env = TestEnv::new().await?;
+    env.migrate().await?;
+    env.amqp()
+        .await?
+        .declare(&[Duration::from_millis(200), Duration::from_secs(1)])
+        .await?;
+    Ok(env)
+}
+
+async fn start(env: &TestEnv, name: &str, extra: &[(&str, String)]) -> anyhow::Result<Worker> {
+    let mut w = Worker::spawn(env, name, extra)?;
+    w.wait_healthy(Duration::from_secs(60)).await?;
+    Ok(w)
+}
+
+fn email_settings(smtp_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("SMTP_URL", smtp_url.to_owned()),
+        ("EMAIL_FROM", "Loja <noreply@loja.example>".into()),
+        ("SMTP_TIMEOUT_MS", "2000".into()),
+        ("EMAIL_RETRY_BASE_MS", "200".into()),
+        ("RETRY_IN_PROCESS_BASE_MS", "50".into()),
+        ("MAX_ATTEMPTS", "30".into()),
+    ]
+}
+
+async fn deliveries(env: &TestEnv) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(
+        sqlx::query_as("SELECT destination, state FROM deliveries ORDER BY created_at")
+            .fetch_all(&env.pool)
+            .await?,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_smtp_server_down_for_a_while_every_email_arrives_once_it_is_up()
+-> anyhow::Result<()> {
+    let env = env().await?;
+    let addr = free_addr();
+    let _publisher = start(
+        &env,
+        "email-publisher",
+        &email_settings(&format!("smtp://{addr}")),
+    )
+    .await?;
+    let amqp = env.amqp().await?;
+    let mut ids = HashSet::new();
+    for n in 0..5 {
+        let c = status_change(
+            &format!("D-{n}"),
+            &s10("DL", n),
+            "delivered",
+            "out_for_delivery",
+            "ana@example.com",
+            None,
+        );
+        ids.insert(c["change_id"].as_str().unwrap().to_owned());
+        amqp.publish(EMAIL_QUEUE, &serde_json::to_vec(&c)?).await?;
+    }
+    // Nobody listens: every change fails and waits for a retry.
+    eventually(
+        Duration::from_secs(20),
+        "every change tried and failed",
+        || async {
+            let d = deliveries(&env).await?;
+            Ok((d.len() == 5 && d.iter().all(|(_, s)| s == "failed")).then_some(()))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let smtp = SmtpServer::start(addr, &[]).await?;
+    eventually(Duration::from_secs(30), "five emails", || async {
+        Ok((smtp.received().len() >= 5).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let received = smtp.received();
+    assert_eq!(received.len(), 5, "each email once");
+    let message_ids: HashSet<String> = received
+        .iter()
+        .map(|r| r.header("Message-ID").unwrap())
+        .collect();
+    let expected: HashSet<String> = ids
+        .iter()
+        .map(|id| format!("<{id}@loja.example>"))
+        .collect();
+    assert_eq!(message_ids, expected);
+    assert!(deliveries(&env).await?.iter().all(|(_, s)| s == "done"));
+    assert_eq!(amqp.count("email.order-status.dead").await?, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_refused_with_550_is_parked_with_the_answer_and_others_still_get_theirs()
+-> anyhow::Result<()> {
+    let env = env().await?;
+    let smtp = SmtpServer::start("127.0.0.1:0".parse()?, &["nobody@example.com"]).await?;
+    let _publisher = start(&env, "email-publisher", &email_settings(&smtp.url())).await?;
+    let amqp = env.amqp().await?;
+    let refused = status_change(
+        "R-1",
+        &s10("DL", 1),
+        "delivered",
+        "out_for_delivery",
+        "nobody@example.com",
+        None,
+    );
+    let fine = status_change(
+        "R-2",
+        &s10("DL", 2),
+        "delivered",
+        "out_for_delivery",
+        "ana@example.com",
+        None,
+    );
+    amqp.publish(EMAIL_QUEUE, &serde_json::to_vec(&refused)?)
+        .await?;
+    amqp.publish(EMAIL_QUEUE, &serde_json::to_vec(&fine)?)
+        .await?;
+    eventually(Duration::from_secs(20), "one parked, one sent", || async {
+        Ok(
+            (amqp.count("email.order-status.dead").await? == 1 && smtp.received().len() == 1)
+                .then_some(()),
+        )
+    })
+    .await?;
+    let parked = amqp.drain("email.order-status.dead").await?;
+    let reason = parked[0].header("x-park-reason").unwrap();
+    assert!(
+        reason.contains("550") && reason.contains("unknown"),
+        "{reason}"
+    );
+    assert_eq!(
+        parked[0].header("x-attempts").as_deref(),
+        Some("1"),
+        "not retried"
+    );
+    let body: Value = serde_json::from_slice(&parked[0].body)?;
+    assert_eq!(body["change_id"], refused["change_id"]);
+    assert_eq!(smtp.received()[0].to, vec!["ana@example.com".to_owned()]);
+    let states: HashSet<String> = deliveries(&env).await?.into_iter().map(|d| d.1).collect();
+    assert_eq!(
+        states,
+        HashSet::from(["parked".to_owned(), "done".to_owned()])
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_change_delivered_twice_gives_one_email_and_one_call() -> anyhow::Result<()> {
+    let env = env().await?;
+    let smtp = SmtpServer::start("127.0.0.1:0".parse()?, &[]).await?;
+    let receiver = Receiver::start(SECRET.into(), "127.0.0.1:0".parse()?).await?;
+    let file = marketplaces_file(&env, "acme", &receiver.url(), SECRET)?;
+    let _email = start(&env, "email-publisher", &email_settings(&smtp.url())).await?;
+    let _market = start(
+        &env,
+        "marketplace-publisher",
+        &[("MARKETPLACES_FILE", file.display().to_string())],
+    )
+    .await?;
+    let amqp = env.amqp().await?;
+    let change = status_change(
+        "T-1",
+        &s10("DL", 3),
+        "delivered",
+        "out_for_delivery",
+        "ana@example.com",
+        Some(("acme", "A-1")),
+    );
+    let body = serde_json::to_vec(&change)?;
+    for _ in 0..2 {
+        amqp.publish(EMAIL_QUEUE, &body).await?;
+        amqp.publish(MARKET_QUEUE, &body).await?;
+    }
+    eventually(Duration::from_secs(20), "both queues drained", || async {
+        Ok((amqp.count(EMAIL_QUEUE).await? == 0
+            && amqp.count(MARKET_QUEUE).await? == 0
+            && smtp.received().len() == 1
+            && receiver.calls().len() == 1)
+            .then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(smtp.received().len(), 1);
+    let calls = receiver.calls();
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0].signature_valid);
+    assert_eq!(
+        calls[0].idempotency_key.as_deref(),
+        change["change_id"].as_str()
+    );
+    Ok(())
+}
+
+async fn marketplace(
+    env: &TestEnv,
+    receiver: &Receiver,
+    extra: &[(&str, String)],
+) -> anyhow::Result<Worker> {
+    let file = marketplaces_file(env, "acme", &receiver.url(), SECRET)?;
+    let mut settings = vec![
+        ("MARKETPLACES_FILE", file.display().to_string()),
+        ("MARKETPLACE_RETRY_BASE_MS", "200".to_owned()),
+        ("RETRY_IN_PROCESS_BASE_MS", "50".to_owned()),
+    ];
+    settings.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+    start(env, "marketplace-publisher", &settings).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marketplace_answering_500_three_times_then_200_gets_one_accepted_call()
+-> anyhow::Result<()> {
+    let env = env().await?;
+    let receiver = Receiver::start(SECRET.into(), "127.0.0.1:0".parse()?).await?;
+    receiver.answer_next(vec![(500, None), (500, None), (500, None)]);
+    let _publisher = marketplace(&env, &receiver, &[]).await?;
+    let amqp = env.amqp().await?;
+    let change = status_change(
+        "M-1",
+        &s10("DL", 4),
+        "delivered",
+        "out_for_delivery",
+        "ana@example.com",
+        Some(("acme", "A-2")),
+    );
+    amqp.publish(MARKET_QUEUE, &serde_json::to_vec(&change)?)
+        .await?;
+    eventually(Duration::from_secs(20), "an accepted call", || async {
+        Ok(receiver
+            .calls()
+            .iter()
+            .any(|c| c.answered == 200)
+            .then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let calls = receiver.calls();
+    let answers: Vec<u16> = calls.iter().map(|c| c.answered).collect();
+    assert_eq!(answers, vec![500, 500, 500, 200]);
+    assert!(calls.iter().all(
+        |c| c.idempotency_key.as_deref() == change["change_id"].as_str() && c.signature_valid
+    ));
+    assert_eq!(amqp.count("marketplace.order-status.dead").await?, 0);
+    assert_eq!(
+        deliveries(&env).await?,
+        vec![("marketplace:acme".to_owned(), "done".to_owned())]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_is_honoured_and_a_400_is_parked_with_the_answer()
+-> anyhow::Result<()> {
+    let env = env().await?;
+    let receiver = Receiver::start(SECRET.into(), "127.0.0.1:0".parse()?).await?;
+    receiver.answer_next(vec![(429, Some("2".into()))]);
+    let _publisher = marketplace(&env, &receiver, &[]).await?;
+    let amqp = env.amqp().await?;
+    let first = status_change(
+        "L-1",
+        &s10("DL", 5),
+        "delivered",
+        "out_for_delivery",
+        "ana@example.com",
+        Some(("acme", "A-3")),
+    );
+    amqp.publish(MARKET_QUEUE, &serde_json::to_vec(&first)?)
+        .await?;
+    eventually(
+        Duration::from_secs(20),
+        "the call after the 429",
+        || async { Ok((receiver.calls().len() == 2).then_some(())) },
+    )
+    .await?;
+    let calls = receiver.calls();
+    assert_eq!((calls[0].answered, calls[1].answered), (429, 200));
+    let waited = calls[1].received_at - calls[0].received_at;
+    assert!(waited >= Duration::from_secs(2), "waited only {waited:?}");
+
+    receiver.answer_next(vec![(400, None)]);
+    let second = status_change(
+        "L-2",
+        &s10("DL", 6),
+        "delivered",
+        "out_for_delivery",
+        "ana@example.com",
+        Some(("acme", "A-4")),
+    );
+    amqp.publish(MARKET_QUEUE, &serde_json::to_vec(&second)?)
+        .await?;
+    eventually(Duration::from_secs(20), "the 400 parked", || async {
+        Ok((amqp.count("marketplace.order-status.dead").await? == 1).then_some(()))
+    })
+    .await?;
+    assert_eq!(receiver.calls().len(), 3, "a 400 is not retried");
+    let parked = amqp.drain("marketplace.order-status.dead").await?;
+    let reason = parked[0].header("x-park-reason").unwrap();
+    assert!(
+        reason.contains("acme refused")
+            && reason.contains("answered 400")
+            && reason.contains("simulated 400"),
+        "{reason}"
+    );
+    Ok(())
+}
+
+fn header<'a>(call: &'a tracking_sim::marketplace::ReceivedCall, name: &str) -> Option<&'a str> {
+    call.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vtex_and_mercado_livre_get_their_own_request_shapes() -> anyhow::Result<()> {
+    let env = env().await?;
+    let receiver = Receiver::start(SECRET.into(), "127.0.0.1:0".parse()?).await?;
+    let base = receiver.base_url();
+    let file = env.log_dir().join("marketplaces-vtex-meli.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[marketplace]]\nname = \"loja\"\nkind = \"vtex\"\nurl = \"{base}/vtex\"\napp_key = \"vtexappkey-loja\"\napp_token = \"vtex-token-123\"\nemail_customers = false\n\n\
+             [[marketplace]]\nname = \"meli\"\nkind = \"mercadolivre\"\nurl = \"{base}/meli\"\naccess_token = \"APP_USR-123\"\nservice_id = 7\n"
+        ),
+    )?;
+    let _publisher = start(
+        &env,
+        "marketplace-publisher",
+        &[("MARKETPLACES_FILE", file.display().to_string())],
+    )
+    .await?;
+    let amqp = env.amqp().await?;
+    let code = s10("DL", 7);
+    let send = |status: &str, previous: &str, mp: (&str, &str)| {
+        status_change("V-1", &code, status, previous, "ana@example.com", Some(mp))
+    };
+    let steps = [
+        (send("in_transit", "posted", ("loja", "v-100")), 1),
+        (send("delivered", "out_for_delivery", ("loja", "v-100")), 2),
+        (send("posted", "registered", ("meli", "4455")), 4),
+        (send("out_for_delivery", "in_transit", ("meli", "4455")), 5),
+        (
+            send("awaiting_pickup", "out_for_delivery", ("meli", "4455")),
+            5,
+        ),
+        (send("delivered", "out_for_delivery", ("meli", "4455")), 6),
+    ];
+    for (change, calls_after) in &steps {
+        amqp.publish(MARKET_QUEUE, &serde_json::to_vec(change)?)
+            .await?;
+        eventually(Duration::from_secs(20), "the call", || async {
+            Ok(
+                (receiver.calls().len() == *calls_after && amqp.count(MARKET_QUEUE).await? == 0)
+                    .then_some(()),
+            )
+        })
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = receiver.calls();
+    assert_eq!(calls.len(), 6);
+
+    // VTEX: the invoice's tracking, one event per change, delivery with its minute.
+    for c in &calls[..2] {
+        assert_eq!(c.method, "PUT");
+        assert_eq!(
+            c.path,
+            "/vtex/api/oms/pvt/orders/v-100/invoice/NF-1/tracking"
+        );
+        assert_eq!(header(c, "x-vtex-api-appkey"), Some("vtexappkey-loja"));
+        assert_eq!(header(c, "x-vtex-api-apptoken"), Some("vtex-token-123"));
+        assert_eq!(header(c, "content-type"), Some("application/json"));
+    }
+    let event = json!({"city": "CAMPINAS", "state": "SP", "description": "Objeto entregue ao destinatário", "date": "2026-11-23"});
+    assert_eq!(
+        calls[0].json,
+        Some(json!({"isDelivered": false, "events": [event]}))
+    );
+    assert_eq!(
+        calls[1].json,
+        Some(json!({"isDelivered": true, "deliveredDate": "2026-11-23 15:00", "events": [event]}))
+    );
+
+    // Mercado Livre: the tracking number once, then one notification per change it has a status for.
+    assert_eq!(
+        (calls[2].method.as_str(), calls[2].path.as_str()),
+        ("PUT", "/meli/shipments/4455")
+    );
+    assert_eq!(
+        calls[2].json,
+        Some(json!({"tracking_number": code, "service_id": 7}))
+    );
+    let notifications: Vec<(&str, &str, Option<Value>)> = calls[3..]
+        .iter()
+        .map(|c| (c.method.as_str(), c.path.as_str(), c.json.clone()))
+        .collect();
+    let path = "/meli/shipments/4455/seller_notifications";
+    assert_eq!(
+        notifications,
+        vec![
+            (
+                "POST",
+                path,
+                Some(json!({"status": "shipped", "substatus": null}))
+            ),
+            (
+                "POST",
+                path,
+                Some(json!({"status": "shipped", "substatus": "out_for_delivery"}))
+            ),
+            (
+                "POST",
+                path,
+                Some(json!({"status": "delivered", "substatus": null}))
+            ),
+        ]
+    );
+    for c in &calls[2..] {
+        assert_eq!(header(c, "authorization"), Some("Bearer APP_USR-123"));
+    }
+    // awaiting_pickup has no Mercado Livre status: recorded as skipped, not sent.
+    let skipped: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE detail LIKE 'skipped:%'")
+            .fetch_one(&env.pool)
+            .await?;
+    assert_eq!(skipped, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marketplace_never_gets_an_orders_later_change_before_its_earlier_one()
+-> anyhow::Result<()> {
+    let env = env().await?;
+    let receiver = Receiver::start(SECRET.into(), "127.0.0.1:0".parse()?).await?;
+    let amqp = env.amqp().await?;
+    // Four real changes of one order, recorded by the normalizer: posted, in transit, out for delivery, delivered.
+    let normalizer = start(&env, "normalizer", &[]).await?;
+    let code = s10("DL", 8);
+    let req = request("O-1", &code, "ana@example.com", "pt-BR", Some("acme"));
+    let history = [
+        correios_event("PO", "01", "2026-11-20T10:00:00-03:00"),
+        correios_event("RO", "01", "2026-11-21T09:00:00-03:00"),
+        correios_event("OEC", "01", "2026-11-23T08:00:00-03:00"),
+        correios_event("BDE", "01", "2026-11-23T15:00:00-03:00"),
+    ];
+    for k in 1..=history.len() {
+        let update = carrier_update(&code, Some(&req), &history[..k]);
+        amqp.publish("normalizer.carrier-events", &serde_json::to_vec(&update)?)
+            .await?;
+        eventually(Duration::from_secs(20), "the change recorded", || async {
+            Ok((amqp.count(MARKET_QUEUE).await? == k as u32).then_some(()))
+        })
+        .await?;
+    }
+    drop(normalizer);
+    // The first call fails and, with no in-process retry, goes to the delay queue: the later changes are there first.
+    receiver.answer_next(vec![(503, None)]);
+    let publisher = marketplace(
+        &env,
+        &receiver,
+        &[
+            ("RETRY_IN_PROCESS", "0".into()),
+            ("MARKETPLACE_ORDER_WAIT_MS", "200".into()),
+        ],
+    )
+    .await?;
+    eventually(Duration::from_secs(30), "four accepted calls", || async {
+        Ok((receiver
+            .calls()
+            .iter()
+            .filter(|c| c.answered == 200)
+            .count()
+            == 4)
+            .then_some(()))
+    })
+    .await?;
+    let accepted: Vec<String> = receiver
+        .calls()
+        .iter()
+        .filter(|c| c.answered == 200)
+        .map(|c| {
+            c.json.as_ref().unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        accepted,
+        ["posted", "in_transit", "out_for_delivery", "delivered"]
+    );
+    let metrics = publisher.metrics().await?;
+    assert!(
+        metrics.contains("marketplace_calls_total{marketplace=\"acme\",result=\"waiting\"}"),
+        "later changes waited: {metrics}"
+    );
+    Ok(())
+}
