@@ -4,6 +4,7 @@
 //! - `bench normalizer [SHIPMENTS]`: carrier updates per second through the normalizer (dedupe, rules, outbox, publish)
 //!   beside the same RabbitMQ hop into a consumer that only parses and acks.
 //! - `bench scheduler [ROWS]`: the scheduler's due-scan with ROWS active shipments in the table.
+//! - `bench publishers [CHANGES]`: the time to drain CHANGES status changes to an SMTP server and to a webhook.
 
 use anyhow::{Context, bail};
 use std::sync::Arc;
@@ -14,7 +15,11 @@ use tracking_domain::CarrierUpdate;
 use tracking_runtime::amqp::topology::NORMALIZER_QUEUE;
 use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome, Publisher, run_consumer};
 use tracking_runtime::ops::Health;
-use tracking_tests::{TestEnv, Worker, carrier_update, correios_event, request, s10};
+use tracking_sim::marketplace::Receiver;
+use tracking_sim::smtp::SmtpServer;
+use tracking_tests::{
+    TestEnv, Worker, carrier_update, correios_event, request, s10, status_change,
+};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -28,7 +33,10 @@ async fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("normalizer") => normalizer(count(2000)?).await,
         Some("scheduler") => scheduler(count(1_000_000)?).await,
-        _ => bail!("usage: bench normalizer [SHIPMENTS] | bench scheduler [ROWS]"),
+        Some("publishers") => publishers(count(1000)?).await,
+        _ => bail!(
+            "usage: bench normalizer [SHIPMENTS] | bench scheduler [ROWS] | bench publishers [CHANGES]"
+        ),
     }
 }
 
@@ -109,6 +117,7 @@ async fn publish_all(env: &TestEnv, bodies: &[Vec<u8>]) -> anyhow::Result<()> {
 async fn wait_for(
     what: &str,
     within: Duration,
+    every: Duration,
     mut done: impl AsyncFnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + within;
@@ -119,7 +128,7 @@ async fn wait_for(
         if Instant::now() > deadline {
             bail!("{what} did not happen within {within:?}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -154,9 +163,12 @@ async fn normalizer(shipments: usize) -> anyhow::Result<()> {
         Health::new(&["rabbitmq"]),
         shutdown.clone(),
     ));
-    let ended = wait_for("the hop alone", Duration::from_secs(600), async || {
-        Ok(handler.done.load(Ordering::Relaxed) >= messages)
-    })
+    let ended = wait_for(
+        "the hop alone",
+        Duration::from_secs(600),
+        Duration::from_millis(10),
+        async || Ok(handler.done.load(Ordering::Relaxed) >= messages),
+    )
     .await?;
     shutdown.cancel();
     let _ = task.await;
@@ -168,15 +180,21 @@ async fn normalizer(shipments: usize) -> anyhow::Result<()> {
     worker.wait_healthy(Duration::from_secs(60)).await?;
     let started = Instant::now();
     let metrics_url = format!("http://{}/metrics", worker.metrics_addr);
-    let ended = wait_for("the normalizer", Duration::from_secs(1800), async || {
-        let text = reqwest::get(&metrics_url).await?.text().await?;
-        let handled: f64 = text
-            .lines()
-            .filter(|l| l.starts_with("messages_total{") && l.contains(NORMALIZER_QUEUE))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        Ok(handled as usize >= messages)
-    })
+    // Polled every 100 ms: the figure is rounded up by at most that (and the polling costs the normalizer little CPU).
+    let ended = wait_for(
+        "the normalizer",
+        Duration::from_secs(1800),
+        Duration::from_millis(100),
+        async || {
+            let text = reqwest::get(&metrics_url).await?.text().await?;
+            let handled: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("messages_total{") && l.contains(NORMALIZER_QUEUE))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            Ok(handled as usize >= messages)
+        },
+    )
     .await?;
     let work = ended - started;
     worker.terminate()?;
@@ -267,6 +285,101 @@ async fn scheduler(rows: usize) -> anyhow::Result<()> {
     println!("plan:");
     for (line,) in plan {
         println!("    {line}");
+    }
+    Ok(())
+}
+
+async fn publishers(changes: usize) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    env.migrate().await?;
+    let amqp = env.amqp().await?;
+    amqp.declare(&[Duration::from_secs(1)]).await?;
+    println!(
+        "# publishers: {changes} status changes drained by each publisher (PREFETCH 32); {}",
+        machine()
+    );
+    let smtp = SmtpServer::start("127.0.0.1:0".parse()?, &[]).await?;
+    let secret = "bench-secret-0123456789";
+    let receiver = Receiver::start(secret.into(), "127.0.0.1:0".parse()?).await?;
+    let file = env.log_dir().join("bench-marketplaces.toml");
+    // Pacing lifted: this measures the publisher, not the default 10 calls per second per marketplace.
+    std::fs::write(
+        &file,
+        format!(
+            "[[marketplace]]\nname = \"acme\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{secret}\"\nrate_per_second = 100000\n",
+            receiver.url()
+        ),
+    )?;
+    for n in 0..changes {
+        let c = status_change(
+            &format!("B-{n}"),
+            &s10("BP", n as u32),
+            "delivered",
+            "out_for_delivery",
+            "ana@example.com",
+            Some(("acme", "A")),
+        );
+        let body = serde_json::to_vec(&c)?;
+        amqp.publish("email.order-status", &body).await?;
+        amqp.publish("marketplace.order-status", &body).await?;
+    }
+    let mut rows = Vec::new();
+    for (name, extra, what) in [
+        (
+            "email-publisher",
+            vec![
+                ("SMTP_URL", smtp.url()),
+                ("EMAIL_FROM", "Loja <noreply@loja.example>".to_owned()),
+            ],
+            "SMTP server (tracking-sim smtp)",
+        ),
+        (
+            "marketplace-publisher",
+            vec![("MARKETPLACES_FILE", file.display().to_string())],
+            "webhook receiver (tracking-sim)",
+        ),
+    ] {
+        let mut settings = extra;
+        settings.push(("RUST_LOG", "warn".into()));
+        let mut worker = Worker::spawn(&env, name, &settings)?;
+        worker.wait_healthy(Duration::from_secs(60)).await?;
+        let started = Instant::now();
+        let ended = wait_for(
+            name,
+            Duration::from_secs(1800),
+            Duration::from_millis(20),
+            async || {
+                Ok(
+                    smtp.received().len() >= changes && name == "email-publisher"
+                        || receiver.calls().len() >= changes && name == "marketplace-publisher",
+                )
+            },
+        )
+        .await?;
+        worker.terminate()?;
+        rows.push((name, what, ended - started));
+    }
+    let done: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE state = 'done'")
+        .fetch_one(&env.pool)
+        .await?;
+    if done as usize != 2 * changes
+        || smtp.received().len() != changes
+        || receiver.calls().len() != changes
+    {
+        bail!(
+            "unexpected result: {done} deliveries done, {} emails, {} calls",
+            smtp.received().len(),
+            receiver.calls().len()
+        );
+    }
+    println!("| publisher | far end | time for {changes} | per second |");
+    println!("| --- | --- | --- | --- |");
+    for (name, what, took) in rows {
+        println!(
+            "| {name} | {what} | {:.2} s | {:.0} |",
+            took.as_secs_f64(),
+            changes as f64 / took.as_secs_f64()
+        );
     }
     Ok(())
 }
