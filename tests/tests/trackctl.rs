@@ -126,6 +126,22 @@ async fn migrate_publish_and_dead_letters_list_and_replay() -> anyhow::Result<()
         parked_again.is_ok(),
         "listing leaves the message parked: {parked_again:?}"
     );
+    let (ok, out) = trackctl(&env, &["dead", "show", "tracking.requests", "1"], None)?;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("x-park-reason: ")
+            && out.contains("carrier refused it")
+            && out.contains("\"tracking_code\""),
+        "{out}"
+    );
+    let (ok, out) = trackctl(&env, &["dead", "show", "tracking.requests", "2"], None)?;
+    assert!(!ok && out.contains("holds 1 message"), "{out}");
+    tracking_tests::eventually(
+        Duration::from_secs(5),
+        "the shown message parked again",
+        || async { Ok((amqp.count("tracking.requests.dead").await? == 1).then_some(())) },
+    )
+    .await?;
 
     let (ok, out) = trackctl(&env, &["dead", "replay", "tracking.requests.dead"], None)?;
     assert!(ok, "{out}");

@@ -26,6 +26,7 @@ const EXAMPLES: &str = "Examples:
   trackctl shipment show DL746686536BR
   trackctl shipment recompute --all     (after the event-code table changed: records and publishes only new changes)
   trackctl dead list tracking.requests
+  trackctl dead show email.order-status 1
   trackctl dead replay email.order-status --limit 10
 
 Settings come from the environment: AMQP_URL, DATABASE_URL.";
@@ -96,6 +97,12 @@ pub enum DeadCommand {
         queue: String,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+    /// Show one parked message in full: every header and the whole body (it stays parked).
+    Show {
+        queue: String,
+        /// Its number in `dead list` (1 is the oldest).
+        number: usize,
     },
     /// Move parked messages back to their work queue, oldest first, keeping their bodies and ids.
     Replay {
@@ -377,8 +384,15 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
                     .chars()
                     .take(300)
                     .collect();
+                let id = msg
+                    .delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default();
                 println!(
-                    "#{}  attempts {}  reason: {}\n    {}",
+                    "#{}  id {id}  attempts {}  reason: {}\n    {}",
                     n + 1,
                     header(&headers, "x-attempts"),
                     header(&headers, "x-park-reason"),
@@ -393,6 +407,57 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
                         ..BasicNackOptions::default()
                     })
                     .await?;
+            }
+        }
+        DeadCommand::Show { queue, number } => {
+            let dead = topology::dead_queue(work_queue(&queue)?);
+            if number == 0 {
+                bail!("messages are numbered from 1, as in `trackctl dead list`");
+            }
+            let mut held = Vec::new();
+            while held.len() < number {
+                let Some(msg) = channel
+                    .basic_get(dead.as_str().into(), BasicGetOptions::default())
+                    .await?
+                else {
+                    break;
+                };
+                held.push(msg.delivery);
+            }
+            let shown = held.get(number - 1).map(|d| {
+                let mut text = format!("{dead} #{number}\n");
+                if let Some(id) = d.properties.message_id() {
+                    text.push_str(&format!("message id: {id}\n"));
+                }
+                let headers = d.properties.headers().clone().unwrap_or_default();
+                let mut names: Vec<_> = headers
+                    .inner()
+                    .keys()
+                    .map(|k| k.as_str().to_owned())
+                    .collect();
+                names.sort();
+                for name in names {
+                    text.push_str(&format!("{name}: {}\n", header(&headers, &name)));
+                }
+                let body = serde_json::from_slice::<serde_json::Value>(&d.data)
+                    .ok()
+                    .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                    .unwrap_or_else(|| String::from_utf8_lossy(&d.data).into_owned());
+                text.push_str(&body);
+                text
+            });
+            let count = held.len();
+            for delivery in held {
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await?;
+            }
+            match shown {
+                Some(text) => println!("{text}"),
+                None => bail!("{dead} holds {count} message(s); there is no #{number}"),
             }
         }
         DeadCommand::Replay { queue, limit } => {

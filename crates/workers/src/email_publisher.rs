@@ -71,14 +71,16 @@ impl Settings {
         if let Some(name) = settings::var("STORE_NAME") {
             templates.store_name = name;
         }
-        if let Some(url) = settings::var("CORREIOS_TRACKING_URL") {
-            if !url.contains("{code}") {
-                return Err(SettingsError::new(
-                    "CORREIOS_TRACKING_URL",
-                    "must contain {code}",
-                ));
+        for (carrier, name) in [
+            (Carrier::Correios, "CORREIOS_TRACKING_URL"),
+            (Carrier::Jadlog, "JADLOG_TRACKING_URL"),
+        ] {
+            if let Some(url) = settings::var(name) {
+                if !url.contains("{code}") {
+                    return Err(SettingsError::new(name, "must contain {code}"));
+                }
+                templates.tracking_urls.insert(carrier, url);
             }
-            templates.tracking_urls.insert(Carrier::Correios, url);
         }
         if let Some(tz) = settings::var("CUSTOMER_TIME_ZONE") {
             templates.time_zone = tz.parse().map_err(|e: chrono_tz::ParseError| {
