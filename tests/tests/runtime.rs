@@ -266,6 +266,9 @@ async fn migrations_apply_to_an_empty_database_and_again_harmlessly() -> anyhow:
     assert_eq!(
         tables,
         [
+            "carrier_budget",
+            "carrier_health",
+            "carrier_responses",
             "deliveries",
             "shipments",
             "status_changes",

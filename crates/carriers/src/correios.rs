@@ -8,7 +8,10 @@
 //!   results are matched by `codObjeto` (the API guarantees no order).
 //! - Event times come without an offset: they are read in the configured time zone (America/Sao_Paulo).
 
-use crate::{FetchError, ObjectResult};
+use crate::{
+    Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture, retry_after,
+    snippet, transient, transport, with_retries,
+};
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use reqwest::StatusCode;
@@ -16,9 +19,13 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
-use tracking_domain::{CarrierEvent, Location, TrackingCode};
+use tracking_domain::{Carrier, CarrierEvent, Location, TrackingCode};
+
+/// The most codes API Rastro takes in one call.
+pub const MAX_BATCH: usize = 50;
 
 #[derive(Clone)]
 pub struct CorreiosSettings {
@@ -34,6 +41,10 @@ pub struct CorreiosSettings {
     pub timeout: Duration,
     /// `CARRIER_TIME_ZONE`: how to read event times that carry no offset.
     pub time_zone: Tz,
+    /// `CORREIOS_BATCH_SIZE` (default and maximum 50): codes per tracking call.
+    pub batch: usize,
+    /// `CARRIER_CALL_RETRIES`, `CARRIER_CALL_RETRY_BASE_MS`, `CARRIER_CALL_RETRY_MAX_WAIT_MS`.
+    pub retry: CallRetry,
 }
 
 impl std::fmt::Debug for CorreiosSettings {
@@ -56,6 +67,7 @@ pub struct CorreiosClient {
     http: reqwest::Client,
     settings: CorreiosSettings,
     token: Mutex<Option<Token>>,
+    budget: Option<Arc<dyn Budget>>,
 }
 
 #[derive(Deserialize)]
@@ -104,10 +116,6 @@ struct Endereco {
     uf: Option<String>,
 }
 
-fn snippet(body: &str) -> String {
-    body.chars().take(500).collect()
-}
-
 impl CorreiosClient {
     pub fn new(settings: CorreiosSettings) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
@@ -119,7 +127,14 @@ impl CorreiosClient {
             http,
             settings,
             token: Mutex::new(None),
+            budget: None,
         })
+    }
+
+    /// Spend `budget` before every tracking call.
+    pub fn with_budget(mut self, budget: Arc<dyn Budget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     fn url(&self, path: &str) -> String {
@@ -156,29 +171,25 @@ impl CorreiosClient {
                 snippet(&text)
             )));
         }
-        if let Some(e) = transient(status, None) {
+        if let Some(e) = transient(status, None, &text) {
             return Err(e);
         }
+        let malformed = |reason: String| FetchError::Malformed {
+            reason,
+            http_status: Some(status.as_u16()),
+            body: text.clone(),
+        };
         if !status.is_success() {
-            return Err(FetchError::Malformed {
-                reason: format!("token endpoint answered {status}"),
-                body: snippet(&text),
-            });
+            return Err(malformed(format!("token endpoint answered {status}")));
         }
         let answer: TokenAnswer =
-            serde_json::from_str(&text).map_err(|e| FetchError::Malformed {
-                reason: format!("token answer: {e}"),
-                body: snippet(&text),
-            })?;
+            serde_json::from_str(&text).map_err(|e| malformed(format!("token answer: {e}")))?;
         let expires = parse_local(
             &answer.expira_em,
             answer.zone_offset.as_deref(),
             self.settings.time_zone,
         )
-        .ok_or_else(|| FetchError::Malformed {
-            reason: "token answer: bad expiraEm".into(),
-            body: snippet(&text),
-        })?;
+        .ok_or_else(|| malformed("token answer: bad expiraEm".into()))?;
         let refresh_after = expires.with_timezone(&Utc) - chrono::Duration::minutes(5);
         let value = SecretString::from(answer.token);
         *guard = Some(Token {
@@ -193,11 +204,19 @@ impl CorreiosClient {
         *self.token.lock().await = None;
     }
 
-    /// Tracks up to 50 codes in one call. Every code asked is in the answer map, or the call is an error.
-    pub async fn track(
-        &self,
-        codes: &[TrackingCode],
-    ) -> Result<HashMap<TrackingCode, ObjectResult>, FetchError> {
+    /// Tracks up to 50 codes in one call, retrying transient failures (bounded). Every code asked is in the
+    /// answer map, or the call is an error.
+    pub async fn track(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
+        with_retries(
+            Carrier::Correios,
+            &self.settings.retry,
+            self.budget.as_ref(),
+            || self.track_refreshing(codes),
+        )
+        .await
+    }
+
+    async fn track_refreshing(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
         match self.track_once(codes).await {
             Err(FetchError::Auth(first)) => {
                 tracing::warn!(reason = %first, "Correios refused the token; refreshing it once.");
@@ -208,10 +227,7 @@ impl CorreiosClient {
         }
     }
 
-    async fn track_once(
-        &self,
-        codes: &[TrackingCode],
-    ) -> Result<HashMap<TrackingCode, ObjectResult>, FetchError> {
+    async fn track_once(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
         let token = self.token().await?;
         let mut query: Vec<(&str, &str)> = codes
             .iter()
@@ -233,12 +249,7 @@ impl CorreiosClient {
             .await
             .map_err(transport)?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(resp.headers());
         let text = resp.text().await.map_err(transport)?;
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(FetchError::Auth(format!(
@@ -246,26 +257,30 @@ impl CorreiosClient {
                 snippet(&text)
             )));
         }
-        if let Some(e) = transient(status, retry_after) {
+        if let Some(e) = transient(status, retry_after, &text) {
             return Err(e);
         }
         if !status.is_success() {
             return Err(FetchError::Malformed {
-                reason: format!("tracking call answered {status}"),
-                body: snippet(&text),
+                reason: format!("tracking call answered {status}: {}", snippet(&text)),
+                http_status: Some(status.as_u16()),
+                body: text,
             });
         }
         self.parse_tracking(codes, &text)
     }
 
-    fn parse_tracking(
+    /// Reads a tracking answer. Anything missing or of another shape than API Rastro's is
+    /// [`FetchError::Malformed`] with the whole body.
+    pub fn parse_tracking(
         &self,
         codes: &[TrackingCode],
         text: &str,
-    ) -> Result<HashMap<TrackingCode, ObjectResult>, FetchError> {
+    ) -> Result<Answers, FetchError> {
         let malformed = |reason: String| FetchError::Malformed {
             reason,
-            body: snippet(text),
+            http_status: Some(200),
+            body: text.to_owned(),
         };
         let answer: TrackingAnswer =
             serde_json::from_str(text).map_err(|e| malformed(format!("tracking answer: {e}")))?;
@@ -350,28 +365,22 @@ impl CorreiosClient {
     }
 }
 
-fn transport(e: reqwest::Error) -> FetchError {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "transport error"
-    };
-    FetchError::Transient {
-        reason: format!("{what}: {e}"),
-        retry_after: None,
+impl CarrierClient for CorreiosClient {
+    fn carrier(&self) -> Carrier {
+        Carrier::Correios
     }
-}
 
-fn transient(status: StatusCode, retry_after: Option<Duration>) -> Option<FetchError> {
-    (status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status.is_server_error())
-    .then(|| FetchError::Transient {
-        reason: format!("answered {status}"),
-        retry_after,
-    })
+    fn max_batch(&self) -> usize {
+        self.settings.batch.clamp(1, MAX_BATCH)
+    }
+
+    fn track<'a>(&'a self, codes: &'a [TrackingCode]) -> TrackFuture<'a> {
+        Box::pin(CorreiosClient::track(self, codes))
+    }
+
+    fn parse(&self, codes: &[TrackingCode], body: &str) -> Result<Answers, FetchError> {
+        self.parse_tracking(codes, body)
+    }
 }
 
 /// Reads a Correios local time (`2026-03-27T14:40:30`, no offset) in `offset` when given (`-03:00`), else in `tz`.

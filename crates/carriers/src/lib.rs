@@ -1,15 +1,21 @@
-//! Carrier clients. Each turns a carrier's API into [`ObjectResult`]s of parsed-but-untouched events,
-//! and every failure into a [`FetchError`] that says whether to retry, alarm or park.
+//! Carrier clients. Each turns a carrier's API into [`ObjectResult`]s of parsed-but-untouched events, and every
+//! failure into a [`FetchError`] that says whether to retry, alarm or park. Both implement [`CarrierClient`].
 //!
 //! - [`correios`]: API Rastro (token lifecycle, batched tracking calls, per-object messages, Brazil's time).
+//! - [`jadlog`]: Jadlog's tracking query (static token, batched by code).
 //!
-//! Adding a carrier is a module here with the same shape, a variant of `tracking_domain::Carrier`
+//! Adding a carrier is a module here implementing [`CarrierClient`], a variant of `tracking_domain::Carrier`
 //! and an event table in `crates/domain/data/`.
 
 pub mod correios;
+pub mod jadlog;
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
-use tracking_domain::CarrierEvent;
+use tracking_domain::{Carrier, CarrierEvent, TrackingCode};
 
 /// What the carrier said about one tracking code.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,16 +33,164 @@ pub enum ObjectResult {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
-    /// Timeouts, connection failures, 429, 5xx: try again later.
+    /// Connection failures, 429, 5xx: try again later.
     #[error("carrier temporarily unavailable: {reason}")]
     Transient {
         reason: String,
         retry_after: Option<Duration>,
     },
+    /// No answer within the configured timeout: try again later.
+    #[error("carrier did not answer in time: {0}")]
+    Timeout(String),
     /// The credentials were refused: an operator must act. Retrying soon would only hammer the carrier.
     #[error("carrier refused our credentials: {0}")]
     Auth(String),
-    /// The answer does not have the shape we know: the carrier changed its API (or broke).
+    /// The answer does not have the shape we know: the carrier changed its API (or broke). `body` is the whole
+    /// answer, kept so it can be replayed once the parser is fixed.
     #[error("carrier answer not understood: {reason}")]
-    Malformed { reason: String, body: String },
+    Malformed {
+        reason: String,
+        http_status: Option<u16>,
+        body: String,
+    },
+}
+
+impl FetchError {
+    /// A short label for metrics and health counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FetchError::Transient { .. } => "http_error",
+            FetchError::Timeout(_) => "timeout",
+            FetchError::Auth(_) => "auth",
+            FetchError::Malformed { .. } => "unreadable",
+        }
+    }
+}
+
+/// The answers of one call: every code asked is in it, or the call is an error.
+pub type Answers = HashMap<TrackingCode, ObjectResult>;
+
+pub type TrackFuture<'a> = Pin<Box<dyn Future<Output = Result<Answers, FetchError>> + Send + 'a>>;
+
+/// A request budget that a client spends before each call to the carrier (the fetcher's is a token bucket shared
+/// by every fetcher through PostgreSQL).
+pub trait Budget: Send + Sync {
+    fn spend(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// One carrier's tracking API.
+pub trait CarrierClient: Send + Sync {
+    fn carrier(&self) -> Carrier;
+    /// The most codes one call may ask for.
+    fn max_batch(&self) -> usize;
+    /// Tracks up to [`CarrierClient::max_batch`] codes in one call (plus bounded retries of transient failures).
+    fn track<'a>(&'a self, codes: &'a [TrackingCode]) -> TrackFuture<'a>;
+    /// Reads an answer body kept from an earlier call (after the parser was fixed).
+    fn parse(&self, codes: &[TrackingCode], body: &str) -> Result<Answers, FetchError>;
+}
+
+/// Bounded retries of transient failures and timeouts inside one `track`: `retries` more tries, from `base`
+/// doubling (with jitter), never sooner than a `Retry-After` and never waiting more than `max_wait`.
+#[derive(Debug, Clone)]
+pub struct CallRetry {
+    pub retries: usize,
+    pub base: Duration,
+    pub max_wait: Duration,
+}
+
+impl Default for CallRetry {
+    fn default() -> Self {
+        Self {
+            retries: 2,
+            base: Duration::from_millis(500),
+            max_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs `call` with [`CallRetry`] (backon's exponential backoff), spending `budget` before every try.
+pub async fn with_retries<F, Fut>(
+    carrier: Carrier,
+    retry: &CallRetry,
+    budget: Option<&Arc<dyn Budget>>,
+    mut call: F,
+) -> Result<Answers, FetchError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Answers, FetchError>>,
+{
+    use backon::BackoffBuilder;
+    let mut delays = backon::ExponentialBuilder::default()
+        .with_min_delay(retry.base)
+        .with_max_delay(retry.max_wait)
+        .with_max_times(retry.retries)
+        .with_jitter()
+        .build();
+    loop {
+        if let Some(b) = budget {
+            b.spend().await;
+        }
+        let result = call().await;
+        let after = match &result {
+            Err(FetchError::Transient { retry_after, .. }) => *retry_after,
+            Err(FetchError::Timeout(_)) => None,
+            _ => return result,
+        };
+        let Some(delay) = delays.next() else {
+            return result;
+        };
+        let wait = after.map_or(delay, |a| a.max(delay));
+        if wait > retry.max_wait {
+            return result;
+        }
+        if let Err(e) = &result {
+            tracing::info!(%carrier, error = %e, wait_ms = wait.as_millis() as u64, "Carrier call failed; retrying.");
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Seconds from a `Retry-After` header (the HTTP-date form is not used by the carriers we know).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// A transport failure: a timeout, or a transient error.
+pub fn transport(e: reqwest::Error) -> FetchError {
+    if e.is_timeout() {
+        return FetchError::Timeout(e.to_string());
+    }
+    let what = if e.is_connect() {
+        "connection failed"
+    } else {
+        "transport error"
+    };
+    FetchError::Transient {
+        reason: format!("{what}: {e}"),
+        retry_after: None,
+    }
+}
+
+/// 408, 429 and 5xx are transient.
+pub fn transient(
+    status: reqwest::StatusCode,
+    retry_after: Option<Duration>,
+    body: &str,
+) -> Option<FetchError> {
+    (status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error())
+    .then(|| FetchError::Transient {
+        reason: format!("answered {status}: {}", snippet(body)),
+        retry_after,
+    })
+}
+
+/// The start of a body, for messages and logs.
+pub fn snippet(body: &str) -> String {
+    body.chars().take(300).collect()
 }

@@ -74,7 +74,7 @@ pub struct SimEvent {
 }
 
 impl SimEvent {
-    fn new(
+    pub fn new(
         codigo: &str,
         tipo: &str,
         descricao: &str,
@@ -174,6 +174,17 @@ impl Journey {
     }
 }
 
+/// A failure the next tracking call answers with, instead of the objects (after the token and language checks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// This HTTP status with a gateway error body, and a `Retry-After` header when given.
+    Status(u16, Option<String>),
+    /// Answer normally, but only after this long (a client with a shorter timeout gives up).
+    Delay(std::time::Duration),
+    /// HTTP 200 with this body as is (say, JSON cut short).
+    Body(String),
+}
+
 /// What the simulator answers for a code.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Script {
@@ -195,6 +206,11 @@ struct Book {
     polls: HashMap<String, usize>,
     /// token -> expiry instant
     tokens: HashMap<String, DateTime<Utc>>,
+    faults: std::collections::VecDeque<Fault>,
+    /// Every event's field `.0` is sent as `.1` (the API changed under us).
+    drift: Option<(String, String)>,
+    /// The number of codes of each tracking call answered with 200, in order.
+    batches: Vec<usize>,
 }
 
 struct Shared {
@@ -282,6 +298,21 @@ impl CorreiosSim {
     /// Number of requests to the token endpoints (successful or not).
     pub fn token_requests(&self) -> usize {
         self.shared.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// The next tracking calls answer these failures, one each, then normal answers again.
+    pub fn fail_next(&self, faults: Vec<Fault>) {
+        self.shared.book().faults.extend(faults);
+    }
+
+    /// From now on every event's field `from` is sent as `to` (schema drift); `None` stops it.
+    pub fn rename_event_field(&self, rename: Option<(&str, &str)>) {
+        self.shared.book().drift = rename.map(|(a, b)| (a.to_owned(), b.to_owned()));
+    }
+
+    /// The number of codes in each answered tracking call, in order.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.shared.book().batches.clone()
     }
 
     /// Invalidates every token issued so far (they answer `GTW-008`); new tokens work.
@@ -515,6 +546,7 @@ async fn track_one(
         &headers,
         &path,
     )
+    .await
 }
 
 async fn track_many(
@@ -531,10 +563,10 @@ async fn track_many(
         .filter(|c| !c.is_empty())
         .map(str::to_string)
         .collect();
-    track(&shared, codes, &params, &headers, "/srorastro/v1/objetos")
+    track(&shared, codes, &params, &headers, "/srorastro/v1/objetos").await
 }
 
-fn track(
+async fn track(
     shared: &Shared,
     codes: Vec<String>,
     params: &[(String, String)],
@@ -607,13 +639,48 @@ fn track(
         }
     };
 
+    let fault = shared.book().faults.pop_front();
+    match fault {
+        Some(Fault::Status(code, retry_after)) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = answer(status, "Serviço temporariamente indisponível (simulado).");
+            if let Some(value) = retry_after.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+        Some(Fault::Body(body)) => {
+            tracing::info!("tracking GET {path} codes={codes:?} -> 200 (scripted body)");
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response();
+        }
+        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        None => {}
+    }
+
     let mut objetos = Vec::with_capacity(codes.len());
     let mut summary = Vec::with_capacity(codes.len());
     {
         let mut book = shared.book();
+        book.batches.push(codes.len());
+        let drift = book.drift.clone();
         // The real API guarantees no order; answering in reverse keeps clients honest.
         for code in codes.iter().rev() {
-            let (object, what) = poll(&mut book, &shared.config, code, resultado);
+            let (mut object, what) = poll(&mut book, &shared.config, code, resultado);
+            if let (Some((from, to)), Some(events)) = (
+                &drift,
+                object.get_mut("eventos").and_then(Value::as_array_mut),
+            ) {
+                for ev in events.iter_mut().filter_map(Value::as_object_mut) {
+                    if let Some(v) = ev.remove(from) {
+                        ev.insert(to.clone(), v);
+                    }
+                }
+            }
             objetos.push(object);
             summary.push(format!("{code}: {what}"));
         }

@@ -8,11 +8,13 @@
 //!   control API (`/_sim/objects/{code}`) for the demo.
 //! - [`marketplace`]: a receiver for the signed marketplace webhook (`X-Signature: t=..,v1=..`), recording every
 //!   call and answering scripted statuses (with `Retry-After`) on demand.
+//! - [`jadlog`]: Jadlog's tracking call with a static token and scripted events.
 //! - [`smtp`]: a small SMTP server that keeps what it accepts and refuses chosen recipients with 550.
 //!
 //! The binaries `correios-sim` and `marketplace-receiver` wrap these for manual runs and the demo.
 
 pub mod correios;
+pub mod jadlog;
 pub mod marketplace;
 pub mod smtp;
 

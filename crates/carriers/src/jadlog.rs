@@ -1,0 +1,242 @@
+//! Jadlog tracking (see shared/carriers/jadlog.md).
+//!
+//! - `POST {base}/embarcador/api/tracking/consultar` with `Authorization: Bearer {JADLOG_TOKEN}` (a static token
+//!   issued by Jadlog) and `{"consulta": [{"codigo": "..."}, ...]}`, one entry per code.
+//! - Each answer entry is matched by `codigo`; an entry with `erro` "Nenhum registro encontrado" is a code Jadlog
+//!   does not know yet (kept and polled, like Correios' SRO-020); another `erro` refuses the code.
+//! - Events (`data`, `status`, `unidade`) come oldest first, times without offset (read in `CARRIER_TIME_ZONE`);
+//!   the status word is the event code the event table maps (`crates/domain/data/jadlog.toml`).
+
+use crate::correios::parse_local;
+use crate::{
+    Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture, retry_after,
+    snippet, transient, transport, with_retries,
+};
+use chrono::{NaiveDate, TimeZone};
+use chrono_tz::Tz;
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tracking_domain::{Carrier, CarrierEvent, TrackingCode};
+
+#[derive(Clone)]
+pub struct JadlogSettings {
+    /// `JADLOG_BASE_URL` (default `https://www.jadlog.com.br`).
+    pub base_url: String,
+    /// `JADLOG_TOKEN`.
+    pub token: SecretString,
+    /// `JADLOG_TIMEOUT_MS`.
+    pub timeout: Duration,
+    /// `CARRIER_TIME_ZONE`.
+    pub time_zone: Tz,
+    /// `JADLOG_BATCH_SIZE` (default 50): codes per call.
+    pub batch: usize,
+    pub retry: CallRetry,
+}
+
+impl std::fmt::Debug for JadlogSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JadlogSettings")
+            .field("base_url", &self.base_url)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct JadlogClient {
+    http: reqwest::Client,
+    settings: JadlogSettings,
+    budget: Option<Arc<dyn Budget>>,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    consulta: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry {
+    codigo: String,
+    previsao_entrega: Option<String>,
+    tracking: Option<Tracking>,
+    erro: Option<Erro>,
+}
+
+#[derive(Deserialize)]
+struct Tracking {
+    eventos: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+struct Erro {
+    descricao: String,
+}
+
+#[derive(Deserialize)]
+struct Evento {
+    data: String,
+    status: String,
+    unidade: Option<String>,
+}
+
+impl JadlogClient {
+    pub fn new(settings: JadlogSettings) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("tracking-pipeline/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            settings,
+            budget: None,
+        })
+    }
+
+    pub fn with_budget(mut self, budget: Arc<dyn Budget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    pub async fn track(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
+        with_retries(
+            Carrier::Jadlog,
+            &self.settings.retry,
+            self.budget.as_ref(),
+            || self.track_once(codes),
+        )
+        .await
+    }
+
+    async fn track_once(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
+        let body = json!({ "consulta": codes.iter().map(|c| json!({ "codigo": c.as_str() })).collect::<Vec<_>>() });
+        let resp = self
+            .http
+            .post(format!(
+                "{}/embarcador/api/tracking/consultar",
+                self.settings.base_url.trim_end_matches('/')
+            ))
+            .bearer_auth(self.settings.token.expose_secret())
+            .json(&body)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status();
+        let after = retry_after(resp.headers());
+        let text = resp.text().await.map_err(transport)?;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(FetchError::Auth(format!(
+                "tracking call answered {status}: {}",
+                snippet(&text)
+            )));
+        }
+        if let Some(e) = transient(status, after, &text) {
+            return Err(e);
+        }
+        if !status.is_success() {
+            return Err(FetchError::Malformed {
+                reason: format!("tracking call answered {status}: {}", snippet(&text)),
+                http_status: Some(status.as_u16()),
+                body: text,
+            });
+        }
+        self.parse_answer(codes, &text)
+    }
+
+    pub fn parse_answer(&self, codes: &[TrackingCode], text: &str) -> Result<Answers, FetchError> {
+        let malformed = |reason: String| FetchError::Malformed {
+            reason,
+            http_status: Some(200),
+            body: text.to_owned(),
+        };
+        let answer: Answer =
+            serde_json::from_str(text).map_err(|e| malformed(format!("tracking answer: {e}")))?;
+        let mut out = Answers::new();
+        for raw in answer.consulta {
+            let entry: Entry = serde_json::from_value(raw)
+                .map_err(|e| malformed(format!("tracking answer entry: {e}")))?;
+            let Some(code) = codes.iter().find(|c| c.as_str() == entry.codigo) else {
+                return Err(malformed(format!("unexpected codigo {:?}", entry.codigo)));
+            };
+            let result = match (entry.tracking, entry.erro) {
+                (Some(tracking), _) => {
+                    let mut events = Vec::with_capacity(tracking.eventos.len());
+                    for raw_ev in tracking.eventos {
+                        events.push(
+                            self.event(raw_ev)
+                                .map_err(|e| malformed(format!("{code}: {e}")))?,
+                        );
+                    }
+                    let estimated_delivery = entry
+                        .previsao_entrega
+                        .as_deref()
+                        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+                        .and_then(|d| d.and_hms_opt(23, 59, 59))
+                        .and_then(|d| self.settings.time_zone.from_local_datetime(&d).earliest())
+                        .map(|d| d.fixed_offset());
+                    ObjectResult::Found {
+                        events,
+                        estimated_delivery,
+                    }
+                }
+                (None, Some(erro)) if erro.descricao.contains("Nenhum registro") => {
+                    ObjectResult::NotYet {
+                        message: erro.descricao,
+                    }
+                }
+                (None, Some(erro)) => ObjectResult::Refused {
+                    message: erro.descricao,
+                },
+                (None, None) => {
+                    return Err(malformed(format!(
+                        "{code}: entry with neither tracking nor erro"
+                    )));
+                }
+            };
+            out.insert(code.clone(), result);
+        }
+        if let Some(missing) = codes.iter().find(|c| !out.contains_key(*c)) {
+            return Err(malformed(format!("the answer lacks {missing}")));
+        }
+        Ok(out)
+    }
+
+    fn event(&self, raw: Value) -> Result<CarrierEvent, String> {
+        let ev: Evento = serde_json::from_value(raw.clone()).map_err(|e| format!("event: {e}"))?;
+        let occurred_at = parse_local(&ev.data, None, self.settings.time_zone)
+            .ok_or_else(|| format!("event {}: bad data {:?}", ev.status, ev.data))?;
+        Ok(CarrierEvent {
+            code: ev.status.clone(),
+            kind: None,
+            occurred_at,
+            description: ev.status,
+            detail: None,
+            location: None,
+            unit: ev.unidade,
+            status: None,
+            raw,
+        })
+    }
+}
+
+impl CarrierClient for JadlogClient {
+    fn carrier(&self) -> Carrier {
+        Carrier::Jadlog
+    }
+
+    fn max_batch(&self) -> usize {
+        self.settings.batch.max(1)
+    }
+
+    fn track<'a>(&'a self, codes: &'a [TrackingCode]) -> TrackFuture<'a> {
+        Box::pin(JadlogClient::track(self, codes))
+    }
+
+    fn parse(&self, codes: &[TrackingCode], body: &str) -> Result<Answers, FetchError> {
+        self.parse_answer(codes, body)
+    }
+}
