@@ -6,7 +6,7 @@ CARGO ?= cargo
 export TEST_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/postgres
 export TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672
 
-.PHONY: help setup build release test lint fmt demo ci bench bench-normalizer bench-scheduler bench-publishers clean-test-resources
+.PHONY: help setup build release test lint fmt demo ci bench bench-normalizer bench-scheduler bench-publishers bench-fetcher clean-test-resources
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ ci: lint test ## What CI runs
 
 BENCH := $${CARGO_TARGET_DIR:-target}/release/bench
 
-bench: bench-normalizer bench-scheduler bench-publishers ## Every benchmark (release build); docs/BENCHMARKS.md has the figures
+bench: bench-fetcher bench-normalizer bench-scheduler bench-publishers ## Every benchmark (release build); docs/BENCHMARKS.md has the figures
 
 bench-normalizer: setup release ## Normalizer throughput beside the bare RabbitMQ hop (SHIPMENTS=2000)
 	TRACKING_BIN_PROFILE=release $(BENCH) normalizer $(or $(SHIPMENTS),2000)
@@ -50,3 +50,6 @@ clean-test-resources: ## Drop test databases and vhosts that killed test runs le
 
 bench-publishers: setup release ## Time to drain CHANGES=1000 status changes to an SMTP server and to a webhook
 	TRACKING_BIN_PROFILE=release $(BENCH) publishers $(or $(CHANGES),1000)
+
+bench-fetcher: setup release ## Codes per second through the fetcher against the Correios simulator, batches of 50 and of 1 (CODES=2000)
+	TRACKING_BIN_PROFILE=release $(BENCH) fetcher $(or $(CODES),2000)

@@ -5,6 +5,8 @@
 //!   beside the same RabbitMQ hop into a consumer that only parses and acks.
 //! - `bench scheduler [ROWS]`: the scheduler's due-scan with ROWS active shipments in the table.
 //! - `bench publishers [CHANGES]`: the time to drain CHANGES status changes to an SMTP server and to a webhook.
+//! - `bench fetcher [CODES]`: codes per second through the fetcher against the Correios simulator, with batches of
+//!   50 and of 1, and carrier calls per code.
 
 use anyhow::{Context, bail};
 use std::sync::Arc;
@@ -34,8 +36,9 @@ async fn main() -> anyhow::Result<()> {
         Some("normalizer") => normalizer(count(2000)?).await,
         Some("scheduler") => scheduler(count(1_000_000)?).await,
         Some("publishers") => publishers(count(1000)?).await,
+        Some("fetcher") => fetcher(count(2000)?).await,
         _ => bail!(
-            "usage: bench normalizer [SHIPMENTS] | bench scheduler [ROWS] | bench publishers [CHANGES]"
+            "usage: bench normalizer [SHIPMENTS] | bench scheduler [ROWS] | bench publishers [CHANGES] | bench fetcher [CODES]"
         ),
     }
 }
@@ -379,6 +382,64 @@ async fn publishers(changes: usize) -> anyhow::Result<()> {
             "| {name} | {what} | {:.2} s | {:.0} |",
             took.as_secs_f64(),
             changes as f64 / took.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+async fn fetcher(codes: usize) -> anyhow::Result<()> {
+    use tracking_sim::correios::{CorreiosSim, Journey, Script, SimConfig};
+    println!(
+        "# fetcher: {codes} tracking requests against the Correios simulator (127.0.0.1), budget lifted; {}",
+        machine()
+    );
+    println!("| batch size | time | codes/s | carrier calls | calls per code |");
+    println!("| --- | --- | --- | --- | --- |");
+    for batch in [50usize, 1] {
+        let env = TestEnv::new().await?;
+        env.migrate().await?;
+        let amqp = env.amqp().await?;
+        amqp.declare(&[Duration::from_secs(1)]).await?;
+        let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+        for n in 0..codes {
+            let code = s10("BF", n as u32);
+            sim.script(&code, Script::Journey(Journey::delivered().all_at_once()));
+            let body = serde_json::to_vec(&request(
+                &format!("f-{n}"),
+                &code,
+                "ana@example.com",
+                "pt-BR",
+                None,
+            ))?;
+            amqp.publish("tracking.requests", &body).await?;
+        }
+        let settings = [
+            ("CORREIOS_BASE_URL", sim.base_url()),
+            ("CORREIOS_USER", "sim-user".to_owned()),
+            ("CORREIOS_ACCESS_CODE", "sim-code".to_owned()),
+            ("CORREIOS_BATCH_SIZE", batch.to_string()),
+            ("CORREIOS_RATE_PER_SECOND", "100000".to_owned()),
+            ("CORREIOS_BURST", "100000".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ];
+        let mut worker = Worker::spawn(&env, "fetcher", &settings)?;
+        worker.wait_healthy(Duration::from_secs(60)).await?;
+        let started = Instant::now();
+        let ended = wait_for(
+            "the fetcher",
+            Duration::from_secs(1800),
+            Duration::from_millis(50),
+            async || Ok(amqp.count(NORMALIZER_QUEUE).await? as usize >= codes),
+        )
+        .await?;
+        worker.terminate()?;
+        let took = ended - started;
+        let calls = sim.tracking_calls();
+        println!(
+            "| {batch} | {:.2} s | {:.0} | {calls} | {:.3} |",
+            took.as_secs_f64(),
+            codes as f64 / took.as_secs_f64(),
+            calls as f64 / codes as f64
         );
     }
     Ok(())
