@@ -5,7 +5,7 @@
 //! are inserted (a carrier returns the whole history on every poll: equal fingerprints add nothing); the status is
 //! recomputed from all stored events (`tracking_domain::rules`); a changed status is recorded in `status_changes`
 //! with a stable id. After the commit the change is published to `order.status` with a confirm and marked
-//! published. A change whose publish failed or was cut short (crash, broker down) stays unpublished in the table,
+//! published (in batches). A change whose publish failed or was cut short (crash, broker down) stays unpublished in the table,
 //! and the outbox relay in this worker publishes it later: nothing is lost, and a rare double publish carries the
 //! same `change_id`, which both publishers deduplicate.
 
@@ -101,11 +101,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         settings.outbox_grace,
         shutdown.clone(),
     ));
+    let (marker, marking) = Marker::start(pool.clone());
     let handler = Arc::new(Normalizer {
         pool,
         tables: settings.tables,
         policy: settings.policy,
         publisher: publisher.clone(),
+        marker,
         crash_after_commit: settings.crash_after_commit,
     });
     run_consumer(
@@ -117,6 +119,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         shutdown,
     )
     .await;
+    // The handler (and its marker handle) is gone: the marker flushes what it holds and stops.
+    let _ = marking.await;
     let _ = relay.await;
     publisher.close().await;
     Ok(())
@@ -127,7 +131,45 @@ pub struct Normalizer {
     tables: EventTables,
     policy: PollPolicy,
     publisher: Publisher,
+    marker: Marker,
     crash_after_commit: bool,
+}
+
+/// Marks changes published in batches (one `UPDATE … = ANY($1)` for all that were confirmed meanwhile), off the
+/// handlers' path. A change published but not yet marked when the process dies is published again by the relay,
+/// with the same change id, which both publishers deduplicate.
+#[derive(Clone)]
+struct Marker {
+    tx: tokio::sync::mpsc::UnboundedSender<uuid::Uuid>,
+}
+
+impl Marker {
+    fn start(pool: PgPool) -> (Marker, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<uuid::Uuid>();
+        let task = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut ids = vec![first];
+                // Let a few more confirms arrive, then mark them together.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while ids.len() < 1000 {
+                    match rx.try_recv() {
+                        Ok(id) => ids.push(id),
+                        Err(_) => break,
+                    }
+                }
+                let marked = sqlx::query(
+                    "UPDATE status_changes SET published_at = now() WHERE change_id = ANY($1) AND published_at IS NULL",
+                )
+                .bind(&ids)
+                .execute(&pool)
+                .await;
+                if let Err(e) = marked {
+                    tracing::warn!(error = %e, changes = ids.len(), "Could not mark published changes; the relay will publish them again.");
+                }
+            }
+        });
+        (Marker { tx }, task)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,8 +210,13 @@ impl Handler for Normalizer {
         }
         for change in changes {
             // A failure here is not the message's failure: the change is stored, and the relay will publish it.
-            if let Err(e) = publish_change(&self.publisher, &self.pool, &change).await {
-                tracing::warn!(change_id = %change.change_id, error = %e, "Status change stored but not yet published; the outbox relay will retry.");
+            match publish_change(&self.publisher, &change).await {
+                Ok(()) => {
+                    let _ = self.marker.tx.send(change.change_id);
+                }
+                Err(e) => {
+                    tracing::warn!(change_id = %change.change_id, error = %e, "Status change stored but not yet published; the outbox relay will retry.");
+                }
             }
         }
         Outcome::Ack
@@ -214,9 +261,19 @@ impl Normalizer {
                 })?,
         };
 
-        let mut inserted = 0usize;
+        // All of the poll's events in one statement: a carrier returns the whole history every time, and the
+        // unique fingerprint drops what is already stored.
+        struct Row<'a> {
+            ev: &'a tracking_domain::CarrierEvent,
+            fingerprint: String,
+            mapping: Option<Mapping>,
+        }
+        let mut rows: Vec<Row> = Vec::with_capacity(update.events.len());
         for ev in &update.events {
-            let fp = ev.fingerprint(update.carrier, &update.tracking_code, update.source);
+            let fingerprint = ev.fingerprint(update.carrier, &update.tracking_code, update.source);
+            if rows.iter().any(|r| r.fingerprint == fingerprint) {
+                continue;
+            }
             let mapping = match update.source {
                 Source::Manual => ev.status.map(|status| Mapping::Status {
                     status,
@@ -227,48 +284,59 @@ impl Normalizer {
                     .lookup(update.carrier, &ev.code, ev.kind.as_deref())
                     .cloned(),
             };
-            let (status, reason, reverses) = match &mapping {
-                Some(Mapping::Status { status, reason }) => {
-                    (Some(status.as_str()), reason.clone(), false)
-                }
-                Some(Mapping::Reverse) => (None, None, true),
-                None => (None, None, false),
-            };
-            let loc = ev.location.clone().unwrap_or_default();
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO tracking_events (shipment_id, fingerprint, source, code, kind, description, detail, city, state, unit, \
+            rows.push(Row {
+                ev,
+                fingerprint,
+                mapping,
+            });
+        }
+        let column = |f: &dyn Fn(&Row) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+        let stored: Vec<String> = if rows.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_scalar(
+                "INSERT INTO tracking_events (shipment_id, source, fingerprint, code, kind, description, detail, city, state, unit, \
                      occurred_at, utc_offset_secs, status, reason, reverses, raw) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-                 ON CONFLICT (fingerprint) DO NOTHING RETURNING id",
+                 SELECT $1, $2, * FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
+                     $10::text[], $11::timestamptz[], $12::int4[], $13::text[], $14::text[], $15::bool[], $16::jsonb[]) \
+                 ON CONFLICT (fingerprint) DO NOTHING RETURNING fingerprint",
             )
             .bind(shipment.id)
-            .bind(&fp)
             .bind(update.source.as_str())
-            .bind(&ev.code)
-            .bind(ev.kind.as_deref())
-            .bind(&ev.description)
-            .bind(ev.detail.as_deref())
-            .bind(loc.city.as_deref())
-            .bind(loc.state.as_deref())
-            .bind(ev.unit.as_deref())
-            .bind(ev.occurred_at.with_timezone(&Utc))
-            .bind(ev.occurred_at.offset().local_minus_utc())
-            .bind(status)
-            .bind(reason)
-            .bind(reverses)
-            .bind(&ev.raw)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if id.is_some() {
-                inserted += 1;
-                if mapping.is_none() {
-                    metrics::counter!("unmapped_events_total", "carrier" => update.carrier.as_str(), "code" => ev.code.clone(),
-                        "type" => ev.kind.clone().unwrap_or_default())
-                    .increment(1);
-                    tracing::warn!(carrier = %update.carrier, code = %ev.code, kind = ?ev.kind, description = %ev.description,
-                        "An event code nobody mapped was stored; add it to the event table.");
-                }
-            }
+            .bind(column(&|r| Some(r.fingerprint.clone())))
+            .bind(column(&|r| Some(r.ev.code.clone())))
+            .bind(column(&|r| r.ev.kind.clone()))
+            .bind(column(&|r| Some(r.ev.description.clone())))
+            .bind(column(&|r| r.ev.detail.clone()))
+            .bind(column(&|r| r.ev.location.as_ref().and_then(|l| l.city.clone())))
+            .bind(column(&|r| r.ev.location.as_ref().and_then(|l| l.state.clone())))
+            .bind(column(&|r| r.ev.unit.clone()))
+            .bind(rows.iter().map(|r| r.ev.occurred_at.with_timezone(&Utc)).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.ev.occurred_at.offset().local_minus_utc()).collect::<Vec<_>>())
+            .bind(column(&|r| match &r.mapping {
+                Some(Mapping::Status { status, .. }) => Some(status.as_str().to_owned()),
+                _ => None,
+            }))
+            .bind(column(&|r| match &r.mapping {
+                Some(Mapping::Status { reason, .. }) => reason.clone(),
+                _ => None,
+            }))
+            .bind(rows.iter().map(|r| matches!(r.mapping, Some(Mapping::Reverse))).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.ev.raw.clone()).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        let inserted = stored.len();
+        for r in rows
+            .iter()
+            .filter(|r| r.mapping.is_none() && stored.contains(&r.fingerprint))
+        {
+            let ev = r.ev;
+            metrics::counter!("unmapped_events_total", "carrier" => update.carrier.as_str(), "code" => ev.code.clone(),
+                "type" => ev.kind.clone().unwrap_or_default())
+            .increment(1);
+            tracing::warn!(carrier = %update.carrier, code = %ev.code, kind = ?ev.kind, description = %ev.description,
+                "An event code nobody mapped was stored; add it to the event table.");
         }
         metrics::counter!("events_stored_total", "carrier" => update.carrier.as_str())
             .increment(inserted as u64);
@@ -455,25 +523,17 @@ fn change_for(
     })
 }
 
-/// Publishes one recorded change and marks it published.
-async fn publish_change(
-    publisher: &Publisher,
-    pool: &PgPool,
-    change: &StatusChange,
-) -> anyhow::Result<()> {
+/// Publishes one recorded change to `order.status` (message id = change id), with a confirm.
+async fn publish_change(publisher: &Publisher, change: &StatusChange) -> anyhow::Result<()> {
     let body = serde_json::to_vec(change)?;
-    publish_raw(
-        publisher,
-        pool,
-        change.change_id,
-        change.status.as_str(),
-        &body,
-    )
-    .await
+    let mut msg = Outgoing::json(ORDER_STATUS, change.status.as_str(), &body);
+    msg.message_id = Some(change.change_id.to_string());
+    publisher.publish(msg).await?;
+    Ok(())
 }
 
-/// Publishes a recorded change to `order.status` (message id = change id) and marks it published, on the pool
-/// (inline path: no connection is held while the broker confirms) or in the relay's transaction.
+/// Publishes a recorded change to `order.status` (message id = change id) and marks it published in the relay's
+/// transaction.
 async fn publish_raw<'e>(
     publisher: &Publisher,
     db: impl sqlx::PgExecutor<'e>,
