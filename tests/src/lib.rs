@@ -96,6 +96,17 @@ impl TestEnv {
         })
     }
 
+    /// A migrated environment with the topology declared (delay tiers of 200 ms and 1 s, as [`TestEnv::worker_env`]).
+    pub async fn ready() -> anyhow::Result<Self> {
+        let env = Self::new().await?;
+        env.migrate().await?;
+        env.amqp()
+            .await?
+            .declare(&[Duration::from_millis(200), Duration::from_secs(1)])
+            .await?;
+        Ok(env)
+    }
+
     pub async fn migrate(&self) -> anyhow::Result<()> {
         tracking_store::migrate(&self.pool).await?;
         Ok(())
@@ -200,6 +211,17 @@ impl Worker {
             log,
             child,
         })
+    }
+
+    /// Spawns the worker and waits until its `/health` answers 200.
+    pub async fn started(
+        env: &TestEnv,
+        name: &str,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Worker> {
+        let mut w = Worker::spawn(env, name, extra)?;
+        w.wait_healthy(Duration::from_secs(60)).await?;
+        Ok(w)
     }
 
     pub fn pid(&self) -> u32 {

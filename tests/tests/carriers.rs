@@ -16,19 +16,11 @@ use tracking_tests::{TestEnv, Worker, correios_env, eventually, request, s10};
 const EVENTS_QUEUE: &str = "normalizer.carrier-events";
 
 async fn env() -> anyhow::Result<TestEnv> {
-    let env = TestEnv::new().await?;
-    env.migrate().await?;
-    env.amqp()
-        .await?
-        .declare(&[Duration::from_millis(200), Duration::from_secs(1)])
-        .await?;
-    Ok(env)
+    TestEnv::ready().await
 }
 
 async fn start(env: &TestEnv, name: &str, extra: &[(&str, String)]) -> anyhow::Result<Worker> {
-    let mut w = Worker::spawn(env, name, extra)?;
-    w.wait_healthy(Duration::from_secs(60)).await?;
-    Ok(w)
+    Worker::started(env, name, extra).await
 }
 
 fn with(

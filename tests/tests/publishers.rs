@@ -18,19 +18,11 @@ const EMAIL_QUEUE: &str = "email.order-status";
 const MARKET_QUEUE: &str = "marketplace.order-status";
 
 async fn env() -> anyhow::Result<TestEnv> {
-    let env = TestEnv::new().await?;
-    env.migrate().await?;
-    env.amqp()
-        .await?
-        .declare(&[Duration::from_millis(200), Duration::from_secs(1)])
-        .await?;
-    Ok(env)
+    TestEnv::ready().await
 }
 
 async fn start(env: &TestEnv, name: &str, extra: &[(&str, String)]) -> anyhow::Result<Worker> {
-    let mut w = Worker::spawn(env, name, extra)?;
-    w.wait_healthy(Duration::from_secs(60)).await?;
-    Ok(w)
+    Worker::started(env, name, extra).await
 }
 
 fn email_settings(smtp_url: &str) -> Vec<(&'static str, String)> {

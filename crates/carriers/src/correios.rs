@@ -9,7 +9,7 @@
 //! - Event times come without an offset: they are read in the configured time zone (America/Sao_Paulo).
 
 use crate::{
-    Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture, retry_after,
+    Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture, read_answer,
     snippet, transient, transport, with_retries,
 };
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
@@ -248,25 +248,7 @@ impl CorreiosClient {
             .send()
             .await
             .map_err(transport)?;
-        let status = resp.status();
-        let retry_after = retry_after(resp.headers());
-        let text = resp.text().await.map_err(transport)?;
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(FetchError::Auth(format!(
-                "tracking call answered {status}: {}",
-                snippet(&text)
-            )));
-        }
-        if let Some(e) = transient(status, retry_after, &text) {
-            return Err(e);
-        }
-        if !status.is_success() {
-            return Err(FetchError::Malformed {
-                reason: format!("tracking call answered {status}: {}", snippet(&text)),
-                http_status: Some(status.as_u16()),
-                body: text,
-            });
-        }
+        let text = read_answer(resp, "tracking call").await?;
         self.parse_tracking(codes, &text)
     }
 

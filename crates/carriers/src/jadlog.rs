@@ -9,12 +9,11 @@
 
 use crate::correios::parse_local;
 use crate::{
-    Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture, retry_after,
-    snippet, transient, transport, with_retries,
+    Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture, read_answer,
+    transport, with_retries,
 };
 use chrono::{NaiveDate, TimeZone};
 use chrono_tz::Tz;
-use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -125,25 +124,7 @@ impl JadlogClient {
             .send()
             .await
             .map_err(transport)?;
-        let status = resp.status();
-        let after = retry_after(resp.headers());
-        let text = resp.text().await.map_err(transport)?;
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(FetchError::Auth(format!(
-                "tracking call answered {status}: {}",
-                snippet(&text)
-            )));
-        }
-        if let Some(e) = transient(status, after, &text) {
-            return Err(e);
-        }
-        if !status.is_success() {
-            return Err(FetchError::Malformed {
-                reason: format!("tracking call answered {status}: {}", snippet(&text)),
-                http_status: Some(status.as_u16()),
-                body: text,
-            });
-        }
+        let text = read_answer(resp, "tracking call").await?;
         self.parse_answer(codes, &text)
     }
 

@@ -190,6 +190,31 @@ pub fn transient(
     })
 }
 
+/// Reads a call's answer: 401/403 are [`FetchError::Auth`], 408/429/5xx [`FetchError::Transient`] (with any
+/// `Retry-After`), another non-2xx [`FetchError::Malformed`] with the whole body; a 2xx gives the body.
+pub async fn read_answer(resp: reqwest::Response, what: &str) -> Result<String, FetchError> {
+    let status = resp.status();
+    let after = retry_after(resp.headers());
+    let text = resp.text().await.map_err(transport)?;
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(FetchError::Auth(format!(
+            "{what} answered {status}: {}",
+            snippet(&text)
+        )));
+    }
+    if let Some(e) = transient(status, after, &text) {
+        return Err(e);
+    }
+    if !status.is_success() {
+        return Err(FetchError::Malformed {
+            reason: format!("{what} answered {status}: {}", snippet(&text)),
+            http_status: Some(status.as_u16()),
+            body: text,
+        });
+    }
+    Ok(text)
+}
+
 /// The start of a body, for messages and logs.
 pub fn snippet(body: &str) -> String {
     body.chars().take(300).collect()

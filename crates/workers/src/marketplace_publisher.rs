@@ -150,33 +150,18 @@ impl Handler for MarketplacePublisher {
         let plan = marketplace.kind.adapter().plan(&change, &msg.body);
         let calls = match plan {
             Ok(Plan::Calls(calls)) => calls,
+            // Nothing to send (recorded as done), or a change this marketplace cannot take (parked).
             Ok(Plan::Skip(why)) => {
-                let d = deliver::once(
-                    &self.pool,
-                    &destination,
-                    change.change_id,
-                    msg.attempt,
-                    &self.retry,
-                    &marketplace.name,
-                    || async { Attempt::Skipped(format!("skipped: {why}")) },
-                )
-                .await;
-                count(&marketplace.name, d.result);
-                return d.outcome;
+                let attempt = Attempt::Skipped(format!("skipped: {why}"));
+                return self
+                    .record(marketplace, &destination, &change, msg.attempt, attempt)
+                    .await;
             }
             Err(refusal) => {
-                let d = deliver::once(
-                    &self.pool,
-                    &destination,
-                    change.change_id,
-                    msg.attempt,
-                    &self.retry,
-                    &marketplace.name,
-                    || async { Attempt::Permanent(refusal.clone()) },
-                )
-                .await;
-                count(&marketplace.name, d.result);
-                return d.outcome;
+                let attempt = Attempt::Permanent(refusal);
+                return self
+                    .record(marketplace, &destination, &change, msg.attempt, attempt)
+                    .await;
             }
         };
         for call in &calls {
@@ -214,6 +199,29 @@ impl Handler for MarketplacePublisher {
 }
 
 impl MarketplacePublisher {
+    /// Records an outcome decided without a call.
+    async fn record(
+        &self,
+        marketplace: &Marketplace,
+        destination: &str,
+        change: &StatusChange,
+        attempt: u32,
+        result: Attempt,
+    ) -> Outcome {
+        let d = deliver::once(
+            &self.pool,
+            destination,
+            change.change_id,
+            attempt,
+            &self.retry,
+            &marketplace.name,
+            || async { result.clone() },
+        )
+        .await;
+        count(&marketplace.name, d.result);
+        d.outcome
+    }
+
     async fn call(
         &self,
         marketplace: &Marketplace,
