@@ -257,7 +257,8 @@ async fn a_renamed_field_turns_the_carrier_broken_within_one_polling_cycle_and_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_code_pair_is_stored_with_its_text_counted_and_shown() -> anyhow::Result<()> {
+async fn an_unknown_code_pair_is_stored_with_its_text_counted_and_shown_and_a_repeated_event_once()
+-> anyhow::Result<()> {
     let env = env().await?;
     let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
     let code = s10("UK", 1);
@@ -273,6 +274,8 @@ async fn an_unknown_code_pair_is_stored_with_its_text_counted_and_shown() -> any
         "Unidade de Tratamento",
         at,
     ));
+    // Correios sometimes repeats an event within one answer.
+    journey.events.push(journey.events[1].clone());
     sim.script(&code, Script::Journey(journey.all_at_once()));
     let normalizer = start(&env, "normalizer", &[]).await?;
     let _fetcher = start(&env, "fetcher", &correios_env(&sim)).await?;
@@ -295,6 +298,10 @@ async fn an_unknown_code_pair_is_stored_with_its_text_counted_and_shown() -> any
         (None, "Objeto em análise aduaneira especial".to_owned()),
         "stored with its text, unmapped"
     );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tracking_events")
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(stored, 2, "the repeated event is stored once");
     let status: String = sqlx::query_scalar("SELECT status FROM shipments")
         .fetch_one(&env.pool)
         .await?;
