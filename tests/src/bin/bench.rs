@@ -43,6 +43,18 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// A process's peak resident memory (VmHWM), in MB.
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -200,6 +212,7 @@ async fn normalizer(shipments: usize) -> anyhow::Result<()> {
     )
     .await?;
     let work = ended - started;
+    let rss = peak_rss_mb(worker.pid());
     worker.terminate()?;
 
     let (events, changes): (i64, i64) = sqlx::query_as(
@@ -229,6 +242,7 @@ async fn normalizer(shipments: usize) -> anyhow::Result<()> {
         "normalizer / hop throughput: {:.2}  ({events} events stored, {changes} status changes published)",
         rate(work, messages) / rate(hop, messages)
     );
+    println!("normalizer peak resident memory: {rss:.1} MB");
     Ok(())
 }
 
@@ -359,8 +373,9 @@ async fn publishers(changes: usize) -> anyhow::Result<()> {
             },
         )
         .await?;
+        let rss = peak_rss_mb(worker.pid());
         worker.terminate()?;
-        rows.push((name, what, ended - started));
+        rows.push((name, what, ended - started, rss));
     }
     let done: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE state = 'done'")
         .fetch_one(&env.pool)
@@ -375,11 +390,11 @@ async fn publishers(changes: usize) -> anyhow::Result<()> {
             receiver.calls().len()
         );
     }
-    println!("| publisher | far end | time for {changes} | per second |");
-    println!("| --- | --- | --- | --- |");
-    for (name, what, took) in rows {
+    println!("| publisher | far end | time for {changes} | per second | peak RSS |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, what, took, rss) in rows {
         println!(
-            "| {name} | {what} | {:.2} s | {:.0} |",
+            "| {name} | {what} | {:.2} s | {:.0} | {rss:.1} MB |",
             took.as_secs_f64(),
             changes as f64 / took.as_secs_f64()
         );
@@ -393,8 +408,8 @@ async fn fetcher(codes: usize) -> anyhow::Result<()> {
         "# fetcher: {codes} tracking requests against the Correios simulator (127.0.0.1), budget lifted; {}",
         machine()
     );
-    println!("| batch size | time | codes/s | carrier calls | calls per code |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| batch size | time | codes/s | carrier calls | calls per code | fetcher peak RSS |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     for batch in [50usize, 1] {
         let env = TestEnv::new().await?;
         env.migrate().await?;
@@ -432,11 +447,12 @@ async fn fetcher(codes: usize) -> anyhow::Result<()> {
             async || Ok(amqp.count(NORMALIZER_QUEUE).await? as usize >= codes),
         )
         .await?;
+        let rss = peak_rss_mb(worker.pid());
         worker.terminate()?;
         let took = ended - started;
         let calls = sim.tracking_calls();
         println!(
-            "| {batch} | {:.2} s | {:.0} | {calls} | {:.3} |",
+            "| {batch} | {:.2} s | {:.0} | {calls} | {:.3} | {rss:.1} MB |",
             took.as_secs_f64(),
             codes as f64 / took.as_secs_f64(),
             calls as f64 / codes as f64
