@@ -6,7 +6,7 @@ CARGO ?= cargo
 export TEST_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/postgres
 export TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672
 
-.PHONY: help setup build release test lint fmt demo ci bench bench-normalizer bench-scheduler bench-publishers bench-fetcher clean-test-resources
+.PHONY: help setup build release test lint fmt demo ci bench bench-normalizer bench-scheduler bench-publishers bench-fetcher bench-latency clean-test-resources
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ ci: lint test ## What CI runs
 
 BENCH := $${CARGO_TARGET_DIR:-target}/release/bench
 
-bench: bench-fetcher bench-normalizer bench-scheduler bench-publishers ## Every benchmark (release build); docs/BENCHMARKS.md has the figures
+bench: bench-fetcher bench-normalizer bench-scheduler bench-publishers bench-latency ## Every benchmark (release build); docs/BENCHMARKS.md has the figures
 
 bench-normalizer: setup release ## Normalizer throughput beside the bare RabbitMQ hop (SHIPMENTS=2000)
 	TRACKING_BIN_PROFILE=release $(BENCH) normalizer $(or $(SHIPMENTS),2000)
@@ -53,3 +53,6 @@ bench-publishers: setup release ## Time to drain CHANGES=1000 status changes to 
 
 bench-fetcher: setup release ## Codes per second through the fetcher against the Correios simulator, batches of 50 and of 1 (CODES=2000)
 	TRACKING_BIN_PROFILE=release $(BENCH) fetcher $(or $(CODES),2000)
+
+bench-latency: setup release ## Carrier update to email accepted, p50/p90/p99 at RATE=200 updates/s for SECONDS=20
+	TRACKING_BIN_PROFILE=release $(BENCH) latency $(or $(RATE),200) $(or $(SECONDS),20)

@@ -18,6 +18,8 @@ pub struct Received {
     pub to: Vec<String>,
     /// The DATA as sent (headers and body, dot-unstuffed).
     pub data: String,
+    /// When the server accepted it (after the final dot).
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -184,6 +186,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     from: from.clone(),
                     to: std::mem::take(&mut to),
                     data,
+                    at: std::time::Instant::now(),
                 });
                 b"250 2.0.0 queued\r\n"
             }

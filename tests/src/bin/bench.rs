@@ -5,6 +5,8 @@
 //!   beside the same RabbitMQ hop into a consumer that only parses and acks.
 //! - `bench scheduler [ROWS]`: the scheduler's due-scan with ROWS active shipments in the table.
 //! - `bench publishers [CHANGES]`: the time to drain CHANGES status changes to an SMTP server and to a webhook.
+//! - `bench latency [RATE] [SECONDS]`: from a carrier update published to the normalizer's queue to the customer's
+//!   email accepted by the SMTP server, at RATE updates per second.
 //! - `bench fetcher [CODES]`: codes per second through the fetcher against the Correios simulator, with batches of
 //!   50 and of 1, and carrier calls per code.
 
@@ -37,8 +39,12 @@ async fn main() -> anyhow::Result<()> {
         Some("scheduler") => scheduler(count(1_000_000)?).await,
         Some("publishers") => publishers(count(1000)?).await,
         Some("fetcher") => fetcher(count(2000)?).await,
+        Some("latency") => {
+            let seconds = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(20u64);
+            latency(count(200)?, seconds).await
+        }
         _ => bail!(
-            "usage: bench normalizer [SHIPMENTS] | bench scheduler [ROWS] | bench publishers [CHANGES] | bench fetcher [CODES]"
+            "usage: bench normalizer [SHIPMENTS] | bench scheduler [ROWS] | bench publishers [CHANGES] | bench fetcher [CODES] | bench latency [RATE] [SECONDS]"
         ),
     }
 }
@@ -458,5 +464,97 @@ async fn fetcher(codes: usize) -> anyhow::Result<()> {
             calls as f64 / codes as f64
         );
     }
+    Ok(())
+}
+
+async fn latency(rate: usize, seconds: u64) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    env.migrate().await?;
+    let amqp = env.amqp().await?;
+    amqp.declare(&[Duration::from_secs(1)]).await?;
+    let total = rate * seconds as usize;
+    println!(
+        "# latency: {total} carrier updates at {rate}/s, each a new shipment delivered (one change, one email); {}",
+        machine()
+    );
+    let smtp = SmtpServer::start("127.0.0.1:0".parse()?, &[]).await?;
+    let quiet = ("RUST_LOG", "warn".to_owned());
+    let mut normalizer = Worker::spawn(&env, "normalizer", std::slice::from_ref(&quiet))?;
+    normalizer.wait_healthy(Duration::from_secs(60)).await?;
+    let mut email = Worker::spawn(
+        &env,
+        "email-publisher",
+        &[
+            quiet,
+            ("SMTP_URL", smtp.url()),
+            ("EMAIL_FROM", "Loja <noreply@loja.example>".to_owned()),
+        ],
+    )?;
+    email.wait_healthy(Duration::from_secs(60)).await?;
+    let history = history();
+    let mut sent = Vec::with_capacity(total);
+    let every = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now();
+    for n in 0..total {
+        tokio::time::sleep_until(start + every * n as u32).await;
+        let code = s10("LT", n as u32);
+        let req = request(
+            &format!("lat-{n}"),
+            &code,
+            &format!("c{n}@example.com"),
+            "pt-BR",
+            None,
+        );
+        let body = serde_json::to_vec(&carrier_update(&code, Some(&req), &history))?;
+        sent.push(Instant::now());
+        amqp.publish(NORMALIZER_QUEUE, &body).await?;
+    }
+    let offered = start.elapsed().as_secs_f64();
+    wait_for(
+        "every email",
+        Duration::from_secs(600),
+        Duration::from_millis(50),
+        async || Ok(smtp.received().len() >= total),
+    )
+    .await?;
+    let mut latencies: Vec<Duration> = smtp
+        .received()
+        .iter()
+        .filter_map(|r| {
+            let n: usize =
+                r.to.first()?
+                    .strip_prefix('c')?
+                    .split('@')
+                    .next()?
+                    .parse()
+                    .ok()?;
+            Some(r.at.saturating_duration_since(*sent.get(n)?))
+        })
+        .collect();
+    if latencies.len() != total {
+        bail!("{} of {total} emails matched their update", latencies.len());
+    }
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("offered {:.0} updates/s", total as f64 / offered);
+    println!("| updates | rate | p50 | p90 | p99 | max |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| {total} | {rate}/s | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
+        ms(pct(0.50)),
+        ms(pct(0.90)),
+        ms(pct(0.99)),
+        ms(latencies[latencies.len() - 1])
+    );
+    println!(
+        "peak resident memory: normalizer {:.1} MB, email-publisher {:.1} MB",
+        peak_rss_mb(normalizer.pid()),
+        peak_rss_mb(email.pid())
+    );
+    normalizer.terminate()?;
+    email.terminate()?;
     Ok(())
 }
