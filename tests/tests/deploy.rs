@@ -1099,6 +1099,22 @@ mod broker {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let vhost = format!("t-{id}");
         let mut defs = definitions();
+        // The management UI's administrator is not needed here, and is not left on a shared broker even briefly.
+        let admins: Vec<Value> = defs["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["tags"].as_array().is_some_and(|t| !t.is_empty()))
+            .map(|u| u["name"].clone())
+            .collect();
+        defs["users"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|u| !admins.contains(&u["name"]));
+        defs["permissions"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|p| !admins.contains(&p["user"]));
         let mut users = Vec::new();
         for u in defs["users"].as_array_mut().unwrap() {
             let name = format!("{vhost}-{}", u["name"].as_str().unwrap());
