@@ -33,7 +33,8 @@ pub fn amqp_base_url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
 }
 
-fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+/// Runs `rabbitmqctl` (directly, or through `sudo -n`).
+pub fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
     let direct = Command::new("rabbitmqctl")
         .args(args)
         .stdout(Stdio::null())

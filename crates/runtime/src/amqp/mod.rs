@@ -16,6 +16,9 @@ use std::time::Duration;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// `RETRY_DELAYS_MS` when unset: the delay tiers (and so the `Q.retry.{ms}ms` queues) every worker declares.
+pub const DEFAULT_RETRY_DELAYS_MS: [u64; 4] = [1_000, 10_000, 60_000, 600_000];
+
 /// Broker settings shared by every worker.
 #[derive(Clone)]
 pub struct AmqpSettings {
@@ -81,10 +84,7 @@ impl AmqpSettings {
             url: SecretString::from(url),
             prefetch,
             publish_timeout: settings::millis("PUBLISH_TIMEOUT_MS", 10_000)?,
-            retry_delays: settings::millis_list(
-                "RETRY_DELAYS_MS",
-                &[1_000, 10_000, 60_000, 600_000],
-            )?,
+            retry_delays: settings::millis_list("RETRY_DELAYS_MS", &DEFAULT_RETRY_DELAYS_MS)?,
             max_attempts,
             reconnect_max_delay: settings::millis("RECONNECT_MAX_DELAY_MS", 30_000)?,
             shutdown_grace: settings::millis("SHUTDOWN_GRACE_MS", 20_000)?,

@@ -42,14 +42,91 @@ pub fn retry_queue(queue: &str, delay: Duration) -> String {
     format!("{queue}.retry.{}ms", delay.as_millis())
 }
 
-fn text(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s))
+/// The exchanges `declare` declares: durable topic exchanges.
+pub const EXCHANGES: [&str; 2] = [CARRIER_EVENTS, ORDER_STATUS];
+
+/// The bindings `declare` declares, as (queue, exchange); each with the routing key [`BINDING_KEY`].
+pub const BINDINGS: [(&str, &str); 3] = [
+    (NORMALIZER_QUEUE, CARRIER_EVENTS),
+    (EMAIL_QUEUE, ORDER_STATUS),
+    (MARKETPLACE_QUEUE, ORDER_STATUS),
+];
+
+/// The routing key of every binding in [`BINDINGS`].
+pub const BINDING_KEY: &str = "#";
+
+/// A queue argument's value, as `declare` sends it (text as a long string, numbers as a signed 64-bit integer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueArg {
+    Text(String),
+    Long(i64),
 }
 
-fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+impl QueueArg {
+    fn to_amqp(&self) -> AMQPValue {
+        match self {
+            QueueArg::Text(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+            QueueArg::Long(n) => AMQPValue::LongLongInt(*n),
+        }
+    }
+}
+
+/// One queue as `declare` declares it: durable, not exclusive, not auto-delete, with these arguments in this order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub name: String,
+    pub arguments: Vec<(&'static str, QueueArg)>,
+}
+
+fn text(s: &str) -> QueueArg {
+    QueueArg::Text(s.to_owned())
+}
+
+/// Every queue `declare` declares for these retry delays, in declaration order: per work queue, its `.dead` queue,
+/// the work queue, then its retry tiers. Pure: deployment files (a broker definitions file) and their tests use it.
+pub fn queues(retry_delays: &[Duration]) -> Vec<QueueSpec> {
+    let mut out = Vec::new();
+    for queue in WORK_QUEUES {
+        let dead = dead_queue(queue);
+        out.push(QueueSpec {
+            name: dead.clone(),
+            arguments: vec![("x-queue-type", text("quorum"))],
+        });
+        out.push(QueueSpec {
+            name: queue.to_owned(),
+            arguments: vec![
+                ("x-queue-type", text("quorum")),
+                ("x-dead-letter-exchange", text("")),
+                ("x-dead-letter-routing-key", text(&dead)),
+                ("x-dead-letter-strategy", text("at-least-once")),
+                ("x-overflow", text("reject-publish")),
+                ("x-delivery-limit", QueueArg::Long(DELIVERY_LIMIT)),
+            ],
+        });
+        for delay in retry_delays {
+            out.push(QueueSpec {
+                name: retry_queue(queue, *delay),
+                arguments: vec![
+                    ("x-queue-type", text("quorum")),
+                    (
+                        "x-message-ttl",
+                        QueueArg::Long(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+                    ),
+                    ("x-dead-letter-exchange", text("")),
+                    ("x-dead-letter-routing-key", text(queue)),
+                    ("x-dead-letter-strategy", text("at-least-once")),
+                    ("x-overflow", text("reject-publish")),
+                ],
+            });
+        }
+    }
+    out
+}
+
+fn table(entries: &[(&'static str, QueueArg)]) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in entries {
-        t.insert(ShortString::from(*k), v.clone());
+        t.insert(ShortString::from(*k), v.to_amqp());
     }
     t
 }
@@ -68,7 +145,7 @@ pub async fn declare(channel: &Channel, retry_delays: &[Duration]) -> lapin::Res
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
-    for exchange in [CARRIER_EVENTS, ORDER_STATUS] {
+    for exchange in EXCHANGES {
         channel
             .exchange_declare(
                 exchange.into(),
@@ -78,55 +155,26 @@ pub async fn declare(channel: &Channel, retry_delays: &[Duration]) -> lapin::Res
             )
             .await?;
     }
-    for queue in WORK_QUEUES {
-        let dead = dead_queue(queue);
+    for queue in queues(retry_delays) {
         channel
             .queue_declare(
-                dead.as_str().into(),
+                queue.name.as_str().into(),
                 durable(),
-                table(&[("x-queue-type", text("quorum"))]),
+                table(&queue.arguments),
             )
             .await?;
-        let args = table(&[
-            ("x-queue-type", text("quorum")),
-            ("x-dead-letter-exchange", text("")),
-            ("x-dead-letter-routing-key", text(&dead)),
-            ("x-dead-letter-strategy", text("at-least-once")),
-            ("x-overflow", text("reject-publish")),
-            ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
-        ]);
-        channel.queue_declare(queue.into(), durable(), args).await?;
-        for delay in retry_delays {
-            let args = table(&[
-                ("x-queue-type", text("quorum")),
-                (
-                    "x-message-ttl",
-                    AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
-                ),
-                ("x-dead-letter-exchange", text("")),
-                ("x-dead-letter-routing-key", text(queue)),
-                ("x-dead-letter-strategy", text("at-least-once")),
-                ("x-overflow", text("reject-publish")),
-            ]);
-            channel
-                .queue_declare(retry_queue(queue, *delay).as_str().into(), durable(), args)
-                .await?;
-        }
     }
-    let bind = |q: &'static str, ex: &'static str| async move {
+    for (queue, exchange) in BINDINGS {
         channel
             .queue_bind(
-                q.into(),
-                ex.into(),
-                "#".into(),
+                queue.into(),
+                exchange.into(),
+                BINDING_KEY.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await
-    };
-    bind(NORMALIZER_QUEUE, CARRIER_EVENTS).await?;
-    bind(EMAIL_QUEUE, ORDER_STATUS).await?;
-    bind(MARKETPLACE_QUEUE, ORDER_STATUS).await?;
+            .await?;
+    }
     Ok(())
 }
 
