@@ -4,11 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracking_carriers::CarrierClient;
-use tracking_carriers::correios::{CorreiosClient, CorreiosSettings};
 use tracking_sim::correios::{CorreiosSim, Journey, Script, SimConfig, SimEvent};
 use tracking_sim::jadlog::{JadlogSim, delivered_journey};
 use tracking_tests::{TestEnv, Worker, correios_env, eventually, request, s10};
@@ -212,35 +208,43 @@ async fn a_renamed_field_turns_the_carrier_broken_within_one_polling_cycle_and_t
     // The parser learns the new name (here: the carrier goes back); kept answers still hold dataHora, so they stay
     // unreadable for today's parser and say so; a kept answer in the known shape replays into events.
     sim.rename_event_field(None);
-    let client = CorreiosClient::new(CorreiosSettings {
-        base_url: sim.base_url(),
-        user: "sim-user".into(),
-        access_code: "sim-code".to_owned().into(),
-        postage_card: None,
-        timeout: Duration::from_secs(5),
-        time_zone: chrono_tz::America::Sao_Paulo,
-        batch: 50,
-        retry: tracking_carriers::CallRetry::default(),
-    })?;
-    let mut clients: BTreeMap<tracking_domain::Carrier, Arc<dyn CarrierClient>> = BTreeMap::new();
-    clients.insert(tracking_domain::Carrier::Correios, Arc::new(client));
-    let publisher = tracking_runtime::amqp::Publisher::new(
-        tracking_runtime::amqp::AmqpSettings::with_url(&env.amqp_url),
-        "test",
+    let replay = || -> anyhow::Result<String> {
+        let out = std::process::Command::new(tracking_tests::bin_dir().join("trackctl"))
+            .args(["carriers", "replay"])
+            .envs(env.worker_env())
+            .envs(correios_env(&sim))
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::ensure!(
+            out.status.success(),
+            "trackctl carriers replay failed: {text}"
+        );
+        Ok(text)
+    };
+    let out = replay()?;
+    assert!(
+        out.contains("Replayed 0 kept answer(s)") && out.contains("still unreadable"),
+        "{out}"
     );
-    let report =
-        tracking_workers::fetcher::replay_responses(&env.pool, &clients, &publisher).await?;
-    assert_eq!(report.replayed, 0);
-    assert!(report.still_unreadable >= 1);
     let fixed_body = body.replace("dataHora", "dtHrCriado");
     sqlx::query("UPDATE carrier_responses SET body = $1")
         .bind(&fixed_body)
         .execute(&env.pool)
         .await?;
-    let report =
-        tracking_workers::fetcher::replay_responses(&env.pool, &clients, &publisher).await?;
-    assert!(report.replayed >= 1 && report.published >= 1, "{report:?}");
-    publisher.close().await;
+    let out = replay()?;
+    assert!(
+        !out.contains("Replayed 0 kept") && !out.contains("0 carrier update(s) published"),
+        "{out}"
+    );
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM carrier_responses WHERE replayed_at IS NULL")
+            .fetch_one(&env.pool)
+            .await?;
+    assert_eq!(left, 0);
 
     // And the next good poll makes the carrier degraded (a recent failure), not broken.
     let h = eventually(

@@ -239,3 +239,126 @@ async fn recompute_after_the_event_table_changed_emits_only_new_changes() -> any
     assert!(!ok && out.contains("--all"), "{out}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_csv_reports_bad_rows_by_line_and_field_and_publishes_the_good_ones()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    env.migrate().await?;
+    let amqp = env.amqp().await?;
+    amqp.declare(&[Duration::from_millis(200), Duration::from_secs(1)])
+        .await?;
+    let (good1, good2, bad) = (s10("CS", 1), s10("CS", 2), s10("CS", 3));
+    let csv = format!(
+        "order_id,tracking_code,email,name,locale,carrier,marketplace,marketplace_order_id,invoice_number\r\n\
+         C-1,{good1},ana@example.com,\"Souza, Ana\",es,correios,acme,ACME-1,NF-1\r\n\
+         C-2,{},bia@example.com,,,,,,\r\n\
+         C-3,{bad},not-an-email,Caio,fr,,,,\r\n\
+         C-4,{bad},caio@example.com,Caio,en,,acme,,\r\n\
+         C-5,{bad},caio@example.com\r\n\
+         \r\n",
+        good2.to_lowercase()
+    );
+    let (ok, out) = trackctl(&env, &["publish", "--csv", "-"], Some(&csv))?;
+    assert!(!ok, "invalid rows fail the command: {out}");
+    assert!(
+        out.contains("line 4: not sent: email: \"not-an-email\" is not an email address; locale: "),
+        "{out}"
+    );
+    assert!(
+        out.contains("line 5: not sent: marketplace_order_id: is required"),
+        "{out}"
+    );
+    assert!(
+        out.contains("line 6: not sent: expected 9 fields as in the header, found 3"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Published 2 tracking request(s); refused 3."),
+        "{out}"
+    );
+    let published = amqp.drain("tracking.requests").await?;
+    let bodies: Vec<serde_json::Value> = published
+        .iter()
+        .map(|m| serde_json::from_slice(&m.body).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 2);
+    assert_eq!(bodies[0]["tracking_code"], good1.as_str());
+    assert_eq!(bodies[0]["customer"]["name"], "Souza, Ana");
+    assert_eq!(bodies[0]["customer"]["locale"], "es");
+    assert_eq!(
+        bodies[0]["marketplace"],
+        serde_json::json!({"name": "acme", "order_id": "ACME-1"})
+    );
+    assert_eq!(bodies[0]["invoice_number"], "NF-1");
+    assert_eq!(bodies[1]["tracking_code"], good2.as_str());
+    assert_eq!(bodies[1]["customer"]["locale"], "pt-BR");
+    assert!(bodies[1].get("marketplace").is_none());
+
+    // A header that names an unknown column publishes nothing.
+    let (ok, out) = trackctl(
+        &env,
+        &["publish", "--csv", "-"],
+        Some(&format!(
+            "order_id,tracking_code,e-mail\nC-9,{good1},ana@example.com\n"
+        )),
+    )?;
+    assert!(!ok && out.contains("unknown column \"e-mail\""), "{out}");
+    assert_eq!(amqp.count("tracking.requests").await?, 0);
+
+    // A large file: progress on standard error every 500 and at the end; columns in any order.
+    let path = env.log_dir().join("many.csv");
+    let mut many = String::from("email,tracking_code,order_id\n");
+    for n in 0..1001 {
+        many.push_str(&format!("c{n}@example.com,{},M-{n}\n", s10("MN", n)));
+    }
+    std::fs::write(&path, many)?;
+    let (ok, out) = trackctl(&env, &["publish", "--csv", path.to_str().unwrap()], None)?;
+    assert!(ok, "{out}");
+    for line in [
+        "published 500/1001",
+        "published 1000/1001",
+        "published 1001/1001",
+    ] {
+        assert!(out.contains(line), "{line} missing: {out}");
+    }
+    assert!(
+        out.contains("Published 1001 tracking request(s); refused 0."),
+        "{out}"
+    );
+    assert_eq!(amqp.count("tracking.requests").await?, 1001);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carriers_health_prints_the_fetchers_reports_and_unknown_for_the_rest() -> anyhow::Result<()>
+{
+    let env = TestEnv::new().await?;
+    env.migrate().await?;
+    let (ok, out) = trackctl(&env, &["carriers", "health"], None)?;
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with("correios") && lines[0].contains("unknown"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("jadlog") && lines[1].contains("unknown"),
+        "{out}"
+    );
+    sqlx::query(
+        "INSERT INTO carrier_health (carrier, state, reason, counters, updated_at) \
+         VALUES ('correios', 'degraded', 'timeouts: 4 of the last 10 calls', '{\"timeouts\": 4}', '2026-11-24T18:00:00Z')",
+    )
+    .execute(&env.pool)
+    .await?;
+    let (ok, out) = trackctl(&env, &["carriers", "health"], None)?;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("correios   degraded  reported 2026-11-24 18:00:00 UTC  reason: timeouts: 4 of the last 10 calls  counters: {\"timeouts\":4}"),
+        "{out}"
+    );
+    assert!(out.contains("jadlog     unknown"), "{out}");
+    Ok(())
+}

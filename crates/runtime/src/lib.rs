@@ -1,5 +1,6 @@
 //! The worker runtime: everything a worker needs that knows nothing of carriers, orders or emails.
 //!
+//! - [`boot`]: what every binary's `main` does: telemetry, signals, the ops server, exit code 2 on bad settings.
 //! - [`settings`]: reading typed settings from the environment, with errors that name the variable.
 //! - [`telemetry`]: one tracing setup (`RUST_LOG`, `LOG_FORMAT` = `text` | `json`).
 //! - [`ops`]: `GET /health` and `GET /metrics` on `METRICS_ADDR`, and the [`ops::Health`] the worker updates.
@@ -10,6 +11,7 @@
 //! A worker's `main` is a composition root: telemetry, settings, clients, then its `run(…, shutdown)`.
 
 pub mod amqp;
+pub mod boot;
 pub mod ops;
 pub mod settings;
 pub mod shutdown;

@@ -1,6 +1,7 @@
 //! Settings from environment variables. An empty variable counts as unset; a bad value is an error that
 //! names the variable and what was expected, so a worker exits with a message an operator can act on.
 
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -44,6 +45,14 @@ where
             .parse()
             .map_err(|e| SettingsError::new(name, format!("cannot parse {v:?}: {e}"))),
     }
+}
+
+/// A `host:port` to listen on.
+pub fn socket_addr(name: &str, default: &str) -> Result<SocketAddr, SettingsError> {
+    let v = var_or(name, default);
+    v.trim()
+        .parse()
+        .map_err(|e| SettingsError::new(name, format!("{v:?} is not host:port: {e}")))
 }
 
 pub fn secs(name: &str, default: u64) -> Result<Duration, SettingsError> {

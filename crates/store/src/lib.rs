@@ -1,12 +1,15 @@
 //! PostgreSQL: settings, the pool, the schema's migrations (`migrations/` at the workspace root), and the
-//! queries more than one worker shares: shipments with their order context, and per-destination
-//! idempotency records.
+//! queries more than one worker shares: shipments with their order context, per-destination
+//! idempotency records, read-only views for `tracking-api` and `trackctl`, and the database side of a
+//! binary's start (`env`).
 //!
 //! The normalizer owns the schema and migrates it at start (as does `trackctl migrate`); the other
 //! workers wait until the schema is at the version they were built with.
 
 pub mod deliveries;
+pub mod env;
 pub mod shipments;
+pub mod views;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;

@@ -1,12 +1,12 @@
-//! `trackctl`: the operator's command line. Publishes tracking requests, shows a shipment, lists and replays
-//! parked messages, and migrates the database.
+//! `trackctl`: the operator's command line. Publishes tracking requests (one, JSON lines or CSV), shows a
+//! shipment and the carriers' health, lists and replays parked messages, and migrates the database.
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use secrecy::ExposeSecret;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use tracking_domain::TrackingRequest;
 use tracking_runtime::amqp::topology::{self, TRACKING_REQUESTS, WORK_QUEUES};
 use tracking_runtime::amqp::{AmqpSettings, Outgoing, Publisher};
@@ -23,11 +23,14 @@ const EXAMPLES: &str = "Examples:
   trackctl migrate
   trackctl publish --order-id 1385310000001-01 --code DL746686536BR --email ana@example.com --locale pt-BR --marketplace acme:ACME-991
   trackctl publish --file requests.jsonl        (one JSON tracking request per line; - reads standard input)
+  trackctl publish --csv requests.csv           (header: order_id,tracking_code,email,name,locale,carrier,marketplace,marketplace_order_id,invoice_number)
   trackctl shipment show DL746686536BR
   trackctl shipment recompute --all     (after the event-code table changed: records and publishes only new changes)
   trackctl dead list tracking.requests
   trackctl dead show email.order-status 1
   trackctl dead replay email.order-status --limit 10
+  trackctl carriers health                      (each carrier's state as the fetchers last reported it)
+  trackctl carriers replay                      (after a parser fix: publish the events of kept unreadable answers)
 
 Settings come from the environment: AMQP_URL, DATABASE_URL.";
 
@@ -43,13 +46,30 @@ pub enum Command {
     /// Parked messages (`Q.dead`).
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Carriers.
+    #[command(subcommand)]
+    Carriers(CarriersCommand),
+}
+
+#[derive(Subcommand)]
+pub enum CarriersCommand {
+    /// Each carrier's state (ok, degraded, broken) as the fetchers last reported it, with the reason and
+    /// counters; `unknown` for a carrier no fetcher reported on yet.
+    Health,
+    /// Read the kept unreadable carrier answers (`carrier_responses`) again with this version's parsers and publish
+    /// their events; run it after deploying a fixed parser. Needs the fetcher's carrier settings.
+    Replay,
 }
 
 #[derive(clap::Args)]
 pub struct PublishArgs {
     /// A file of JSON tracking requests, one per line (`-` for standard input).
-    #[arg(long, conflicts_with_all = ["order_id", "code", "email"])]
+    #[arg(long, conflicts_with_all = ["order_id", "code", "email", "csv"])]
     pub file: Option<String>,
+    /// A CSV file with a header row naming its columns among order_id, tracking_code, email (required),
+    /// name, locale, carrier, marketplace, marketplace_order_id, invoice_number (`-` for standard input).
+    #[arg(long, conflicts_with_all = ["order_id", "code", "email"])]
+    pub csv: Option<String>,
     #[arg(long)]
     pub order_id: Option<String>,
     /// The tracking code.
@@ -148,19 +168,147 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             recompute(tracking_code.as_deref()).await
         }
         Command::Dead(cmd) => dead(cmd).await,
+        Command::Carriers(CarriersCommand::Health) => carriers_health().await,
+        Command::Carriers(CarriersCommand::Replay) => carriers_replay().await,
     }
+}
+
+/// The CSV columns `publish --csv` knows, and where each goes in a tracking request.
+const CSV_COLUMNS: [(&str, &str); 9] = [
+    ("order_id", "order_id"),
+    ("tracking_code", "tracking_code"),
+    ("email", "customer.email"),
+    ("name", "customer.name"),
+    ("locale", "customer.locale"),
+    ("carrier", "carrier"),
+    ("marketplace", "marketplace.name"),
+    ("marketplace_order_id", "marketplace.order_id"),
+    ("invoice_number", "invoice_number"),
+];
+const CSV_REQUIRED: [&str; 3] = ["order_id", "tracking_code", "email"];
+
+/// Publishing more requests than this prints a progress line on standard error every this many.
+const PROGRESS_EVERY: usize = 500;
+
+fn read_input(file: &str) -> anyhow::Result<Box<dyn BufRead>> {
+    Ok(if file == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("opening {file}"))?,
+        ))
+    })
+}
+
+/// The tracking requests of a CSV text, each with the line it starts on; an unusable header is an error.
+fn csv_requests(text: &str) -> anyhow::Result<Vec<(String, Result<TrackingRequest, String>)>> {
+    let mut records = crate::csv::records(text).into_iter();
+    let Some((header_line, header)) = records.next() else {
+        bail!("the CSV input is empty: it needs a header row naming its columns");
+    };
+    let header = header.map_err(|e| anyhow::anyhow!("line {header_line}: {e}"))?;
+    let known = || {
+        CSV_COLUMNS
+            .iter()
+            .map(|(c, _)| *c)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut columns: Vec<&'static str> = Vec::new();
+    for name in &header {
+        let name = name.trim().to_ascii_lowercase();
+        let Some((column, _)) = CSV_COLUMNS.iter().find(|(c, _)| *c == name) else {
+            bail!(
+                "line {header_line}: unknown column {name:?} in the header (known: {})",
+                known()
+            );
+        };
+        if columns.contains(column) {
+            bail!("line {header_line}: column {name:?} appears twice in the header");
+        }
+        columns.push(column);
+    }
+    let missing: Vec<&str> = CSV_REQUIRED
+        .into_iter()
+        .filter(|c| !columns.contains(c))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "line {header_line}: the header lacks required column(s) {} (known: {})",
+            missing.join(", "),
+            known()
+        );
+    }
+    let column_of = |field: &str| {
+        CSV_COLUMNS
+            .iter()
+            .find(|(_, f)| *f == field)
+            .map_or(field, |(c, _)| *c)
+            .to_owned()
+    };
+    let mut out = Vec::new();
+    for (line, record) in records {
+        let what = format!("line {line}");
+        let fields = match record {
+            Ok(f) if f.len() == columns.len() => f,
+            Ok(f) => {
+                out.push((
+                    what,
+                    Err(format!(
+                        "expected {} fields as in the header, found {}",
+                        columns.len(),
+                        f.len()
+                    )),
+                ));
+                continue;
+            }
+            Err(e) => {
+                out.push((what, Err(e)));
+                continue;
+            }
+        };
+        let mut v = serde_json::json!({ "customer": {} });
+        for (column, value) in columns.iter().zip(fields) {
+            let value = value.trim();
+            if value.is_empty() {
+                continue;
+            }
+            let path = CSV_COLUMNS
+                .iter()
+                .find(|(c, _)| c == column)
+                .map_or(*column, |(_, f)| *f);
+            match path.split_once('.') {
+                Some((outer, inner)) => {
+                    if !v[outer].is_object() {
+                        v[outer] = serde_json::json!({});
+                    }
+                    v[outer][inner] = value.into();
+                }
+                None => v[path] = value.into(),
+            }
+        }
+        let request = TrackingRequest::from_value(&v).map_err(|e| {
+            e.details()
+                .into_iter()
+                .map(|d| format!("{}: {}", column_of(&d.field), d.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        out.push((what, request));
+    }
+    Ok(out)
 }
 
 async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let mut requests: Vec<(String, Result<TrackingRequest, String>)> = Vec::new();
-    if let Some(file) = &args.file {
-        let reader: Box<dyn BufRead> = if file == "-" {
-            Box::new(std::io::BufReader::new(std::io::stdin()))
-        } else {
-            Box::new(std::io::BufReader::new(
-                std::fs::File::open(file).with_context(|| format!("opening {file}"))?,
-            ))
-        };
+    if let Some(file) = &args.csv {
+        let mut text = String::new();
+        read_input(file)?
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading {file} (it must be UTF-8 text)"))?;
+        requests = csv_requests(&text)?;
+    } else if let Some(file) = &args.file {
+        let reader = read_input(file)?;
         for (n, line) in reader.lines().enumerate() {
             let line = line?;
             if line.trim().is_empty() {
@@ -174,7 +322,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     } else {
         let (Some(order_id), Some(code), Some(email)) = (&args.order_id, &args.code, &args.email)
         else {
-            bail!("give --order-id, --code and --email, or --file");
+            bail!("give --order-id, --code and --email, or --file, or --csv");
         };
         let mut v = serde_json::json!({ "order_id": order_id, "tracking_code": code, "customer": { "email": email } });
         if let Some(n) = &args.name {
@@ -201,6 +349,8 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         ));
     }
     let publisher = Publisher::new(AmqpSettings::from_env()?, "trackctl");
+    let valid = requests.iter().filter(|(_, r)| r.is_ok()).count();
+    let progress = valid > PROGRESS_EVERY;
     let (mut sent, mut refused) = (0usize, 0usize);
     for (what, req) in requests {
         match req {
@@ -208,8 +358,14 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
                 let body = serde_json::to_vec(&r)?;
                 publisher
                     .publish(Outgoing::json("", TRACKING_REQUESTS, &body))
-                    .await?;
+                    .await
+                    .with_context(|| {
+                        format!("{what}: publishing (published {sent}/{valid} before it)")
+                    })?;
                 sent += 1;
+                if progress && (sent % PROGRESS_EVERY == 0 || sent == valid) {
+                    eprintln!("published {sent}/{valid}");
+                }
             }
             Err(e) => {
                 eprintln!("{what}: not sent: {e}");
@@ -224,6 +380,44 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     } else {
         Ok(())
     }
+}
+
+async fn carriers_replay() -> anyhow::Result<()> {
+    let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
+    let clients = crate::fetcher::CarrierSettings::from_env()?.clients(None)?;
+    let publisher = Publisher::new(AmqpSettings::from_env()?, "trackctl");
+    let report = crate::fetcher::replay_responses(&pool, &clients, &publisher).await;
+    publisher.close().await;
+    let report = report?;
+    println!(
+        "Replayed {} kept answer(s): {} carrier update(s) published; {} still unreadable (see carrier_responses.replay_error).",
+        report.replayed, report.published, report.still_unreadable
+    );
+    Ok(())
+}
+
+async fn carriers_health() -> anyhow::Result<()> {
+    let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
+    let carriers = tracking_store::views::carrier_health(&pool).await?;
+    for c in carriers {
+        let mut line = format!("{:<10} {:<9}", c.carrier, c.state);
+        match c.updated_at {
+            Some(at) => line.push_str(&format!(" reported {}", at.format("%Y-%m-%d %H:%M:%S UTC"))),
+            None => line.push_str(" no fetcher has reported on it yet"),
+        }
+        if let Some(r) = &c.reason {
+            line.push_str(&format!("  reason: {r}"));
+        }
+        if let Some(counters) = c
+            .counters
+            .as_ref()
+            .filter(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+        {
+            line.push_str(&format!("  counters: {counters}"));
+        }
+        println!("{line}");
+    }
+    Ok(())
 }
 
 async fn recompute(code: Option<&str>) -> anyhow::Result<()> {

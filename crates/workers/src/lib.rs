@@ -12,6 +12,7 @@
 //! retries, parking, reconnection and shutdown.
 
 pub mod boot;
+mod csv;
 pub mod ctl;
 pub mod deliver;
 pub mod email_publisher;

@@ -8,7 +8,7 @@ mod publisher;
 pub mod topology;
 
 pub use consumer::{Handler, Incoming, Outcome, run_consumer};
-pub use publisher::{Outgoing, PublishError, Publisher};
+pub use publisher::{Outgoing, PublishError, Publisher, watch_publisher};
 
 use crate::settings::{self, SettingsError};
 use secrecy::{ExposeSecret, SecretString};

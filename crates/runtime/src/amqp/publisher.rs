@@ -176,3 +176,39 @@ impl Publisher {
         }
     }
 }
+
+/// Keeps `health`'s `component` current for a binary that publishes but does not consume (whose consumer would
+/// otherwise report the broker): every `every`, checks the publisher's connection and reconnects when it is gone.
+pub async fn watch_publisher(
+    publisher: Publisher,
+    health: crate::ops::Health,
+    component: &'static str,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut was_up = None;
+    loop {
+        let up = if publisher.is_connected() {
+            true
+        } else {
+            match publisher.connect().await {
+                Ok(()) => true,
+                Err(e) => {
+                    if was_up != Some(false) {
+                        tracing::warn!(error = %e, "Cannot reach RabbitMQ; publishing fails until it is back.");
+                    }
+                    false
+                }
+            }
+        };
+        if up && was_up == Some(false) {
+            tracing::info!("RabbitMQ is reachable again.");
+        }
+        was_up = Some(up);
+        health.set(component, up);
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}

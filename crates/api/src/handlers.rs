@@ -1,0 +1,398 @@
+//! The endpoints of contract.md "tracking-api".
+
+use crate::AppState;
+use crate::auth::Authorized;
+use crate::body::{DeliveryConfirmation, ManualEvent, json_object};
+use crate::error::ApiError;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::{Map, Value, json};
+use tracking_domain::{
+    Carrier, CarrierEvent, CarrierUpdate, FieldError, Location, OrderId, Source, Status,
+    TrackingCode, TrackingRequest,
+};
+use tracking_runtime::amqp::Outgoing;
+use tracking_runtime::amqp::topology::{CARRIER_EVENTS, TRACKING_REQUESTS};
+use tracking_store::shipments::{self, ShipmentRow};
+use tracking_store::views;
+
+type Accepted = (StatusCode, Json<Value>);
+
+/// The event code of every event entered by hand.
+pub const MANUAL_CODE: &str = "MANUAL";
+/// The description of a delivery confirmation without a note.
+pub const CONFIRMATION_DESCRIPTION: &str = "Delivery confirmed by support";
+
+fn path_param(p: Result<Path<String>, PathRejection>, name: &str) -> Result<String, ApiError> {
+    p.map(|Path(v)| v).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the path's {name} cannot be read: {}", e.body_text()),
+        )
+    })
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "{what}");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{what}: {e}; try again (repeating the call is harmless)"),
+    )
+}
+
+/// `POST /v1/tracking-requests`: validated as the fetcher would, then queued on `tracking.requests`.
+pub async fn create_tracking_request(
+    _: Authorized,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Accepted, ApiError> {
+    let map = json_object(&headers, body, state.inner.body_limit)?;
+    let request = TrackingRequest::from_value(&Value::Object(map))
+        .map_err(|e| ApiError::fields(format!("invalid tracking request: {e}"), &e.details()))?;
+    let body = serde_json::to_vec(&request)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    state
+        .inner
+        .publisher
+        .publish(Outgoing::json("", TRACKING_REQUESTS, &body))
+        .await
+        .map_err(|e| unavailable("cannot queue the tracking request", e))?;
+    tracing::info!(order_id = %request.order_id, tracking_code = %request.tracking_code, carrier = %request.carrier,
+        "Tracking request queued.");
+    metrics::counter!("api_published_total", "kind" => "tracking_request").increment(1);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "status": "queued",
+            "order_id": request.order_id,
+            "tracking_code": request.tracking_code,
+            "carrier": request.carrier,
+        })),
+    ))
+}
+
+/// Publishes one manual event for a known shipment to `carrier.events`, as the fetcher publishes a poll's
+/// events: the normalizer stores it once, decides and emits the change.
+async fn publish_manual(
+    state: &AppState,
+    shipment: &ShipmentRow,
+    status: Status,
+    event: &ManualEvent,
+    raw: Value,
+) -> Result<(Carrier, TrackingCode), ApiError> {
+    let corrupt = |e: String| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("stored shipment {} is inconsistent: {e}", shipment.id),
+        )
+    };
+    let carrier: Carrier = shipment.carrier.parse().map_err(corrupt)?;
+    let code = TrackingCode::parse(&shipment.tracking_code).map_err(|e| corrupt(e.to_string()))?;
+    let update = CarrierUpdate {
+        carrier,
+        tracking_code: code.clone(),
+        source: Source::Manual,
+        request: None,
+        fetched_at: Utc::now(),
+        estimated_delivery: None,
+        carrier_message: None,
+        events: vec![CarrierEvent {
+            code: MANUAL_CODE.into(),
+            kind: None,
+            occurred_at: event.occurred_at,
+            description: event.description.clone().unwrap_or_default(),
+            detail: None,
+            location: event.location.clone(),
+            unit: None,
+            status: Some(status),
+            raw,
+        }],
+    };
+    let body = serde_json::to_vec(&update)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let key = format!("{carrier}.{code}");
+    state
+        .inner
+        .publisher
+        .publish(Outgoing::json(CARRIER_EVENTS, &key, &body))
+        .await
+        .map_err(|e| unavailable("cannot queue the event", e))?;
+    tracing::info!(%carrier, tracking_code = %code, %status, occurred_at = %event.occurred_at, "Manual event queued.");
+    metrics::counter!("api_published_total", "kind" => "manual_event").increment(1);
+    Ok((carrier, code))
+}
+
+/// `POST /v1/shipments/{tracking_code}/events`.
+pub async fn create_manual_event(
+    _: Authorized,
+    State(state): State<AppState>,
+    code: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Accepted, ApiError> {
+    let code = path_param(code, "tracking_code")?;
+    let map = json_object(&headers, body, state.inner.body_limit)?;
+    let event = ManualEvent::from_map(&map, Utc::now())
+        .map_err(|errors| ApiError::fields(invalid("event", &errors), &errors))?;
+    let found = match TrackingCode::parse(&code) {
+        Ok(c) => shipments::by_code(&state.inner.pool, c.as_str())
+            .await
+            .map_err(ApiError::database)?,
+        Err(_) => Vec::new(),
+    };
+    if found.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no shipment with tracking code {code:?} is registered; send a tracking request first"
+        )));
+    }
+    let mut queued = Vec::new();
+    for shipment in &found {
+        let (carrier, code) = publish_manual(
+            &state,
+            shipment,
+            event.status,
+            &event,
+            Value::Object(map.clone()),
+        )
+        .await?;
+        queued.push(json!({ "carrier": carrier, "tracking_code": code }));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "status": "queued",
+            "event": {
+                "status": event.status,
+                "occurred_at": event.occurred_at,
+                "description": event.description,
+                "location": event.location,
+            },
+            "shipments": queued,
+        })),
+    ))
+}
+
+fn invalid(what: &str, errors: &[FieldError]) -> String {
+    format!(
+        "invalid {what}: {}",
+        errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
+}
+
+async fn order_shipments(state: &AppState, order_id: &str) -> Result<Vec<ShipmentRow>, ApiError> {
+    let found = match OrderId::parse(order_id) {
+        Ok(id) => shipments::by_order(&state.inner.pool, id.as_str())
+            .await
+            .map_err(ApiError::database)?,
+        Err(_) => Vec::new(),
+    };
+    if found.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no shipment of order {order_id:?} is registered"
+        )));
+    }
+    Ok(found)
+}
+
+/// `POST /v1/orders/{order_id}/delivery-confirmation`: a manual `delivered` event for each of the order's shipments.
+pub async fn confirm_delivery(
+    _: Authorized,
+    State(state): State<AppState>,
+    order_id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Accepted, ApiError> {
+    let order_id = path_param(order_id, "order_id")?;
+    let map = json_object(&headers, body, state.inner.body_limit)?;
+    let confirmation = DeliveryConfirmation::from_map(&map, Utc::now())
+        .map_err(|errors| ApiError::fields(invalid("delivery confirmation", &errors), &errors))?;
+    let found = order_shipments(&state, &order_id).await?;
+    let event = ManualEvent {
+        status: Status::Delivered,
+        occurred_at: confirmation.delivered_at,
+        description: Some(
+            confirmation
+                .note
+                .clone()
+                .unwrap_or_else(|| CONFIRMATION_DESCRIPTION.to_owned()),
+        ),
+        location: None,
+    };
+    let mut queued = Vec::new();
+    for shipment in &found {
+        match publish_manual(
+            &state,
+            shipment,
+            Status::Delivered,
+            &event,
+            Value::Object(map.clone()),
+        )
+        .await
+        {
+            Ok((carrier, code)) => {
+                queued.push(json!({ "carrier": carrier, "tracking_code": code }))
+            }
+            Err(mut e) => {
+                if !queued.is_empty() {
+                    e.error = format!(
+                        "{} (queued for {} of {} shipments: repeat the call, the queued ones will not change twice)",
+                        e.error,
+                        queued.len(),
+                        found.len()
+                    );
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "status": "queued",
+            "order_id": order_id,
+            "delivered_at": confirmation.delivered_at,
+            "shipments": queued,
+        })),
+    ))
+}
+
+fn location(city: &Option<String>, state: &Option<String>) -> Value {
+    serde_json::to_value(Location {
+        city: city.clone(),
+        state: state.clone(),
+    })
+    .unwrap_or(Value::Null)
+}
+
+/// `GET /v1/orders/{order_id}/tracking`.
+pub async fn order_tracking(
+    _: Authorized,
+    State(state): State<AppState>,
+    order_id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let order_id = path_param(order_id, "order_id")?;
+    let history = match OrderId::parse(&order_id) {
+        Ok(id) => views::order_history(&state.inner.pool, id.as_str())
+            .await
+            .map_err(ApiError::database)?,
+        Err(_) => Vec::new(),
+    };
+    if history.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no shipment of order {order_id:?} is registered"
+        )));
+    }
+    let shipments: Vec<Value> = history
+        .into_iter()
+        .map(|h| {
+            let s = &h.shipment;
+            let events: Vec<Value> = h
+                .events
+                .iter()
+                .map(|e| {
+                    json!({
+                        "occurred_at": e.occurred_at,
+                        "source": e.source,
+                        "code": e.code,
+                        "type": e.kind,
+                        "description": e.description,
+                        "detail": e.detail,
+                        "location": location(&e.city, &e.state),
+                        "unit": e.unit,
+                        "status": e.status,
+                        "reason": e.reason,
+                        "reverses_previous": e.reverses,
+                        "received_at": e.received_at,
+                    })
+                })
+                .collect();
+            let changes: Vec<Value> = h
+                .changes
+                .iter()
+                .map(|c| {
+                    json!({
+                        "change_id": c.change_id.to_string(),
+                        "previous_status": c.previous_status,
+                        "status": c.status,
+                        "occurred_at": c.occurred_at,
+                        "source": c.source,
+                        "reason": c.reason,
+                        "event": c.event,
+                        "recorded_at": c.recorded_at,
+                        "published": c.published,
+                    })
+                })
+                .collect();
+            json!({
+                "carrier": s.carrier,
+                "tracking_code": s.tracking_code,
+                "status": s.status,
+                "status_reason": s.status_reason,
+                "status_at": s.status_at,
+                "estimated_delivery": s.estimated_delivery,
+                "carrier_message": h.carrier_message,
+                "finished_at": s.finished_at,
+                "events": events,
+                "changes": changes,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "order_id": order_id, "shipments": shipments }),
+    ))
+}
+
+/// `GET /v1/carriers/health`: the fetchers' latest report per carrier (`carrier_health`).
+pub async fn carriers_health(
+    _: Authorized,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = views::carrier_health(&state.inner.pool)
+        .await
+        .map_err(ApiError::database)?;
+    let mut carriers = Map::new();
+    for row in rows {
+        let mut entry = Map::new();
+        entry.insert("state".into(), json!(row.state));
+        if let Some(r) = row.reason {
+            entry.insert("reason".into(), json!(r));
+        }
+        if let Some(at) = row.updated_at {
+            entry.insert("updated_at".into(), json!(at));
+        }
+        if let Some(c) = row.counters {
+            entry.insert("counters".into(), c);
+        }
+        carriers.insert(row.carrier, Value::Object(entry));
+    }
+    Ok(Json(json!({ "carriers": carriers })))
+}
+
+/// `GET /openapi.json` (no token needed).
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
+}
+
+pub async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no route {method} {}; see /openapi.json",
+        uri.path()
+    ))
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method}; see /openapi.json", uri.path()),
+    )
+}

@@ -1,0 +1,278 @@
+//! `tracking-api`: the pipeline over HTTP (contract.md, "tracking-api").
+//!
+//! | route | what it does |
+//! | --- | --- |
+//! | `POST /v1/tracking-requests` | validates a tracking request and queues it on `tracking.requests` |
+//! | `POST /v1/shipments/{tracking_code}/events` | a manual event for a known shipment, to `carrier.events` |
+//! | `POST /v1/orders/{order_id}/delivery-confirmation` | a manual `delivered` event for each of the order's shipments |
+//! | `GET /v1/orders/{order_id}/tracking` | the order's shipments with their events and status changes |
+//! | `GET /v1/carriers/health` | the carriers' states as the fetchers last reported them |
+//! | `GET /openapi.json` | the OpenAPI 3.1 document (`crates/api/openapi.json`), without a token |
+//!
+//! Every `/v1` call needs `Authorization: Bearer {API_TOKEN}`. Manual events go through the normalizer like a
+//! carrier's: stored once, deduplicated, decided by the status rules, emailed and relayed once. Nothing is
+//! published for a request that is refused.
+
+mod auth;
+pub mod body;
+mod error;
+mod handlers;
+
+pub use error::ApiError;
+pub use handlers::{CONFIRMATION_DESCRIPTION, MANUAL_CODE};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::handler::Handler;
+use axum::middleware::{Next, from_fn};
+use axum::response::Response;
+use axum::routing::MethodFilter;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracking_runtime::amqp::{AmqpSettings, Publisher, watch_publisher};
+use tracking_runtime::boot;
+use tracking_runtime::ops::Health;
+use tracking_runtime::settings::{self, SettingsError};
+use tracking_store::DbSettings;
+
+/// The OpenAPI 3.1 document served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// `METRICS_ADDR`'s default for this binary.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9106";
+
+pub struct Settings {
+    /// `HTTP_ADDR` (default 127.0.0.1:8080).
+    pub http_addr: SocketAddr,
+    /// `API_TOKEN` (required).
+    pub token: SecretString,
+    /// `API_BODY_LIMIT_BYTES` (default 65536): larger bodies are refused with 413.
+    pub body_limit: usize,
+    pub amqp: AmqpSettings,
+    pub db: DbSettings,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let token = settings::var("API_TOKEN").ok_or_else(|| {
+            SettingsError::new(
+                "API_TOKEN",
+                "is required: the bearer token every call must carry (tracking-api does not start without one)",
+            )
+        })?;
+        let body_limit = settings::parse("API_BODY_LIMIT_BYTES", 65_536usize)?;
+        if body_limit == 0 {
+            return Err(SettingsError::new(
+                "API_BODY_LIMIT_BYTES",
+                "must be at least 1",
+            ));
+        }
+        Ok(Self {
+            http_addr: settings::socket_addr("HTTP_ADDR", "127.0.0.1:8080")?,
+            token: SecretString::from(token.trim().to_owned()),
+            body_limit,
+            amqp: AmqpSettings::from_env()?,
+            db: tracking_store::env::db_settings(8)?,
+        })
+    }
+}
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    token_digest: [u8; 32],
+    pool: PgPool,
+    publisher: Publisher,
+    body_limit: usize,
+}
+
+impl AppState {
+    pub fn new(
+        token: &SecretString,
+        pool: PgPool,
+        publisher: Publisher,
+        body_limit: usize,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                token_digest: auth::digest(token.expose_secret()),
+                pool,
+                publisher,
+                body_limit,
+            }),
+        }
+    }
+}
+
+/// The routes, each recorded as it is added, so that [`routes`] lists exactly what the router serves.
+struct Routes {
+    router: Router<AppState>,
+    served: Vec<(&'static str, &'static str)>,
+}
+
+impl Routes {
+    fn add<H, T>(mut self, method: &'static str, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = if method == "get" {
+            MethodFilter::GET
+        } else {
+            MethodFilter::POST
+        };
+        let route =
+            axum::routing::on(filter, handler).layer(from_fn(move |req: Request, next: Next| {
+                observe(path, req, next)
+            }));
+        self.router = self.router.route(path, route);
+        self.served.push((method, path));
+        self
+    }
+}
+
+fn build() -> Routes {
+    Routes {
+        router: Router::new(),
+        served: Vec::new(),
+    }
+    .add(
+        "post",
+        "/v1/tracking-requests",
+        handlers::create_tracking_request,
+    )
+    .add(
+        "post",
+        "/v1/shipments/{tracking_code}/events",
+        handlers::create_manual_event,
+    )
+    .add(
+        "post",
+        "/v1/orders/{order_id}/delivery-confirmation",
+        handlers::confirm_delivery,
+    )
+    .add(
+        "get",
+        "/v1/orders/{order_id}/tracking",
+        handlers::order_tracking,
+    )
+    .add("get", "/v1/carriers/health", handlers::carriers_health)
+    .add("get", "/openapi.json", handlers::openapi)
+}
+
+/// Every `(method, path)` the router serves, methods in lower case and paths as in the OpenAPI document.
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    build().served
+}
+
+/// The application: the routes, JSON answers for unknown routes and methods, and the body limit.
+pub fn app(state: AppState) -> Router {
+    let limit = state.inner.body_limit;
+    build()
+        .router
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Counts and times each call by route (the path template, so tracking codes do not become labels).
+async fn observe(route: &'static str, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics::counter!("api_requests_total", "route" => route, "method" => method.to_string(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("api_request_seconds", "route" => route).record(elapsed);
+    tracing::info!(%method, route, status, ms = elapsed.as_millis() as u64, "API call.");
+    response
+}
+
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let health = Health::new(&["rabbitmq", "postgres"]);
+    boot::serve_ops(DEFAULT_METRICS_ADDR, health.clone(), shutdown.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .map_err(|e| {
+            SettingsError::new(
+                "HTTP_ADDR",
+                format!("cannot listen on {}: {e}", settings.http_addr),
+            )
+        })?;
+    let pool = tracking_store::pool(&settings.db)?;
+    tokio::spawn(tracking_store::env::watch_database(
+        pool.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+    let publisher = Publisher::new(settings.amqp.clone(), "tracking-api");
+    tokio::spawn(watch_publisher(
+        publisher.clone(),
+        health,
+        "rabbitmq",
+        Duration::from_secs(2),
+        shutdown.clone(),
+    ));
+    let state = AppState::new(
+        &settings.token,
+        pool.clone(),
+        publisher.clone(),
+        settings.body_limit,
+    );
+    let bound = listener.local_addr()?;
+    tracing::info!(%bound, body_limit = settings.body_limit, "Serving the tracking API.");
+    let server = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    let grace = settings.amqp.shutdown_grace;
+    tokio::select! {
+        served = server => served?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64,
+                "Calls still in flight after SHUTDOWN_GRACE_MS; stopping anyway (their callers get no answer and may repeat them).");
+        }
+    }
+    publisher.close().await;
+    pool.close().await;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn the_openapi_document_describes_every_route_served_and_nothing_else() {
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"].as_str().unwrap().get(..3), Some("3.1"));
+        let served = routes();
+        for (method, path) in &served {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} is served but not in openapi.json"
+            );
+        }
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                    assert!(
+                        served.iter().any(|(m, p)| m == method && p == path),
+                        "{method} {path} is in openapi.json but not served"
+                    );
+                }
+            }
+        }
+    }
+}

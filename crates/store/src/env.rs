@@ -1,0 +1,57 @@
+//! The database side of a binary's start: `DATABASE_URL` and the pool settings from the environment, and a watch
+//! that keeps `/health`'s `postgres` component current. Used by the workers, `trackctl` and `tracking-api`.
+
+use crate::DbSettings;
+use tokio_util::sync::CancellationToken;
+use tracking_runtime::ops::Health;
+use tracking_runtime::settings::{self, SettingsError};
+
+/// `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS` (default `default_max`) and `DATABASE_ACQUIRE_TIMEOUT_MS`.
+pub fn db_settings(default_max: u32) -> Result<DbSettings, SettingsError> {
+    let url = settings::var_or("DATABASE_URL", crate::DEFAULT_DATABASE_URL);
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(SettingsError::new(
+            "DATABASE_URL",
+            "must start with postgres:// or postgresql://",
+        ));
+    }
+    let mut s = DbSettings::new(&url);
+    s.max_connections = settings::parse("DATABASE_MAX_CONNECTIONS", default_max)?;
+    s.acquire_timeout = settings::millis("DATABASE_ACQUIRE_TIMEOUT_MS", 5_000)?;
+    Ok(s)
+}
+
+/// Keeps `health`'s `postgres` component current, and waits (logging) until the schema is migrated.
+pub async fn watch_database(pool: sqlx::PgPool, health: Health, shutdown: CancellationToken) {
+    let mut warned = false;
+    loop {
+        let ok = match crate::schema_ready(&pool).await {
+            Ok(true) => true,
+            Ok(false) => {
+                if !warned {
+                    tracing::warn!(
+                        "The database has no schema yet (or an older one); waiting for the normalizer or `trackctl migrate`."
+                    );
+                    warned = true;
+                }
+                false
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::error!(error = %e, "Cannot reach PostgreSQL.");
+                    warned = true;
+                }
+                false
+            }
+        };
+        if ok && warned {
+            tracing::info!("PostgreSQL is reachable and migrated.");
+            warned = false;
+        }
+        health.set("postgres", ok);
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}

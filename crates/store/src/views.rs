@@ -1,0 +1,226 @@
+//! Read-only views for people: an order's shipments with their whole history (`tracking-api`'s
+//! `GET /v1/orders/{order_id}/tracking`) and the carriers' health as the fetchers last reported it
+//! (`GET /v1/carriers/health`, `trackctl carriers health`).
+
+use crate::StoreError;
+use crate::shipments::{self, ShipmentRow};
+use chrono::{DateTime, FixedOffset, Utc};
+use sqlx::{FromRow, PgPool};
+use std::collections::BTreeMap;
+use tracking_domain::Carrier;
+
+/// One stored event, as the carrier (or support, for `source = manual`) reported it.
+#[derive(Debug, Clone)]
+pub struct HistoryEvent {
+    pub source: String,
+    pub code: String,
+    pub kind: Option<String>,
+    pub description: String,
+    pub detail: Option<String>,
+    pub city: Option<String>,
+    pub state: Option<String>,
+    pub unit: Option<String>,
+    /// The carrier's time, in the offset the carrier's time was read in.
+    pub occurred_at: DateTime<FixedOffset>,
+    /// The canonical status the event maps to; `None` when nobody mapped its code (or it reverses another).
+    pub status: Option<String>,
+    pub reason: Option<String>,
+    pub reverses: bool,
+    pub received_at: DateTime<Utc>,
+}
+
+/// One recorded status change.
+#[derive(Debug, Clone)]
+pub struct HistoryChange {
+    pub change_id: uuid::Uuid,
+    pub previous_status: String,
+    pub status: String,
+    /// The deciding event's time, with its offset (as published).
+    pub occurred_at: DateTime<FixedOffset>,
+    /// `carrier` or `manual`.
+    pub source: Option<String>,
+    pub reason: Option<String>,
+    /// The carrier's own words: `code`, `type`, `description`, `location`.
+    pub event: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+    pub published: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShipmentHistory {
+    pub shipment: ShipmentRow,
+    /// The carrier's per-object message from the last poll without events (e.g. `SRO-020`).
+    pub carrier_message: Option<String>,
+    /// Oldest first by carrier time (ties by arrival).
+    pub events: Vec<HistoryEvent>,
+    /// In the order they were recorded.
+    pub changes: Vec<HistoryChange>,
+}
+
+#[derive(FromRow)]
+struct EventRecord {
+    source: String,
+    code: String,
+    kind: Option<String>,
+    description: String,
+    detail: Option<String>,
+    city: Option<String>,
+    state: Option<String>,
+    unit: Option<String>,
+    occurred_at: DateTime<Utc>,
+    utc_offset_secs: i32,
+    status: Option<String>,
+    reason: Option<String>,
+    reverses: bool,
+    received_at: DateTime<Utc>,
+}
+
+#[derive(FromRow)]
+struct ChangeRecord {
+    change_id: uuid::Uuid,
+    previous_status: String,
+    status: String,
+    occurred_at: DateTime<Utc>,
+    published_offset: Option<String>,
+    source: Option<String>,
+    reason: Option<String>,
+    event: Option<serde_json::Value>,
+    created_at: DateTime<Utc>,
+    published: bool,
+}
+
+fn with_offset(at: DateTime<Utc>, offset_secs: i32) -> DateTime<FixedOffset> {
+    FixedOffset::east_opt(offset_secs).map_or_else(|| at.fixed_offset(), |o| at.with_timezone(&o))
+}
+
+/// The order's shipments (empty when the order is unknown), each with its events and status changes.
+pub async fn order_history(
+    pool: &PgPool,
+    order_id: &str,
+) -> Result<Vec<ShipmentHistory>, StoreError> {
+    let mut out = Vec::new();
+    for shipment in shipments::by_order(pool, order_id).await? {
+        let carrier_message: Option<String> =
+            sqlx::query_scalar("SELECT carrier_message FROM shipments WHERE id = $1")
+                .bind(shipment.id)
+                .fetch_optional(pool)
+                .await?
+                .flatten();
+        let events = sqlx::query_as::<_, EventRecord>(
+            "SELECT source, code, kind, description, detail, city, state, unit, occurred_at, utc_offset_secs, \
+                 status, reason, reverses, received_at \
+             FROM tracking_events WHERE shipment_id = $1 ORDER BY occurred_at, id",
+        )
+        .bind(shipment.id)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| HistoryEvent {
+            occurred_at: with_offset(r.occurred_at, r.utc_offset_secs),
+            source: r.source,
+            code: r.code,
+            kind: r.kind,
+            description: r.description,
+            detail: r.detail,
+            city: r.city,
+            state: r.state,
+            unit: r.unit,
+            status: r.status,
+            reason: r.reason,
+            reverses: r.reverses,
+            received_at: r.received_at,
+        })
+        .collect();
+        let changes = sqlx::query_as::<_, ChangeRecord>(
+            "SELECT change_id, previous_status, status, occurred_at, payload->>'occurred_at' AS published_offset, \
+                 payload->>'source' AS source, payload->>'reason' AS reason, payload->'event' AS event, created_at, \
+                 published_at IS NOT NULL AS published \
+             FROM status_changes WHERE shipment_id = $1 ORDER BY seq",
+        )
+        .bind(shipment.id)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| HistoryChange {
+            // The payload keeps the carrier's offset; the column is UTC.
+            occurred_at: r
+                .published_offset
+                .as_deref()
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .unwrap_or_else(|| r.occurred_at.fixed_offset()),
+            change_id: r.change_id,
+            previous_status: r.previous_status,
+            status: r.status,
+            source: r.source,
+            reason: r.reason,
+            event: r.event.unwrap_or(serde_json::Value::Null),
+            recorded_at: r.created_at,
+            published: r.published,
+        })
+        .collect();
+        out.push(ShipmentHistory {
+            shipment,
+            carrier_message,
+            events,
+            changes,
+        });
+    }
+    Ok(out)
+}
+
+/// A carrier's health as the fetchers last reported it, or `unknown` when none did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CarrierHealth {
+    pub carrier: String,
+    /// `ok`, `degraded`, `broken`, or `unknown` (no report yet).
+    pub state: String,
+    pub reason: Option<String>,
+    /// Counts over the fetcher's window (`auth_failures`, `http_errors`, ...); `None` when unknown.
+    pub counters: Option<serde_json::Value>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(FromRow)]
+struct HealthRecord {
+    carrier: String,
+    state: String,
+    reason: Option<String>,
+    counters: serde_json::Value,
+    updated_at: DateTime<Utc>,
+}
+
+/// Every row of `carrier_health`, and every known carrier without one as `unknown`, by carrier name.
+pub async fn carrier_health(pool: &PgPool) -> Result<Vec<CarrierHealth>, StoreError> {
+    let rows = sqlx::query_as::<_, HealthRecord>(
+        "SELECT carrier, state, reason, counters, updated_at FROM carrier_health ORDER BY carrier",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut all: BTreeMap<String, CarrierHealth> = Carrier::ALL
+        .into_iter()
+        .map(|c| {
+            let name = c.as_str().to_owned();
+            let unknown = CarrierHealth {
+                carrier: name.clone(),
+                state: "unknown".into(),
+                reason: None,
+                counters: None,
+                updated_at: None,
+            };
+            (name, unknown)
+        })
+        .collect();
+    for r in rows {
+        all.insert(
+            r.carrier.clone(),
+            CarrierHealth {
+                carrier: r.carrier,
+                state: r.state,
+                reason: r.reason,
+                counters: Some(r.counters),
+                updated_at: Some(r.updated_at),
+            },
+        );
+    }
+    Ok(all.into_values().collect())
+}
