@@ -17,20 +17,6 @@ pub const MAX_TEXT_CHARS: usize = 500;
 /// The longest city or state kept.
 pub const MAX_PLACE_CHARS: usize = 100;
 
-/// The statuses support may set by hand: not `registered` (the carrier has said nothing: there is nothing to
-/// enter) and not `expired` (our rule, set by the scheduler).
-pub const MANUAL_STATUSES: [Status; 9] = [
-    Status::Posted,
-    Status::InTransit,
-    Status::OutForDelivery,
-    Status::DeliveryFailed,
-    Status::AwaitingPickup,
-    Status::Delivered,
-    Status::Returning,
-    Status::Returned,
-    Status::Exception,
-];
-
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
@@ -198,14 +184,15 @@ impl ManualEvent {
         let mut f = Fields::new(map);
         let status = f.text("status", true, 64).and_then(|s| {
             let allowed = || {
-                MANUAL_STATUSES
-                    .iter()
+                Status::ALL
+                    .into_iter()
+                    .filter(|s| s.settable_by_hand())
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             };
             match s.parse::<Status>() {
-                Ok(st) if MANUAL_STATUSES.contains(&st) => Some(st),
+                Ok(st) if st.settable_by_hand() => Some(st),
                 Ok(st) => {
                     f.err(
                         "status",

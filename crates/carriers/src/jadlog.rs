@@ -84,11 +84,7 @@ struct Evento {
 
 impl JadlogClient {
     pub fn new(settings: JadlogSettings) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("tracking-pipeline/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = crate::http_client(settings.timeout)?;
         Ok(Self {
             http,
             settings,

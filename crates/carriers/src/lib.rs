@@ -150,6 +150,15 @@ where
     }
 }
 
+/// The HTTP client of a carrier: the whole call bounded by `timeout`, connecting within at most 10 s of it.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("tracking-pipeline/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 /// Seconds from a `Retry-After` header (the HTTP-date form is not used by the carriers we know).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers

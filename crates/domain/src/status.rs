@@ -51,6 +51,12 @@ impl Status {
         }
     }
 
+    /// Whether support may set this status by hand (tracking-api): not `registered` (the carrier has said nothing:
+    /// there is nothing to enter) and not `expired` (our rule, set by the scheduler).
+    pub fn settable_by_hand(self) -> bool {
+        !matches!(self, Status::Registered | Status::Expired)
+    }
+
     /// Delivered and returned end a parcel's journey: polling winds down after them.
     pub fn is_final(self) -> bool {
         matches!(self, Status::Delivered | Status::Returned)
