@@ -26,11 +26,8 @@ async fn changes(env: &TestEnv) -> anyhow::Result<Vec<(uuid::Uuid, String, Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_normalizer_killed_between_commit_and_publish_loses_and_duplicates_nothing()
 -> anyhow::Result<()> {
-    let env = TestEnv::new().await?;
-    env.migrate().await?;
+    let env = TestEnv::ready().await?;
     let amqp = env.amqp().await?;
-    amqp.declare(&[Duration::from_millis(200), Duration::from_secs(1)])
-        .await?;
     let code = s10("DL", 1001);
     let req = request("K-1", &code, "ana@example.com", "pt-BR", None);
     let update = carrier_update(
@@ -102,11 +99,8 @@ async fn a_normalizer_killed_between_commit_and_publish_loses_and_duplicates_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn normalizers_racing_on_one_shipment_record_each_change_once() -> anyhow::Result<()> {
-    let env = TestEnv::new().await?;
-    env.migrate().await?;
+    let env = TestEnv::ready().await?;
     let amqp = env.amqp().await?;
-    amqp.declare(&[Duration::from_millis(200), Duration::from_secs(1)])
-        .await?;
     let small = [("PREFETCH", "8".to_owned())];
     let _workers = [
         start(&env, &small).await?,

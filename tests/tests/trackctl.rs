@@ -243,11 +243,8 @@ async fn recompute_after_the_event_table_changed_emits_only_new_changes() -> any
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_csv_reports_bad_rows_by_line_and_field_and_publishes_the_good_ones()
 -> anyhow::Result<()> {
-    let env = TestEnv::new().await?;
-    env.migrate().await?;
+    let env = TestEnv::ready().await?;
     let amqp = env.amqp().await?;
-    amqp.declare(&[Duration::from_millis(200), Duration::from_secs(1)])
-        .await?;
     let (good1, good2, bad) = (s10("CS", 1), s10("CS", 2), s10("CS", 3));
     let csv = format!(
         "order_id,tracking_code,email,name,locale,carrier,marketplace,marketplace_order_id,invoice_number\r\n\

@@ -544,6 +544,38 @@ fn header(headers: &FieldTable, key: &str) -> String {
     }
 }
 
+/// Takes up to `limit` messages from `queue` without acking them: the caller hands them back.
+async fn take(
+    channel: &lapin::Channel,
+    queue: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<lapin::message::Delivery>> {
+    let mut held = Vec::new();
+    while held.len() < limit {
+        match channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await?
+        {
+            Some(msg) => held.push(msg.delivery),
+            None => break,
+        }
+    }
+    Ok(held)
+}
+
+/// Returns taken messages to their queue, unchanged.
+async fn hand_back(held: Vec<lapin::message::Delivery>) -> anyhow::Result<()> {
+    for delivery in held {
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
     let settings = AmqpSettings::from_env()?;
     let conn = lapin::Connection::connect(
@@ -560,26 +592,14 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
             let total = topology::message_count(&channel, &dead).await?;
             println!("{dead}: {total} parked message(s)");
             // Held unacked while listing (so each is shown once), then handed back: listing changes nothing.
-            let mut held = Vec::new();
-            for n in 0..limit {
-                let Some(msg) = channel
-                    .basic_get(dead.as_str().into(), BasicGetOptions::default())
-                    .await?
-                else {
-                    break;
-                };
-                let headers = msg
-                    .delivery
-                    .properties
-                    .headers()
-                    .clone()
-                    .unwrap_or_default();
-                let body: String = String::from_utf8_lossy(&msg.delivery.data)
+            let held = take(&channel, &dead, limit).await?;
+            for (n, delivery) in held.iter().enumerate() {
+                let headers = delivery.properties.headers().clone().unwrap_or_default();
+                let body: String = String::from_utf8_lossy(&delivery.data)
                     .chars()
                     .take(300)
                     .collect();
-                let id = msg
-                    .delivery
+                let id = delivery
                     .properties
                     .message_id()
                     .as_ref()
@@ -592,32 +612,15 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
                     header(&headers, "x-park-reason"),
                     body
                 );
-                held.push(msg.delivery);
             }
-            for delivery in held {
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await?;
-            }
+            hand_back(held).await?;
         }
         DeadCommand::Show { queue, number } => {
             let dead = topology::dead_queue(work_queue(&queue)?);
             if number == 0 {
                 bail!("messages are numbered from 1, as in `trackctl dead list`");
             }
-            let mut held = Vec::new();
-            while held.len() < number {
-                let Some(msg) = channel
-                    .basic_get(dead.as_str().into(), BasicGetOptions::default())
-                    .await?
-                else {
-                    break;
-                };
-                held.push(msg.delivery);
-            }
+            let held = take(&channel, &dead, number).await?;
             let shown = held.get(number - 1).map(|d| {
                 let mut text = format!("{dead} #{number}\n");
                 if let Some(id) = d.properties.message_id() {
@@ -641,14 +644,7 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
                 text
             });
             let count = held.len();
-            for delivery in held {
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await?;
-            }
+            hand_back(held).await?;
             match shown {
                 Some(text) => println!("{text}"),
                 None => bail!("{dead} holds {count} message(s); there is no #{number}"),
