@@ -4,6 +4,7 @@ use crate::code::{Carrier, TrackingCode};
 use crate::event::{Location, Source};
 use crate::request::{Customer, MarketplaceRef, OrderId};
 use crate::status::Status;
+use crate::text::serde_checked as checked;
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -14,9 +15,16 @@ pub const CHANGE_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_4c0e_9b7d_4e21_8f3a_2d
 /// The carrier's own words for the event that caused a change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeEvent {
+    #[serde(deserialize_with = "checked::short")]
     pub code: String,
-    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "type",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "checked::short_opt"
+    )]
     pub kind: Option<String>,
+    #[serde(deserialize_with = "checked::long")]
     pub description: String,
     #[serde(default)]
     pub location: Location,
@@ -35,12 +43,20 @@ pub struct StatusChange {
     pub source: Source,
     pub event: ChangeEvent,
     /// Why, for statuses that carry one (exception: customs, blocked; in_transit: delayed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "checked::long_opt"
+    )]
     pub reason: Option<String>,
     pub customer: Customer,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub marketplace: Option<MarketplaceRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "checked::short_opt"
+    )]
     pub invoice_number: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_delivery: Option<DateTime<FixedOffset>>,

@@ -4,6 +4,7 @@
 use crate::code::{Carrier, TrackingCode};
 use crate::request::TrackingRequest;
 use crate::status::Status;
+use crate::text::serde_cleaned as cleaned;
 use chrono::{DateTime, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -28,35 +29,60 @@ impl Source {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Location {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cleaned::short_opt"
+    )]
     pub city: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cleaned::short_opt"
+    )]
     pub state: Option<String>,
 }
 
-/// One event as the carrier reported it.
+/// One event as the carrier reported it. Reading one (from a queue message or a kept answer) cleans its texts
+/// with [`crate::text::clean`]: control characters go, lengths are capped, so no carrier answer can hold a value
+/// PostgreSQL refuses and freeze its parcel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CarrierEvent {
     /// The carrier's event code (Correios `codigo`, e.g. `BDE`; Jadlog's status word; `MANUAL` for manual events).
+    #[serde(deserialize_with = "cleaned::short")]
     pub code: String,
     /// The carrier's event type (Correios `tipo`, e.g. `01`), when it has one.
-    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "type",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cleaned::short_opt"
+    )]
     pub kind: Option<String>,
     /// The carrier's event time, with the offset we read it in (Correios sends none: see the carrier client).
     pub occurred_at: DateTime<FixedOffset>,
+    #[serde(deserialize_with = "cleaned::long")]
     pub description: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cleaned::long_opt"
+    )]
     pub detail: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
     /// The unit that reported the event (its name or type), part of the event's identity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cleaned::short_opt"
+    )]
     pub unit: Option<String>,
     /// Only for manual events: the status the operator set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
-    /// The carrier's event exactly as received.
-    #[serde(default)]
+    /// The carrier's event as received, its strings cleaned.
+    #[serde(default, deserialize_with = "cleaned::json")]
     pub raw: serde_json::Value,
 }
 
@@ -106,7 +132,11 @@ pub struct CarrierUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_delivery: Option<DateTime<FixedOffset>>,
     /// The carrier's per-object message when it has no events (e.g. `SRO-020: Objeto não encontrado`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cleaned::long_opt"
+    )]
     pub carrier_message: Option<String>,
     /// Newest first or oldest first, as the carrier sent them: order is by `occurred_at`, never by position.
     pub events: Vec<CarrierEvent>,

@@ -8,6 +8,7 @@
 //! - [`change`]: the status change published on `order.status`.
 //! - [`table`]: carrier event codes → canonical status, loaded from a data file.
 //! - [`rules`]: which status a shipment is in, given its events.
+//! - [`text`]: what text we refuse (people's) and what we clean (carriers'), on every path in.
 //!
 //! Nothing here does I/O; every type that crosses a queue is serde-serializable and
 //! can only hold valid values once parsed.
@@ -19,6 +20,7 @@ pub mod request;
 pub mod rules;
 pub mod status;
 pub mod table;
+pub mod text;
 
 pub use change::{ChangeEvent, StatusChange};
 pub use code::{Carrier, TrackingCode};

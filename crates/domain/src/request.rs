@@ -1,14 +1,28 @@
 //! The tracking request (contract.md), validated field by field so that every wrong field is named at once.
 
 use crate::code::{Carrier, TrackingCode};
+use crate::text;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 
 /// The store's order id: 1 to 100 printable characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(into = "String", try_from = "String")]
 pub struct OrderId(String);
+
+impl TryFrom<String> for OrderId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+impl From<OrderId> for String {
+    fn from(id: OrderId) -> String {
+        id.0
+    }
+}
 
 impl OrderId {
     pub fn parse(s: &str) -> Result<Self, String> {
@@ -31,8 +45,21 @@ impl fmt::Display for OrderId {
 
 /// An email address in the shape SMTP accepts: `local@domain.tld`, no spaces, at most 254 characters.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(into = "String", try_from = "String")]
 pub struct EmailAddress(String);
+
+impl TryFrom<String> for EmailAddress {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+impl From<EmailAddress> for String {
+    fn from(e: EmailAddress) -> String {
+        e.0
+    }
+}
 
 impl EmailAddress {
     pub fn parse(s: &str) -> Result<Self, String> {
@@ -107,7 +134,11 @@ impl Locale {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Customer {
     pub email: EmailAddress,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text::serde_checked::short_opt"
+    )]
     pub name: Option<String>,
     #[serde(default)]
     pub locale: Locale,
@@ -115,13 +146,17 @@ pub struct Customer {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MarketplaceRef {
+    #[serde(deserialize_with = "text::serde_checked::short")]
     pub name: String,
+    #[serde(deserialize_with = "text::serde_checked::short")]
     pub order_id: String,
 }
 
 /// A valid tracking request. Build it with [`TrackingRequest::parse`] (from bytes) or
-/// [`TrackingRequest::from_value`]; serializes back to the contract's JSON shape.
+/// [`TrackingRequest::from_value`]; serializes back to the contract's JSON shape. Deserializing it (inside a
+/// carrier update, say) runs the same [`TrackingRequest::from_value`]: no path skips the validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Value")]
 pub struct TrackingRequest {
     pub order_id: OrderId,
     pub tracking_code: TrackingCode,
@@ -181,6 +216,24 @@ impl<'a> Fields<'a> {
         (!v.is_null()).then_some(v)
     }
 
+    /// A text field given by people: a string without control characters, at most `max` characters, trimmed;
+    /// `None` when absent or empty (an error when `required`) or wrong (always an error).
+    fn text(&mut self, path: &str, required: bool, max: usize) -> Option<&'a str> {
+        let s = self.string(path, required)?;
+        if let Err(m) = text::check(s, max) {
+            self.err(path, m);
+            return None;
+        }
+        let s = s.trim();
+        if s.is_empty() {
+            if required {
+                self.err(path, "must not be empty");
+            }
+            return None;
+        }
+        Some(s)
+    }
+
     /// A string field: `None` when absent (an error when `required`), or when not a string (always an error).
     fn string(&mut self, path: &str, required: bool) -> Option<&'a str> {
         match self.get(path) {
@@ -196,6 +249,13 @@ impl<'a> Fields<'a> {
                 None
             }
         }
+    }
+}
+
+impl TryFrom<Value> for TrackingRequest {
+    type Error = InvalidRequest;
+    fn try_from(value: Value) -> Result<Self, InvalidRequest> {
+        Self::from_value(&value)
     }
 }
 
@@ -278,9 +338,8 @@ impl TrackingRequest {
                 }
             });
         let name = f
-            .string("customer.name", false)
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty());
+            .text("customer.name", false, text::SHORT)
+            .map(str::to_owned);
         let locale = match f.string("customer.locale", false) {
             Some(s) => Locale::parse(s).unwrap_or_else(|m| {
                 f.err("customer.locale", m);
@@ -291,28 +350,14 @@ impl TrackingRequest {
         let marketplace = match f.get("marketplace") {
             None => None,
             Some(Value::Object(_)) => {
-                let name = f
-                    .string("marketplace.name", true)
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty());
-                let mp_order = f
-                    .string("marketplace.order_id", true)
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty());
+                let name = f.text("marketplace.name", true, text::SHORT);
+                let mp_order = f.text("marketplace.order_id", true, text::SHORT);
                 match (name, mp_order) {
                     (Some(n), Some(o)) => Some(MarketplaceRef {
                         name: n.to_owned(),
                         order_id: o.to_owned(),
                     }),
-                    (n, o) => {
-                        if n.is_none() && f.get("marketplace.name").is_some() {
-                            f.err("marketplace.name", "must not be empty");
-                        }
-                        if o.is_none() && f.get("marketplace.order_id").is_some() {
-                            f.err("marketplace.order_id", "must not be empty");
-                        }
-                        None
-                    }
+                    _ => None,
                 }
             }
             Some(_) => {
@@ -321,9 +366,8 @@ impl TrackingRequest {
             }
         };
         let invoice_number = f
-            .string("invoice_number", false)
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty());
+            .text("invoice_number", false, text::SHORT)
+            .map(str::to_owned);
 
         match (order_id, code, carrier, email) {
             (Some(order_id), Some(tracking_code), Some(carrier), Some(email))
