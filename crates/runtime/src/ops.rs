@@ -52,6 +52,14 @@ impl Health {
         }
     }
 
+    /// Whether one component is up (a component never set counts as up).
+    pub fn is_up(&self, component: &str) -> bool {
+        self.inner
+            .lock()
+            .map(|s| s.components.get(component).copied().unwrap_or(true))
+            .unwrap_or(false)
+    }
+
     pub fn is_ok(&self) -> bool {
         self.inner
             .lock()

@@ -10,6 +10,12 @@
 //!   from the broker (handlers must be idempotent, and are).
 //! - On shutdown it stops consuming, lets in-flight messages finish for `shutdown_grace`, then closes the channel:
 //!   whatever was not acked goes back to the queue.
+//! - Unavailable is not invalid: a handler that answers [`Outcome::Unavailable`] (its database is down, say) keeps
+//!   its message and tries it again with capped backoff, spending no attempt, while the loop takes no new
+//!   deliveries and `/health` shows the dependency down; a ten-minute outage parks nothing.
+//! - Liveness: with messages held or ready in the queue and nothing settled for `stall_after`, `/health`'s
+//!   `progress` component goes down (and `consumer_stalled` to 1); a consumer stream that stopped yielding while
+//!   messages wait is reopened.
 
 use super::{AmqpSettings, Outgoing, Publisher, connect, reconnect_delay, topology};
 use crate::ops::Health;
@@ -17,6 +23,7 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use std::future::Future;
@@ -40,15 +47,26 @@ pub enum Outcome {
     /// Not yet, and not a failure (something it depends on is not done): come back after `after`, through the
     /// same delay queues as `Retry`, without counting an attempt.
     Wait { after: Duration, reason: String },
+    /// A transient failure whose giving up the handler decides itself (a time window kept in its own records, as
+    /// the publishers do for a far end that is down for hours): through the delay queues like `Retry`, but not
+    /// counted toward `max_attempts`.
+    RetryUncounted { after: Duration, reason: String },
+    /// A dependency this process needs is down (`dependency` is its `/health` component, e.g. `postgres`): the
+    /// message is kept and handled again once it answers, spending no attempt; no new message is taken meanwhile.
+    Unavailable {
+        dependency: &'static str,
+        reason: String,
+    },
 }
 
 impl Outcome {
     fn label(&self) -> &'static str {
         match self {
             Outcome::Ack => "acked",
-            Outcome::Retry { .. } => "retried",
+            Outcome::Retry { .. } | Outcome::RetryUncounted { .. } => "retried",
             Outcome::Park { .. } => "parked",
             Outcome::Wait { .. } => "waited",
+            Outcome::Unavailable { .. } => "unavailable",
         }
     }
 }
@@ -92,6 +110,34 @@ struct Ctx<H> {
     handler: Arc<H>,
     publisher: Publisher,
     settings: AmqpSettings,
+    health: Health,
+    /// How many handlers are waiting for a dependency to come back: no new delivery is taken while it is above 0.
+    waiting: tokio::sync::watch::Sender<usize>,
+    progress: Progress,
+}
+
+/// When this consumer last settled a message, and how many it holds: the liveness behind `/health`'s `progress`.
+#[derive(Default)]
+struct Progress {
+    last_settled: std::sync::Mutex<Option<Instant>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Progress {
+    fn settled(&self) {
+        if let Ok(mut last) = self.last_settled.lock() {
+            *last = Some(Instant::now());
+        }
+    }
+    fn idle_for(&self, since_start: Instant) -> Duration {
+        let last = self
+            .last_settled
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .unwrap_or(since_start);
+        last.elapsed()
+    }
 }
 
 /// Runs a consumer on `queue` until `shutdown`, reconnecting whenever the broker goes away.
@@ -103,11 +149,15 @@ pub async fn run_consumer<H: Handler>(
     health: Health,
     shutdown: CancellationToken,
 ) {
+    health.set("progress", true);
     let ctx = Arc::new(Ctx {
         queue: queue.to_owned(),
         handler,
         publisher,
         settings,
+        health: health.clone(),
+        waiting: tokio::sync::watch::Sender::new(0),
+        progress: Progress::default(),
     });
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
@@ -154,17 +204,45 @@ async fn consume_once<H: Handler>(
 
     let permits = Arc::new(Semaphore::new(usize::from(ctx.settings.prefetch)));
     let tracker = TaskTracker::new();
+    let mut waiting = ctx.waiting.subscribe();
+    let started = Instant::now();
+    let mut last_delivery = Instant::now();
+    let mut check = tokio::time::interval(ctx.settings.stall_after / 4);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
+        let paused = *waiting.borrow() > 0;
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            next = consumer.next() => match next {
+            changed = waiting.changed(), if paused => {
+                if changed.is_err() { break Ok(()) }
+            }
+            _ = check.tick() => {
+                let ready = channel
+                    .queue_declare(ctx.queue.as_str().into(), QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() }, FieldTable::default())
+                    .await
+                    .map(|q| q.message_count())
+                    .unwrap_or(0);
+                let held = ctx.progress.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+                let idle = ctx.progress.idle_for(started);
+                let stalled = (held > 0 || ready > 0) && idle >= ctx.settings.stall_after;
+                report_stall(ctx, stalled, ready, held, idle);
+                // The lapin trap: a consumer stream that stopped yielding while messages wait. Reopen it.
+                if !paused && held == 0 && ready > 0 && last_delivery.elapsed() >= ctx.settings.stall_after {
+                    break Err(anyhow::anyhow!("{ready} messages are ready but none was delivered for {:?}", last_delivery.elapsed()));
+                }
+            }
+            next = consumer.next(), if !paused => match next {
                 None => break Err(anyhow::anyhow!("the consumer stream ended (connection or channel closed)")),
                 Some(Err(e)) => break Err(e.into()),
                 Some(Ok(delivery)) => {
+                    last_delivery = Instant::now();
                     let Ok(permit) = permits.clone().acquire_owned().await else { break Ok(()) };
                     let ctx = ctx.clone();
+                    let shutdown = shutdown.clone();
+                    ctx.progress.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracker.spawn(async move {
-                        process(&ctx, delivery).await;
+                        process(&ctx, delivery, &shutdown).await;
+                        ctx.progress.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                         drop(permit);
                     });
                 }
@@ -187,7 +265,82 @@ async fn consume_once<H: Handler>(
     result
 }
 
-async fn process<H: Handler>(ctx: &Ctx<H>, delivery: Delivery) {
+fn report_stall<H>(ctx: &Ctx<H>, stalled: bool, ready: u32, held: usize, idle: Duration) {
+    let was = ctx.health.is_up("progress");
+    ctx.health.set("progress", !stalled);
+    metrics::gauge!("consumer_stalled", "queue" => ctx.queue.clone()).set(if stalled {
+        1.0
+    } else {
+        0.0
+    });
+    if stalled && was {
+        tracing::error!(queue = %ctx.queue, ready, held, idle_secs = idle.as_secs(),
+            "This consumer has settled nothing for too long while messages wait.");
+    } else if !stalled && !was {
+        tracing::info!(queue = %ctx.queue, "This consumer is making progress again.");
+    }
+}
+
+/// Runs the handler, turning a panic into a park.
+async fn handle_once<H: Handler>(ctx: &Ctx<H>, msg: Incoming) -> Outcome {
+    match AssertUnwindSafe(ctx.handler.handle(msg))
+        .catch_unwind()
+        .await
+    {
+        Ok(o) => o,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %what, "The handler panicked; parking the message.");
+            Outcome::Park {
+                reason: format!("handler panicked: {what}"),
+            }
+        }
+    }
+}
+
+/// Handles the message until it has an outcome other than `Unavailable`: while a dependency is down the message is
+/// kept (no attempt spent) and tried again with capped backoff, and the consume loop takes nothing new. `None`
+/// when shutdown came first: the message is left unacked and goes back to the queue.
+async fn handle_while_available<H: Handler>(
+    ctx: &Ctx<H>,
+    msg: &Incoming,
+    shutdown: &CancellationToken,
+) -> Option<Outcome> {
+    let mut failures = 0u32;
+    let outcome = loop {
+        let outcome = handle_once(ctx, msg.clone()).await;
+        let Outcome::Unavailable { dependency, reason } = &outcome else {
+            break Some(outcome);
+        };
+        if failures == 0 {
+            ctx.waiting.send_modify(|n| *n += 1);
+            tracing::warn!(dependency, reason = %reason, "A dependency is unavailable; holding the message and taking no new ones until it answers.");
+        }
+        ctx.health.set(dependency, false);
+        failures = failures.saturating_add(1);
+        let delay = reconnect_delay(failures, ctx.settings.unavailable_max_delay);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => break None,
+        }
+    };
+    if failures > 0 {
+        ctx.waiting.send_modify(|n| *n = n.saturating_sub(1));
+        if outcome.is_some() {
+            tracing::info!(
+                tries = failures + 1,
+                "The dependency answers again; the held message went on."
+            );
+        }
+    }
+    outcome
+}
+
+async fn process<H: Handler>(ctx: &Ctx<H>, delivery: Delivery, shutdown: &CancellationToken) {
     let headers = delivery.properties.headers().as_ref();
     let attempt = header_u32(headers, ATTEMPTS_HEADER)
         .unwrap_or(0)
@@ -208,17 +361,9 @@ async fn process<H: Handler>(ctx: &Ctx<H>, delivery: Delivery) {
     let span = tracing::info_span!("delivery", queue = %ctx.queue, attempt, message_id = message_id.as_deref().unwrap_or(""));
     async {
         let started = Instant::now();
-        let outcome = match AssertUnwindSafe(ctx.handler.handle(msg)).catch_unwind().await {
-            Ok(o) => o,
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                tracing::error!(panic = %what, "The handler panicked; parking the message.");
-                Outcome::Park { reason: format!("handler panicked: {what}") }
-            }
+        let Some(outcome) = handle_while_available(ctx, &msg, shutdown).await else {
+            tracing::info!("Shutting down while a dependency is unavailable; the message goes back to the queue.");
+            return;
         };
         let outcome = match outcome {
             Outcome::Retry { reason, .. } if attempt >= ctx.settings.max_attempts => {
@@ -229,6 +374,7 @@ async fn process<H: Handler>(ctx: &Ctx<H>, delivery: Delivery) {
         metrics::histogram!("message_handling_seconds", "queue" => ctx.queue.clone()).record(started.elapsed());
         metrics::counter!("messages_total", "queue" => ctx.queue.clone(), "outcome" => outcome.label()).increment(1);
         settle(ctx, &delivery, attempt, outcome).await;
+        ctx.progress.settled();
     }
     .instrument(span)
     .await
@@ -237,7 +383,11 @@ async fn process<H: Handler>(ctx: &Ctx<H>, delivery: Delivery) {
 async fn settle<H: Handler>(ctx: &Ctx<H>, delivery: &Delivery, attempt: u32, outcome: Outcome) {
     let copy = match &outcome {
         Outcome::Ack => None,
-        Outcome::Retry { after, reason } | Outcome::Wait { after, reason } => {
+        // Never produced here: `process` handles the message again until the dependency answers.
+        Outcome::Unavailable { .. } => None,
+        Outcome::Retry { after, reason }
+        | Outcome::Wait { after, reason }
+        | Outcome::RetryUncounted { after, reason } => {
             let delay = ctx
                 .settings
                 .retry_delays
@@ -264,8 +414,11 @@ async fn settle<H: Handler>(ctx: &Ctx<H>, delivery: &Delivery, attempt: u32, out
     };
     if let Some((target, reason, parked)) = copy {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        // A wait is not an attempt: the next delivery counts as this one again.
-        let attempts = if matches!(outcome, Outcome::Wait { .. }) {
+        // A wait (or an uncounted retry) is not an attempt: the next delivery counts as this one again.
+        let attempts = if matches!(
+            outcome,
+            Outcome::Wait { .. } | Outcome::RetryUncounted { .. }
+        ) {
             attempt.saturating_sub(1)
         } else {
             attempt

@@ -37,6 +37,12 @@ pub struct AmqpSettings {
     pub reconnect_max_delay: Duration,
     /// `SHUTDOWN_GRACE_MS`: how long in-flight messages may take to finish after shutdown is asked; the rest go back to the queue.
     pub shutdown_grace: Duration,
+    /// `STALL_AFTER_SECS` (default 300): a consumer holding messages, or with messages ready in its queue, that
+    /// settles none for this long reports itself stalled on `/health`.
+    pub stall_after: Duration,
+    /// `UNAVAILABLE_RETRY_MAX_MS` (default 5000): the cap of the backoff between tries of a message held while a
+    /// dependency is down.
+    pub unavailable_max_delay: Duration,
 }
 
 impl std::fmt::Debug for AmqpSettings {
@@ -47,6 +53,7 @@ impl std::fmt::Debug for AmqpSettings {
             .field("publish_timeout", &self.publish_timeout)
             .field("retry_delays", &self.retry_delays)
             .field("max_attempts", &self.max_attempts)
+            .field("stall_after", &self.stall_after)
             .finish_non_exhaustive()
     }
 }
@@ -80,7 +87,13 @@ impl AmqpSettings {
         if max_attempts == 0 {
             return Err(SettingsError::new("MAX_ATTEMPTS", "must be at least 1"));
         }
+        let stall_after = settings::secs("STALL_AFTER_SECS", 300)?;
+        if stall_after < Duration::from_secs(1) {
+            return Err(SettingsError::new("STALL_AFTER_SECS", "must be at least 1"));
+        }
         Ok(Self {
+            stall_after,
+            unavailable_max_delay: settings::millis("UNAVAILABLE_RETRY_MAX_MS", 5_000)?,
             url: SecretString::from(url),
             prefetch,
             publish_timeout: settings::millis("PUBLISH_TIMEOUT_MS", 10_000)?,
@@ -101,6 +114,8 @@ impl AmqpSettings {
             max_attempts: 5,
             reconnect_max_delay: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            stall_after: Duration::from_secs(300),
+            unavailable_max_delay: Duration::from_secs(1),
         }
     }
 }
