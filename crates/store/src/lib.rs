@@ -6,8 +6,10 @@
 //! The normalizer owns the schema and migrates it at start (as does `trackctl migrate`); the other
 //! workers wait until the schema is at the version they were built with.
 
+pub mod changes;
 pub mod deliveries;
 pub mod env;
+pub mod failure;
 pub mod shipments;
 pub mod views;
 
@@ -17,6 +19,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 use std::time::Duration;
 
+pub use failure::{Failure, classify};
 pub use sqlx;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");

@@ -27,11 +27,13 @@ pub struct ShipmentRow {
     pub last_news_at: DateTime<Utc>,
     pub next_poll_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Why the row could not be read back, when it is quarantined (the scheduler skips it).
+    pub quarantine_reason: Option<String>,
 }
 
 pub const SHIPMENT_COLUMNS: &str = "id, carrier, tracking_code, order_id, customer_email, customer_name, customer_locale, \
      marketplace_name, marketplace_order_id, invoice_number, status, status_reason, status_at, estimated_delivery, \
-     last_news_at, next_poll_at, finished_at";
+     last_news_at, next_poll_at, finished_at, quarantine_reason";
 
 impl ShipmentRow {
     pub fn status(&self) -> Result<Status, StoreError> {
@@ -84,7 +86,8 @@ pub async fn upsert_and_lock(
              order_id = EXCLUDED.order_id, customer_email = EXCLUDED.customer_email, \
              customer_name = EXCLUDED.customer_name, customer_locale = EXCLUDED.customer_locale, \
              marketplace_name = EXCLUDED.marketplace_name, marketplace_order_id = EXCLUDED.marketplace_order_id, \
-             invoice_number = COALESCE(EXCLUDED.invoice_number, shipments.invoice_number), updated_at = now() \
+             invoice_number = COALESCE(EXCLUDED.invoice_number, shipments.invoice_number), \
+             quarantined_at = NULL, quarantine_reason = NULL, updated_at = now() \
          RETURNING {SHIPMENT_COLUMNS}"
     );
     let row = sqlx::query_as::<_, ShipmentRow>(&sql)
@@ -117,6 +120,23 @@ pub async fn lock(
         .bind(code.as_str())
         .fetch_optional(&mut *conn)
         .await?)
+}
+
+/// Marks a shipment whose row cannot be read back: the scheduler skips it from now on, and the reason is kept
+/// for an operator (`trackctl shipment show`). The next valid tracking request for it lifts the quarantine.
+pub async fn quarantine(
+    conn: &mut PgConnection,
+    shipment_id: i64,
+    reason: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE shipments SET quarantined_at = now(), quarantine_reason = $2, updated_at = now() WHERE id = $1",
+    )
+    .bind(shipment_id)
+    .bind(tracking_domain::text::clean(reason, tracking_domain::text::LONG))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 pub async fn by_order(pool: &PgPool, order_id: &str) -> Result<Vec<ShipmentRow>, StoreError> {
