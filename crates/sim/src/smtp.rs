@@ -49,6 +49,9 @@ impl Received {
 struct Shared {
     refused: HashSet<String>,
     received: Mutex<Vec<Received>>,
+    /// How long the final `250` after DATA waits (the message is already kept): for tests that need something
+    /// to happen between a message being taken and the client learning it was.
+    accept_delay: Mutex<std::time::Duration>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -72,6 +75,7 @@ impl SmtpServer {
         let shared = Arc::new(Shared {
             refused: refused.iter().map(|r| r.to_ascii_lowercase()).collect(),
             received: Mutex::new(Vec::new()),
+            accept_delay: Mutex::new(std::time::Duration::ZERO),
         });
         let (stop, stopped) = watch::channel(false);
         let serving = shared.clone();
@@ -108,6 +112,11 @@ impl SmtpServer {
 
     pub fn received(&self) -> Vec<Received> {
         lock(&self.shared.received).clone()
+    }
+
+    /// Delays every later final reply to DATA by `delay`; the message counts as received before the delay.
+    pub fn set_accept_delay(&self, delay: std::time::Duration) {
+        *lock(&self.shared.accept_delay) = delay;
     }
 
     /// Stops listening and drops open sessions.
@@ -188,6 +197,10 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     data,
                     at: std::time::Instant::now(),
                 });
+                let delay = *lock(&shared.accept_delay);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 b"250 2.0.0 queued\r\n"
             }
             "RSET" => {

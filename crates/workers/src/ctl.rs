@@ -478,6 +478,11 @@ async fn show(code: &str) -> anyhow::Result<()> {
         if let (Some(m), Some(o)) = (&s.marketplace_name, &s.marketplace_order_id) {
             println!("  marketplace {m} order {o}");
         }
+        if let Some(reason) = &s.quarantine_reason {
+            println!(
+                "  QUARANTINED (not polled; a valid tracking request for it lifts this): {reason}"
+            );
+        }
         println!(
             "  next poll {}{}",
             s.next_poll_at,

@@ -1,20 +1,29 @@
 //! Delivering one status change to one destination (an email, a marketplace call) once, with bounded retries:
-//! first in this process, then through the delay queues.
+//! first in this process, then through the delay queues for as long as the far end's retry window lasts.
 //!
-//! The change is claimed in `deliveries` (destination, id) under a row lock held until the outcome is recorded in
-//! the same transaction, so a redelivered change waits for the first attempt and then finds it done. A transient
-//! failure is retried in process (`RETRY_IN_PROCESS` times, from `RETRY_IN_PROCESS_BASE_MS`, doubling, jittered;
-//! a `Retry-After` up to `RETRY_IN_PROCESS_MAX_WAIT_MS` is honoured in process); if it still fails the message goes
-//! to the delay queues with the destination's backoff (and any longer `Retry-After`), and after `MAX_ATTEMPTS` it
-//! is parked. A permanent failure is parked at once with the far end's answer.
+//! 1. Claim `(destination, id)` in `deliveries` with a short committed lease: no database connection is held
+//!    while the far end is called. A change already done is acked; one leased by another worker waits.
+//! 2. Call the far end: a transient failure is retried in process (`RETRY_IN_PROCESS` times, from
+//!    `RETRY_IN_PROCESS_BASE_MS`, doubling, jittered; a `Retry-After` up to `RETRY_IN_PROCESS_MAX_WAIT_MS` is
+//!    honoured in process).
+//! 3. Record the outcome in one short statement. If the database is unavailable just then, the record (never the
+//!    send) is retried until it answers: a database outage doubles nothing.
+//!
+//! A far end that stays down is waited out: the change comes back through the delay queues with capped backoff
+//! (`{EMAIL,MARKETPLACE}_RETRY_BASE_MS` doubling up to `PUBLISHER_RETRY_MAX_DELAY_MS`), counting no attempt, and is
+//! parked only once `PUBLISHER_RETRY_FOR_SECS` (48 h) have passed since its first failure. A permanent refusal is
+//! parked at once with the far end's answer.
 
-use crate::{backoff, db_retry};
+use crate::{backoff, db_outcome};
 use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
 use std::future::Future;
 use std::time::Duration;
+use tracking_domain::text;
 use tracking_runtime::amqp::Outcome;
 use tracking_runtime::settings::{self, SettingsError};
-use tracking_store::deliveries::{self, Progress};
+use tracking_store::deliveries::{self, Claim};
+use tracking_store::{Failure, StoreError};
 use uuid::Uuid;
 
 /// What one try of the effect gave.
@@ -41,27 +50,43 @@ pub struct RetryPolicy {
     pub in_process_base: Duration,
     /// `RETRY_IN_PROCESS_MAX_WAIT_MS` (default 5000): the longest in-process wait; a longer `Retry-After` goes to the queues.
     pub in_process_max_wait: Duration,
-    /// The destination's first delay through the queues, doubling per attempt up to 10 minutes.
+    /// The destination's first delay through the queues, doubling per failure up to `queue_max`.
     pub queue_base: Duration,
-    /// `MAX_ATTEMPTS`: the attempt after which the runtime parks the message (recorded as parked here).
-    pub max_attempts: u32,
+    /// `PUBLISHER_RETRY_MAX_DELAY_MS` (default 600000): the cap of that backoff.
+    pub queue_max: Duration,
+    /// `PUBLISHER_RETRY_FOR_SECS` (default 172800, 48 h): how long after its first failure a change is still retried.
+    pub retry_for: Duration,
+    /// `DELIVERY_LEASE_SECS` (default 300): how long a claim holds; longer than a send with its in-process retries.
+    pub lease: Duration,
+    /// `DELIVERY_RECORD_RETRY_SECS` (default 3600): how long recording an outcome is retried while the database
+    /// is unavailable, before the message goes back (and, once the lease expired, may be sent again).
+    pub record_retry_for: Duration,
 }
 
 impl RetryPolicy {
-    pub fn from_env(queue_base: Duration, max_attempts: u32) -> Result<Self, SettingsError> {
-        Ok(Self {
+    pub fn from_env(queue_base: Duration) -> Result<Self, SettingsError> {
+        let policy = Self {
             in_process: settings::parse("RETRY_IN_PROCESS", 2usize)?,
             in_process_base: settings::millis("RETRY_IN_PROCESS_BASE_MS", 250)?,
             in_process_max_wait: settings::millis("RETRY_IN_PROCESS_MAX_WAIT_MS", 5000)?,
             queue_base,
-            max_attempts,
-        })
+            queue_max: settings::millis("PUBLISHER_RETRY_MAX_DELAY_MS", 600_000)?,
+            retry_for: settings::secs("PUBLISHER_RETRY_FOR_SECS", 172_800)?,
+            lease: settings::secs("DELIVERY_LEASE_SECS", 300)?,
+            record_retry_for: settings::secs("DELIVERY_RECORD_RETRY_SECS", 3600)?,
+        };
+        if policy.lease < Duration::from_secs(1) {
+            return Err(SettingsError::new(
+                "DELIVERY_LEASE_SECS",
+                "must be at least 1",
+            ));
+        }
+        Ok(policy)
     }
 
-    /// The delay before the queue retry after `attempt` (1-based) failed.
-    pub fn queue_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        backoff(attempt, self.queue_base, Duration::from_secs(600))
-            .max(retry_after.unwrap_or_default())
+    /// The delay before the queue retry after the `failures`-th failure (1-based).
+    pub fn queue_delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
+        backoff(failures, self.queue_base, self.queue_max).max(retry_after.unwrap_or_default())
     }
 }
 
@@ -69,47 +94,133 @@ impl RetryPolicy {
 #[derive(Debug)]
 pub struct Delivered {
     pub outcome: Outcome,
-    /// `delivered`, `skipped`, `duplicate`, `failed` (retried later), `refused` (parked) or `database`.
+    /// `delivered`, `skipped`, `duplicate`, `leased` (another worker holds it), `failed` (retried later),
+    /// `refused` (parked) or `database`.
     pub result: &'static str,
     /// How many tries this delivery made now (0 when it was a duplicate).
     pub tries: usize,
 }
 
+impl Delivered {
+    fn database(e: &StoreError) -> Self {
+        Delivered {
+            outcome: db_outcome(e),
+            result: "database",
+            tries: 0,
+        }
+    }
+}
+
 /// Claims `(destination, id)`, runs `effect` until it is done, skipped, permanent, or out of in-process retries,
-/// and records the outcome. `what` names the destination in retry and park reasons.
+/// and records the outcome. `what` names the destination in retry and park reasons. `skip_if_waited`: a change
+/// that already failed before (it waited in the delay queues) is recorded as skipped with this reason instead of
+/// being sent late (an email whose status a later change superseded).
 pub async fn once<F, Fut>(
     pool: &sqlx::PgPool,
     destination: &str,
     id: Uuid,
-    attempt: u32,
     policy: &RetryPolicy,
     what: &str,
+    skip_if_waited: Option<String>,
     mut effect: F,
 ) -> Delivered
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Attempt>,
 {
-    let database = |e: &dyn std::fmt::Display| Delivered {
-        outcome: db_retry(e),
-        result: "database",
-        tries: 0,
+    let owner = Uuid::new_v4();
+    let (failures, first_failed_at) =
+        match deliveries::claim(pool, destination, id, owner, policy.lease).await {
+            Ok(Claim::Claimed {
+                failures,
+                first_failed_at,
+            }) => (failures, first_failed_at),
+            Ok(Claim::Done) => {
+                return Delivered {
+                    outcome: Outcome::Ack,
+                    result: "duplicate",
+                    tries: 0,
+                };
+            }
+            Ok(Claim::Leased { remaining }) => {
+                return Delivered {
+                    outcome: Outcome::Wait {
+                        after: remaining.max(Duration::from_secs(1)),
+                        reason: format!("{what}: another worker is delivering this change"),
+                    },
+                    result: "leased",
+                    tries: 0,
+                };
+            }
+            Err(e) => return Delivered::database(&e),
+        };
+    let (last, tries) = match skip_if_waited {
+        Some(why) if failures > 0 => (Attempt::Skipped(why), 0),
+        _ => try_in_process(policy, destination, &mut effect).await,
     };
-    let mut tx = match pool.begin().await {
-        Ok(tx) => tx,
-        Err(e) => return database(&e),
-    };
-    match deliveries::claim(&mut tx, destination, id).await {
-        Ok(Progress::Done) => {
-            return Delivered {
-                outcome: Outcome::Ack,
-                result: "duplicate",
-                tries: 0,
-            };
+    let failures = u32::try_from(failures).unwrap_or(0).saturating_add(1);
+    let (outcome, result) = match &last {
+        Attempt::Done(_) => (Outcome::Ack, "delivered"),
+        Attempt::Skipped(_) => (Outcome::Ack, "skipped"),
+        Attempt::Transient { reason, after } => {
+            let failing_since = first_failed_at.unwrap_or_else(Utc::now);
+            let failing_for = (Utc::now() - failing_since).to_std().unwrap_or_default();
+            if failing_for >= policy.retry_for {
+                let reason = format!(
+                    "{what}: still failing {} h after the first failure ({failures} tries): {reason}",
+                    failing_for.as_secs() / 3600
+                );
+                (Outcome::Park { reason }, "refused")
+            } else {
+                let after = policy.queue_delay(failures, *after);
+                let reason = format!("{what}: {reason}");
+                (Outcome::RetryUncounted { after, reason }, "failed")
+            }
         }
-        Ok(Progress::ToDo { .. }) => {}
-        Err(e) => return database(&e),
+        Attempt::Permanent(reason) => (
+            Outcome::Park {
+                reason: format!("{what} refused: {reason}"),
+            },
+            "refused",
+        ),
+    };
+    let record = || async {
+        match &last {
+            Attempt::Done(detail) | Attempt::Skipped(detail) => {
+                deliveries::complete(pool, destination, id, &text::clean(detail, text::LONG)).await
+            }
+            Attempt::Transient { reason, .. } | Attempt::Permanent(reason) => {
+                let parked = matches!(outcome, Outcome::Park { .. });
+                let reason = text::clean(reason, text::LONG);
+                deliveries::fail(pool, destination, id, &reason, parked)
+                    .await
+                    .map(drop)
+            }
+        }
+    };
+    if let Err(e) = record_until_recorded(policy, destination, id, record).await {
+        // The effect may have happened but its record did not: a redelivery repeats it, with the same id for
+        // the far end, once the lease has expired.
+        tracing::error!(destination, %id, error = %e, "Could not record a delivery's outcome.");
+        return Delivered::database(&e);
     }
+    Delivered {
+        outcome,
+        result,
+        tries,
+    }
+}
+
+/// Runs the effect with in-process retries of transient failures. Returns the last try's result and the tries.
+async fn try_in_process<F, Fut>(
+    policy: &RetryPolicy,
+    destination: &str,
+    effect: &mut F,
+) -> (Attempt, usize)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Attempt>,
+{
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(policy.in_process_base)
         .with_max_delay(policy.in_process_max_wait)
@@ -117,62 +228,58 @@ where
         .with_jitter()
         .build();
     let mut tries = 0;
-    let last = loop {
+    loop {
         tries += 1;
         let result = effect().await;
         let Attempt::Transient { reason, after } = &result else {
-            break result;
+            return (result, tries);
         };
         let Some(delay) = delays.next() else {
-            break result;
+            return (result, tries);
         };
         let wait = after.map_or(delay, |a| a.max(delay));
         if wait > policy.in_process_max_wait {
-            break result;
+            return (result, tries);
         }
         tracing::info!(destination, reason = %reason, wait_ms = wait.as_millis() as u64, "Retrying in process.");
         tokio::time::sleep(wait).await;
-    };
-    let (outcome, result, recorded) = match &last {
-        Attempt::Done(detail) | Attempt::Skipped(detail) => (
-            Outcome::Ack,
-            if matches!(last, Attempt::Done(_)) {
-                "delivered"
-            } else {
-                "skipped"
-            },
-            deliveries::complete(&mut tx, destination, id, detail).await,
-        ),
-        Attempt::Transient { reason, after } => {
-            let exhausted = attempt >= policy.max_attempts;
-            (
-                Outcome::Retry {
-                    after: policy.queue_delay(attempt, *after),
-                    reason: format!("{what}: {reason}"),
-                },
-                "failed",
-                deliveries::fail(&mut tx, destination, id, reason, exhausted).await,
-            )
+    }
+}
+
+/// Runs `record` until it succeeds, retrying (with capped backoff, up to `record_retry_for`) while the database is
+/// unavailable: the far end already answered, so it is the record that is tried again, never the send.
+async fn record_until_recorded<F, Fut>(
+    policy: &RetryPolicy,
+    destination: &str,
+    id: Uuid,
+    mut record: F,
+) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut failures = 0u32;
+    loop {
+        match record().await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(destination, %id, tries = failures + 1, "Recorded a delivery's outcome once the database answered.");
+                }
+                return Ok(());
+            }
+            Err(e)
+                if e.failure() != Failure::Data && started.elapsed() < policy.record_retry_for =>
+            {
+                failures = failures.saturating_add(1);
+                if failures == 1 {
+                    metrics::counter!("delivery_record_retries_total").increment(1);
+                    tracing::warn!(destination, %id, error = %e, "The far end answered but the database did not take the record; retrying the record, not the send.");
+                }
+                let wait = backoff(failures, Duration::from_millis(100), Duration::from_secs(5));
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
         }
-        Attempt::Permanent(reason) => (
-            Outcome::Park {
-                reason: format!("{what} refused: {reason}"),
-            },
-            "refused",
-            deliveries::fail(&mut tx, destination, id, reason, true).await,
-        ),
-    };
-    if let Err(e) = recorded {
-        return database(&e);
-    }
-    if let Err(e) = tx.commit().await {
-        // The effect happened but its record did not: a redelivery repeats it, with the same id for the far end.
-        tracing::error!(destination, %id, error = %e, "Could not record a delivery's outcome.");
-        return database(&e);
-    }
-    Delivered {
-        outcome,
-        result,
-        tries,
     }
 }

@@ -9,10 +9,11 @@
 
 use crate::boot;
 use crate::deliver::{self, Attempt, RetryPolicy};
+use crate::trusted::{self, Trusted};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracking_domain::{Carrier, Status, StatusChange};
+use tracking_domain::{Carrier, Status};
 use tracking_email::{Mailer, MailerSettings, Renderer, TemplateSettings};
 use tracking_marketplaces::Marketplaces;
 use tracking_runtime::amqp::topology::EMAIL_QUEUE;
@@ -21,6 +22,10 @@ use tracking_runtime::ops::Health;
 use tracking_runtime::settings::{self, SettingsError};
 
 pub const DESTINATION: &str = "email";
+
+/// PostgreSQL connections at most, whatever `PREFETCH` is: every statement is short (claim, check, record) and
+/// none is held across a send.
+const DEFAULT_POOL: u32 = 4;
 
 pub struct Settings {
     pub amqp: AmqpSettings,
@@ -47,10 +52,7 @@ pub fn marketplaces_from_env() -> Result<Marketplaces, SettingsError> {
 impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
         let amqp = AmqpSettings::from_env()?;
-        let retry = RetryPolicy::from_env(
-            settings::millis("EMAIL_RETRY_BASE_MS", 2_000)?,
-            amqp.max_attempts,
-        )?;
+        let retry = RetryPolicy::from_env(settings::millis("EMAIL_RETRY_BASE_MS", 2_000)?)?;
         let smtp_url = settings::required("SMTP_URL")?;
         let from = settings::required("EMAIL_FROM")?;
         let statuses = match settings::var("EMAIL_STATUSES") {
@@ -88,7 +90,7 @@ impl Settings {
             })?;
         }
         Ok(Self {
-            db: boot::db_settings(u32::from(amqp.prefetch) + 2)?,
+            db: boot::db_settings(DEFAULT_POOL)?,
             mailer: MailerSettings {
                 smtp_url: smtp_url.into(),
                 from,
@@ -153,13 +155,12 @@ fn count(result: &'static str) {
 
 impl Handler for EmailPublisher {
     async fn handle(&self, msg: Incoming) -> Outcome {
-        let change: StatusChange = match serde_json::from_slice(&msg.body) {
-            Ok(c) => c,
-            Err(e) => {
-                return Outcome::Park {
-                    reason: format!("not a status change: {e}"),
-                };
-            }
+        let Trusted {
+            change,
+            superseded_by,
+        } = match trusted::recorded(&self.pool, &msg.body).await {
+            Ok(t) => t,
+            Err(outcome) => return outcome,
         };
         if !self.statuses.contains(&change.status) {
             count("not_notified");
@@ -187,13 +188,16 @@ impl Handler for EmailPublisher {
             }
         };
         let message_id = self.mailer.message_id(change.change_id);
+        // An email that waited while its shipment moved on is not sent late.
+        let skip_if_waited =
+            superseded_by.map(|later| format!("skipped: superseded by {later} while it waited"));
         let delivered = deliver::once(
             &self.pool,
             DESTINATION,
             change.change_id,
-            msg.attempt,
             &self.retry,
             "the SMTP server",
+            skip_if_waited,
             || async {
                 match self
                     .mailer
@@ -226,6 +230,9 @@ impl Handler for EmailPublisher {
             }
             "duplicate" => {
                 tracing::info!(change_id = %change.change_id, "Email already sent for this change; nothing to do.")
+            }
+            "skipped" => {
+                tracing::info!(change_id = %change.change_id, superseded_by = ?superseded_by, "Email not sent: a later change superseded it while it waited.")
             }
             _ => {}
         }

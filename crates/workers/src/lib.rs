@@ -21,15 +21,30 @@ pub mod marketplace_publisher;
 pub mod normalizer;
 pub mod policy;
 pub mod scheduler;
+pub mod trusted;
 
 use std::time::Duration;
 use tracking_runtime::amqp::Outcome;
+use tracking_store::{Failure, StoreError};
 
-/// A database error is transient (the database may be restarting): retry the message later.
-pub(crate) fn db_retry(e: impl std::fmt::Display) -> Outcome {
-    Outcome::Retry {
-        after: Duration::from_secs(1),
-        reason: format!("database: {e}"),
+/// What a database error means for the message being handled: unavailable is not invalid.
+/// - The database is down or out of connections: hold the message until it answers, spending no attempt.
+/// - A serialization failure or deadlock: try again soon.
+/// - The database refused the data (encoding, constraint) or a row could not be read: park it now with the
+///   database's message; retrying can never work.
+pub(crate) fn db_outcome(e: &StoreError) -> Outcome {
+    match e.failure() {
+        Failure::Unavailable => Outcome::Unavailable {
+            dependency: "postgres",
+            reason: e.to_string(),
+        },
+        Failure::Conflict => Outcome::Retry {
+            after: Duration::from_millis(100),
+            reason: e.to_string(),
+        },
+        Failure::Data => Outcome::Park {
+            reason: format!("the database refused it: {e}"),
+        },
     }
 }
 

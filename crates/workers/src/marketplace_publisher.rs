@@ -10,7 +10,8 @@
 
 use crate::deliver::{self, Attempt, RetryPolicy};
 use crate::email_publisher::marketplaces_from_env;
-use crate::{boot, db_retry};
+use crate::trusted;
+use crate::{boot, db_outcome};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,11 +42,9 @@ impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
         let amqp = AmqpSettings::from_env()?;
         Ok(Self {
-            db: boot::db_settings(u32::from(amqp.prefetch) + 2)?,
-            retry: RetryPolicy::from_env(
-                settings::millis("MARKETPLACE_RETRY_BASE_MS", 2_000)?,
-                amqp.max_attempts,
-            )?,
+            // At most 4 connections whatever PREFETCH is: every statement is short and none is held across a call.
+            db: boot::db_settings(4)?,
+            retry: RetryPolicy::from_env(settings::millis("MARKETPLACE_RETRY_BASE_MS", 2_000)?)?,
             amqp,
             marketplaces: marketplaces_from_env()?,
             timeout: settings::millis("MARKETPLACE_TIMEOUT_MS", 15_000)?,
@@ -116,13 +115,9 @@ const SHIPMENT_CALLS: uuid::Uuid = uuid::Uuid::from_u128(0x3f0c_81d2_5a47_4b6e_9
 
 impl Handler for MarketplacePublisher {
     async fn handle(&self, msg: Incoming) -> Outcome {
-        let change: StatusChange = match serde_json::from_slice(&msg.body) {
-            Ok(c) => c,
-            Err(e) => {
-                return Outcome::Park {
-                    reason: format!("not a status change: {e}"),
-                };
-            }
+        let change = match trusted::recorded(&self.pool, &msg.body).await {
+            Ok(t) => t.change,
+            Err(outcome) => return outcome,
         };
         let Some(target) = &change.marketplace else {
             return Outcome::Ack;
@@ -145,22 +140,31 @@ impl Handler for MarketplacePublisher {
                 };
             }
             Ok(None) => {}
-            Err(e) => return db_retry(e),
+            Err(e) => return db_outcome(&e.into()),
         }
-        let plan = marketplace.kind.adapter().plan(&change, &msg.body);
+        // The adapter sees the recorded change, re-serialized, never the message's own bytes.
+        let body = match serde_json::to_vec(&change) {
+            Ok(b) => b,
+            Err(e) => {
+                return Outcome::Park {
+                    reason: format!("cannot serialize the change: {e}"),
+                };
+            }
+        };
+        let plan = marketplace.kind.adapter().plan(&change, &body);
         let calls = match plan {
             Ok(Plan::Calls(calls)) => calls,
             // Nothing to send (recorded as done), or a change this marketplace cannot take (parked).
             Ok(Plan::Skip(why)) => {
                 let attempt = Attempt::Skipped(format!("skipped: {why}"));
                 return self
-                    .record(marketplace, &destination, &change, msg.attempt, attempt)
+                    .record(marketplace, &destination, &change, attempt)
                     .await;
             }
             Err(refusal) => {
                 let attempt = Attempt::Permanent(refusal);
                 return self
-                    .record(marketplace, &destination, &change, msg.attempt, attempt)
+                    .record(marketplace, &destination, &change, attempt)
                     .await;
             }
         };
@@ -179,9 +183,9 @@ impl Handler for MarketplacePublisher {
                 &self.pool,
                 &dest,
                 id,
-                msg.attempt,
                 &self.retry,
                 &marketplace.name,
+                None,
                 || self.call(marketplace, call),
             )
             .await;
@@ -205,16 +209,15 @@ impl MarketplacePublisher {
         marketplace: &Marketplace,
         destination: &str,
         change: &StatusChange,
-        attempt: u32,
         result: Attempt,
     ) -> Outcome {
         let d = deliver::once(
             &self.pool,
             destination,
             change.change_id,
-            attempt,
             &self.retry,
             &marketplace.name,
+            None,
             || async { result.clone() },
         )
         .await;

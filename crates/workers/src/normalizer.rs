@@ -10,7 +10,7 @@
 //! same `change_id`, which both publishers deduplicate.
 
 use crate::policy::PollPolicy;
-use crate::{boot, db_retry};
+use crate::{boot, db_outcome};
 use chrono::{DateTime, FixedOffset, Utc};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -48,7 +48,8 @@ impl Settings {
         let amqp = AmqpSettings::from_env()?;
         let tables = event_tables_from_env()?;
         Ok(Self {
-            db: boot::db_settings(u32::from(amqp.prefetch) + 4)?,
+            // At most 4 connections whatever PREFETCH is: handlers take one for their short transaction only.
+            db: boot::db_settings(4)?,
             amqp,
             policy: PollPolicy::from_env()?,
             tables,
@@ -199,8 +200,7 @@ impl Handler for Normalizer {
         let changes = match self.apply(&update).await {
             Ok(c) => c,
             Err(ApplyError::Invalid(reason)) => return Outcome::Park { reason },
-            Err(ApplyError::Store(StoreError::Corrupt(reason))) => return Outcome::Park { reason },
-            Err(ApplyError::Store(e)) => return db_retry(e),
+            Err(ApplyError::Store(e)) => return db_outcome(&e),
         };
         if self.crash_after_commit && !changes.is_empty() {
             tracing::error!(

@@ -28,6 +28,9 @@ pub struct Settings {
     pub tick: Duration,
     /// `SCHEDULER_BATCH` (default 500): shipments taken per transaction.
     pub batch: i64,
+    /// `SCHEDULER_STALL_AFTER_SECS` (default 300): with no successful tick for this long, `/health`'s `ticks`
+    /// component is down (503) and an error is logged.
+    pub stall_after: Duration,
 }
 
 impl Settings {
@@ -42,12 +45,14 @@ impl Settings {
             policy: PollPolicy::from_env()?,
             tick: settings::millis("SCHEDULER_TICK_MS", 1000)?,
             batch,
+            stall_after: settings::secs("SCHEDULER_STALL_AFTER_SECS", 300)?,
         })
     }
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let health = Health::new(&["rabbitmq", "postgres"]);
+    health.set("ticks", true);
     boot::serve_ops("127.0.0.1:9103", health.clone(), shutdown.clone()).await?;
     let pool = tracking_store::pool(&settings.db)?;
     tokio::spawn(boot::watch_database(
@@ -60,11 +65,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         tick_ms = settings.tick.as_millis() as u64,
         "Scheduling polls."
     );
+    let mut liveness = Liveness::new(settings.stall_after);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(settings.tick) => {}
             _ = shutdown.cancelled() => break,
         }
+        liveness.check(&health);
         // A tick with nothing due touches no broker: check the connection itself for /health.
         if !publisher.is_connected()
             && let Err(e) = publisher.connect().await
@@ -84,6 +91,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .await
         {
             Ok(report) => {
+                liveness.ticked(&health);
                 if report.polled + report.expired > 0 {
                     tracing::debug!(
                         polled = report.polled,
@@ -94,6 +102,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 }
             }
             Err(e) => {
+                metrics::counter!("scheduler_tick_failures_total").increment(1);
                 health.set("rabbitmq", publisher.is_connected());
                 tracing::warn!(error = %e, "A scheduler tick failed; the shipments stay due.");
             }
@@ -103,18 +112,58 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     Ok(())
 }
 
+/// Whether the scheduler is doing its job: the time of its last successful tick, on `/health` (`ticks`) and as
+/// `scheduler_last_tick_timestamp_seconds`. Reachability alone says nothing of a scheduler whose every tick fails.
+struct Liveness {
+    last_ok: std::time::Instant,
+    stall_after: Duration,
+}
+
+impl Liveness {
+    fn new(stall_after: Duration) -> Self {
+        Self {
+            last_ok: std::time::Instant::now(),
+            stall_after,
+        }
+    }
+
+    fn ticked(&mut self, health: &Health) {
+        self.last_ok = std::time::Instant::now();
+        metrics::gauge!("scheduler_last_tick_timestamp_seconds").set(Utc::now().timestamp() as f64);
+        if !health.is_up("ticks") {
+            tracing::info!("Scheduler ticks succeed again.");
+        }
+        health.set("ticks", true);
+    }
+
+    fn check(&self, health: &Health) {
+        let stalled = self.last_ok.elapsed() >= self.stall_after;
+        if stalled && health.is_up("ticks") {
+            tracing::error!(
+                since_secs = self.last_ok.elapsed().as_secs(),
+                "No scheduler tick has succeeded for too long: no shipment is being polled."
+            );
+        }
+        if stalled {
+            health.set("ticks", false);
+        }
+    }
+}
+
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct TickReport {
     pub polled: usize,
     pub finished: usize,
     pub expired: usize,
+    /// Shipments whose stored row could not be read: marked, counted, logged, and skipped from now on.
+    pub quarantined: usize,
 }
 
 /// The due-scan: up to `$2` shipments due at `$1`, oldest first, skipping those another scheduler holds
 /// (served by the partial index `shipments_due`).
 pub fn due_scan_sql() -> String {
     format!(
-        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE finished_at IS NULL AND next_poll_at <= $1 \
+        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE finished_at IS NULL AND quarantined_at IS NULL AND next_poll_at <= $1 \
          ORDER BY next_poll_at LIMIT $2 FOR UPDATE SKIP LOCKED"
     )
 }
@@ -137,13 +186,20 @@ pub async fn tick(
     let expire_before =
         now - chrono::Duration::from_std(policy.expire_after).unwrap_or(chrono::Duration::days(30));
     for s in due {
-        let status = s.status()?;
+        // A row that cannot be read back is quarantined, never a reason to stop the batch.
+        let (status, request) = match s.status().and_then(|st| s.request().map(|r| (st, r))) {
+            Ok(read) => read,
+            Err(e) => {
+                quarantine(&mut tx, &s, &e.to_string()).await?;
+                report.quarantined += 1;
+                continue;
+            }
+        };
         if !status.is_final() && s.last_news_at < expire_before {
             expire(&mut tx, &s, status, now).await?;
             report.expired += 1;
             continue;
         }
-        let request = s.request()?;
         let body = serde_json::to_vec(&request)?;
         publisher
             .publish(Outgoing::json("", TRACKING_REQUESTS, &body))
@@ -163,6 +219,19 @@ pub async fn tick(
     tx.commit().await?;
     metrics::counter!("scheduled_polls_total").increment(report.polled as u64);
     Ok(report)
+}
+
+/// Marks a shipment whose row cannot be read back, counts it and logs it once (it leaves the due scan).
+async fn quarantine(
+    tx: &mut sqlx::PgConnection,
+    s: &ShipmentRow,
+    reason: &str,
+) -> anyhow::Result<()> {
+    tracking_store::shipments::quarantine(&mut *tx, s.id, reason).await?;
+    metrics::counter!("rows_quarantined_total", "table" => "shipments").increment(1);
+    tracing::error!(shipment_id = s.id, tracking_code = %s.tracking_code, reason,
+        "A stored shipment cannot be read back; quarantined and no longer polled (see trackctl shipment show).");
+    Ok(())
 }
 
 async fn expire(
