@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod proxy;
+
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use lapin::options::{
@@ -122,6 +124,39 @@ impl TestEnv {
             ("RETRY_DELAYS_MS".into(), "200,1000".into()),
             ("SHUTDOWN_GRACE_MS".into(), "3000".into()),
         ]
+    }
+
+    /// Records a status change as the normalizer would (its shipment, then the change in `status_changes`, marked
+    /// published), so that the publishers, which send only recorded changes, take it when it is published.
+    pub async fn record_change(&self, change: &Value) -> anyhow::Result<()> {
+        let text = |v: &Value| v.as_str().map(str::to_owned);
+        let shipment_id: i64 = sqlx::query_scalar(
+            "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, marketplace_name, marketplace_order_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (carrier, tracking_code) DO UPDATE SET order_id = EXCLUDED.order_id, \
+                 marketplace_name = EXCLUDED.marketplace_name, marketplace_order_id = EXCLUDED.marketplace_order_id \
+             RETURNING id",
+        )
+        .bind(text(&change["carrier"]))
+        .bind(text(&change["tracking_code"]))
+        .bind(text(&change["order_id"]))
+        .bind(text(&change["customer"]["email"]))
+        .bind(text(&change["marketplace"]["name"]))
+        .bind(text(&change["marketplace"]["order_id"]))
+        .fetch_one(&self.pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO status_changes (change_id, shipment_id, status, previous_status, occurred_at, payload, published_at) \
+             VALUES ($1::text::uuid, $2, $3, $4, $5::text::timestamptz, $6, now())",
+        )
+        .bind(text(&change["change_id"]))
+        .bind(shipment_id)
+        .bind(text(&change["status"]))
+        .bind(text(&change["previous_status"]))
+        .bind(text(&change["occurred_at"]))
+        .bind(change)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub fn log_dir(&self) -> PathBuf {

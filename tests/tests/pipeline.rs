@@ -544,7 +544,7 @@ async fn bad_messages_on_every_work_queue_are_parked_with_a_reason() -> anyhow::
         "fetched_at": "2026-03-27T18:00:00Z", "events": []
     });
     let change = serde_json::json!({
-        "change_id": "6f1c1b3e-8a55-5b9a-9f55-1f5d2f0c9a11", "order_id": "1", "tracking_code": "DL746686536BR",
+        "change_id": "6f1c1b3e-8a55-5b9a-9f55-1f5d2f0c9a11", "order_id": "1", "tracking_code": "PG747937788BR",
         "carrier": "correios", "status": "in_transit", "previous_status": "posted",
         "occurred_at": "2026-03-27T14:40:30-03:00", "source": "carrier",
         "event": {"code": "RO", "type": "01", "description": "Objeto em trânsito", "location": {}},
@@ -560,6 +560,8 @@ async fn bad_messages_on_every_work_queue_are_parked_with_a_reason() -> anyhow::
     }
     amqp.publish("normalizer.carrier-events", &serde_json::to_vec(&orphan)?)
         .await?;
+    // Recorded, as the normalizer would have: the publishers send only recorded changes.
+    env.record_change(&change).await?;
     amqp.publish("marketplace.order-status", &serde_json::to_vec(&change)?)
         .await?;
     // The in-transit change itself is fine for email (not notified): acked, nothing sent, nothing parked.

@@ -67,6 +67,7 @@ async fn with_the_smtp_server_down_for_a_while_every_email_arrives_once_it_is_up
             None,
         );
         ids.insert(c["change_id"].as_str().unwrap().to_owned());
+        env.record_change(&c).await?;
         amqp.publish(EMAIL_QUEUE, &serde_json::to_vec(&c)?).await?;
     }
     // Nobody listens: every change fails and waits for a retry.
@@ -126,8 +127,10 @@ async fn a_recipient_refused_with_550_is_parked_with_the_answer_and_others_still
         "ana@example.com",
         None,
     );
+    env.record_change(&refused).await?;
     amqp.publish(EMAIL_QUEUE, &serde_json::to_vec(&refused)?)
         .await?;
+    env.record_change(&fine).await?;
     amqp.publish(EMAIL_QUEUE, &serde_json::to_vec(&fine)?)
         .await?;
     eventually(Duration::from_secs(20), "one parked, one sent", || async {
@@ -181,6 +184,7 @@ async fn the_same_change_delivered_twice_gives_one_email_and_one_call() -> anyho
         "ana@example.com",
         Some(("acme", "A-1")),
     );
+    env.record_change(&change).await?;
     let body = serde_json::to_vec(&change)?;
     for _ in 0..2 {
         amqp.publish(EMAIL_QUEUE, &body).await?;
@@ -237,6 +241,7 @@ async fn a_marketplace_answering_500_three_times_then_200_gets_one_accepted_call
         "ana@example.com",
         Some(("acme", "A-2")),
     );
+    env.record_change(&change).await?;
     amqp.publish(MARKET_QUEUE, &serde_json::to_vec(&change)?)
         .await?;
     eventually(Duration::from_secs(20), "an accepted call", || async {
@@ -278,6 +283,7 @@ async fn a_429_with_retry_after_is_honoured_and_a_400_is_parked_with_the_answer(
         "ana@example.com",
         Some(("acme", "A-3")),
     );
+    env.record_change(&first).await?;
     amqp.publish(MARKET_QUEUE, &serde_json::to_vec(&first)?)
         .await?;
     eventually(
@@ -300,6 +306,7 @@ async fn a_429_with_retry_after_is_honoured_and_a_400_is_parked_with_the_answer(
         "ana@example.com",
         Some(("acme", "A-4")),
     );
+    env.record_change(&second).await?;
     amqp.publish(MARKET_QUEUE, &serde_json::to_vec(&second)?)
         .await?;
     eventually(Duration::from_secs(20), "the 400 parked", || async {
@@ -345,9 +352,12 @@ async fn vtex_and_mercado_livre_get_their_own_request_shapes() -> anyhow::Result
     )
     .await?;
     let amqp = env.amqp().await?;
+    // One parcel per marketplace (a shipment belongs to one order of one marketplace).
     let code = s10("DL", 7);
+    let vtex_code = s10("DL", 17);
     let send = |status: &str, previous: &str, mp: (&str, &str)| {
-        status_change("V-1", &code, status, previous, "ana@example.com", Some(mp))
+        let parcel = if mp.0 == "meli" { &code } else { &vtex_code };
+        status_change("V-1", parcel, status, previous, "ana@example.com", Some(mp))
     };
     let steps = [
         (send("in_transit", "posted", ("loja", "v-100")), 1),
@@ -361,6 +371,7 @@ async fn vtex_and_mercado_livre_get_their_own_request_shapes() -> anyhow::Result
         (send("delivered", "out_for_delivery", ("meli", "4455")), 6),
     ];
     for (change, calls_after) in &steps {
+        env.record_change(change).await?;
         amqp.publish(MARKET_QUEUE, &serde_json::to_vec(change)?)
             .await?;
         eventually(Duration::from_secs(20), "the call", || async {

@@ -342,6 +342,7 @@ async fn publishers(changes: usize) -> anyhow::Result<()> {
             "ana@example.com",
             Some(("acme", "A")),
         );
+        env.record_change(&c).await?;
         let body = serde_json::to_vec(&c)?;
         amqp.publish("email.order-status", &body).await?;
         amqp.publish("marketplace.order-status", &body).await?;
