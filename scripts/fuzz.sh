@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target in fuzz/ for FUZZ_SECONDS each (default 60) and prints the executions each ran.
 # A panic, a failed round trip, an allocation of 256 MB or more, a resident size over 512 MB or an input slower
-# than 10 s is a crash: the run goes on with the other targets, then exits 1. docs/FUZZING.md explains more.
+# than 10 s is a crash: the run goes on with the other targets, then exits 1. So does a saved regression input
+# (fuzz/regressions/<target>/) that still crashes. docs/FUZZING.md explains more.
 #
 #   FUZZ_SECONDS=30 bash scripts/fuzz.sh                   # every target, 30 s each
 #   FUZZ_TARGETS="tracking_request status_change" bash scripts/fuzz.sh
@@ -29,15 +30,29 @@ logs=fuzz/target/fuzz-logs
 mkdir -p "$logs"
 failed=()
 summary=()
+
+# Inputs that once crashed a target (fuzz/regressions/README.md): each runs once, and one that still crashes fails
+# the run. They are kept out of the fuzzing corpus, where one crashing input would stop libFuzzer before it starts.
 for t in $targets; do
-  # New inputs go to a scratch corpus under fuzz/target (ignored by git); the committed seeds and any saved
-  # regressions are read, never written.
+  for f in fuzz/regressions/"$t"/*; do
+    [ -f "$f" ] || continue
+    case $f in *.md) continue ;; esac
+    if cargo +nightly fuzz run "$t" "$f" -- -runs=1 "${limits[@]}" >"$logs/regression.log" 2>&1; then
+      echo "regression $f: passes"
+    else
+      echo "regression $f: STILL CRASHES" >&2
+      grep -E -m1 -A1 "panicked at|==ERROR" "$logs/regression.log" | sed 's/^/   /' >&2
+      failed+=("$f")
+    fi
+  done
+done
+
+for t in $targets; do
+  # New inputs go to a scratch corpus under fuzz/target (ignored by git); the committed seeds are read, never written.
   work=fuzz/target/corpus-work/$t
   mkdir -p "$work" "fuzz/artifacts/$t"
-  dirs=("$work" "fuzz/corpus/$t")
-  [ -d "fuzz/regressions/$t" ] && dirs+=("fuzz/regressions/$t")
   echo "== $t: ${seconds} s"
-  cargo +nightly fuzz run "$t" "${dirs[@]}" -- \
+  cargo +nightly fuzz run "$t" "$work" "fuzz/corpus/$t" -- \
     -max_total_time="$seconds" -print_final_stats=1 "${limits[@]}" >"$logs/$t.log" 2>&1
   rc=$?
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$t.log" | grep -o '[0-9]*$' | tail -1)
@@ -57,6 +72,7 @@ echo
 echo "Fuzzing, ${seconds} s per target (logs in $logs/):"
 printf '  %s\n' "${summary[@]}"
 if [ "${#failed[@]}" -gt 0 ]; then
-  echo "Crashed: ${failed[*]} (inputs in fuzz/artifacts/<target>/; reproduce with cargo +nightly fuzz run <target> <file>)" >&2
+  echo "Crashed: ${failed[*]}" >&2
+  echo "(new crashing inputs are in fuzz/artifacts/<target>/; reproduce with cargo +nightly fuzz run <target> <file>)" >&2
   exit 1
 fi
