@@ -6,7 +6,7 @@ CARGO ?= cargo
 export TEST_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/postgres
 export TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672
 
-.PHONY: help setup build release test lint fmt demo ci bench bench-normalizer bench-scheduler bench-publishers bench-fetcher bench-latency clean-test-resources
+.PHONY: help setup build release test lint fmt demo ci fuzz bench bench-normalizer bench-scheduler bench-publishers bench-fetcher bench-latency clean-test-resources
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -34,6 +34,11 @@ demo: setup release ## Start everything and show a few parcels travel (Ctrl-C st
 	@bash scripts/demo.sh
 
 ci: lint test ## What CI runs
+
+FUZZ_SECONDS ?= 60
+
+fuzz: ## Run every cargo-fuzz target for FUZZ_SECONDS each (nightly; installs cargo-fuzz when missing); docs/FUZZING.md
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
 
 BENCH := $${CARGO_TARGET_DIR:-target}/release/bench
 
