@@ -657,3 +657,66 @@ async fn a_publisher_stopped_with_sigterm_mid_send_loses_and_doubles_nothing() -
     assert_eq!(amqp.count("email.order-status.dead").await?, 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_settings_can_come_from_files_and_an_unreadable_one_is_refused() -> anyhow::Result<()>
+{
+    let env = TestEnv::ready().await?;
+    let smtp = SmtpServer::start("127.0.0.1:0".parse()?, &[]).await?;
+    let dir = env.log_dir();
+    let write = |name: &str, content: &str| -> anyhow::Result<String> {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{content}\n"))?;
+        Ok(path.display().to_string())
+    };
+    let mut settings = email_settings("");
+    settings.retain(|(k, _)| *k != "SMTP_URL");
+    settings.extend([
+        ("AMQP_URL", String::new()),
+        ("AMQP_URL_FILE", write("amqp", &env.amqp_url)?),
+        ("DATABASE_URL", String::new()),
+        ("DATABASE_URL_FILE", write("database", &env.database_url)?),
+        ("SMTP_URL_FILE", write("smtp", &smtp.url())?),
+    ]);
+    let _email = Worker::started(&env, "email-publisher", &settings).await?;
+    let change = status_change(
+        "K-1",
+        &s10("DK", 1),
+        "delivered",
+        "out_for_delivery",
+        "ana@example.com",
+        None,
+    );
+    env.record_change(&change).await?;
+    env.amqp()
+        .await?
+        .publish(EMAIL_QUEUE, &serde_json::to_vec(&change)?)
+        .await?;
+    eventually(Duration::from_secs(20), "the email sent", || async {
+        Ok((smtp.received().len() == 1).then_some(()))
+    })
+    .await?;
+
+    let (code, out) = Worker::run_to_exit(
+        &env,
+        "email-publisher",
+        &[
+            ("DATABASE_URL", String::new()),
+            ("DATABASE_URL_FILE", "/nonexistent/database-url".into()),
+        ],
+    )?;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("DATABASE_URL_FILE"), "{out}");
+    let (code, out) = Worker::run_to_exit(
+        &env,
+        "email-publisher",
+        &[(
+            "AMQP_URL_FILE",
+            write("amqp-too", "amqp://secret-in-file@h/")?,
+        )],
+    )?;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("set together with AMQP_URL"), "{out}");
+    assert!(!out.contains("secret-in-file"), "{out}");
+    Ok(())
+}

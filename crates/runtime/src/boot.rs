@@ -19,6 +19,11 @@ where
         eprintln!("{name}: bad configuration: {e}");
         return ExitCode::from(2);
     }
+    if let Err(e) = settings::check_files() {
+        tracing::error!("{name}: bad configuration: {e}");
+        eprintln!("{name}: bad configuration: {e}");
+        return ExitCode::from(2);
+    }
     let shutdown = crate::shutdown::on_signals();
     match run(shutdown).await {
         Ok(()) => {

@@ -1,5 +1,9 @@
 //! Settings from environment variables. An empty variable counts as unset; a bad value is an error that
 //! names the variable and what was expected, so a worker exits with a message an operator can act on.
+//!
+//! Every secret setting ([`SECRET_SETTINGS`]) can also come from a file named by `NAME_FILE` (as Kubernetes and
+//! Docker mount secrets): the file's content, without its trailing line break. [`check_files`] (run by
+//! `boot::main` before anything else) refuses a `_FILE` that cannot be read, or one set together with its variable.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -21,9 +25,57 @@ impl SettingsError {
     }
 }
 
-/// The variable's value, or `None` when unset or empty.
-pub fn var(name: &str) -> Option<String> {
+fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The settings that hold secrets, and so may come from a file named by `{NAME}_FILE`.
+pub const SECRET_SETTINGS: [&str; 8] = [
+    "AMQP_URL",
+    "DATABASE_URL",
+    "CORREIOS_USER",
+    "CORREIOS_ACCESS_CODE",
+    "CORREIOS_POSTAGE_CARD",
+    "JADLOG_TOKEN",
+    "SMTP_URL",
+    "API_TOKEN",
+];
+
+/// The variable's value, or for a secret setting the content of the file `{name}_FILE` names; `None` when
+/// unset or empty.
+pub fn var(name: &str) -> Option<String> {
+    env(name).or_else(|| {
+        if !SECRET_SETTINGS.contains(&name) {
+            return None;
+        }
+        let path = env(&format!("{name}_FILE"))?;
+        let content = std::fs::read_to_string(path.trim()).ok()?;
+        Some(content.trim_end_matches(['\n', '\r']).to_owned()).filter(|v| !v.trim().is_empty())
+    })
+}
+
+/// Checks the `NAME_FILE` of every secret setting: readable, and not set together with `NAME`. The error names
+/// the variable and never shows the file's content.
+pub fn check_files() -> Result<(), SettingsError> {
+    for base in SECRET_SETTINGS {
+        let key = format!("{base}_FILE");
+        let Some(path) = env(&key) else {
+            continue;
+        };
+        if env(base).is_some() {
+            return Err(SettingsError::new(
+                &key,
+                format!("is set together with {base}: set one of them"),
+            ));
+        }
+        if let Err(e) = std::fs::read_to_string(path.trim()) {
+            return Err(SettingsError::new(
+                &key,
+                format!("cannot read {}: {e}", path.trim()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn var_or(name: &str, default: &str) -> String {
