@@ -452,7 +452,7 @@ async fn calls_without_the_token_get_401_and_the_openapi_document_covers_every_r
         if *method == "post" {
             assert!(
                 op["requestBody"].is_object()
-                    && ["400", "413", "415", "422"]
+                    && ["400", "408", "413", "415", "422"]
                         .iter()
                         .all(|s| op["responses"][s].is_object()),
                 "{method} {path} lacks its body or errors"

@@ -1,9 +1,11 @@
-//! Request bodies: content type, size and JSON syntax first (415, 413, 400), then each field (422, naming every
-//! wrong field at once, like `TrackingRequest::from_value`).
+//! Request bodies: time to arrive (408), content type, size and JSON syntax first (415, 413, 400), then each field
+//! (422, naming every wrong field at once, like `TrackingRequest::from_value`).
 
+use crate::AppState;
 use crate::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{Map, Value};
@@ -16,6 +18,34 @@ pub const FUTURE_TOLERANCE_MINUTES: i64 = 15;
 pub const MAX_TEXT_CHARS: usize = 500;
 /// The longest city or state kept.
 pub const MAX_PLACE_CHARS: usize = 100;
+
+/// The request's body as it arrived within `API_BODY_TIMEOUT_MS` (still to be checked by [`json_object`]); a
+/// client slower than that gets 408 and the connection is closed.
+pub struct Body(pub Result<Bytes, BytesRejection>);
+
+impl FromRequest<AppState> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let deadline = state.inner.body_timeout;
+        match tokio::time::timeout(deadline, Bytes::from_request(req, state)).await {
+            Ok(read) => Ok(Self(read)),
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = deadline.as_millis() as u64,
+                    "A request body did not arrive in time."
+                );
+                Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body did not arrive within {} ms (API_BODY_TIMEOUT_MS)",
+                        deadline.as_millis()
+                    ),
+                ))
+            }
+        }
+    }
+}
 
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers

@@ -60,6 +60,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let unauthorized = self.status == StatusCode::UNAUTHORIZED;
+        let timed_out = self.status == StatusCode::REQUEST_TIMEOUT;
         let mut response = (
             self.status,
             Json(json!({ "error": self.error, "details": self.details })),
@@ -70,6 +71,12 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"tracking-api\""),
             );
+        }
+        if timed_out {
+            // The rest of the body may still come: the connection cannot carry another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -2,11 +2,10 @@
 
 use crate::AppState;
 use crate::auth::Authorized;
-use crate::body::{DeliveryConfirmation, ManualEvent, json_object};
+use crate::body::{Body, DeliveryConfirmation, ManualEvent, json_object};
 use crate::error::ApiError;
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -50,7 +49,7 @@ pub async fn create_tracking_request(
     _: Authorized,
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Body(body): Body,
 ) -> Result<Accepted, ApiError> {
     let map = json_object(&headers, body, state.inner.body_limit)?;
     let request = TrackingRequest::from_value(&Value::Object(map))
@@ -134,7 +133,7 @@ pub async fn create_manual_event(
     State(state): State<AppState>,
     code: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Body(body): Body,
 ) -> Result<Accepted, ApiError> {
     let code = path_param(code, "tracking_code")?;
     let map = json_object(&headers, body, state.inner.body_limit)?;
@@ -210,7 +209,7 @@ pub async fn confirm_delivery(
     State(state): State<AppState>,
     order_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Body(body): Body,
 ) -> Result<Accepted, ApiError> {
     let order_id = path_param(order_id, "order_id")?;
     let map = json_object(&headers, body, state.inner.body_limit)?;

@@ -17,9 +17,11 @@ mod auth;
 pub mod body;
 mod error;
 mod handlers;
+pub mod serve;
 
 pub use error::ApiError;
 pub use handlers::{CONFIRMATION_DESCRIPTION, MANUAL_CODE};
+pub use serve::Limits;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -52,6 +54,10 @@ pub struct Settings {
     pub token: SecretString,
     /// `API_BODY_LIMIT_BYTES` (default 65536): larger bodies are refused with 413.
     pub body_limit: usize,
+    /// `API_BODY_TIMEOUT_MS` (default 10000): a body not received in full by then is answered 408.
+    pub body_timeout: Duration,
+    /// `API_HEADER_TIMEOUT_MS` (default 10000) and `API_MAX_CONNECTIONS` (default 256).
+    pub limits: Limits,
     pub amqp: AmqpSettings,
     pub db: DbSettings,
 }
@@ -64,21 +70,36 @@ impl Settings {
                 "is required: the bearer token every call must carry (tracking-api does not start without one)",
             )
         })?;
-        let body_limit = settings::parse("API_BODY_LIMIT_BYTES", 65_536usize)?;
-        if body_limit == 0 {
-            return Err(SettingsError::new(
-                "API_BODY_LIMIT_BYTES",
-                "must be at least 1",
-            ));
-        }
+        let body_limit = at_least_one("API_BODY_LIMIT_BYTES", 65_536)?;
         Ok(Self {
             http_addr: settings::socket_addr("HTTP_ADDR", "127.0.0.1:8080")?,
             token: SecretString::from(token.trim().to_owned()),
             body_limit,
+            body_timeout: positive_millis("API_BODY_TIMEOUT_MS", 10_000)?,
+            limits: Limits {
+                header_timeout: positive_millis("API_HEADER_TIMEOUT_MS", 10_000)?,
+                max_connections: at_least_one("API_MAX_CONNECTIONS", 256)?,
+            },
             amqp: AmqpSettings::from_env()?,
             db: tracking_store::env::db_settings(8)?,
         })
     }
+}
+
+fn at_least_one(name: &str, default: usize) -> Result<usize, SettingsError> {
+    let n = settings::parse(name, default)?;
+    if n == 0 {
+        return Err(SettingsError::new(name, "must be at least 1"));
+    }
+    Ok(n)
+}
+
+fn positive_millis(name: &str, default: u64) -> Result<Duration, SettingsError> {
+    let d = settings::millis(name, default)?;
+    if d.is_zero() {
+        return Err(SettingsError::new(name, "must be above 0 ms"));
+    }
+    Ok(d)
 }
 
 /// What every handler shares. Cheap to clone.
@@ -92,21 +113,18 @@ struct Inner {
     pool: PgPool,
     publisher: Publisher,
     body_limit: usize,
+    body_timeout: Duration,
 }
 
 impl AppState {
-    pub fn new(
-        token: &SecretString,
-        pool: PgPool,
-        publisher: Publisher,
-        body_limit: usize,
-    ) -> Self {
+    pub fn new(settings: &Settings, pool: PgPool, publisher: Publisher) -> Self {
         Self {
             inner: Arc::new(Inner {
-                token_digest: auth::digest(token.expose_secret()),
+                token_digest: auth::digest(settings.token.expose_secret()),
                 pool,
                 publisher,
-                body_limit,
+                body_limit: settings.body_limit,
+                body_timeout: settings.body_timeout,
             }),
         }
     }
@@ -223,20 +241,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         Duration::from_secs(2),
         shutdown.clone(),
     ));
-    let state = AppState::new(
-        &settings.token,
-        pool.clone(),
-        publisher.clone(),
-        settings.body_limit,
-    );
+    let state = AppState::new(&settings, pool.clone(), publisher.clone());
     let bound = listener.local_addr()?;
-    tracing::info!(%bound, body_limit = settings.body_limit, "Serving the tracking API.");
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    tracing::info!(%bound, body_limit = settings.body_limit,
+        body_timeout_ms = settings.body_timeout.as_millis() as u64,
+        header_timeout_ms = settings.limits.header_timeout.as_millis() as u64,
+        max_connections = settings.limits.max_connections,
+        "Serving the tracking API.");
+    let server = serve::serve(listener, app(state), settings.limits, shutdown.clone());
     let grace = settings.amqp.shutdown_grace;
     tokio::select! {
-        served = server => served?,
+        () = server => {},
         _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(grace_ms = grace.as_millis() as u64,
                 "Calls still in flight after SHUTDOWN_GRACE_MS; stopping anyway (their callers get no answer and may repeat them).");
