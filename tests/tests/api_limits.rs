@@ -1,6 +1,6 @@
 //! `tracking-api` under hostile clients: the real binary on a real socket, spoken to byte by byte (raw
 //! `TcpStream`), on the real RabbitMQ and PostgreSQL. Slow headers and slow bodies are cut within their bounds,
-//! and connections beyond `API_MAX_CONNECTIONS` wait.
+//! connections beyond `API_MAX_CONNECTIONS` wait, and an order's tracking answer is bounded.
 
 #![allow(clippy::unwrap_used)]
 
@@ -245,5 +245,101 @@ async fn connections_beyond_the_cap_wait_until_one_closes() -> anyhow::Result<()
     // The second slow client still holds its place; the freed one serves again.
     assert_eq!(api.probe().await?, "HTTP/1.1 200 OK");
     drop(held);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_tracking_answers_the_newest_events_and_shipments_within_the_bounds()
+-> anyhow::Result<()> {
+    let env = env().await?;
+    let api = Api::start(
+        &env,
+        &[
+            ("API_TRACKING_MAX_EVENTS", "3"),
+            ("API_TRACKING_MAX_SHIPMENTS", "2"),
+        ],
+    )
+    .await?;
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email) \
+             VALUES ('correios', $1, 'BIG-1', 'ana@example.com') RETURNING id",
+        )
+        .bind(s10("BG", n))
+        .fetch_one(&env.pool)
+        .await?;
+        ids.push(id);
+    }
+    let newest = ids[2];
+    // Ten events an hour apart (the newest last by carrier time), inserted newest first.
+    sqlx::query(
+        "INSERT INTO tracking_events (shipment_id, fingerprint, source, code, description, occurred_at) \
+         SELECT $1, 'fp-' || n, 'carrier', 'E' || n, 'event ' || n, \
+                TIMESTAMPTZ '2025-11-20T10:00:00Z' + make_interval(hours => n) \
+         FROM generate_series(10, 1, -1) AS n",
+    )
+    .bind(newest)
+    .execute(&env.pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO status_changes (change_id, shipment_id, status, previous_status, occurred_at, payload) \
+         SELECT gen_random_uuid(), $1, 'in_transit', 'registered', now(), jsonb_build_object('reason', 'change ' || n) \
+         FROM generate_series(1, 5) AS n ORDER BY n",
+    )
+    .bind(newest)
+    .execute(&env.pool)
+    .await?;
+
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/v1/orders/BIG-1/tracking", api.addr))
+        .bearer_auth(TOKEN)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    let body: Value = resp.json().await?;
+    assert_eq!(body["shipments_total"], 3, "{body}");
+    assert_eq!(body["shipments_truncated"], true);
+    let shipments = body["shipments"].as_array().unwrap();
+    let codes: Vec<&str> = shipments
+        .iter()
+        .map(|s| s["tracking_code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, [s10("BG", 2), s10("BG", 3)], "the newest shipments");
+    assert_eq!(shipments[0]["events_total"], 0);
+    assert_eq!(shipments[0]["events_truncated"], false);
+    let big = &shipments[1];
+    assert_eq!(big["events_total"], 10);
+    assert_eq!(big["events_truncated"], true);
+    let events: Vec<&str> = big["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["E8", "E9", "E10"],
+        "the newest events, oldest first"
+    );
+    assert_eq!(big["changes_total"], 5);
+    assert_eq!(big["changes_truncated"], true);
+    let changes: Vec<&str> = big["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(changes, ["change 3", "change 4", "change 5"]);
+    // Every field of the answer is documented.
+    let doc: Value = serde_json::from_str(tracking_api::OPENAPI)?;
+    for (schema, object) in [("OrderTracking", &body), ("Shipment", big)] {
+        for key in object.as_object().unwrap().keys() {
+            assert!(
+                doc["components"]["schemas"][schema]["properties"][key].is_object(),
+                "{schema}.{key} is answered but not in openapi.json"
+            );
+        }
+    }
     Ok(())
 }

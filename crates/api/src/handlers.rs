@@ -4,6 +4,7 @@ use crate::AppState;
 use crate::auth::Authorized;
 use crate::body::{Body, DeliveryConfirmation, ManualEvent, json_object};
 use crate::error::ApiError;
+use crate::tracking::newest;
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -273,7 +274,8 @@ fn location(city: &Option<String>, state: &Option<String>) -> Value {
     .unwrap_or(Value::Null)
 }
 
-/// `GET /v1/orders/{order_id}/tracking`.
+/// `GET /v1/orders/{order_id}/tracking`: at most `API_TRACKING_MAX_SHIPMENTS` shipments (the newest), each with at
+/// most `API_TRACKING_MAX_EVENTS` events and as many status changes (the newest), with the totals.
 pub async fn order_tracking(
     _: Authorized,
     State(state): State<AppState>,
@@ -291,12 +293,26 @@ pub async fn order_tracking(
             "no shipment of order {order_id:?} is registered"
         )));
     }
+    let bounds = state.inner.tracking;
+    let history = newest(history, bounds.max_shipments);
+    let (shipments_total, shipments_truncated) = (history.total, history.truncated());
+    if shipments_truncated {
+        tracing::info!(
+            order_id,
+            total = history.total,
+            kept = bounds.max_shipments,
+            "Order tracking answered with the newest shipments only (API_TRACKING_MAX_SHIPMENTS)."
+        );
+    }
     let shipments: Vec<Value> = history
+        .items
         .into_iter()
         .map(|h| {
             let s = &h.shipment;
-            let events: Vec<Value> = h
-                .events
+            let history_events = newest(h.events, bounds.max_events);
+            let history_changes = newest(h.changes, bounds.max_events);
+            let events: Vec<Value> = history_events
+                .items
                 .iter()
                 .map(|e| {
                     json!({
@@ -315,8 +331,8 @@ pub async fn order_tracking(
                     })
                 })
                 .collect();
-            let changes: Vec<Value> = h
-                .changes
+            let changes: Vec<Value> = history_changes
+                .items
                 .iter()
                 .map(|c| {
                     json!({
@@ -342,13 +358,20 @@ pub async fn order_tracking(
                 "carrier_message": h.carrier_message,
                 "finished_at": s.finished_at,
                 "events": events,
+                "events_total": history_events.total,
+                "events_truncated": history_events.truncated(),
                 "changes": changes,
+                "changes_total": history_changes.total,
+                "changes_truncated": history_changes.truncated(),
             })
         })
         .collect();
-    Ok(Json(
-        json!({ "order_id": order_id, "shipments": shipments }),
-    ))
+    Ok(Json(json!({
+        "order_id": order_id,
+        "shipments": shipments,
+        "shipments_total": shipments_total,
+        "shipments_truncated": shipments_truncated,
+    })))
 }
 
 /// `GET /v1/carriers/health`: the fetchers' latest report per carrier (`carrier_health`).

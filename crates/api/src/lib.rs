@@ -18,10 +18,12 @@ pub mod body;
 mod error;
 mod handlers;
 pub mod serve;
+pub mod tracking;
 
 pub use error::ApiError;
 pub use handlers::{CONFIRMATION_DESCRIPTION, MANUAL_CODE};
 pub use serve::Limits;
+pub use tracking::Bounds;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -58,6 +60,8 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// `API_HEADER_TIMEOUT_MS` (default 10000) and `API_MAX_CONNECTIONS` (default 256).
     pub limits: Limits,
+    /// `API_TRACKING_MAX_EVENTS` (default 500) and `API_TRACKING_MAX_SHIPMENTS` (default 100).
+    pub tracking: Bounds,
     pub amqp: AmqpSettings,
     pub db: DbSettings,
 }
@@ -79,6 +83,10 @@ impl Settings {
             limits: Limits {
                 header_timeout: positive_millis("API_HEADER_TIMEOUT_MS", 10_000)?,
                 max_connections: at_least_one("API_MAX_CONNECTIONS", 256)?,
+            },
+            tracking: Bounds {
+                max_events: at_least_one("API_TRACKING_MAX_EVENTS", 500)?,
+                max_shipments: at_least_one("API_TRACKING_MAX_SHIPMENTS", 100)?,
             },
             amqp: AmqpSettings::from_env()?,
             db: tracking_store::env::db_settings(8)?,
@@ -114,6 +122,7 @@ struct Inner {
     publisher: Publisher,
     body_limit: usize,
     body_timeout: Duration,
+    tracking: Bounds,
 }
 
 impl AppState {
@@ -125,6 +134,7 @@ impl AppState {
                 publisher,
                 body_limit: settings.body_limit,
                 body_timeout: settings.body_timeout,
+                tracking: settings.tracking,
             }),
         }
     }
@@ -247,6 +257,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         body_timeout_ms = settings.body_timeout.as_millis() as u64,
         header_timeout_ms = settings.limits.header_timeout.as_millis() as u64,
         max_connections = settings.limits.max_connections,
+        tracking_max_events = settings.tracking.max_events,
+        tracking_max_shipments = settings.tracking.max_shipments,
         "Serving the tracking API.");
     let server = serve::serve(listener, app(state), settings.limits, shutdown.clone());
     let grace = settings.amqp.shutdown_grace;
