@@ -247,7 +247,17 @@ async fn a_manual_delivery_confirmation_sends_one_email_and_one_marketplace_call
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_a_clear_4xx_and_publish_nothing() -> anyhow::Result<()> {
     let env = env().await?;
-    let api = Api::start(&env, &[("API_BODY_LIMIT_BYTES", "2048".into())]).await?;
+    let file = marketplaces_file(&env, "acme", "http://127.0.0.1:9/hook", SECRET)?
+        .display()
+        .to_string();
+    let api = Api::start(
+        &env,
+        &[
+            ("API_BODY_LIMIT_BYTES", "2048".into()),
+            ("MARKETPLACES_FILE", file),
+        ],
+    )
+    .await?;
     let amqp = env.amqp().await?;
     let code = s10("BR", 1);
     let path = "/v1/tracking-requests";
@@ -380,6 +390,99 @@ async fn bad_requests_get_a_clear_4xx_and_publish_nothing() -> anyhow::Result<()
     assert_eq!(sent["customer"]["locale"], "en");
     assert_eq!(sent["marketplace"]["order_id"], "MP-B-4");
     assert!(sent.get("something_new").is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracking_request_naming_an_unknown_marketplace_gets_422_and_publishes_nothing()
+-> anyhow::Result<()> {
+    let env = env().await?;
+    let amqp = env.amqp().await?;
+    let file = marketplaces_file(&env, "acme", "http://127.0.0.1:9/hook", SECRET)?
+        .display()
+        .to_string();
+    let api = Api::start(&env, &[("MARKETPLACES_FILE", file.clone())]).await?;
+    let path = "/v1/tracking-requests";
+    let code = s10("UM", 1);
+
+    let (status, body) = api
+        .post(
+            path,
+            &request("UM-1", &code, "ana@example.com", "en", Some("nope")),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(fields(&body), ["marketplace.name"], "{body}");
+    let message = body["details"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"nope\"") && message.contains("acme"),
+        "{message}"
+    );
+    // With another wrong field, both are named at once.
+    let mut both = request("UM-1", &code, "ana@example.com", "en", Some("nope"));
+    both["customer"]["email"] = Value::Null;
+    let (status, body) = api.post(path, &both).await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        fields(&body),
+        ["customer.email", "marketplace.name"],
+        "{body}"
+    );
+    assert_eq!(amqp.count("tracking.requests").await?, 0);
+    // The configured one is queued.
+    let (status, body) = api
+        .post(
+            path,
+            &request("UM-1", &code, "ana@example.com", "en", Some("acme")),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(amqp.drain("tracking.requests").await?.len(), 1);
+    // The file's secret is in no log line.
+    assert!(!api.worker.log_text().contains(SECRET));
+    drop(api);
+
+    // Without MARKETPLACES_FILE nothing could relay to a marketplace: naming one is refused, not naming one is fine.
+    let bare = Api::start(&env, &[]).await?;
+    let (status, body) = bare
+        .post(
+            path,
+            &request("UM-2", &code, "ana@example.com", "en", Some("acme")),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(fields(&body), ["marketplace.name"], "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("MARKETPLACES_FILE"),
+        "{body}"
+    );
+    let (status, body) = bare
+        .post(path, &request("UM-2", &code, "ana@example.com", "en", None))
+        .await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(amqp.drain("tracking.requests").await?.len(), 1);
+
+    // A file that does not parse stops it at start (exit code 2), naming the setting but not quoting the secret.
+    let broken = env.log_dir().join("broken-marketplaces.toml");
+    std::fs::write(
+        &broken,
+        format!("[[marketplace]]\nname = \"acme\"\nkind = \"webhook\"\nsecret = \"{SECRET}\" x\n"),
+    )?;
+    let (code, out) = Worker::run_to_exit(
+        &env,
+        "tracking-api",
+        &[
+            ("API_TOKEN", TOKEN.into()),
+            ("HTTP_ADDR", free_addr().to_string()),
+            ("MARKETPLACES_FILE", broken.display().to_string()),
+        ],
+    )?;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("MARKETPLACES_FILE"), "{out}");
+    assert!(!out.contains(SECRET), "{out}");
     Ok(())
 }
 

@@ -45,7 +45,8 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
     )
 }
 
-/// `POST /v1/tracking-requests`: validated as the fetcher would, then queued on `tracking.requests`.
+/// `POST /v1/tracking-requests`: validated as the fetcher would, and its marketplace known, then queued on
+/// `tracking.requests`.
 pub async fn create_tracking_request(
     _: Authorized,
     State(state): State<AppState>,
@@ -53,8 +54,22 @@ pub async fn create_tracking_request(
     Body(body): Body,
 ) -> Result<Accepted, ApiError> {
     let map = json_object(&headers, body, state.inner.body_limit)?;
-    let request = TrackingRequest::from_value(&Value::Object(map))
-        .map_err(|e| ApiError::fields(format!("invalid tracking request: {e}"), &e.details()))?;
+    let unknown = state.inner.marketplaces.check(&map);
+    let request = match (TrackingRequest::from_value(&Value::Object(map)), unknown) {
+        (Ok(request), None) => request,
+        (parsed, unknown) => {
+            let mut errors = parsed.err().map(|e| e.details()).unwrap_or_default();
+            if let Some(u) = unknown
+                && !errors.iter().any(|e| e.field == u.field)
+            {
+                errors.push(u);
+            }
+            return Err(ApiError::fields(
+                invalid("tracking request", &errors),
+                &errors,
+            ));
+        }
+    };
     let body = serde_json::to_vec(&request)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     state

@@ -17,11 +17,13 @@ mod auth;
 pub mod body;
 mod error;
 mod handlers;
+pub mod marketplaces;
 pub mod serve;
 pub mod tracking;
 
 pub use error::ApiError;
 pub use handlers::{CONFIRMATION_DESCRIPTION, MANUAL_CODE};
+pub use marketplaces::KnownMarketplaces;
 pub use serve::Limits;
 pub use tracking::Bounds;
 
@@ -62,6 +64,8 @@ pub struct Settings {
     pub limits: Limits,
     /// `API_TRACKING_MAX_EVENTS` (default 500) and `API_TRACKING_MAX_SHIPMENTS` (default 100).
     pub tracking: Bounds,
+    /// `MARKETPLACES_FILE`: the names tracking requests may give in `marketplace.name`.
+    pub marketplaces: KnownMarketplaces,
     pub amqp: AmqpSettings,
     pub db: DbSettings,
 }
@@ -88,6 +92,7 @@ impl Settings {
                 max_events: at_least_one("API_TRACKING_MAX_EVENTS", 500)?,
                 max_shipments: at_least_one("API_TRACKING_MAX_SHIPMENTS", 100)?,
             },
+            marketplaces: KnownMarketplaces::from_env()?,
             amqp: AmqpSettings::from_env()?,
             db: tracking_store::env::db_settings(8)?,
         })
@@ -123,6 +128,7 @@ struct Inner {
     body_limit: usize,
     body_timeout: Duration,
     tracking: Bounds,
+    marketplaces: KnownMarketplaces,
 }
 
 impl AppState {
@@ -135,6 +141,7 @@ impl AppState {
                 body_limit: settings.body_limit,
                 body_timeout: settings.body_timeout,
                 tracking: settings.tracking,
+                marketplaces: settings.marketplaces.clone(),
             }),
         }
     }
@@ -259,6 +266,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         max_connections = settings.limits.max_connections,
         tracking_max_events = settings.tracking.max_events,
         tracking_max_shipments = settings.tracking.max_shipments,
+        marketplaces = settings.marketplaces.len(),
         "Serving the tracking API.");
     let server = serve::serve(listener, app(state), settings.limits, shutdown.clone());
     let grace = settings.amqp.shutdown_grace;
