@@ -487,6 +487,79 @@ async fn a_tracking_request_naming_an_unknown_marketplace_gets_422_and_publishes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_text_fields_get_422_naming_the_field_and_publish_nothing()
+-> anyhow::Result<()> {
+    let env = env().await?;
+    let api = Api::start(&env, &[]).await?;
+    let amqp = env.amqp().await?;
+    let code = s10("CC", 1);
+    // A registered shipment, so that an accepted event would be published.
+    sqlx::query(
+        "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email) \
+         VALUES ('correios', $1, 'CC-1', 'ana@example.com')",
+    )
+    .bind(&code)
+    .execute(&env.pool)
+    .await?;
+    let events = format!("/v1/shipments/{code}/events");
+    let at = "2025-11-24T16:05:00-03:00";
+    for (body, field) in [
+        (
+            json!({"status": "out_for_delivery", "occurred_at": at, "description": "Saiu\u{0}"}),
+            "description",
+        ),
+        (
+            json!({"status": "out_for_delivery", "occurred_at": at, "location": {"city": "Campinas\u{0}", "state": "SP"}}),
+            "location.city",
+        ),
+        (
+            json!({"status": "out_for_delivery", "occurred_at": at, "location": {"city": "Campinas", "state": "S\nP"}}),
+            "location.state",
+        ),
+        // Not read, but it would travel in the event's raw JSON to PostgreSQL.
+        (
+            json!({"status": "out_for_delivery", "occurred_at": at, "ticket": "T-1\u{0}"}),
+            "ticket",
+        ),
+    ] {
+        let (status, answer) = api.post(&events, &body).await?;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert_eq!(fields(&answer), [field], "{answer}");
+    }
+    for (body, field) in [
+        (json!({"delivered_at": at, "note": "ok\u{0}"}), "note"),
+        (json!({"delivered_at": at, "note": "ok\u{1b}[2J"}), "note"),
+        (json!({"delivered_at": at, "by": "\u{0}"}), "by"),
+    ] {
+        let (status, answer) = api
+            .post("/v1/orders/CC-1/delivery-confirmation", &body)
+            .await?;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert_eq!(fields(&answer), [field], "{answer}");
+    }
+    assert_eq!(amqp.count("normalizer.carrier-events").await?, 0);
+
+    // The customer's name too (validated by TrackingRequest::from_value).
+    let mut req = request("CC-1", &code, "ana@example.com", "pt-BR", None);
+    req["customer"]["name"] = "Ana\u{0}Souza".into();
+    let (status, answer) = api.post("/v1/tracking-requests", &req).await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(fields(&answer), ["customer.name"], "{answer}");
+    assert_eq!(amqp.count("tracking.requests").await?, 0);
+
+    // Line breaks in a description are text; the event is published.
+    let (status, answer) = api
+        .post(
+            &events,
+            &json!({"status": "out_for_delivery", "occurred_at": at, "description": "Saiu\npara entrega"}),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(amqp.count("normalizer.carrier-events").await?, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_without_the_token_get_401_and_the_openapi_document_covers_every_route()
 -> anyhow::Result<()> {
     let env = env().await?;

@@ -1,5 +1,7 @@
 //! Request bodies: time to arrive (408), content type, size and JSON syntax first (415, 413, 400), then each field
-//! (422, naming every wrong field at once, like `TrackingRequest::from_value`).
+//! (422, naming every wrong field at once, like `TrackingRequest::from_value`). Text is refused with control
+//! characters in it (NUL breaks PostgreSQL's text and `jsonb`; the others only hide things from people), in the
+//! fields read and in the fields passed on untouched in the event's `raw`.
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -149,16 +151,44 @@ impl<'a> Fields<'a> {
         (!v.is_null()).then_some(v)
     }
 
-    /// A string field, trimmed; `None` when absent or empty (an error when `required`) or not a string.
+    /// A one-line string field, trimmed; `None` when absent or empty (an error when `required`) or not a string.
     pub fn text(&mut self, path: &str, required: bool, max_chars: usize) -> Option<String> {
+        self.string(path, required, max_chars, Lines::One)
+    }
+
+    /// Like [`Fields::text`], and the text may span lines (`\n`).
+    pub fn paragraph(&mut self, path: &str, required: bool, max_chars: usize) -> Option<String> {
+        self.string(path, required, max_chars, Lines::Many)
+    }
+
+    fn string(
+        &mut self,
+        path: &str,
+        required: bool,
+        max_chars: usize,
+        lines: Lines,
+    ) -> Option<String> {
         match self.value(path) {
             Some(Value::String(s)) if !s.trim().is_empty() => {
                 let s = s.trim();
                 if s.chars().count() > max_chars {
                     self.err(path, format!("must be at most {max_chars} characters"));
                     None
-                } else if s.chars().any(|c| c.is_control() && c != '\n') {
-                    self.err(path, "must not hold control characters");
+                } else if s
+                    .chars()
+                    .any(|c| c.is_control() && !(lines == Lines::Many && c == '\n'))
+                {
+                    self.err(
+                        path,
+                        match lines {
+                            Lines::One => {
+                                "must not hold control characters (NUL, line breaks, ...)"
+                            }
+                            Lines::Many => {
+                                "must not hold control characters other than line breaks (\\n)"
+                            }
+                        },
+                    );
                     None
                 } else {
                     Some(s.to_owned())
@@ -173,6 +203,18 @@ impl<'a> Fields<'a> {
             Some(_) => {
                 self.err(path, "must be a string");
                 None
+            }
+        }
+    }
+
+    /// Every string in the object outside the fields read (they go on in the event's `raw`), keys included, that
+    /// holds a control character other than tab and line breaks; fields already found wrong are not named twice.
+    pub fn hidden_controls(&mut self) {
+        let mut found = Vec::new();
+        walk(&Value::Object(self.map.clone()), "", &mut found);
+        for field in found {
+            if !self.errors.iter().any(|e| e.field == field) {
+                self.err(&field, "must not hold control characters (NUL, ...)");
             }
         }
     }
@@ -197,6 +239,45 @@ impl<'a> Fields<'a> {
                 None
             }
         }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lines {
+    One,
+    Many,
+}
+
+fn hidden(s: &str) -> bool {
+    s.chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+}
+
+/// The path of every string under `value` (and every key) that holds a [`hidden`] control character.
+fn walk(value: &Value, path: &str, found: &mut Vec<String>) {
+    match value {
+        Value::String(s) if hidden(s) => found.push(path.to_owned()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk(item, &format!("{path}[{i}]"), found);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let shown: String = key.escape_debug().collect();
+                let at = if path.is_empty() {
+                    shown
+                } else {
+                    format!("{path}.{shown}")
+                };
+                if hidden(key) {
+                    found.push(at);
+                } else {
+                    walk(item, &at, found);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -240,7 +321,7 @@ impl ManualEvent {
             }
         });
         let occurred_at = f.time("occurred_at", now);
-        let description = f.text("description", false, MAX_TEXT_CHARS);
+        let description = f.paragraph("description", false, MAX_TEXT_CHARS);
         let location = match map.get("location") {
             None | Some(Value::Null) => None,
             Some(Value::Object(_)) => {
@@ -253,6 +334,7 @@ impl ManualEvent {
                 None
             }
         };
+        f.hidden_controls();
         match (status, occurred_at) {
             (Some(status), Some(occurred_at)) if f.errors.is_empty() => Ok(Self {
                 status,
@@ -276,7 +358,8 @@ impl DeliveryConfirmation {
     pub fn from_map(map: &Map<String, Value>, now: DateTime<Utc>) -> Result<Self, Vec<FieldError>> {
         let mut f = Fields::new(map);
         let delivered_at = f.time("delivered_at", now);
-        let note = f.text("note", false, MAX_TEXT_CHARS);
+        let note = f.paragraph("note", false, MAX_TEXT_CHARS);
+        f.hidden_controls();
         match delivered_at {
             Some(delivered_at) if f.errors.is_empty() => Ok(Self { delivered_at, note }),
             _ => Err(f.errors),
@@ -366,6 +449,44 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(fields(long_note), ["note"]);
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_text_field_naming_it() {
+        let now = Utc::now();
+        let at = "2026-03-27T14:40:30-03:00";
+        let err = ManualEvent::from_map(
+            &map(
+                json!({"status": "delivered", "occurred_at": at, "description": "Entregue\u{0}",
+                        "location": {"city": "Campi\nnas", "state": "S\u{7}P"}}),
+            ),
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(
+            fields(err),
+            ["description", "location.city", "location.state"]
+        );
+        // Fields nobody reads still travel in `raw`: a NUL there is refused too, keys included.
+        let err = ManualEvent::from_map(
+            &map(json!({"status": "delivered", "occurred_at": at, "ticket": {"ref": ["ok", "a\u{0}b"]}, "x\u{0}": 1})),
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(fields(err), ["ticket.ref[1]", "x\\0"]);
+        let err = DeliveryConfirmation::from_map(
+            &map(json!({"delivered_at": at, "note": "ok\u{1b}[31m", "by": "\u{0}"})),
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(fields(err), ["note", "by"]);
+        // Line breaks (and tabs, in fields nobody reads) are text.
+        let ok = DeliveryConfirmation::from_map(
+            &map(json!({"delivered_at": at, "note": "Cliente confirmou\npor telefone", "by": "a\tb\r\n"})),
+            now,
+        )
+        .unwrap();
+        assert_eq!(ok.note.as_deref(), Some("Cliente confirmou\npor telefone"));
     }
 
     #[test]
