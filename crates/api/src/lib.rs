@@ -94,7 +94,7 @@ impl Settings {
             },
             marketplaces: KnownMarketplaces::from_env()?,
             amqp: AmqpSettings::from_env()?,
-            db: tracking_store::env::db_settings(8)?,
+            db: tracking_store::env::db_settings(4)?,
         })
     }
 }
