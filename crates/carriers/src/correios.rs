@@ -8,6 +8,7 @@
 //!   results are matched by `codObjeto` (the API guarantees no order).
 //! - Event times come without an offset: they are read in the configured time zone (America/Sao_Paulo).
 
+use crate::redact::Redactor;
 use crate::{
     Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture, read_answer,
     snippet, transient, transport, with_retries,
@@ -68,6 +69,8 @@ pub struct CorreiosClient {
     settings: CorreiosSettings,
     token: Mutex<Option<Token>>,
     budget: Option<Arc<dyn Budget>>,
+    /// Knows the access code (and its Basic form) and every token received: every error passes through it.
+    redactor: Redactor,
 }
 
 #[derive(Deserialize)]
@@ -119,11 +122,14 @@ struct Endereco {
 impl CorreiosClient {
     pub fn new(settings: CorreiosSettings) -> Result<Self, reqwest::Error> {
         let http = crate::http_client(settings.timeout)?;
+        let basic = base64_basic(&settings.user, settings.access_code.expose_secret());
+        let redactor = Redactor::new([settings.access_code.clone(), SecretString::from(basic)]);
         Ok(Self {
             http,
             settings,
             token: Mutex::new(None),
             budget: None,
+            redactor,
         })
     }
 
@@ -178,8 +184,14 @@ impl CorreiosClient {
         if !status.is_success() {
             return Err(malformed(format!("token endpoint answered {status}")));
         }
-        let answer: TokenAnswer =
+        // Whatever else is wrong with the answer, a token in it is a secret from now on.
+        let value: Value =
             serde_json::from_str(&text).map_err(|e| malformed(format!("token answer: {e}")))?;
+        if let Some(token) = value.get("token").and_then(Value::as_str) {
+            self.redactor.remember(token);
+        }
+        let answer: TokenAnswer =
+            serde_json::from_value(value).map_err(|e| malformed(format!("token answer: {e}")))?;
         let expires = parse_local(
             &answer.expira_em,
             answer.zone_offset.as_deref(),
@@ -223,7 +235,14 @@ impl CorreiosClient {
         }
     }
 
+    /// One call (token included), its errors redacted.
     async fn track_once(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
+        self.track_once_unredacted(codes)
+            .await
+            .map_err(|e| self.redactor.error(e))
+    }
+
+    async fn track_once_unredacted(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
         let token = self.token().await?;
         let mut query: Vec<(&str, &str)> = codes
             .iter()
@@ -358,7 +377,14 @@ impl CarrierClient for CorreiosClient {
 
     fn parse(&self, codes: &[TrackingCode], body: &str) -> Result<Answers, FetchError> {
         self.parse_tracking(codes, body)
+            .map_err(|e| self.redactor.error(e))
     }
+}
+
+/// The `Authorization: Basic` credentials as sent, so an answer echoing them is redacted too.
+fn base64_basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
 
 /// Reads a Correios local time (`2026-03-27T14:40:30`, no offset) in `offset` when given (`-03:00`), else in `tz`.

@@ -8,6 +8,7 @@
 //!   the status word is the event code the event table maps (`crates/domain/data/jadlog.toml`).
 
 use crate::correios::parse_local;
+use crate::redact::Redactor;
 use crate::{
     Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture, read_answer,
     transport, with_retries,
@@ -49,6 +50,8 @@ pub struct JadlogClient {
     http: reqwest::Client,
     settings: JadlogSettings,
     budget: Option<Arc<dyn Budget>>,
+    /// Knows the static token: every error passes through it.
+    redactor: Redactor,
 }
 
 #[derive(Deserialize)]
@@ -85,10 +88,12 @@ struct Evento {
 impl JadlogClient {
     pub fn new(settings: JadlogSettings) -> Result<Self, reqwest::Error> {
         let http = crate::http_client(settings.timeout)?;
+        let redactor = Redactor::new([settings.token.clone()]);
         Ok(Self {
             http,
             settings,
             budget: None,
+            redactor,
         })
     }
 
@@ -107,7 +112,14 @@ impl JadlogClient {
         .await
     }
 
+    /// One call, its errors redacted.
     async fn track_once(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
+        self.track_once_unredacted(codes)
+            .await
+            .map_err(|e| self.redactor.error(e))
+    }
+
+    async fn track_once_unredacted(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
         let body = json!({ "consulta": codes.iter().map(|c| json!({ "codigo": c.as_str() })).collect::<Vec<_>>() });
         let resp = self
             .http
@@ -215,5 +227,6 @@ impl CarrierClient for JadlogClient {
 
     fn parse(&self, codes: &[TrackingCode], body: &str) -> Result<Answers, FetchError> {
         self.parse_answer(codes, body)
+            .map_err(|e| self.redactor.error(e))
     }
 }

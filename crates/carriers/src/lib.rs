@@ -4,11 +4,14 @@
 //! - [`correios`]: API Rastro (token lifecycle, batched tracking calls, per-object messages, Brazil's time).
 //! - [`jadlog`]: Jadlog's tracking query (static token, batched by code).
 //!
+//! - [`redact`]: secrets out of every kept answer, error reason and log line.
+//!
 //! Adding a carrier is a module here implementing [`CarrierClient`], a variant of `tracking_domain::Carrier`
 //! and an event table in `crates/domain/data/`.
 
 pub mod correios;
 pub mod jadlog;
+pub mod redact;
 
 use std::collections::HashMap;
 use std::future::Future;
