@@ -1,11 +1,16 @@
 //! Hostile far ends against the real binaries (fetcher, marketplace publisher), with RabbitMQ and PostgreSQL:
 //! - a Correios token answer in shapes nobody expected: the token reaches neither the fetcher's log nor any text
 //!   column of the database, and even an answer with a NUL byte is kept;
+//! - an endless (chunked, generated on the fly) tracking answer: refused after `CARRIER_MAX_BODY_BYTES` with little
+//!   memory, the carrier reported with a clear reason, other carriers and later calls flowing;
+//! - a carrier's redirect to another host is not followed; that host sees nothing.
 
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
-use tracking_sim::correios::{CorreiosSim, Journey, Script, SimConfig, TokenQuirk};
+use tracking_sim::correios::{CorreiosSim, Fault, Journey, Script, SimConfig, TokenQuirk};
+use tracking_sim::jadlog::{JadlogSim, delivered_journey};
+use tracking_sim::witness::Witness;
 use tracking_tests::{TestEnv, Worker, correios_env, eventually, request, s10};
 
 const EVENTS_QUEUE: &str = "normalizer.carrier-events";
@@ -54,6 +59,17 @@ async fn columns_containing(env: &TestEnv, needle: &str) -> anyhow::Result<Vec<S
         }
     }
     Ok(found)
+}
+
+/// The peak resident memory of a process, in bytes (`VmHWM` of `/proc/PID/status`).
+fn peak_rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))?;
+    Ok(kb * 1024)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,5 +148,117 @@ async fn a_correios_token_in_any_shape_reaches_neither_the_log_nor_the_database(
     .fetch_one(&env.pool)
     .await?;
     assert!(redacted >= 5, "kept, redacted: {redacted}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_carrier_answer_is_refused_with_little_memory_while_other_carriers_flow()
+-> anyhow::Result<()> {
+    let env = TestEnv::ready().await?;
+    let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+    let jadlog = JadlogSim::start("jadlog-token", "127.0.0.1:0".parse()?).await?;
+    let (first, second) = (s10("HG", 1), s10("HG", 2));
+    sim.script(&first, Script::Journey(Journey::delivered().all_at_once()));
+    sim.script(&second, Script::Journey(Journey::delivered().all_at_once()));
+    let jadlog_code = "10084500001234";
+    jadlog.script(jadlog_code, delivered_journey());
+    let mut settings = with(correios_env(&sim), &[("CARRIER_RETRY_MAX_MS", "400")]);
+    settings.push(("JADLOG_BASE_URL", jadlog.base_url()));
+    settings.push(("JADLOG_TOKEN", "jadlog-token".into()));
+    let fetcher = Worker::started(&env, "fetcher", &settings).await?;
+    let amqp = env.amqp().await?;
+    publish_request(&env, "HG-1", &first, "correios").await?;
+    eventually(Duration::from_secs(20), "the first answer", || async {
+        Ok((amqp.count(EVENTS_QUEUE).await? == 1).then_some(()))
+    })
+    .await?;
+    let before = peak_rss(fetcher.pid())?;
+
+    // Three 4 GiB answers: the call and its two in-process retries (CARRIER_CALL_RETRIES default 2).
+    const HUGE: u64 = 4 * 1024 * 1024 * 1024;
+    sim.fail_next(vec![Fault::Huge(HUGE); 3]);
+    publish_request(&env, "HG-2", &second, "correios").await?;
+    // Jadlog keeps flowing meanwhile, and the refused request is answered once Correios behaves.
+    publish_request(&env, "J-1", jadlog_code, "jadlog").await?;
+    eventually(Duration::from_secs(30), "three answers", || async {
+        Ok((amqp.count(EVENTS_QUEUE).await? == 3).then_some(()))
+    })
+    .await?;
+    // The refusal made Correios degraded, with the reason, and it stays so for the health window.
+    let log = fetcher.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("degraded")
+            && l.contains("larger than 8388608 bytes")
+            && l.contains("CARRIER_MAX_BODY_BYTES")),
+        "{log}"
+    );
+    let (_, health) = fetcher.health().await?;
+    assert_eq!(
+        health["carriers"]["correios"]["state"], "degraded",
+        "{health}"
+    );
+    assert_eq!(health["carriers"]["jadlog"]["state"], "ok", "{health}");
+    let peak = peak_rss(fetcher.pid())?;
+    println!(
+        "fetcher peak RSS: {} MiB before, {} MiB after three {} MiB answers",
+        before >> 20,
+        peak >> 20,
+        HUGE >> 20
+    );
+    assert!(
+        peak < 96 * 1024 * 1024 && peak - before < 48 * 1024 * 1024,
+        "peak RSS {} MiB (before {} MiB)",
+        peak >> 20,
+        before >> 20
+    );
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM carrier_responses")
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(kept, 0, "a refused answer is not kept");
+    let metrics = fetcher.metrics().await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("carrier_errors_total{")
+                && l.contains("correios")
+                && l.contains("http_error")),
+        "counted as an HTTP error: {metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_redirect_to_another_host_breaks_the_carrier_and_the_host_sees_nothing()
+-> anyhow::Result<()> {
+    let env = TestEnv::ready().await?;
+    let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+    let witness = Witness::start("127.0.0.1:0".parse()?).await?;
+    let code = s10("RD", 1);
+    sim.script(&code, Script::Journey(Journey::delivered().all_at_once()));
+    let elsewhere = format!(
+        "{}/srorastro/v1/objetos?codigosObjetos={code}",
+        witness.base_url()
+    );
+    sim.fail_next(vec![Fault::Redirect(307, elsewhere.clone())]);
+    let fetcher = Worker::started(
+        &env,
+        "fetcher",
+        &with(correios_env(&sim), &[("CARRIER_CALL_RETRIES", "0")]),
+    )
+    .await?;
+    publish_request(&env, "RD-1", &code, "correios").await?;
+    // The redirect was one answer: the request is answered on its retry.
+    eventually(Duration::from_secs(20), "the answer", || async {
+        Ok((env.amqp().await?.count(EVENTS_QUEUE).await? == 1).then_some(()))
+    })
+    .await?;
+    // It turned the carrier broken (until the retry's good answer) with the Location in the reason.
+    let log = fetcher.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("BROKEN") && l.contains(&elsewhere) && l.contains("307")),
+        "{log}"
+    );
+    assert!(witness.seen().is_empty(), "{:?}", witness.seen());
     Ok(())
 }

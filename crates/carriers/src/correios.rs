@@ -11,11 +11,10 @@
 use crate::redact::Redactor;
 use crate::{
     Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture, read_answer,
-    snippet, transient, transport, with_retries,
+    transport, with_retries,
 };
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
@@ -46,6 +45,8 @@ pub struct CorreiosSettings {
     pub batch: usize,
     /// `CARRIER_CALL_RETRIES`, `CARRIER_CALL_RETRY_BASE_MS`, `CARRIER_CALL_RETRY_MAX_WAIT_MS`.
     pub retry: CallRetry,
+    /// `CARRIER_MAX_BODY_BYTES` (default [`crate::DEFAULT_MAX_BODY_BYTES`]): a longer answer is refused unread.
+    pub max_body: usize,
 }
 
 impl std::fmt::Debug for CorreiosSettings {
@@ -55,6 +56,7 @@ impl std::fmt::Debug for CorreiosSettings {
             .field("user", &self.user)
             .field("postage_card", &self.postage_card)
             .field("timeout", &self.timeout)
+            .field("max_body", &self.max_body)
             .finish_non_exhaustive()
     }
 }
@@ -166,24 +168,12 @@ impl CorreiosClient {
         }
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let text = resp.text().await.map_err(transport)?;
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(FetchError::Auth(format!(
-                "token endpoint answered {status}: {}",
-                snippet(&text)
-            )));
-        }
-        if let Some(e) = transient(status, None, &text) {
-            return Err(e);
-        }
+        let text = read_answer(resp, "token endpoint", self.settings.max_body).await?;
         let malformed = |reason: String| FetchError::Malformed {
             reason,
             http_status: Some(status.as_u16()),
             body: text.clone(),
         };
-        if !status.is_success() {
-            return Err(malformed(format!("token endpoint answered {status}")));
-        }
         // Whatever else is wrong with the answer, a token in it is a secret from now on.
         let value: Value =
             serde_json::from_str(&text).map_err(|e| malformed(format!("token answer: {e}")))?;
@@ -263,7 +253,7 @@ impl CorreiosClient {
             .send()
             .await
             .map_err(transport)?;
-        let text = read_answer(resp, "tracking call").await?;
+        let text = read_answer(resp, "tracking call", self.settings.max_body).await?;
         self.parse_tracking(codes, &text)
     }
 

@@ -35,6 +35,8 @@ pub struct JadlogSettings {
     /// `JADLOG_BATCH_SIZE` (default 50): codes per call.
     pub batch: usize,
     pub retry: CallRetry,
+    /// `CARRIER_MAX_BODY_BYTES` (default [`crate::DEFAULT_MAX_BODY_BYTES`]): a longer answer is refused unread.
+    pub max_body: usize,
 }
 
 impl std::fmt::Debug for JadlogSettings {
@@ -42,6 +44,7 @@ impl std::fmt::Debug for JadlogSettings {
         f.debug_struct("JadlogSettings")
             .field("base_url", &self.base_url)
             .field("timeout", &self.timeout)
+            .field("max_body", &self.max_body)
             .finish_non_exhaustive()
     }
 }
@@ -132,7 +135,7 @@ impl JadlogClient {
             .send()
             .await
             .map_err(transport)?;
-        let text = read_answer(resp, "tracking call").await?;
+        let text = read_answer(resp, "tracking call", self.settings.max_body).await?;
         self.parse_answer(codes, &text)
     }
 
