@@ -3,15 +3,18 @@
 //!   column of the database, and even an answer with a NUL byte is kept;
 //! - an endless (chunked, generated on the fly) tracking answer: refused after `CARRIER_MAX_BODY_BYTES` with little
 //!   memory, the carrier reported with a clear reason, other carriers and later calls flowing;
-//! - a carrier's redirect to another host is not followed; that host sees nothing.
+//! - redirects: a carrier's to another host, a marketplace's anywhere, are not followed; the target sees nothing.
 
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 use tracking_sim::correios::{CorreiosSim, Fault, Journey, Script, SimConfig, TokenQuirk};
 use tracking_sim::jadlog::{JadlogSim, delivered_journey};
+use tracking_sim::marketplace::Receiver;
 use tracking_sim::witness::Witness;
-use tracking_tests::{TestEnv, Worker, correios_env, eventually, request, s10};
+use tracking_tests::{
+    TestEnv, Worker, correios_env, eventually, marketplaces_file, request, s10, status_change,
+};
 
 const EVENTS_QUEUE: &str = "normalizer.carrier-events";
 
@@ -259,6 +262,51 @@ async fn a_carrier_redirect_to_another_host_breaks_the_carrier_and_the_host_sees
             .any(|l| l.contains("BROKEN") && l.contains(&elsewhere) && l.contains("307")),
         "{log}"
     );
+    assert!(witness.seen().is_empty(), "{:?}", witness.seen());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marketplace_redirect_parks_the_change_with_the_location_and_the_signed_call_goes_nowhere()
+-> anyhow::Result<()> {
+    const SECRET: &str = "webhook-secret-for-tests-0123";
+    let env = TestEnv::ready().await?;
+    let receiver = Receiver::start(SECRET.into(), "127.0.0.1:0".parse()?).await?;
+    let witness = Witness::start("127.0.0.1:0".parse()?).await?;
+    let elsewhere = format!("{}/hooks/tracking", witness.base_url());
+    receiver.redirect_next(307, &elsewhere);
+    let file = marketplaces_file(&env, "acme", &receiver.url(), SECRET)?;
+    let _publisher = Worker::started(
+        &env,
+        "marketplace-publisher",
+        &[
+            ("MARKETPLACES_FILE", file.display().to_string()),
+            ("MARKETPLACE_RETRY_BASE_MS", "200".to_owned()),
+        ],
+    )
+    .await?;
+    let amqp = env.amqp().await?;
+    let change = status_change(
+        "MR-1",
+        &s10("DL", 7),
+        "delivered",
+        "out_for_delivery",
+        "ana@example.com",
+        Some(("acme", "A-7")),
+    );
+    amqp.publish("marketplace.order-status", &serde_json::to_vec(&change)?)
+        .await?;
+    eventually(Duration::from_secs(20), "the change parked", || async {
+        Ok((amqp.count("marketplace.order-status.dead").await? == 1).then_some(()))
+    })
+    .await?;
+    let parked = amqp.drain("marketplace.order-status.dead").await?;
+    let reason = parked[0].header("x-park-reason").unwrap();
+    assert!(
+        reason.contains("307") && reason.contains(&elsewhere),
+        "{reason}"
+    );
+    assert_eq!(receiver.calls().len(), 1, "one call, not retried");
     assert!(witness.seen().is_empty(), "{:?}", witness.seen());
     Ok(())
 }
