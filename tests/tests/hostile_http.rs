@@ -310,3 +310,35 @@ async fn a_marketplace_redirect_parks_the_change_with_the_location_and_the_signe
     assert!(witness.seen().is_empty(), "{:?}", witness.seen());
     Ok(())
 }
+
+/// Starts a worker that must refuse its settings: its exit status and log (a worker that starts anyway fails the
+/// test after a while instead of hanging it).
+async fn refused(env: &TestEnv, name: &str, extra: &[(&str, String)]) -> anyhow::Result<String> {
+    let mut w = Worker::spawn(env, name, extra)?;
+    let status = w.wait_exit(Duration::from_secs(20)).await?;
+    let log = w.log_text();
+    assert!(!status.success(), "{name} accepted its settings: {log}");
+    Ok(log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_limits_are_settings_refused_when_unusable() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    for bad in ["12", "lots"] {
+        let settings = [
+            ("CORREIOS_USER", "sim-user".to_owned()),
+            ("CORREIOS_ACCESS_CODE", "sim-code".to_owned()),
+            ("CARRIER_MAX_BODY_BYTES", bad.to_owned()),
+        ];
+        let log = refused(&env, "fetcher", &settings).await?;
+        assert!(log.contains("CARRIER_MAX_BODY_BYTES"), "{log}");
+    }
+    let log = refused(
+        &env,
+        "marketplace-publisher",
+        &[("MARKETPLACE_MAX_BODY_BYTES", "lots".to_owned())],
+    )
+    .await?;
+    assert!(log.contains("MARKETPLACE_MAX_BODY_BYTES"), "{log}");
+    Ok(())
+}

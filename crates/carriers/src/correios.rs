@@ -398,6 +398,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn settings_debug_shows_no_credential() {
+        let settings = CorreiosSettings {
+            base_url: "https://api.correios.com.br".into(),
+            user: "empresa".into(),
+            access_code: "codigo-de-acesso-0123456789".to_owned().into(),
+            postage_card: Some("0067599079".into()),
+            timeout: Duration::from_secs(30),
+            time_zone: chrono_tz::America::Sao_Paulo,
+            batch: 50,
+            retry: CallRetry::default(),
+            max_body: crate::DEFAULT_MAX_BODY_BYTES,
+        };
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("codigo-de-acesso-0123456789"), "{shown}");
+        let basic = base64_basic("empresa", "codigo-de-acesso-0123456789");
+        assert!(!shown.contains(&basic), "{shown}");
+        assert!(shown.contains("api.correios.com.br"), "{shown}");
+    }
+
+    #[test]
     fn local_times_are_read_in_brazil_time() {
         let t = parse_local("2026-03-27T14:40:30", None, chrono_tz::America::Sao_Paulo).unwrap();
         assert_eq!(t.to_rfc3339(), "2026-03-27T14:40:30-03:00");

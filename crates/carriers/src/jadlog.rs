@@ -233,3 +233,24 @@ impl CarrierClient for JadlogClient {
             .map_err(|e| self.redactor.error(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_debug_shows_no_token() {
+        let settings = JadlogSettings {
+            base_url: "https://www.jadlog.com.br".into(),
+            token: "jadlog-static-token-0123456789".to_owned().into(),
+            timeout: Duration::from_secs(30),
+            time_zone: chrono_tz::America::Sao_Paulo,
+            batch: 50,
+            retry: CallRetry::default(),
+            max_body: crate::DEFAULT_MAX_BODY_BYTES,
+        };
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("jadlog-static-token-0123456789"), "{shown}");
+        assert!(shown.contains("www.jadlog.com.br"), "{shown}");
+    }
+}
