@@ -8,13 +8,13 @@
 //!   results are matched by `codObjeto` (the API guarantees no order).
 //! - Event times come without an offset: they are read in the configured time zone (America/Sao_Paulo).
 
+use crate::redact::Redactor;
 use crate::{
     Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture, read_answer,
-    snippet, transient, transport, with_retries,
+    transport, with_retries,
 };
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
@@ -45,6 +45,8 @@ pub struct CorreiosSettings {
     pub batch: usize,
     /// `CARRIER_CALL_RETRIES`, `CARRIER_CALL_RETRY_BASE_MS`, `CARRIER_CALL_RETRY_MAX_WAIT_MS`.
     pub retry: CallRetry,
+    /// `CARRIER_MAX_BODY_BYTES` (default [`crate::DEFAULT_MAX_BODY_BYTES`]): a longer answer is refused unread.
+    pub max_body: usize,
 }
 
 impl std::fmt::Debug for CorreiosSettings {
@@ -54,6 +56,7 @@ impl std::fmt::Debug for CorreiosSettings {
             .field("user", &self.user)
             .field("postage_card", &self.postage_card)
             .field("timeout", &self.timeout)
+            .field("max_body", &self.max_body)
             .finish_non_exhaustive()
     }
 }
@@ -68,6 +71,8 @@ pub struct CorreiosClient {
     settings: CorreiosSettings,
     token: Mutex<Option<Token>>,
     budget: Option<Arc<dyn Budget>>,
+    /// Knows the access code (and its Basic form) and every token received: every error passes through it.
+    redactor: Redactor,
 }
 
 #[derive(Deserialize)]
@@ -119,11 +124,14 @@ struct Endereco {
 impl CorreiosClient {
     pub fn new(settings: CorreiosSettings) -> Result<Self, reqwest::Error> {
         let http = crate::http_client(settings.timeout)?;
+        let basic = base64_basic(&settings.user, settings.access_code.expose_secret());
+        let redactor = Redactor::new([settings.access_code.clone(), SecretString::from(basic)]);
         Ok(Self {
             http,
             settings,
             token: Mutex::new(None),
             budget: None,
+            redactor,
         })
     }
 
@@ -160,26 +168,20 @@ impl CorreiosClient {
         }
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let text = resp.text().await.map_err(transport)?;
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(FetchError::Auth(format!(
-                "token endpoint answered {status}: {}",
-                snippet(&text)
-            )));
-        }
-        if let Some(e) = transient(status, None, &text) {
-            return Err(e);
-        }
+        let text = read_answer(resp, "token endpoint", self.settings.max_body).await?;
         let malformed = |reason: String| FetchError::Malformed {
             reason,
             http_status: Some(status.as_u16()),
             body: text.clone(),
         };
-        if !status.is_success() {
-            return Err(malformed(format!("token endpoint answered {status}")));
+        // Whatever else is wrong with the answer, a token in it is a secret from now on.
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| malformed(format!("token answer: {e}")))?;
+        if let Some(token) = value.get("token").and_then(Value::as_str) {
+            self.redactor.remember(token);
         }
         let answer: TokenAnswer =
-            serde_json::from_str(&text).map_err(|e| malformed(format!("token answer: {e}")))?;
+            serde_json::from_value(value).map_err(|e| malformed(format!("token answer: {e}")))?;
         let expires = parse_local(
             &answer.expira_em,
             answer.zone_offset.as_deref(),
@@ -223,7 +225,14 @@ impl CorreiosClient {
         }
     }
 
+    /// One call (token included), its errors redacted.
     async fn track_once(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
+        self.track_once_unredacted(codes)
+            .await
+            .map_err(|e| self.redactor.error(e))
+    }
+
+    async fn track_once_unredacted(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
         let token = self.token().await?;
         let mut query: Vec<(&str, &str)> = codes
             .iter()
@@ -244,7 +253,7 @@ impl CorreiosClient {
             .send()
             .await
             .map_err(transport)?;
-        let text = read_answer(resp, "tracking call").await?;
+        let text = read_answer(resp, "tracking call", self.settings.max_body).await?;
         self.parse_tracking(codes, &text)
     }
 
@@ -358,7 +367,14 @@ impl CarrierClient for CorreiosClient {
 
     fn parse(&self, codes: &[TrackingCode], body: &str) -> Result<Answers, FetchError> {
         self.parse_tracking(codes, body)
+            .map_err(|e| self.redactor.error(e))
     }
+}
+
+/// The `Authorization: Basic` credentials as sent, so an answer echoing them is redacted too.
+fn base64_basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
 
 /// Reads a Correios local time (`2026-03-27T14:40:30`, no offset) in `offset` when given (`-03:00`), else in `tz`.
@@ -380,6 +396,26 @@ pub fn parse_local(s: &str, offset: Option<&str>, tz: Tz) -> Option<DateTime<Fix
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_debug_shows_no_credential() {
+        let settings = CorreiosSettings {
+            base_url: "https://api.correios.com.br".into(),
+            user: "empresa".into(),
+            access_code: "codigo-de-acesso-0123456789".to_owned().into(),
+            postage_card: Some("0067599079".into()),
+            timeout: Duration::from_secs(30),
+            time_zone: chrono_tz::America::Sao_Paulo,
+            batch: 50,
+            retry: CallRetry::default(),
+            max_body: crate::DEFAULT_MAX_BODY_BYTES,
+        };
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("codigo-de-acesso-0123456789"), "{shown}");
+        let basic = base64_basic("empresa", "codigo-de-acesso-0123456789");
+        assert!(!shown.contains(&basic), "{shown}");
+        assert!(shown.contains("api.correios.com.br"), "{shown}");
+    }
 
     #[test]
     fn local_times_are_read_in_brazil_time() {

@@ -8,6 +8,7 @@
 //!   the status word is the event code the event table maps (`crates/domain/data/jadlog.toml`).
 
 use crate::correios::parse_local;
+use crate::redact::Redactor;
 use crate::{
     Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture, read_answer,
     transport, with_retries,
@@ -34,6 +35,8 @@ pub struct JadlogSettings {
     /// `JADLOG_BATCH_SIZE` (default 50): codes per call.
     pub batch: usize,
     pub retry: CallRetry,
+    /// `CARRIER_MAX_BODY_BYTES` (default [`crate::DEFAULT_MAX_BODY_BYTES`]): a longer answer is refused unread.
+    pub max_body: usize,
 }
 
 impl std::fmt::Debug for JadlogSettings {
@@ -41,6 +44,7 @@ impl std::fmt::Debug for JadlogSettings {
         f.debug_struct("JadlogSettings")
             .field("base_url", &self.base_url)
             .field("timeout", &self.timeout)
+            .field("max_body", &self.max_body)
             .finish_non_exhaustive()
     }
 }
@@ -49,6 +53,8 @@ pub struct JadlogClient {
     http: reqwest::Client,
     settings: JadlogSettings,
     budget: Option<Arc<dyn Budget>>,
+    /// Knows the static token: every error passes through it.
+    redactor: Redactor,
 }
 
 #[derive(Deserialize)]
@@ -85,10 +91,12 @@ struct Evento {
 impl JadlogClient {
     pub fn new(settings: JadlogSettings) -> Result<Self, reqwest::Error> {
         let http = crate::http_client(settings.timeout)?;
+        let redactor = Redactor::new([settings.token.clone()]);
         Ok(Self {
             http,
             settings,
             budget: None,
+            redactor,
         })
     }
 
@@ -107,7 +115,14 @@ impl JadlogClient {
         .await
     }
 
+    /// One call, its errors redacted.
     async fn track_once(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
+        self.track_once_unredacted(codes)
+            .await
+            .map_err(|e| self.redactor.error(e))
+    }
+
+    async fn track_once_unredacted(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
         let body = json!({ "consulta": codes.iter().map(|c| json!({ "codigo": c.as_str() })).collect::<Vec<_>>() });
         let resp = self
             .http
@@ -120,7 +135,7 @@ impl JadlogClient {
             .send()
             .await
             .map_err(transport)?;
-        let text = read_answer(resp, "tracking call").await?;
+        let text = read_answer(resp, "tracking call", self.settings.max_body).await?;
         self.parse_answer(codes, &text)
     }
 
@@ -215,5 +230,27 @@ impl CarrierClient for JadlogClient {
 
     fn parse(&self, codes: &[TrackingCode], body: &str) -> Result<Answers, FetchError> {
         self.parse_answer(codes, body)
+            .map_err(|e| self.redactor.error(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_debug_shows_no_token() {
+        let settings = JadlogSettings {
+            base_url: "https://www.jadlog.com.br".into(),
+            token: "jadlog-static-token-0123456789".to_owned().into(),
+            timeout: Duration::from_secs(30),
+            time_zone: chrono_tz::America::Sao_Paulo,
+            batch: 50,
+            retry: CallRetry::default(),
+            max_body: crate::DEFAULT_MAX_BODY_BYTES,
+        };
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("jadlog-static-token-0123456789"), "{shown}");
+        assert!(shown.contains("www.jadlog.com.br"), "{shown}");
     }
 }

@@ -4,11 +4,17 @@
 //! - [`correios`]: API Rastro (token lifecycle, batched tracking calls, per-object messages, Brazil's time).
 //! - [`jadlog`]: Jadlog's tracking query (static token, batched by code).
 //!
+//! - [`redact`]: secrets out of every kept answer, error reason and log line.
+//!
+//! Every answer is read up to the configured size (`CARRIER_MAX_BODY_BYTES`) and refused beyond it
+//! ([`read_limited`]); redirects are followed only on the same host and scheme ([`http_client`]).
+//!
 //! Adding a carrier is a module here implementing [`CarrierClient`], a variant of `tracking_domain::Carrier`
 //! and an event table in `crates/domain/data/`.
 
 pub mod correios;
 pub mod jadlog;
+pub mod redact;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -150,13 +156,74 @@ where
     }
 }
 
+/// The default of `CARRIER_MAX_BODY_BYTES`: 8 MiB, far above a tracking answer of 50 codes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// The most redirects a carrier call follows (each on the same host and scheme).
+const MAX_REDIRECTS: usize = 3;
+
 /// The HTTP client of a carrier: the whole call bounded by `timeout`, connecting within at most 10 s of it.
+///
+/// Redirects are followed only to the same scheme, host and port as the call, at most three: a redirect elsewhere
+/// would carry our credentials (a token request's Basic auth, a tracking call's bearer) to a host nobody configured.
+/// Such a redirect is not followed; the 3xx comes back as the answer and [`read_answer`] refuses it.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    let same_origin = reqwest::redirect::Policy::custom(|attempt| {
+        let Some(first) = attempt.previous().first() else {
+            return attempt.stop();
+        };
+        let next = attempt.url();
+        if attempt.previous().len() > MAX_REDIRECTS
+            || next.scheme() != first.scheme()
+            || next.host_str() != first.host_str()
+            || next.port_or_known_default() != first.port_or_known_default()
+        {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    });
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .redirect(same_origin)
         .user_agent(concat!("tracking-pipeline/", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+/// Reads a body up to `max` bytes, chunk by chunk: a longer answer (announced by `Content-Length` or found while
+/// reading a chunked one) is refused as a [`FetchError::Transient`] (counted as an HTTP error) without being read
+/// further, so a hostile or broken answer never costs more than `max` bytes of memory. Invalid UTF-8 is replaced.
+pub async fn read_limited(
+    mut resp: reqwest::Response,
+    max: usize,
+    what: &str,
+) -> Result<String, FetchError> {
+    let too_large = |size: String| FetchError::Transient {
+        reason: format!(
+            "{what} answer is larger than {max} bytes (CARRIER_MAX_BODY_BYTES): {size}; refused"
+        ),
+        retry_after: None,
+    };
+    if let Some(len) = resp.content_length()
+        && len > max as u64
+    {
+        return Err(too_large(format!("Content-Length {len}")));
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if buf.len() + chunk.len() > max {
+            return Err(too_large(format!(
+                "more than {} bytes arrived",
+                buf.len() + chunk.len()
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(match String::from_utf8(buf) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 /// Seconds from a `Retry-After` header (the HTTP-date form is not used by the carriers we know).
@@ -199,12 +266,35 @@ pub fn transient(
     })
 }
 
-/// Reads a call's answer: 401/403 are [`FetchError::Auth`], 408/429/5xx [`FetchError::Transient`] (with any
-/// `Retry-After`), another non-2xx [`FetchError::Malformed`] with the whole body; a 2xx gives the body.
-pub async fn read_answer(resp: reqwest::Response, what: &str) -> Result<String, FetchError> {
+/// Reads a call's answer (at most `max` bytes, see [`read_limited`]): 401/403 are [`FetchError::Auth`],
+/// 408/429/5xx [`FetchError::Transient`] (with any `Retry-After`), another non-2xx [`FetchError::Malformed`] with
+/// the whole body; a 2xx gives the body.
+///
+/// A 3xx here is a redirect [`http_client`] did not follow (to another host, or too many): the configured base URL
+/// is wrong or the carrier moved, which only an operator can settle, so it is [`FetchError::Malformed`] (the
+/// carrier turns broken) with the `Location` in the reason.
+pub async fn read_answer(
+    resp: reqwest::Response,
+    what: &str,
+    max: usize,
+) -> Result<String, FetchError> {
     let status = resp.status();
     let after = retry_after(resp.headers());
-    let text = resp.text().await.map_err(transport)?;
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let text = read_limited(resp, max, what).await?;
+    if status.is_redirection() {
+        return Err(FetchError::Malformed {
+            reason: format!(
+                "{what} answered {status} redirecting to {}: redirects to another host are not followed (check the carrier's base URL)",
+                location.as_deref().unwrap_or("nowhere (no Location)")
+            ),
+            http_status: Some(status.as_u16()),
+            body: text,
+        });
+    }
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
         return Err(FetchError::Auth(format!(
             "{what} answered {status}: {}",

@@ -23,6 +23,7 @@ fn settings(sim: &CorreiosSim, access_code: &str, card: Option<&str>) -> Correio
             base: Duration::from_millis(100),
             max_wait: Duration::from_secs(5),
         },
+        max_body: tracking_carriers::DEFAULT_MAX_BODY_BYTES,
     }
 }
 

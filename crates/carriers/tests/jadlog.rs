@@ -16,6 +16,7 @@ fn settings(sim: &JadlogSim, token: &str) -> JadlogSettings {
         time_zone: chrono_tz::America::Sao_Paulo,
         batch: 50,
         retry: CallRetry::default(),
+        max_body: tracking_carriers::DEFAULT_MAX_BODY_BYTES,
     }
 }
 

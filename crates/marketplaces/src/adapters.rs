@@ -18,8 +18,9 @@ pub enum Once {
     PerShipment,
 }
 
-/// One HTTP call.
-#[derive(Debug, Clone)]
+/// One HTTP call. Its `Debug` shows the values of headers that carry credentials (and secret-looking URL
+/// parameters) as `[redacted]`.
+#[derive(Clone)]
 pub struct Call {
     /// A short name for logs and idempotency records: `webhook`, `tracking`, `tracking_number`, `notification`.
     pub step: &'static str,
@@ -28,6 +29,54 @@ pub struct Call {
     pub url: String,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+}
+
+impl Call {
+    /// The credentials this call carries (the values of its secret headers, and a bearer without its scheme):
+    /// what an error about it must never show.
+    pub fn secrets(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        for (name, value) in &self.headers {
+            if is_secret_header(name) {
+                out.push(value.as_str());
+                if let Some((_, credential)) = value.split_once(' ') {
+                    out.push(credential);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Headers whose values are credentials: `Authorization`, `X-Signature`, VTEX's `X-VTEX-API-AppKey` and
+/// `X-VTEX-API-AppToken`, and any other whose name says so.
+fn is_secret_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("x-signature") || tracking_carriers::redact::is_secret_key(name)
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let shown = if is_secret_header(name) {
+                    tracking_carriers::redact::REDACTED
+                } else {
+                    value.as_str()
+                };
+                (*name, shown)
+            })
+            .collect();
+        f.debug_struct("Call")
+            .field("step", &self.step)
+            .field("once", &self.once)
+            .field("method", &self.method)
+            .field("url", &tracking_carriers::redact::redact(&self.url, &[]))
+            .field("headers", &headers)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 /// What an adapter makes of a change.
@@ -105,7 +154,8 @@ impl Adapter for Webhook {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Vtex {
     pub url: String,
-    pub app_key: String,
+    /// Secret too: with the token it is the credential (and `Debug` must not show it).
+    pub app_key: SecretString,
     pub app_token: SecretString,
 }
 
@@ -154,7 +204,7 @@ impl Adapter for Vtex {
             headers: vec![
                 ("Content-Type", "application/json".into()),
                 ("Accept", "application/json".into()),
-                ("X-VTEX-API-AppKey", self.app_key.clone()),
+                ("X-VTEX-API-AppKey", self.app_key.expose_secret().to_owned()),
                 (
                     "X-VTEX-API-AppToken",
                     self.app_token.expose_secret().to_owned(),
@@ -275,7 +325,7 @@ mod tests {
     fn vtex_sends_the_event_once_and_delivery_with_its_minute() {
         let v = Vtex {
             url: "https://loja.vtex.example/".into(),
-            app_key: "key".into(),
+            app_key: "key".to_owned().into(),
             app_token: "token".to_owned().into(),
         };
         let c = calls(

@@ -9,6 +9,9 @@
 //! Each kind is an [`adapters::Adapter`] that plans the calls; [`Relay::send`] makes one and decides its outcome,
 //! once for all kinds: 2xx is done; 408, 429 (with `Retry-After`), 5xx and transport errors are retried; any other
 //! answer is refused with its status and body.
+//!
+//! The relay follows no redirect (a signed call is never re-sent anywhere) and reads an answer up to
+//! `MARKETPLACE_MAX_BODY_BYTES`; reasons are redacted of the call's credentials and anything secret-shaped.
 
 pub mod adapters;
 
@@ -171,17 +174,31 @@ pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// The default of `MARKETPLACE_MAX_BODY_BYTES`: 1 MiB (an answer to a relay is a short acknowledgement).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// How much of an answer a reason quotes.
+const REASON_BODY_CHARS: usize = 1000;
+
 pub struct Relay {
     http: reqwest::Client,
+    max_body: usize,
 }
 
 impl Relay {
-    pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
+    /// A relay whose calls take at most `timeout` and whose answers are read up to `max_body` bytes
+    /// (`MARKETPLACE_TIMEOUT_MS`, `MARKETPLACE_MAX_BODY_BYTES`).
+    ///
+    /// It follows no redirect: a call carries its credentials (`X-Signature`, VTEX's app key and token, Mercado
+    /// Livre's bearer) in headers that reqwest does not strip on a redirect, so following one would hand them to
+    /// whatever host the `Location` names. A 3xx is a refusal instead, see [`RelayError::Refused`].
+    pub fn new(timeout: Duration, max_body: usize) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("tracking-pipeline/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { http })
+        Ok(Self { http, max_body })
     }
 
     /// Makes one planned call. `Ok` carries a short record of the answer.
@@ -193,11 +210,35 @@ impl Relay {
         for (name, value) in &call.headers {
             req = req.header(*name, value);
         }
-        let resp = req.send().await.map_err(|e| RelayError::Retry {
-            reason: format!("{} {}: {e}", call.method, call.url),
-            after: None,
-        })?;
-        classify(resp).await
+        let result = match req.send().await {
+            Ok(resp) => classify(resp, self.max_body).await,
+            Err(e) => Err(RelayError::Retry {
+                reason: format!("{} {}: {e}", call.method, call.url),
+                after: None,
+            }),
+        };
+        result.map_err(|e| e.redacted(&call.secrets()))
+    }
+}
+
+impl RelayError {
+    /// The same error with the call's secrets, and anything secret-shaped, out of its reason.
+    fn redacted(self, known: &[&str]) -> Self {
+        let clean = |r: String| {
+            tracking_carriers::redact::storable(
+                &tracking_carriers::redact::redact(&r, known),
+                tracking_carriers::redact::REASON_MAX_BYTES,
+            )
+        };
+        match self {
+            RelayError::Retry { reason, after } => RelayError::Retry {
+                reason: clean(reason),
+                after,
+            },
+            RelayError::Refused { reason } => RelayError::Refused {
+                reason: clean(reason),
+            },
+        }
     }
 }
 
@@ -229,22 +270,72 @@ impl Pace {
     }
 }
 
-async fn classify(resp: reqwest::Response) -> Result<String, RelayError> {
+/// Reads at most `max` bytes of an answer, chunk by chunk (`Content-Length` alone would miss chunked answers).
+/// `Err` says why the answer was not read: too large, or cut by the connection.
+async fn read_limited(resp: &mut reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    if let Some(len) = resp.content_length()
+        && len > max as u64
+    {
+        return Err(format!(
+            "the answer is larger than {max} bytes (MARKETPLACE_MAX_BODY_BYTES): Content-Length {len}"
+        ));
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if buf.len() + chunk.len() > max {
+            return Err(format!(
+                "the answer is larger than {max} bytes (MARKETPLACE_MAX_BODY_BYTES)"
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// Decides a call's outcome from its answer (read up to `max` bytes).
+///
+/// - 2xx: done.
+/// - 3xx: refused (parked), with the `Location` in the reason. The relay follows no redirect (see [`Relay::new`]),
+///   and a redirect does not go away by waiting: the configured URL is wrong (an `http://` that moved to
+///   `https://`, an old host) or the marketplace now sends us elsewhere, which an operator must check and put in
+///   `MARKETPLACES_FILE` before the parked changes are replayed. Retrying would only repeat the refusal.
+/// - 408, 429 (with `Retry-After`), 5xx: retried.
+/// - An answer larger than `max`, or cut short: retried (the calls are idempotent), never read whole.
+/// - Any other: refused with the status and the start of the body.
+async fn classify(mut resp: reqwest::Response, max: usize) -> Result<String, RelayError> {
     let status = resp.status();
+    let code = status.as_u16();
     let after = resp
         .headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let body: String = resp
-        .text()
-        .await
-        .unwrap_or_default()
-        .chars()
-        .take(1000)
-        .collect();
-    let code = status.as_u16();
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let body = match read_limited(&mut resp, max).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes)
+            .chars()
+            .take(REASON_BODY_CHARS)
+            .collect::<String>(),
+        Err(why) => {
+            return Err(RelayError::Retry {
+                reason: format!("answered {code}, but {why}; not read"),
+                after,
+            });
+        }
+    };
+    if status.is_redirection() {
+        return Err(RelayError::Refused {
+            reason: format!(
+                "answered {code} redirecting to {}: redirects are not followed (a signed call is never re-sent \
+                 elsewhere); check the marketplace's url",
+                location.as_deref().unwrap_or("nowhere (no Location)")
+            ),
+        });
+    }
     if status.is_success() {
         Ok(format!("{code}"))
     } else if code == 408 || code == 429 || status.is_server_error() {
@@ -296,6 +387,43 @@ access_token = "x"
         assert!(!m.get("minha-loja-vtex").unwrap().email_customers);
         assert!(matches!(m.get("meli").unwrap().kind, Kind::Mercadolivre(_)));
         assert!(!format!("{:?}", m.get("acme")).contains("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn debug_output_shows_no_credential() {
+        let m = Marketplaces::parse(
+            r#"
+[[marketplace]]
+name = "hook"
+kind = "webhook"
+url = "https://hooks.example/t"
+secret = "webhook-secret-0123456789"
+
+[[marketplace]]
+name = "vtex"
+kind = "vtex"
+url = "https://loja.vtex.example"
+app_key = "vtexappkey-loja-ABCDEF"
+app_token = "vtex-app-token-0123456789"
+
+[[marketplace]]
+name = "meli"
+kind = "mercadolivre"
+url = "https://api.mercadolibre.com"
+access_token = "APP_USR-0123456789-meli"
+"#,
+        )
+        .unwrap();
+        let shown = format!("{m:?}");
+        for secret in [
+            "webhook-secret-0123456789",
+            "vtexappkey-loja-ABCDEF",
+            "vtex-app-token-0123456789",
+            "APP_USR-0123456789-meli",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("https://loja.vtex.example"), "{shown}");
     }
 
     #[test]

@@ -31,6 +31,10 @@ const LANGUAGES: [&str; 3] = ["pt-BR", "en", "es-ES"];
 const SRO_020: &str = "SRO-020: Objeto não encontrado na base de dados dos Correios.";
 const SRO_019: &str = "SRO-019: Objeto inválido.";
 const GTW_008: &str = "GTW-008: Token não válido para este ambiente.";
+/// A huge answer: an `objetos` array that never ends.
+const HUGE_PREFIX: &[u8] = br#"{"objetos":["#;
+const HUGE_ENTRY: &[u8] =
+    br#"{"codObjeto":"PG747937788BR","mensagem":"SRO-020: Objeto nao encontrado."},"#;
 
 /// Simulator settings.
 #[derive(Clone, Debug)]
@@ -183,6 +187,26 @@ pub enum Fault {
     Delay(std::time::Duration),
     /// HTTP 200 with this body as is (say, JSON cut short).
     Body(String),
+    /// HTTP 200 with a body of this many bytes, streamed in chunks (no `Content-Length`) and generated on the fly:
+    /// a hostile or broken answer far larger than any client should read.
+    Huge(u64),
+    /// This redirect status (301, 302, 303, 307, 308) with this `Location`.
+    Redirect(u16, String),
+}
+
+/// How the token endpoints answer, instead of API Rastro's usual shape (the token is still issued and valid).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenQuirk {
+    /// `expiraEm` as a number (Unix milliseconds).
+    ExpiraEmNumber,
+    /// `expiraEm` as text no client reads (`amanhã às 14h`).
+    ExpiraEmText,
+    /// The token under another key (say, `accessToken`).
+    TokenKey(String),
+    /// Not JSON: `text/plain` lines `token=...` and `expira=...`.
+    PlainText,
+    /// JSON with a raw NUL byte inside `expiraEm` (invalid JSON; PostgreSQL text refuses NUL).
+    NulByte,
 }
 
 /// What the simulator answers for a code.
@@ -211,6 +235,10 @@ struct Book {
     drift: Option<(String, String)>,
     /// The number of codes of each tracking call answered with 200, in order.
     batches: Vec<usize>,
+    /// How the token endpoints answer from now on (`None`: as API Rastro does).
+    token_quirk: Option<TokenQuirk>,
+    /// Every token issued, in order.
+    issued: Vec<String>,
 }
 
 struct Shared {
@@ -315,6 +343,16 @@ impl CorreiosSim {
         self.shared.book().batches.clone()
     }
 
+    /// From now on the token endpoints answer in this unusual shape; `None` goes back to API Rastro's.
+    pub fn token_quirk(&self, quirk: Option<TokenQuirk>) {
+        self.shared.book().token_quirk = quirk;
+    }
+
+    /// Every token issued so far, oldest first (whatever shape it was sent in).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared.book().issued.clone()
+    }
+
     /// Invalidates every token issued so far (they answer `GTW-008`); new tokens work.
     pub fn expire_tokens(&self) {
         self.shared.book().tokens.clear();
@@ -403,7 +441,12 @@ fn issue_token(shared: &Shared, card: Option<String>) -> Response {
         .checked_add_signed(ttl)
         .unwrap_or(NaiveDateTime::MAX);
     let token = fake_jwt(&shared.config.user, expiry.timestamp());
-    shared.book().tokens.insert(token.clone(), expiry);
+    let quirk = {
+        let mut book = shared.book();
+        book.tokens.insert(token.clone(), expiry);
+        book.issued.push(token.clone());
+        book.token_quirk.clone()
+    };
     let mut body = json!({
         "ambiente": "HOMOLOGACAO",
         "id": shared.config.user,
@@ -419,6 +462,44 @@ fn issue_token(shared: &Shared, card: Option<String>) -> Response {
             "cartaoPostagem".to_string(),
             json!({ "numero": card, "contrato": "9912345678", "dr": 72, "api": [87] }),
         );
+    }
+    let Some(obj) = body.as_object_mut() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    match quirk {
+        None => {}
+        Some(TokenQuirk::ExpiraEmNumber) => {
+            obj.insert("expiraEm".into(), json!(expiry.timestamp_millis()));
+        }
+        Some(TokenQuirk::ExpiraEmText) => {
+            obj.insert("expiraEm".into(), json!("amanhã às 14h"));
+        }
+        Some(TokenQuirk::TokenKey(key)) => {
+            if let Some(t) = obj.remove("token") {
+                obj.insert(key, t);
+            }
+        }
+        Some(TokenQuirk::PlainText) => {
+            let text = format!("token={token}\nexpira={}\n", expira.format(LOCAL_FORMAT));
+            return (
+                StatusCode::CREATED,
+                [(header::CONTENT_TYPE, "text/plain")],
+                text,
+            )
+                .into_response();
+        }
+        Some(TokenQuirk::NulByte) => {
+            let text = format!(
+                "{{\"token\":\"{token}\",\"expiraEm\":\"{}\u{0}\",\"zoneOffset\":\"-03:00\"}}",
+                expira.format(LOCAL_FORMAT)
+            );
+            return (
+                StatusCode::CREATED,
+                [(header::CONTENT_TYPE, "application/json")],
+                text,
+            )
+                .into_response();
+        }
     }
     (StatusCode::CREATED, axum::Json(body)).into_response()
 }
@@ -657,6 +738,20 @@ async fn track(
                 body,
             )
                 .into_response();
+        }
+        Some(Fault::Huge(size)) => {
+            tracing::info!("tracking GET {path} codes={codes:?} -> 200 (streaming {size} bytes)");
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                crate::huge_body(size, HUGE_PREFIX, HUGE_ENTRY),
+            )
+                .into_response();
+        }
+        Some(Fault::Redirect(code, location)) => {
+            tracing::info!("tracking GET {path} codes={codes:?} -> {code} to {location}");
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::TEMPORARY_REDIRECT);
+            return (status, [(header::LOCATION, location)]).into_response();
         }
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         None => {}

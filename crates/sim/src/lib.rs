@@ -10,6 +10,8 @@
 //!   call and answering scripted statuses (with `Retry-After`) on demand.
 //! - [`jadlog`]: Jadlog's tracking call with a static token and scripted events.
 //! - [`smtp`]: a small SMTP server that keeps what it accepts and refuses chosen recipients with 550.
+//! - [`witness`]: an HTTP server that records every request it gets (any method, any path) and answers 200: the
+//!   place a redirect would lead to, to show that nothing reached it.
 //!
 //! The binaries `correios-sim` and `marketplace-receiver` wrap these for manual runs and the demo.
 
@@ -17,6 +19,7 @@ pub mod correios;
 pub mod jadlog;
 pub mod marketplace;
 pub mod smtp;
+pub mod witness;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -71,6 +74,40 @@ impl Drop for ServerGuard {
     fn drop(&mut self) {
         self.stop.send_replace(true);
     }
+}
+
+/// A body of `size` bytes: `prefix`, then `entry` repeated (padded with spaces), made 64 KiB at a time as the
+/// client reads (never held whole) and sent chunked (no `Content-Length`).
+pub(crate) fn huge_body(size: u64, prefix: &[u8], entry: &[u8]) -> axum::body::Body {
+    const CHUNK: usize = 64 * 1024;
+    let mut first = Vec::with_capacity(CHUNK);
+    first.extend_from_slice(prefix);
+    let mut block = Vec::with_capacity(CHUNK);
+    while block.len() + entry.len() <= CHUNK {
+        block.extend_from_slice(entry);
+    }
+    block.resize(CHUNK, b' ');
+    first.extend_from_slice(&block[..CHUNK - prefix.len().min(CHUNK)]);
+    let first = axum::body::Bytes::from(first);
+    let block = axum::body::Bytes::from(block);
+    let stream = futures_util::stream::unfold((size, true), move |(left, is_first)| {
+        let chunk = if is_first {
+            first.clone()
+        } else {
+            block.clone()
+        };
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let n = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
+            Some((
+                Ok::<_, std::convert::Infallible>(chunk.slice(..n)),
+                (left - n as u64, false),
+            ))
+        }
+    });
+    axum::body::Body::from_stream(stream)
 }
 
 /// Logging for the binaries: human-readable lines on stdout, `RUST_LOG` (default `info`).

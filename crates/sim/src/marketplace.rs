@@ -41,7 +41,16 @@ pub struct ReceivedCall {
 struct Shared {
     secret: String,
     calls: Mutex<Vec<ReceivedCall>>,
-    answers: Mutex<VecDeque<(u16, Option<String>)>>,
+    answers: Mutex<VecDeque<Answer>>,
+}
+
+/// A scripted answer: a status, with `Retry-After` or `Location` when given, or a huge body of this size.
+#[derive(Default)]
+struct Answer {
+    status: u16,
+    retry_after: Option<String>,
+    location: Option<String>,
+    huge: Option<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,7 +108,31 @@ impl Receiver {
 
     /// The next calls get these statuses (with a `Retry-After` header when given), then 200 again.
     pub fn answer_next(&self, statuses: Vec<(u16, Option<String>)>) {
-        lock(&self.shared.answers).extend(statuses);
+        lock(&self.shared.answers).extend(statuses.into_iter().map(|(status, retry_after)| {
+            Answer {
+                status,
+                retry_after,
+                ..Answer::default()
+            }
+        }));
+    }
+
+    /// The next call gets this redirect status (301, 302, 303, 307, 308) with this `Location`, then 200 again.
+    pub fn redirect_next(&self, status: u16, location: &str) {
+        lock(&self.shared.answers).push_back(Answer {
+            status,
+            location: Some(location.to_owned()),
+            ..Answer::default()
+        });
+    }
+
+    /// The next call gets this status with a body of `bytes` bytes, streamed chunked and generated on the fly.
+    pub fn answer_huge_next(&self, status: u16, bytes: u64) {
+        lock(&self.shared.answers).push_back(Answer {
+            status,
+            huge: Some(bytes),
+            ..Answer::default()
+        });
     }
 
     /// Stops the server (in-flight requests finish; idle connections close).
@@ -167,7 +200,15 @@ async fn receive(
     let signature_valid =
         header_text("x-signature").is_some_and(|h| verify(&shared.secret, &h, &body));
     let idempotency_key = header_text("idempotency-key");
-    let (status, retry_after) = lock(&shared.answers).pop_front().unwrap_or((200, None));
+    let Answer {
+        status,
+        retry_after,
+        location,
+        huge,
+    } = lock(&shared.answers).pop_front().unwrap_or(Answer {
+        status: 200,
+        ..Answer::default()
+    });
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let text = String::from_utf8_lossy(&body).into_owned();
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
@@ -210,6 +251,10 @@ async fn receive(
         received_at: std::time::Instant::now(),
     });
 
+    if let Some(size) = huge {
+        let body = crate::huge_body(size, br#"{"ok":true,"echo":""#, b"0123456789abcdef");
+        return (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    }
     let body = if status.is_success() {
         json!({ "ok": true })
     } else {
@@ -218,6 +263,9 @@ async fn receive(
     let mut response = (status, axum::Json(body)).into_response();
     if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    if let Some(value) = location.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        response.headers_mut().insert(header::LOCATION, value);
     }
     response
 }

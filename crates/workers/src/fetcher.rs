@@ -11,8 +11,9 @@
 //!   (`SRO-019`, `SRO-009`) → parked with the carrier's message.
 //! - A failed call (after the client's own bounded retries) delays its requests through the delay queues: nothing is
 //!   lost. Credentials refused or an answer we cannot read make the carrier `broken` (an error log line, `/health`,
-//!   `carrier_state`, the `carrier_health` table); the unreadable answer is stored whole in `carrier_responses` for
-//!   `trackctl carriers replay`.
+//!   `carrier_state`, the `carrier_health` table); the unreadable answer is stored in `carrier_responses` for
+//!   `trackctl carriers replay`, redacted of secrets and made storable (see `tracking_carriers::redact`).
+//! - An answer larger than `CARRIER_MAX_BODY_BYTES` is refused unread, as an HTTP error.
 
 use crate::{backoff, boot};
 use chrono::Utc;
@@ -27,7 +28,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracking_carriers::correios::{CorreiosClient, CorreiosSettings, MAX_BATCH};
 use tracking_carriers::jadlog::{JadlogClient, JadlogSettings};
-use tracking_carriers::{Budget, CallRetry, CarrierClient, FetchError, ObjectResult};
+use tracking_carriers::{
+    Budget, CallRetry, CarrierClient, DEFAULT_MAX_BODY_BYTES, FetchError, ObjectResult, redact,
+};
 use tracking_domain::{Carrier, CarrierUpdate, Source, TrackingRequest};
 use tracking_runtime::amqp::topology::{CARRIER_EVENTS, TRACKING_REQUESTS};
 use tracking_runtime::amqp::{
@@ -109,6 +112,13 @@ impl CarrierSettings {
             base: settings::millis("CARRIER_CALL_RETRY_BASE_MS", 500)?,
             max_wait: settings::millis("CARRIER_CALL_RETRY_MAX_WAIT_MS", 10_000)?,
         };
+        let max_body = settings::parse("CARRIER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?;
+        if max_body < 1024 {
+            return Err(SettingsError::new(
+                "CARRIER_MAX_BODY_BYTES",
+                "must be at least 1024",
+            ));
+        }
         let correios = match (
             settings::var("CORREIOS_USER"),
             settings::var("CORREIOS_ACCESS_CODE"),
@@ -130,6 +140,7 @@ impl CarrierSettings {
                     time_zone,
                     batch,
                     retry: retry.clone(),
+                    max_body,
                 })
             }
             (None, None) => None,
@@ -154,6 +165,7 @@ impl CarrierSettings {
                 time_zone,
                 batch: settings::parse("JADLOG_BATCH_SIZE", 50usize)?.max(1),
                 retry,
+                max_body,
             }),
             None => None,
         };
@@ -640,6 +652,10 @@ async fn call(ctx: &BatchContext, batch: Vec<Pending>) {
                 body,
             } = &e
             {
+                // The client already redacted it; this keeps the table safe whatever a client returns (no
+                // secret-shaped text, no NUL that PostgreSQL refuses, a bounded size).
+                let body = redact::keepable(body);
+                let reason = redact::keepable(reason);
                 let snippet: String = body.chars().take(500).collect();
                 tracing::error!(%carrier, reason = %reason, body = %snippet, "The carrier's answer could not be read; it is kept in carrier_responses.");
                 if let Some(pool) = &ctx.pool {
@@ -651,8 +667,8 @@ async fn call(ctx: &BatchContext, batch: Vec<Pending>) {
                     .bind(carrier.as_str())
                     .bind(json!(requests))
                     .bind(http_status.map(i32::from))
-                    .bind(body)
-                    .bind(reason)
+                    .bind(&body)
+                    .bind(&reason)
                     .execute(pool)
                     .await;
                     if let Err(db) = stored {

@@ -30,6 +30,8 @@ pub struct Settings {
     pub marketplaces: Marketplaces,
     /// `MARKETPLACE_TIMEOUT_MS` (default 15000): per HTTP call.
     pub timeout: Duration,
+    /// `MARKETPLACE_MAX_BODY_BYTES` (default 1 MiB): a longer answer is not read and the call fails (retried).
+    pub max_body: usize,
     /// `MARKETPLACE_RETRY_BASE_MS` (default 2000) and the in-process retry settings.
     pub retry: RetryPolicy,
     /// `MARKETPLACE_ORDER_WAIT_MS` (default 1000): how long a change waits for an earlier one of its order.
@@ -48,6 +50,10 @@ impl Settings {
             amqp,
             marketplaces: marketplaces_from_env()?,
             timeout: settings::millis("MARKETPLACE_TIMEOUT_MS", 15_000)?,
+            max_body: settings::parse(
+                "MARKETPLACE_MAX_BODY_BYTES",
+                tracking_marketplaces::DEFAULT_MAX_BODY_BYTES,
+            )?,
             order_wait: settings::millis("MARKETPLACE_ORDER_WAIT_MS", 1_000)?,
             order_wait_max: settings::secs("MARKETPLACE_ORDER_WAIT_MAX_SECS", 3_600)?,
         })
@@ -76,7 +82,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .collect();
     let handler = Arc::new(MarketplacePublisher {
         pool,
-        relay: Relay::new(settings.timeout)?,
+        relay: Relay::new(settings.timeout, settings.max_body)?,
         marketplaces: settings.marketplaces,
         paces,
         retry: settings.retry,
