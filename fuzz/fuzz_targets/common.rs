@@ -64,30 +64,7 @@ pub fn assert_publishable(carrier: tracking_domain::Carrier, answers: &tracking_
             carrier_message,
             events,
         };
-        if has_sub_minute_offset(&update) {
-            // KNOWN (docs/FUZZING.md): a carrier time before 1914 is read in Sao Paulo's local mean time, offset
-            // -03:06:28; chrono writes offsets to the minute in JSON, so the normalizer reads such a time 28 s
-            // off. Until the carrier clients refuse such dates, these updates only have to read back.
-            let bytes = serde_json::to_vec(&update).expect("an update serializes");
-            if let Err(e) = serde_json::from_slice::<CarrierUpdate>(&bytes) {
-                panic!(
-                    "the carrier update built from the answer does not read back ({e}): {}",
-                    String::from_utf8_lossy(&bytes)
-                );
-            }
-            continue;
-        }
         assert_round_trip(&update, "the carrier update built from the answer");
     }
 }
 
-/// Whether a time in `update` has an offset with seconds (see the KNOWN note in `assert_publishable`).
-fn has_sub_minute_offset(update: &tracking_domain::CarrierUpdate) -> bool {
-    use chrono::Offset;
-    update
-        .events
-        .iter()
-        .map(|e| e.occurred_at)
-        .chain(update.estimated_delivery)
-        .any(|t| t.offset().fix().local_minus_utc() % 60 != 0)
-}

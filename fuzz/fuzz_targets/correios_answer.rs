@@ -57,7 +57,9 @@ fuzz_target!(|data: &[u8]| {
         && let Some(expires) = parse_local(&answer.expira_em, answer.zone_offset.as_deref(), TZ)
     {
         // As in `CorreiosClient::token`.
-        let _refresh_after = expires.with_timezone(&Utc) - chrono::Duration::minutes(5);
+        let _refresh_after = expires
+            .with_timezone(&Utc)
+            .checked_sub_signed(chrono::Duration::minutes(5));
     }
 
     if let Ok(answers) = client().parse(&codes, body) {

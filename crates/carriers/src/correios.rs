@@ -188,7 +188,10 @@ impl CorreiosClient {
             self.settings.time_zone,
         )
         .ok_or_else(|| malformed("token answer: bad expiraEm".into()))?;
-        let refresh_after = expires.with_timezone(&Utc) - chrono::Duration::minutes(5);
+        let refresh_after = expires
+            .with_timezone(&Utc)
+            .checked_sub_signed(chrono::Duration::minutes(5))
+            .ok_or_else(|| malformed("token answer: expiraEm out of range".into()))?;
         let value = SecretString::from(answer.token);
         *guard = Some(Token {
             value: value.clone(),
@@ -300,6 +303,8 @@ impl CorreiosClient {
                     }
                 }
                 (None, Some(message)) => {
+                    let message =
+                        tracking_domain::text::clean(&message, tracking_domain::text::LONG);
                     if message.starts_with("SRO-020") {
                         ObjectResult::NotYet { message }
                     } else if message.starts_with("SRO-019") || message.starts_with("SRO-009") {
@@ -348,7 +353,8 @@ impl CorreiosClient {
             unit,
             status: None,
             raw,
-        })
+        }
+        .cleaned())
     }
 }
 
@@ -378,10 +384,19 @@ fn base64_basic(user: &str, password: &str) -> String {
 }
 
 /// Reads a Correios local time (`2026-03-27T14:40:30`, no offset) in `offset` when given (`-03:00`), else in `tz`.
+/// The years a carrier time may fall in.
+const PLAUSIBLE_YEARS: std::ops::RangeInclusive<i32> = 2000..=2200;
+
 pub fn parse_local(s: &str, offset: Option<&str>, tz: Tz) -> Option<DateTime<FixedOffset>> {
     let naive = NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%dT%H:%M:%S%.f")
         .or_else(|_| NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S"))
         .ok()?;
+    // No parcel event or token expiry lies outside these years. Refusing others keeps the arithmetic on them
+    // (a token's refresh time) from overflowing, and keeps out zones' historic offsets with seconds (Sao
+    // Paulo's was -03:06:28 before 1914), which RFC 3339 cannot carry to the normalizer.
+    if !(PLAUSIBLE_YEARS).contains(&chrono::Datelike::year(&naive)) {
+        return None;
+    }
     if let Some(off) =
         offset.and_then(|o| DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{o}")).ok())
     {
@@ -432,5 +447,22 @@ mod tests {
         let t = parse_local("2018-12-01T10:00:00", None, chrono_tz::America::Sao_Paulo).unwrap();
         assert_eq!(t.to_rfc3339(), "2018-12-01T10:00:00-02:00");
         assert!(parse_local("27/03/2026", None, chrono_tz::America::Sao_Paulo).is_none());
+        // Found by fuzzing: times no parcel has (an overflow on the token's refresh time; Sao Paulo's local mean
+        // time before 1914, an offset with seconds that RFC 3339 cannot carry).
+        for far in [
+            "-262143-01-01T00:01:00",
+            "1013-03-30T23:59:59",
+            "1999-12-31T23:59:59",
+            "2201-01-01T00:00:00",
+        ] {
+            assert!(
+                parse_local(far, None, chrono_tz::America::Sao_Paulo).is_none(),
+                "{far}"
+            );
+            assert!(
+                parse_local(far, Some("+00:00"), chrono_tz::America::Sao_Paulo).is_none(),
+                "{far}"
+            );
+        }
     }
 }

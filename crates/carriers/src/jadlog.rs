@@ -211,7 +211,8 @@ impl JadlogClient {
             unit: ev.unidade,
             status: None,
             raw,
-        })
+        }
+        .cleaned())
     }
 }
 

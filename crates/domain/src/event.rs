@@ -87,6 +87,24 @@ pub struct CarrierEvent {
 }
 
 impl CarrierEvent {
+    /// The event with its texts cleaned exactly as reading it from a message cleans them: what a carrier client
+    /// publishes is then what the normalizer reads.
+    pub fn cleaned(mut self) -> Self {
+        use crate::text::{LONG, SHORT, clean, clean_json};
+        let opt = |s: Option<String>, max| s.map(|s| clean(&s, max));
+        self.code = clean(&self.code, SHORT);
+        self.kind = opt(self.kind, SHORT);
+        self.description = clean(&self.description, LONG);
+        self.detail = opt(self.detail, LONG);
+        self.unit = opt(self.unit, SHORT);
+        self.location = self.location.map(|l| Location {
+            city: opt(l.city, SHORT),
+            state: opt(l.state, SHORT),
+        });
+        clean_json(&mut self.raw);
+        self
+    }
+
     /// The event's identity: carrier, code, the carrier's event code and type, its time and its unit
     /// (and, for manual events, the status and text the operator gave). A carrier returns the whole
     /// history on every poll; equal fingerprints are the same event.

@@ -115,10 +115,12 @@ impl Marketplaces {
                     m.name
                 ));
             }
-            if !(m.rate_per_second.is_finite() && m.rate_per_second > 0.0) {
+            if !(RATE_PER_SECOND).contains(&m.rate_per_second) {
                 return Err(format!(
-                    "marketplace {:?}: rate_per_second must be a positive number",
-                    m.name
+                    "marketplace {:?}: rate_per_second must be a number from {} to {}",
+                    m.name,
+                    RATE_PER_SECOND.start(),
+                    RATE_PER_SECOND.end()
                 ));
             }
             let url = m.kind.url();
@@ -242,6 +244,9 @@ impl RelayError {
     }
 }
 
+/// The calls per second a marketplace may be paced at: one call in 1000 s up to a million a second.
+pub const RATE_PER_SECOND: std::ops::RangeInclusive<f64> = 0.001..=1_000_000.0;
+
 /// Paces calls to one marketplace: at most `rate` per second from this process, spaced evenly.
 #[derive(Debug)]
 pub struct Pace {
@@ -250,7 +255,13 @@ pub struct Pace {
 }
 
 impl Pace {
+    /// `rate_per_second` is clamped to [`RATE_PER_SECOND`] (the marketplaces file refuses values outside it).
     pub fn new(rate_per_second: f64) -> Self {
+        let rate_per_second = if rate_per_second.is_nan() {
+            *RATE_PER_SECOND.start()
+        } else {
+            rate_per_second.clamp(*RATE_PER_SECOND.start(), *RATE_PER_SECOND.end())
+        };
         Self {
             every: Duration::from_secs_f64(1.0 / rate_per_second),
             next: Mutex::new(None),
@@ -439,6 +450,21 @@ access_token = "APP_USR-0123456789-meli"
         );
         let twice = "[[marketplace]]\nname='a'\nkind='webhook'\nurl='http://x'\nsecret='0123456789abcdef'\n".repeat(2);
         assert!(Marketplaces::parse(&twice).unwrap_err().contains("twice"));
+        // Found by fuzzing: a rate this small made Pace::new panic at start-up.
+        for rate in ["1e-300", "0", "-1", "1e300", "nan"] {
+            let file = format!(
+                "[[marketplace]]\nname='a'\nkind='webhook'\nurl='http://x'\nsecret='0123456789abcdef'\nrate_per_second={rate}"
+            );
+            assert!(
+                Marketplaces::parse(&file)
+                    .unwrap_err()
+                    .contains("rate_per_second"),
+                "{rate}"
+            );
+        }
+        let _ = Pace::new(1e-300);
+        let _ = Pace::new(f64::NAN);
+        let _ = Pace::new(f64::INFINITY);
     }
 
     #[test]
