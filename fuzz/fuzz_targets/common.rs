@@ -67,4 +67,3 @@ pub fn assert_publishable(carrier: tracking_domain::Carrier, answers: &tracking_
         assert_round_trip(&update, "the carrier update built from the answer");
     }
 }
-
