@@ -32,6 +32,7 @@ fn client() -> &'static CorreiosClient {
             time_zone: TZ,
             batch: 50,
             retry: CallRetry::default(),
+            max_body: tracking_carriers::DEFAULT_MAX_BODY_BYTES,
         })
         .expect("a client without network")
     })

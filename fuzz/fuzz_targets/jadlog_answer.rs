@@ -25,6 +25,7 @@ fn client() -> &'static JadlogClient {
             time_zone: chrono_tz::America::Sao_Paulo,
             batch: 50,
             retry: CallRetry::default(),
+            max_body: tracking_carriers::DEFAULT_MAX_BODY_BYTES,
         })
         .expect("a client without network")
     })

@@ -294,6 +294,7 @@ async fn a_marketplace_redirect_parks_the_change_with_the_location_and_the_signe
         "ana@example.com",
         Some(("acme", "A-7")),
     );
+    env.record_change(&change).await?;
     amqp.publish("marketplace.order-status", &serde_json::to_vec(&change)?)
         .await?;
     eventually(Duration::from_secs(20), "the change parked", || async {
