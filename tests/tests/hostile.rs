@@ -36,6 +36,18 @@ fn proxied_url(env: &TestEnv, proxy: &CutProxy) -> String {
     format!("{head}@{}/{db}", proxy.addr())
 }
 
+/// A delivered change for ana@example.com, with no marketplace.
+fn delivered(order_id: &str, code: &str) -> Value {
+    status_change(
+        order_id,
+        code,
+        "delivered",
+        "out_for_delivery",
+        "ana@example.com",
+        None,
+    )
+}
+
 async fn postgres_proxy() -> anyhow::Result<CutProxy> {
     CutProxy::start("127.0.0.1:5432".parse()?).await
 }
@@ -201,14 +213,7 @@ async fn publishers_send_only_the_changes_the_normalizer_recorded() -> anyhow::R
     let smtp = SmtpServer::start("127.0.0.1:0".parse()?, &[]).await?;
     let _email = Worker::started(&env, "email-publisher", &email_settings(&smtp.url())).await?;
     let amqp = env.amqp().await?;
-    let never_recorded = status_change(
-        "F-1",
-        &s10("DL", 6),
-        "delivered",
-        "out_for_delivery",
-        "ana@example.com",
-        None,
-    );
+    let never_recorded = delivered("F-1", &s10("DL", 6));
     amqp.publish(EMAIL_QUEUE, &serde_json::to_vec(&never_recorded)?)
         .await?;
     let recorded = status_change(
@@ -262,16 +267,7 @@ async fn a_database_outage_holds_messages_spends_no_attempt_and_parks_nothing() 
     let email = Worker::started(&env, "email-publisher", &settings).await?;
     let amqp = env.amqp().await?;
     let changes: Vec<Value> = (0..5)
-        .map(|n| {
-            status_change(
-                &format!("O-{n}"),
-                &s10("DO", n),
-                "delivered",
-                "out_for_delivery",
-                "ana@example.com",
-                None,
-            )
-        })
+        .map(|n| delivered(&format!("O-{n}"), &s10("DO", n)))
         .collect();
     for c in &changes {
         env.record_change(c).await?;
@@ -311,14 +307,7 @@ async fn a_send_whose_record_fails_is_recorded_later_and_never_sent_again() -> a
     settings.push(("DATABASE_URL", proxied_url(&env, &proxy)));
     let _email = Worker::started(&env, "email-publisher", &settings).await?;
     let amqp = env.amqp().await?;
-    let change = status_change(
-        "S-1",
-        &s10("DS", 1),
-        "delivered",
-        "out_for_delivery",
-        "ana@example.com",
-        None,
-    );
+    let change = delivered("S-1", &s10("DS", 1));
     env.record_change(&change).await?;
     amqp.publish(EMAIL_QUEUE, &serde_json::to_vec(&change)?)
         .await?;
@@ -379,11 +368,11 @@ async fn a_far_end_down_is_waited_out_for_its_window_and_a_superseded_email_is_s
     // Past MAX_ATTEMPTS, within the retry window: still waiting, not parked.
     assert_eq!(amqp.count("email.order-status.dead").await?, 0);
     // Meanwhile the parcel was delivered: the waiting "posted" email is skipped, the new one sent.
-    let mut delivered = status_change("W-1", &code, "delivered", "posted", "ana@example.com", None);
-    delivered["occurred_at"] = "2026-11-24T15:00:00-03:00".into();
-    env.record_change(&delivered).await?;
+    let mut later = status_change("W-1", &code, "delivered", "posted", "ana@example.com", None);
+    later["occurred_at"] = "2026-11-24T15:00:00-03:00".into();
+    env.record_change(&later).await?;
     let smtp = SmtpServer::start(addr, &[]).await?;
-    amqp.publish(EMAIL_QUEUE, &serde_json::to_vec(&delivered)?)
+    amqp.publish(EMAIL_QUEUE, &serde_json::to_vec(&later)?)
         .await?;
     eventually(Duration::from_secs(30), "both settled", || async {
         let open: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE state <> 'done'")
@@ -416,14 +405,7 @@ async fn past_the_retry_window_a_failing_change_is_parked_with_the_far_ends_answ
     settings.push(("PUBLISHER_RETRY_FOR_SECS", "3".into()));
     let _email = Worker::started(&env, "email-publisher", &settings).await?;
     let amqp = env.amqp().await?;
-    let change = status_change(
-        "P-1",
-        &s10("DP", 1),
-        "delivered",
-        "out_for_delivery",
-        "ana@example.com",
-        None,
-    );
+    let change = delivered("P-1", &s10("DP", 1));
     env.record_change(&change).await?;
     amqp.publish(EMAIL_QUEUE, &serde_json::to_vec(&change)?)
         .await?;
@@ -475,14 +457,7 @@ async fn a_stalled_scheduler_and_a_stalled_consumer_show_on_health() -> anyhow::
     settings.push(("STALL_AFTER_SECS", "2".into()));
     settings.push(("SMTP_TIMEOUT_MS", "60000".into()));
     let email = Worker::started(&env, "email-publisher", &settings).await?;
-    let change = status_change(
-        "C-1",
-        &s10("DC", 1),
-        "delivered",
-        "out_for_delivery",
-        "ana@example.com",
-        None,
-    );
+    let change = delivered("C-1", &s10("DC", 1));
     env.record_change(&change).await?;
     env.amqp()
         .await?
@@ -610,16 +585,7 @@ async fn a_publisher_stopped_with_sigterm_mid_send_loses_and_doubles_nothing() -
     let mut email = Worker::started(&env, "email-publisher", &settings).await?;
     let amqp = env.amqp().await?;
     let changes: Vec<Value> = (0..12)
-        .map(|n| {
-            status_change(
-                &format!("T-{n}"),
-                &s10("DT", n),
-                "delivered",
-                "out_for_delivery",
-                "ana@example.com",
-                None,
-            )
-        })
+        .map(|n| delivered(&format!("T-{n}"), &s10("DT", n)))
         .collect();
     for c in &changes {
         env.record_change(c).await?;
@@ -679,14 +645,7 @@ async fn secret_settings_can_come_from_files_and_an_unreadable_one_is_refused() 
         ("SMTP_URL_FILE", write("smtp", &smtp.url())?),
     ]);
     let _email = Worker::started(&env, "email-publisher", &settings).await?;
-    let change = status_change(
-        "K-1",
-        &s10("DK", 1),
-        "delivered",
-        "out_for_delivery",
-        "ana@example.com",
-        None,
-    );
+    let change = delivered("K-1", &s10("DK", 1));
     env.record_change(&change).await?;
     env.amqp()
         .await?
