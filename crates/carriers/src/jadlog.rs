@@ -13,7 +13,6 @@ use crate::{
     Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture, read_answer,
     transport, with_retries,
 };
-use chrono::{NaiveDate, TimeZone};
 use chrono_tz::Tz;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -166,10 +165,14 @@ impl JadlogClient {
                     let estimated_delivery = entry
                         .previsao_entrega
                         .as_deref()
-                        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-                        .and_then(|d| d.and_hms_opt(23, 59, 59))
-                        .and_then(|d| self.settings.time_zone.from_local_datetime(&d).earliest())
-                        .map(|d| d.fixed_offset());
+                        // The end of the promised day, read like every carrier time (years checked).
+                        .and_then(|d| {
+                            parse_local(
+                                &format!("{} 23:59:59", d.trim()),
+                                None,
+                                self.settings.time_zone,
+                            )
+                        });
                     ObjectResult::Found {
                         events,
                         estimated_delivery,
