@@ -89,7 +89,7 @@ fn the_page_shows_statuses_the_timeline_in_the_customers_zone_and_marks_manual_e
     assert!(html.contains("03&#x2f;04&#x2f;2026"));
     // The carrier's page is a secondary link where the carrier has one.
     assert!(html.contains(
-        "<a href=\"https://rastreamento.correios.com.br/app/index.php?objeto=DL746686536BR\" rel=\"noopener noreferrer\">Ver no site da Correios</a>"
+        "<a href=\"https://rastreamento.correios.com.br/app/index.php?objeto=DL746686536BR\" rel=\"noopener noreferrer\">Ver no site da transportadora (Correios)</a>"
     ));
     assert!(html.contains("href=\"https://www.jadlog.com.br/tracking?cte=10084500001234\""));
     assert!(html.contains("A transportadora ainda não informou nenhum evento."));
