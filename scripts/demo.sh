@@ -4,7 +4,7 @@
 # as they happen. Ctrl-C stops everything. DEMO_SECONDS=N stops it after N seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/release
+BIN="${CARGO_TARGET_DIR:-target}/${TRACKING_BIN_PROFILE:-release}" # TRACKING_BIN_PROFILE=debug runs a debug build
 DEMO=.demo
 mkdir -p "$DEMO/logs"
 rm -f "$DEMO"/logs/*.log
@@ -29,6 +29,8 @@ export RUST_LOG="info,lapin=warn"
 export CORREIOS_BASE_URL="http://127.0.0.1:9080" CORREIOS_USER="sim-user" CORREIOS_ACCESS_CODE="sim-code"
 export SMTP_URL="smtp://127.0.0.1:1025" EMAIL_FROM="Loja Demo <rastreio@loja-demo.example>" STORE_NAME="Loja Demo"
 export MARKETPLACES_FILE="$PWD/deploy/demo/marketplaces.toml"
+# The customers' tracking page, served by tracking-api: emails link to it, and each parcel's address is printed below.
+export TRACKING_PAGE_URL="http://127.0.0.1:8080" TRACKING_PAGE_SECRET="demo-tracking-page-secret-0123456789abcdef"
 export POLL_INTERVAL_SECS=4 POLL_INTERVAL_NEAR_DELIVERY_SECS=3 FINAL_POLL_AFTER_SECS=5 SCHEDULER_TICK_MS=500
 
 rmq() { rabbitmqctl "$@" >/dev/null 2>&1 || sudo -n rabbitmqctl "$@" >/dev/null 2>&1; }
@@ -48,16 +50,17 @@ start maildev .tools/node_modules/.bin/maildev --ip 127.0.0.1 --web-ip 127.0.0.1
 SIM_ADDR=127.0.0.1:9080 SIM_AUTO_JOURNEY=1 start correios-sim "$BIN/correios-sim"
 RECEIVER_ADDR=127.0.0.1:9090 RECEIVER_SECRET="demo-webhook-secret-0123456789" start marketplace-receiver "$BIN/marketplace-receiver"
 for w in normalizer fetcher scheduler email-publisher marketplace-publisher; do start "$w" "$BIN/$w"; done
+API_TOKEN="demo-api-token-0123456789" start tracking-api "$BIN/tracking-api"
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for port in 1025 1080 9080 9090; do # maildev (SMTP, web), correios-sim, marketplace-receiver
   for _ in $(seq 1 100); do port_open "$port" && break; sleep 0.2; done
 done
-for port in 9101 9102 9103 9104 9105; do # the workers' /health
+for port in 9101 9102 9103 9104 9105 9106; do # the workers' /health
   for _ in $(seq 1 100); do curl -fs --max-time 2 "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.2; done
 done
 echo "==> every worker reports healthy:"
-for port in 9101 9102 9103 9104 9105; do printf '    :%s %s\n' "$port" "$(curl -s --max-time 2 "http://127.0.0.1:$port/health")"; done
+for port in 9101 9102 9103 9104 9105 9106; do printf '    :%s %s\n' "$port" "$(curl -s --max-time 2 "http://127.0.0.1:$port/health")"; done
 
 echo "==> publishing five parcels (the simulator moves each one event further per poll)"
 "$BIN/trackctl" publish --file - <<'JSON'
@@ -67,6 +70,11 @@ echo "==> publishing five parcels (the simulator moves each one event further pe
 {"order_id": "DEMO-1004", "tracking_code": "JT124720455BR", "customer": {"email": "davi@example.com", "locale": "pt-BR"}, "marketplace": {"name": "demo-shop", "order_id": "SHOP-4"}}
 {"order_id": "DEMO-1005", "tracking_code": "DU713842539BR", "customer": {"email": "eva@example.com", "name": "Eva", "locale": "es"}}
 JSON
+
+echo "==> each order's tracking page (what the emails' button opens; ?lang=pt-BR|es|en switches the language):"
+for order in DEMO-1001 DEMO-1002 DEMO-1003 DEMO-1004 DEMO-1005; do
+  printf '    %s  %s\n' "$order" "$("$BIN/tracking-api" page-link "$order")"
+done
 
 cat <<'TXT'
 

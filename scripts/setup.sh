@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (Debian packages) and starts what the tests and the demo need, when it is missing:
 # PostgreSQL, RabbitMQ, the OpenSSL headers the HTTP and SMTP clients link against, Node.js with maildev (a real
-# SMTP server with a web page), and the database role's password. Safe to run again: it only does what is missing.
+# SMTP server with a web page), Chromium (the tracking page's browser test drives it headless), and the database
+# role's password. Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,7 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
   $SUDO apt-get update -q

@@ -8,6 +8,7 @@
 //! | `GET /v1/orders/{order_id}/tracking` | the order's shipments with their events and status changes |
 //! | `GET /v1/carriers/health` | the carriers' states as the fetchers last reported them |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document (`crates/api/openapi.json`), without a token |
+//! | `GET /t/{token}` | the customer's tracking page (HTML, [`page`]), without a token: the signed `token` names the order |
 //!
 //! Every `/v1` call needs `Authorization: Bearer {API_TOKEN}`. Manual events go through the normalizer like a
 //! carrier's: stored once, deduplicated, decided by the status rules, emailed and relayed once. Nothing is
@@ -17,7 +18,9 @@ mod auth;
 pub mod body;
 mod error;
 mod handlers;
+pub mod locale;
 pub mod marketplaces;
+pub mod page;
 pub mod serve;
 pub mod tracking;
 
@@ -39,6 +42,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracking_domain::{OrderId, PageKey, PageLinks};
+use tracking_email::{Renderer, TemplateSettings};
 use tracking_runtime::amqp::{AmqpSettings, Publisher, watch_publisher};
 use tracking_runtime::boot;
 use tracking_runtime::ops::Health;
@@ -66,6 +71,12 @@ pub struct Settings {
     pub tracking: Bounds,
     /// `MARKETPLACES_FILE`: the names tracking requests may give in `marketplace.name`.
     pub marketplaces: KnownMarketplaces,
+    /// `TRACKING_PAGE_SECRET`: the key of the tracking page's tokens (the email publisher signs with the same one).
+    /// Without it the page is off: every `/t/{token}` answers the 404 page.
+    pub page_key: Option<PageKey>,
+    /// What the page shares with the emails: `STORE_NAME`, the carriers' links (`CORREIOS_TRACKING_URL`,
+    /// `JADLOG_TRACKING_URL`) and `CUSTOMER_TIME_ZONE`.
+    pub templates: TemplateSettings,
     pub amqp: AmqpSettings,
     pub db: DbSettings,
 }
@@ -93,6 +104,8 @@ impl Settings {
                 max_shipments: at_least_one("API_TRACKING_MAX_SHIPMENTS", 100)?,
             },
             marketplaces: KnownMarketplaces::from_env()?,
+            page_key: tracking_email::env::page_key()?,
+            templates: tracking_email::env::template_settings()?,
             amqp: AmqpSettings::from_env()?,
             db: tracking_store::env::db_settings(4)?,
         })
@@ -129,10 +142,16 @@ struct Inner {
     body_timeout: Duration,
     tracking: Bounds,
     marketplaces: KnownMarketplaces,
+    page: page::Page,
 }
 
 impl AppState {
-    pub fn new(settings: &Settings, pool: PgPool, publisher: Publisher) -> Self {
+    pub fn new(
+        settings: &Settings,
+        pool: PgPool,
+        publisher: Publisher,
+        renderer: Renderer,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 token_digest: auth::digest(settings.token.expose_secret()),
@@ -142,6 +161,7 @@ impl AppState {
                 body_timeout: settings.body_timeout,
                 tracking: settings.tracking,
                 marketplaces: settings.marketplaces.clone(),
+                page: page::Page::new(settings.page_key.clone(), renderer),
             }),
         }
     }
@@ -201,6 +221,7 @@ fn build() -> Routes {
     )
     .add("get", "/v1/carriers/health", handlers::carriers_health)
     .add("get", "/openapi.json", handlers::openapi)
+    .add("get", "/t/{token}", page::tracking_page)
 }
 
 /// Every `(method, path)` the router serves, methods in lower case and paths as in the OpenAPI document.
@@ -258,7 +279,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         Duration::from_secs(2),
         shutdown.clone(),
     ));
-    let state = AppState::new(&settings, pool.clone(), publisher.clone());
+    let renderer = Renderer::new(settings.templates.clone())?;
+    let state = AppState::new(&settings, pool.clone(), publisher.clone(), renderer);
     let bound = listener.local_addr()?;
     tracing::info!(%bound, body_limit = settings.body_limit,
         body_timeout_ms = settings.body_timeout.as_millis() as u64,
@@ -267,6 +289,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         tracking_max_events = settings.tracking.max_events,
         tracking_max_shipments = settings.tracking.max_shipments,
         marketplaces = settings.marketplaces.len(),
+        tracking_page = if settings.page_key.is_some() { "on" } else { "off (no TRACKING_PAGE_SECRET)" },
         "Serving the tracking API.");
     let server = serve::serve(listener, app(state), settings.limits, shutdown.clone());
     let grace = settings.amqp.shutdown_grace;
@@ -280,6 +303,24 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     publisher.close().await;
     pool.close().await;
     Ok(())
+}
+
+/// `tracking-api page-link ORDER_ID...`: each order's tracking page address, `{TRACKING_PAGE_URL}/t/{token}`, one a
+/// line (for support, and `make demo`). Needs `TRACKING_PAGE_URL` and `TRACKING_PAGE_SECRET`.
+pub fn page_links(order_ids: &[String]) -> Result<Vec<String>, SettingsError> {
+    let url = settings::required("TRACKING_PAGE_URL")?;
+    let key = tracking_email::env::page_key()?
+        .ok_or_else(|| SettingsError::new("TRACKING_PAGE_SECRET", "is required and not set"))?;
+    let links =
+        PageLinks::new(&url, key).map_err(|e| SettingsError::new("TRACKING_PAGE_URL", e))?;
+    order_ids
+        .iter()
+        .map(|id| {
+            OrderId::parse(id)
+                .map(|id| links.url(&id))
+                .map_err(|e| SettingsError::new("ORDER_ID", format!("{id:?} {e}")))
+        })
+        .collect()
 }
 
 #[cfg(test)]

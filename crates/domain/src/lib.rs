@@ -8,6 +8,7 @@
 //! - [`change`]: the status change published on `order.status`.
 //! - [`table`]: carrier event codes → canonical status, loaded from a data file.
 //! - [`rules`]: which status a shipment is in, given its events.
+//! - [`page_token`]: the signed token that names an order in the customer's tracking page link.
 //! - [`text`]: what text we refuse (people's) and what we clean (carriers'), on every path in.
 //!
 //! Nothing here does I/O; every type that crosses a queue is serde-serializable and
@@ -16,6 +17,7 @@
 pub mod change;
 pub mod code;
 pub mod event;
+pub mod page_token;
 pub mod request;
 pub mod rules;
 pub mod status;
@@ -25,6 +27,7 @@ pub mod text;
 pub use change::{ChangeEvent, StatusChange};
 pub use code::{Carrier, TrackingCode};
 pub use event::{CarrierEvent, CarrierUpdate, Location, Source};
+pub use page_token::{PageKey, PageLinks};
 pub use request::{
     Customer, EmailAddress, FieldError, InvalidRequest, Locale, MarketplaceRef, OrderId,
     TrackingRequest,

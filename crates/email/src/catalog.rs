@@ -1,4 +1,4 @@
-//! The per-locale catalog files (`templates/<locale>.toml`): the words of every email.
+//! The per-locale catalog files (`templates/<locale>.toml`): the words of every email and of the tracking page.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +17,10 @@ pub(crate) struct Catalog {
     pub reasons: HashMap<String, String>,
     /// Keyed by status name (`posted`, `out_for_delivery`, ...).
     pub status: BTreeMap<String, StatusTexts>,
+    /// Every status's name (the tracking page's current status and timeline), keyed by status name.
+    pub status_names: BTreeMap<String, String>,
+    /// The tracking page's words.
+    pub page: PageWords,
 }
 
 /// Templates shared by every email of a locale.
@@ -42,6 +46,29 @@ pub(crate) struct Labels {
     pub reason: String,
     pub track: String,
     pub track_button: String,
+}
+
+/// The tracking page's words: plain strings, with `{order}`, `{name}`, `{n}`, `{total}`, `{carrier}`, `{zone}`
+/// replaced where the page says so (see `page.rs`); handed to the page template as `t`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageWords {
+    pub title: String,
+    pub heading: String,
+    pub greeting: String,
+    pub greeting_anonymous: String,
+    pub package: String,
+    pub current_status: String,
+    pub history: String,
+    pub no_events: String,
+    pub manual: String,
+    pub carrier_link: String,
+    pub language: String,
+    pub times_in: String,
+    pub not_found_title: String,
+    pub not_found_text: String,
+    pub unavailable_title: String,
+    pub unavailable_text: String,
 }
 
 /// The templates for one status.

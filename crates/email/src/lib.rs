@@ -17,13 +17,23 @@
 //!   tells transient failures (4xx answers, connection, timeout, TLS, I/O: retry) from permanent ones
 //!   (5xx answers, an address SMTP cannot carry: park, with the server's answer in the message).
 //!
+//! - [`page`]: the customer's tracking page ([`Renderer::page`], [`OrderPage`]), served by `tracking-api` at
+//!   `GET /t/{token}`: the same engine, catalogs (`[status_names]`, `[page]`) and time zone, template
+//!   `templates/page.html` and style `templates/page.css`.
+//! - [`env`]: the settings emails and the page share (`STORE_NAME`, carrier links, `CUSTOMER_TIME_ZONE`,
+//!   `TRACKING_PAGE_URL`, `TRACKING_PAGE_SECRET`). With `TRACKING_PAGE_URL`, an email's main link is the order's
+//!   tracking page; without it, the carrier's.
+//!
 //! Times are shown in [`TemplateSettings::time_zone`], whatever offset the carrier reported them in.
 //! The rendered emails are pinned by snapshot tests (`tests/snapshots/`, rewritten with
 //! `UPDATE_SNAPSHOTS=1 cargo test -p tracking-email`).
 
 mod catalog;
+pub mod env;
 pub mod mailer;
+pub mod page;
 pub mod render;
 
 pub use mailer::{Mailer, MailerConfigError, MailerSettings, SendError};
+pub use page::{ErrorPage, OrderPage, PAGE_CSS, PageEvent, PageShipment, first_name};
 pub use render::{RenderError, RenderedEmail, Renderer, TemplateSettings};

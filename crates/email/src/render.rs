@@ -1,17 +1,19 @@
 //! Rendering a status change into a customer email: subject, plain text and HTML.
 
-use crate::catalog::{Catalog, Labels};
+use crate::catalog::{Catalog, Labels, PageWords};
 use chrono::{DateTime, FixedOffset};
 use chrono_tz::Tz;
 use minijinja::{Environment, UndefinedBehavior, Value, context};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use tracking_domain::{Carrier, Locale, Status, StatusChange};
+use tracking_domain::{Carrier, Locale, PageLinks, Status, StatusChange};
 
 /// The two layouts every email is poured into. The `.html` name turns on minijinja's HTML auto-escaping.
 const LAYOUT_HTML: (&str, &str) = ("layout.html", include_str!("../templates/layout.html"));
 const LAYOUT_TXT: (&str, &str) = ("layout.txt", include_str!("../templates/layout.txt"));
+/// The customer's tracking page (and its error pages): the same engine, auto-escaped like the HTML email.
+pub(crate) const PAGE_HTML: (&str, &str) = ("page.html", include_str!("../templates/page.html"));
 
 /// One catalog per locale: the words of every email, and the date formats.
 const CATALOGS: [(Locale, &str); 3] = [
@@ -31,6 +33,9 @@ pub struct TemplateSettings {
     /// The customer's time zone: carrier times are shown in it (they arrive with whatever offset the
     /// carrier used).
     pub time_zone: Tz,
+    /// `TRACKING_PAGE_URL` (with `TRACKING_PAGE_SECRET`): when set, every email's main link goes to the order's
+    /// tracking page (`{TRACKING_PAGE_URL}/t/{token}`) instead of the carrier's page.
+    pub tracking_page: Option<PageLinks>,
 }
 
 impl Default for TemplateSettings {
@@ -48,6 +53,7 @@ impl Default for TemplateSettings {
                 ),
             ]),
             time_zone: chrono_tz::America::Sao_Paulo,
+            tracking_page: None,
         }
     }
 }
@@ -87,17 +93,20 @@ pub enum RenderError {
 }
 
 /// The words and formats of one locale (the templates themselves live in the environment).
-struct LocaleData {
-    date_format: String,
-    datetime_format: String,
-    labels: Labels,
+pub(crate) struct LocaleData {
+    pub(crate) date_format: String,
+    pub(crate) datetime_format: String,
+    pub(crate) labels: Labels,
     reasons: HashMap<String, String>,
+    /// Every status's name, for the tracking page.
+    pub(crate) status_names: HashMap<Status, String>,
+    pub(crate) page: PageWords,
 }
 
 /// Renders status changes into emails. Build it once at start-up: templates are parsed and checked there.
 pub struct Renderer {
-    env: Environment<'static>,
-    settings: TemplateSettings,
+    pub(crate) env: Environment<'static>,
+    pub(crate) settings: TemplateSettings,
     locales: HashMap<Locale, LocaleData>,
 }
 
@@ -143,19 +152,19 @@ fn template_name(locale: Locale, part: &str) -> String {
 }
 
 /// The carrier's name as customers know it.
-fn carrier_name(carrier: Carrier) -> &'static str {
+pub(crate) fn carrier_name(carrier: Carrier) -> &'static str {
     match carrier {
         Carrier::Correios => "Correios",
         Carrier::Jadlog => "Jadlog",
     }
 }
 
-fn non_empty(s: Option<&str>) -> Option<&str> {
+pub(crate) fn non_empty(s: Option<&str>) -> Option<&str> {
     s.map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// Escapes a value for a double-quoted HTML attribute.
-fn escape_attribute(value: &str) -> String {
+pub(crate) fn escape_attribute(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -170,7 +179,7 @@ fn escape_attribute(value: &str) -> String {
     out
 }
 
-fn format_time(
+pub(crate) fn format_time(
     locale: Locale,
     at: &DateTime<FixedOffset>,
     tz: Tz,
@@ -203,7 +212,7 @@ impl Renderer {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_undefined_behavior(UndefinedBehavior::Strict);
-        for (name, source) in [LAYOUT_HTML, LAYOUT_TXT] {
+        for (name, source) in [LAYOUT_HTML, LAYOUT_TXT, PAGE_HTML] {
             env.add_template(name, source)
                 .map_err(|error| RenderError::Template {
                     name: name.into(),
@@ -253,6 +262,7 @@ impl Renderer {
                 env.add_template_owned(name.clone(), source)
                     .map_err(|error| RenderError::Template { name, error })?;
             }
+            let status_names = status_names(locale, catalog.status_names)?;
             locales.insert(
                 locale,
                 LocaleData {
@@ -260,6 +270,8 @@ impl Renderer {
                     datetime_format: catalog.datetime_format,
                     labels: catalog.labels,
                     reasons: catalog.reasons,
+                    status_names,
+                    page: catalog.page,
                 },
             );
         }
@@ -320,17 +332,24 @@ impl Renderer {
             reason,
             reason_text: reason
                 .map(|r| data.reasons.get(r).cloned().unwrap_or_else(|| r.to_owned())),
-            tracking_url: self
-                .settings
-                .tracking_urls
-                .get(&change.carrier)
-                .map(|pattern| pattern.replace("{code}", change.tracking_code.as_str())),
+            tracking_url: match &self.settings.tracking_page {
+                Some(page) => Some(page.url(&change.order_id)),
+                None => self.carrier_url(change.carrier, change.tracking_code.as_str()),
+            },
             t: &data.labels,
         };
         self.render_fields(locale, change.status, &fields).map(Some)
     }
 
-    fn locale(&self, locale: Locale) -> Result<&LocaleData, RenderError> {
+    /// The carrier's own page for a parcel, when the carrier has a pattern.
+    pub(crate) fn carrier_url(&self, carrier: Carrier, tracking_code: &str) -> Option<String> {
+        self.settings
+            .tracking_urls
+            .get(&carrier)
+            .map(|pattern| pattern.replace("{code}", tracking_code))
+    }
+
+    pub(crate) fn locale(&self, locale: Locale) -> Result<&LocaleData, RenderError> {
         self.locales
             .get(&locale)
             .ok_or_else(|| RenderError::Catalog {
@@ -339,7 +358,7 @@ impl Renderer {
             })
     }
 
-    fn render_template(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
+    pub(crate) fn render_template(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
         self.env
             .get_template(name)
             .and_then(|t| t.render(ctx))
@@ -442,8 +461,30 @@ impl Renderer {
                 &data.datetime_format,
             )?;
         }
-        Ok(())
+        self.check_pages()
     }
+}
+
+/// The catalog's status names, one for every status and none for anything else.
+fn status_names(
+    locale: Locale,
+    names: std::collections::BTreeMap<String, String>,
+) -> Result<HashMap<Status, String>, RenderError> {
+    let error = |message: String| RenderError::Catalog {
+        locale: locale.as_str(),
+        message,
+    };
+    let mut out = HashMap::new();
+    for (key, name) in names {
+        let status = key
+            .parse::<Status>()
+            .map_err(|_| error(format!("[status_names] {key} is not a status (a typo?)")))?;
+        out.insert(status, name);
+    }
+    if let Some(missing) = Status::ALL.into_iter().find(|s| !out.contains_key(s)) {
+        return Err(error(format!("[status_names] has no name for {missing}")));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

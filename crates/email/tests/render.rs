@@ -290,6 +290,7 @@ fn times_follow_the_configured_time_zone_and_links_the_configured_pattern() -> T
         )]
         .into(),
         time_zone: chrono_tz::Europe::Lisbon,
+        tracking_page: None,
     };
     let renderer = Renderer::new(settings)?;
     let email = renderer
@@ -352,4 +353,50 @@ fn render_errors_name_the_template() {
 fn the_renderer_can_be_shared_between_tasks() {
     fn shareable<T: Send + Sync + 'static>() {}
     shareable::<Renderer>();
+}
+
+#[test]
+fn with_a_tracking_page_every_email_links_the_order_page_instead_of_the_carrier() -> TestResult {
+    let key = tracking_domain::PageKey::new("a-secret-for-the-render-tests-0123456789")?;
+    let settings = TemplateSettings {
+        tracking_page: Some(tracking_domain::PageLinks::new(
+            "https://loja.example/rastreio/",
+            key.clone(),
+        )?),
+        ..TemplateSettings::default()
+    };
+    let renderer = Renderer::new(settings)?;
+    for status in NOTIFIED {
+        for locale in Locale::ALL {
+            // A Jadlog parcel without a carrier pattern gets the page link too.
+            for c in [change(status, locale), bare_change(status, locale)] {
+                let email = renderer.render(&c)?.unwrap();
+                let href = email
+                    .html
+                    .split("<a href=\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .ok_or("no button in the HTML part")?;
+                let token = href
+                    .strip_prefix("https://loja.example/rastreio/t/")
+                    .ok_or_else(|| format!("{status} {locale:?}: the button goes to {href}"))?;
+                assert_eq!(key.verify(token), Some(c.order_id.clone()));
+                assert!(email.text.contains(href), "{}", email.text);
+                assert!(!email.text.contains("correios.com.br"), "{}", email.text);
+                assert!(!email.html.contains("correios.com.br"));
+            }
+        }
+    }
+    // Without the setting, the button is the carrier's link (as the snapshots show).
+    let email = renderer_without_page()
+        .render(&change(Status::Delivered, Locale::En))?
+        .unwrap();
+    assert!(email.html.contains(
+        "<a href=\"https://rastreamento.correios.com.br/app/index.php?objeto=DL746686536BR\""
+    ));
+    Ok(())
+}
+
+fn renderer_without_page() -> Renderer {
+    renderer()
 }

@@ -13,7 +13,7 @@ use crate::trusted::{self, Trusted};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracking_domain::{Carrier, Status};
+use tracking_domain::Status;
 use tracking_email::{Mailer, MailerSettings, Renderer, TemplateSettings};
 use tracking_marketplaces::Marketplaces;
 use tracking_runtime::amqp::topology::EMAIL_QUEUE;
@@ -69,26 +69,8 @@ impl Settings {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let mut templates = TemplateSettings::default();
-        if let Some(name) = settings::var("STORE_NAME") {
-            templates.store_name = name;
-        }
-        for (carrier, name) in [
-            (Carrier::Correios, "CORREIOS_TRACKING_URL"),
-            (Carrier::Jadlog, "JADLOG_TRACKING_URL"),
-        ] {
-            if let Some(url) = settings::var(name) {
-                if !url.contains("{code}") {
-                    return Err(SettingsError::new(name, "must contain {code}"));
-                }
-                templates.tracking_urls.insert(carrier, url);
-            }
-        }
-        if let Some(tz) = settings::var("CUSTOMER_TIME_ZONE") {
-            templates.time_zone = tz.parse().map_err(|e: chrono_tz::ParseError| {
-                SettingsError::new("CUSTOMER_TIME_ZONE", e.to_string())
-            })?;
-        }
+        // STORE_NAME, the carriers' links, CUSTOMER_TIME_ZONE and TRACKING_PAGE_URL: shared with tracking-api's page.
+        let templates = tracking_email::env::template_settings()?;
         Ok(Self {
             db: boot::db_settings(DEFAULT_POOL)?,
             mailer: MailerSettings {

@@ -1,0 +1,52 @@
+//! The settings the emails and the tracking page share, from the environment: `email-publisher` and `tracking-api`
+//! read them the same way, so the page and the emails name the same store, carrier links and time zone, and sign
+//! the same page tokens.
+
+use crate::TemplateSettings;
+use tracking_domain::{Carrier, PageKey, PageLinks};
+use tracking_runtime::settings::{self, SettingsError};
+
+/// `TRACKING_PAGE_SECRET`: the key of the tracking page's tokens, at least 32 characters; `None` when unset.
+pub fn page_key() -> Result<Option<PageKey>, SettingsError> {
+    const NAME: &str = "TRACKING_PAGE_SECRET";
+    settings::var(NAME)
+        .map(|secret| PageKey::new(&secret).map_err(|e| SettingsError::new(NAME, e.to_string())))
+        .transpose()
+}
+
+/// `STORE_NAME`, `CORREIOS_TRACKING_URL`, `JADLOG_TRACKING_URL`, `CUSTOMER_TIME_ZONE`, and `TRACKING_PAGE_URL`
+/// (which needs `TRACKING_PAGE_SECRET`).
+pub fn template_settings() -> Result<TemplateSettings, SettingsError> {
+    let mut templates = TemplateSettings::default();
+    if let Some(name) = settings::var("STORE_NAME") {
+        templates.store_name = name;
+    }
+    for (carrier, name) in [
+        (Carrier::Correios, "CORREIOS_TRACKING_URL"),
+        (Carrier::Jadlog, "JADLOG_TRACKING_URL"),
+    ] {
+        if let Some(url) = settings::var(name) {
+            if !url.contains("{code}") {
+                return Err(SettingsError::new(name, "must contain {code}"));
+            }
+            templates.tracking_urls.insert(carrier, url);
+        }
+    }
+    if let Some(tz) = settings::var("CUSTOMER_TIME_ZONE") {
+        templates.time_zone = tz.parse().map_err(|e: chrono_tz::ParseError| {
+            SettingsError::new("CUSTOMER_TIME_ZONE", e.to_string())
+        })?;
+    }
+    if let Some(url) = settings::var("TRACKING_PAGE_URL") {
+        let key = page_key()?.ok_or_else(|| {
+            SettingsError::new(
+                "TRACKING_PAGE_SECRET",
+                "is required when TRACKING_PAGE_URL is set (it signs the page links in emails)",
+            )
+        })?;
+        templates.tracking_page = Some(
+            PageLinks::new(&url, key).map_err(|e| SettingsError::new("TRACKING_PAGE_URL", e))?,
+        );
+    }
+    Ok(templates)
+}
