@@ -30,7 +30,7 @@ fn env(name: &str) -> Option<String> {
 }
 
 /// The settings that hold secrets, and so may come from a file named by `{NAME}_FILE`.
-pub const SECRET_SETTINGS: [&str; 8] = [
+pub const SECRET_SETTINGS: [&str; 9] = [
     "AMQP_URL",
     "DATABASE_URL",
     "CORREIOS_USER",
@@ -39,6 +39,7 @@ pub const SECRET_SETTINGS: [&str; 8] = [
     "JADLOG_TOKEN",
     "SMTP_URL",
     "API_TOKEN",
+    "TRACKING_PAGE_SECRET",
 ];
 
 /// The variable's value, or for a secret setting the content of the file `{name}_FILE` names; `None` when
