@@ -352,7 +352,10 @@ mod tests {
                 })
                 .map(|(code, kind)| format!("{code} {kind}"))
                 .collect();
-            assert!(missing.is_empty(), "{carrier}: no description for {missing:?}");
+            assert!(
+                missing.is_empty(),
+                "{carrier}: no description for {missing:?}"
+            );
         }
         assert_eq!(
             t.table(Carrier::Correios).unwrap().description("OEC", "03"),
