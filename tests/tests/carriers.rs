@@ -447,6 +447,23 @@ async fn an_unrecognised_answer_and_sro_009_concern_their_code_alone_and_sro_009
         "an operator-facing reason: {reason:?}"
     );
 
+    let (unknown_next, not_trackable_next): (f64, f64) = sqlx::query_as(
+        "SELECT extract(epoch FROM (SELECT next_poll_at FROM shipments WHERE tracking_code = $1) - now())::float8, \
+                extract(epoch FROM (SELECT next_poll_at FROM shipments WHERE tracking_code = $2) - now())::float8",
+    )
+    .bind(&codes[1])
+    .bind(&codes[2])
+    .fetch_one(&env.pool)
+    .await?;
+    assert!(
+        unknown_next < 6.0 * 3600.0,
+        "the unrecognised code is polled as usual: {unknown_next}"
+    );
+    assert!(
+        not_trackable_next > 23.0 * 3600.0,
+        "not trackable: polled only at POLL_INTERVAL_MAX_SECS (24 h): {not_trackable_next}"
+    );
+
     let amqp = env.amqp().await?;
     assert_eq!(
         amqp.count("tracking.requests.dead").await?,

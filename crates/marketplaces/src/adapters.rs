@@ -177,8 +177,10 @@ impl Adapter for Vtex {
             "a vtex relay needs the order's invoice_number (VTEX tracks invoices)".to_owned()
         })?;
         let delivered = change.status == Status::Delivered;
-        // `deliveredDate` is required and nullable in VTEX's schema (UpdateTrackingStatusRequest): null until
-        // delivered, never left out.
+        // `deliveredDate` is required and nullable in VTEX's schema (Orders API, UpdateTrackingStatusRequest:
+        // required isDelivered, deliveredDate, events; deliveredDate nullable; as mirrored at
+        // raw.githubusercontent.com/api-evangelist/vtex/refs/heads/main/json-schema/vtex-updatetrackingstatusrequest-schema.json):
+        // null until delivered, never left out.
         let delivered_date = delivered.then(|| vtex_minute(&change.occurred_at));
         let payload = json!({
             "isDelivered": delivered,
