@@ -51,7 +51,9 @@ pub fn assert_publishable(carrier: tracking_domain::Carrier, answers: &tracking_
                 events,
                 estimated_delivery,
             } => (events.clone(), *estimated_delivery, None),
-            ObjectResult::NotYet { message } => (Vec::new(), None, Some(message.clone())),
+            ObjectResult::NotYet { message }
+            | ObjectResult::NotTrackable { message }
+            | ObjectResult::Unrecognised { message } => (Vec::new(), None, Some(message.clone())),
             ObjectResult::Refused { .. } => continue,
         };
         let update = CarrierUpdate {

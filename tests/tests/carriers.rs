@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
-use tracking_sim::correios::{CorreiosSim, Journey, Script, SimConfig, SimEvent};
+use tracking_sim::correios::{CorreiosSim, Journey, SRO_009, Script, SimConfig, SimEvent};
 use tracking_sim::jadlog::{JadlogSim, delivered_journey};
 use tracking_tests::{TestEnv, Worker, correios_env, eventually, request, s10};
 
@@ -369,5 +369,165 @@ async fn jadlog_parcels_travel_through_the_same_fetcher() -> anyhow::Result<()> 
     let (_, health) = fetcher.health().await?;
     assert_eq!(health["carriers"]["jadlog"]["state"], "ok", "{health}");
     assert_eq!(sim.batch_sizes(), vec![1]);
+    Ok(())
+}
+
+/// Issue 13 part 2, points 2 and 4: in one call of three codes, one answer we do not recognise and one `SRO-009`
+/// concern their own code only; the third is delivered as usual. The SRO-009 shipment is recorded as not
+/// trackable with this account (the table, the tracking API, `trackctl shipment show`, a metric, a log line for
+/// operators) instead of parking its request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrecognised_answer_and_sro_009_concern_their_code_alone_and_sro_009_is_recorded_not_trackable()
+-> anyhow::Result<()> {
+    let env = env().await?;
+    let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+    let codes: Vec<String> = (0..3).map(|n| s10("NT", n)).collect();
+    sim.script(
+        &codes[0],
+        Script::Journey(Journey::delivered().all_at_once()),
+    );
+    sim.script(
+        &codes[1],
+        Script::MessageAndNoEvents("SRO-042: Mensagem que nenhum cliente conhece.".into()),
+    );
+    sim.script(&codes[2], Script::Message(SRO_009.into()));
+    let normalizer = start(&env, "normalizer", &[]).await?;
+    let fetcher = start(
+        &env,
+        "fetcher",
+        &with(correios_env(&sim), &[("FETCH_LINGER_MS", "500")]),
+    )
+    .await?;
+    let api_addr = tracking_tests::free_addr();
+    let _api = start(
+        &env,
+        "tracking-api",
+        &[
+            ("HTTP_ADDR", api_addr.to_string()),
+            ("API_TOKEN", "carriers-test-token".into()),
+        ],
+    )
+    .await?;
+    publish_requests(&env, &codes).await?;
+
+    let rows: Vec<(String, String, Option<String>, Option<String>)> =
+        eventually(Duration::from_secs(30), "three shipments recorded", || async {
+            let rows: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT tracking_code, status, carrier_message, not_trackable_reason FROM shipments ORDER BY tracking_code",
+            )
+            .fetch_all(&env.pool)
+            .await?;
+            Ok((rows.len() == 3 && rows[0].1 == "delivered").then_some(rows))
+        })
+        .await?;
+    assert_eq!(
+        sim.batch_sizes(),
+        vec![3],
+        "one call for the three codes, answered at once"
+    );
+    assert_eq!(rows[0].0, codes[0]);
+    assert_eq!(
+        rows[0].1, "delivered",
+        "the other codes of the call went on"
+    );
+    assert_eq!(rows[0].3, None);
+    assert_eq!(rows[1].1, "registered", "kept, to be polled again");
+    assert!(
+        rows[1]
+            .2
+            .as_deref()
+            .is_some_and(|m| m.starts_with("SRO-042")),
+        "{rows:?}"
+    );
+    assert_eq!(rows[1].3, None);
+    assert_eq!(rows[2].1, "registered");
+    let reason = rows[2].3.clone().unwrap_or_default();
+    assert!(
+        reason.contains("SRO-009") && reason.contains("shipping platform"),
+        "an operator-facing reason: {reason:?}"
+    );
+
+    let (unknown_next, not_trackable_next): (f64, f64) = sqlx::query_as(
+        "SELECT extract(epoch FROM (SELECT next_poll_at FROM shipments WHERE tracking_code = $1) - now())::float8, \
+                extract(epoch FROM (SELECT next_poll_at FROM shipments WHERE tracking_code = $2) - now())::float8",
+    )
+    .bind(&codes[1])
+    .bind(&codes[2])
+    .fetch_one(&env.pool)
+    .await?;
+    assert!(
+        unknown_next < 6.0 * 3600.0,
+        "the unrecognised code is polled as usual: {unknown_next}"
+    );
+    assert!(
+        not_trackable_next > 23.0 * 3600.0,
+        "not trackable: polled only at POLL_INTERVAL_MAX_SECS (24 h): {not_trackable_next}"
+    );
+
+    let amqp = env.amqp().await?;
+    assert_eq!(
+        amqp.count("tracking.requests.dead").await?,
+        0,
+        "nothing parked"
+    );
+    let (_, health) = fetcher.health().await?;
+    assert_eq!(health["carriers"]["correios"]["state"], "ok", "{health}");
+    let fetched = fetcher.metrics().await?;
+    assert_eq!(
+        metric(&fetched, "carrier_unrecognised_answers_total{"),
+        1.0,
+        "{fetched}"
+    );
+    assert!(fetcher.log_text().contains("do not recognise"));
+    let normalized = normalizer.metrics().await?;
+    assert_eq!(
+        metric(&normalized, "shipments_not_trackable_total{"),
+        1.0,
+        "{normalized}"
+    );
+    assert!(
+        normalizer
+            .log_text()
+            .contains("not trackable with this carrier account")
+    );
+
+    let tracking: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{api_addr}/v1/orders/o-2/tracking"))
+        .bearer_auth("carriers-test-token")
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let shown = &tracking["shipments"][0];
+    assert_eq!(shown["tracking_code"], codes[2].as_str(), "{tracking}");
+    assert_eq!(
+        shown["not_trackable"]["reason"],
+        reason.as_str(),
+        "{tracking}"
+    );
+    assert!(shown["not_trackable"]["since"].is_string(), "{tracking}");
+    let delivered: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{api_addr}/v1/orders/o-0/tracking"))
+        .bearer_auth("carriers-test-token")
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(
+        delivered["shipments"][0]["not_trackable"].is_null(),
+        "{delivered}"
+    );
+
+    let out = std::process::Command::new(tracking_tests::bin_dir().join("trackctl"))
+        .args(["shipment", "show", &codes[2]])
+        .envs(env.worker_env())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("NOT TRACKABLE with this account") && text.contains("SRO-009"),
+        "{text}"
+    );
     Ok(())
 }

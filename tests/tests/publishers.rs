@@ -400,7 +400,7 @@ async fn vtex_and_mercado_livre_get_their_own_request_shapes() -> anyhow::Result
     let event = json!({"city": "CAMPINAS", "state": "SP", "description": "Objeto entregue ao destinatário", "date": "2026-11-23"});
     assert_eq!(
         calls[0].json,
-        Some(json!({"isDelivered": false, "events": [event]}))
+        Some(json!({"isDelivered": false, "deliveredDate": null, "events": [event]}))
     );
     assert_eq!(
         calls[1].json,

@@ -371,6 +371,10 @@ pub async fn order_tracking(
                 "status_at": s.status_at,
                 "estimated_delivery": s.estimated_delivery,
                 "carrier_message": h.carrier_message,
+                "not_trackable": s.not_trackable_reason.as_ref().map(|reason| json!({
+                    "reason": reason,
+                    "since": s.not_trackable_at,
+                })),
                 "finished_at": s.finished_at,
                 "events": events,
                 "events_total": history_events.total,

@@ -2,8 +2,12 @@
 //!
 //! - Token: `POST /token/v1/autentica` (Basic `user:access-code`), or `/token/v1/autentica/cartaopostagem` with the
 //!   postage card when one is configured. Cached and refreshed five minutes before `expiraEm` (read with `zoneOffset`).
-//!   A 401/403 on a tracking call (`GTW-008`) drops the token, refreshes once and retries once; a second refusal,
-//!   or a 401/403 from the token endpoint itself, is [`FetchError::Auth`].
+//!   A 401/403 on a tracking call, or `GTW-008` with any status (401, 403 or 400 are seen), drops the token,
+//!   refreshes once and retries once; a second refusal, or a 401/403 from the token endpoint itself, is
+//!   [`FetchError::Auth`].
+//! - Per-object answers concern their object alone: `SRO-020` not yet, `SRO-019` refused, `SRO-009` not trackable
+//!   with this contract, anything else (or a message with an empty `eventos`) [`ObjectResult::Unrecognised`].
+//!   `tipo` is read as a string or a number.
 //! - Tracking: `GET /srorastro/v1/objetos?codigosObjetos=A&codigosObjetos=B&resultado=T` with `Accept-Language: pt-BR`;
 //!   results are matched by `codObjeto` (the API guarantees no order).
 //! - Event times come without an offset: they are read in the configured time zone (America/Sao_Paulo).
@@ -101,6 +105,7 @@ struct Objeto {
 #[serde(rename_all = "camelCase")]
 struct Evento {
     codigo: String,
+    #[serde(default, deserialize_with = "tipo")]
     tipo: Option<String>,
     dt_hr_criado: String,
     descricao: String,
@@ -119,6 +124,38 @@ struct Unidade {
 struct Endereco {
     cidade: Option<String>,
     uf: Option<String>,
+}
+
+/// `tipo` as API Rastro documents it (`"01"`), or as a number (`1`, seen from some gateways): both give `"01"`.
+fn tipo<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(n) => Ok(Some(format!("{n:02}"))),
+            None => Err(serde::de::Error::custom(format!(
+                "tipo {n} is not a whole number"
+            ))),
+        },
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "tipo {other} is neither a string nor a number"
+        ))),
+    }
+}
+
+/// What a per-object `mensagem` means. Only SRO-019 refuses a code; anything we do not know concerns that
+/// object alone.
+fn per_object(message: String) -> ObjectResult {
+    let message = tracking_domain::text::clean(&message, tracking_domain::text::LONG);
+    if message.starts_with("SRO-020") {
+        ObjectResult::NotYet { message }
+    } else if message.starts_with("SRO-019") {
+        ObjectResult::Refused { message }
+    } else if message.starts_with("SRO-009") {
+        ObjectResult::NotTrackable { message }
+    } else {
+        ObjectResult::Unrecognised { message }
+    }
 }
 
 impl CorreiosClient {
@@ -256,7 +293,18 @@ impl CorreiosClient {
             .send()
             .await
             .map_err(transport)?;
-        let text = read_answer(resp, "tracking call", self.settings.max_body).await?;
+        let status = resp.status();
+        let text = match read_answer(resp, "tracking call", self.settings.max_body).await {
+            // GTW-008 (the token is not valid here) comes with 401, 403 or 400: whatever the status, it is a
+            // refused token, which `track_refreshing` refreshes once.
+            Err(FetchError::Malformed { body, .. }) if body.contains("GTW-008") => {
+                return Err(FetchError::Auth(format!(
+                    "tracking call answered {status}: {}",
+                    crate::snippet(&body)
+                )));
+            }
+            other => other?,
+        };
         self.parse_tracking(codes, &text)
     }
 
@@ -285,6 +333,8 @@ impl CorreiosClient {
                 )));
             };
             let result = match (obj.eventos, obj.mensagem) {
+                // A message with an empty `eventos` is the message's answer.
+                (Some(eventos), Some(message)) if eventos.is_empty() => per_object(message),
                 (Some(eventos), _) => {
                     let mut events = Vec::with_capacity(eventos.len());
                     for raw_ev in eventos {
@@ -302,24 +352,10 @@ impl CorreiosClient {
                         estimated_delivery,
                     }
                 }
-                (None, Some(message)) => {
-                    let message =
-                        tracking_domain::text::clean(&message, tracking_domain::text::LONG);
-                    if message.starts_with("SRO-020") {
-                        ObjectResult::NotYet { message }
-                    } else if message.starts_with("SRO-019") || message.starts_with("SRO-009") {
-                        ObjectResult::Refused { message }
-                    } else {
-                        return Err(malformed(format!(
-                            "{code}: unknown per-object message {message:?}"
-                        )));
-                    }
-                }
-                (None, None) => {
-                    return Err(malformed(format!(
-                        "{code}: object with neither eventos nor mensagem"
-                    )));
-                }
+                (None, Some(message)) => per_object(message),
+                (None, None) => ObjectResult::Unrecognised {
+                    message: "an object with neither eventos nor mensagem".into(),
+                },
             };
             out.insert(code, result);
         }

@@ -2,8 +2,9 @@
 //!
 //! - `POST {base}/embarcador/api/tracking/consultar` with `Authorization: Bearer {JADLOG_TOKEN}` (a static token
 //!   issued by Jadlog) and `{"consulta": [{"codigo": "..."}, ...]}`, one entry per code.
-//! - Each answer entry is matched by `codigo`; an entry with `erro` "Nenhum registro encontrado" is a code Jadlog
-//!   does not know yet (kept and polled, like Correios' SRO-020); another `erro` refuses the code.
+//! - Each answer entry is matched by `codigo`; an entry with an error object (under `erro` or `error`) saying
+//!   "Nenhum registro encontrado" or "não localizado" is a code Jadlog does not know yet (kept and polled, like
+//!   Correios' SRO-020); another error refuses the code.
 //! - Events (`data`, `status`, `unidade`) come oldest first, times without offset (read in `CARRIER_TIME_ZONE`);
 //!   the status word is the event code the event table maps (`crates/domain/data/jadlog.toml`).
 
@@ -67,6 +68,8 @@ struct Entry {
     codigo: String,
     previsao_entrega: Option<String>,
     tracking: Option<Tracking>,
+    /// Jadlog answers `erro`; some of its endpoints and versions answer `error`.
+    #[serde(alias = "error")]
     erro: Option<Erro>,
 }
 
@@ -85,6 +88,13 @@ struct Evento {
     data: String,
     status: String,
     unidade: Option<String>,
+}
+
+/// Whether Jadlog's error means "not in our system yet": `Nenhum registro encontrado`, `Não localizado` or
+/// `Nao localizado` (any case).
+fn not_yet(descricao: &str) -> bool {
+    let d = descricao.to_lowercase();
+    d.contains("nenhum registro") || d.contains("não localizado") || d.contains("nao localizado")
 }
 
 impl JadlogClient {
@@ -178,19 +188,15 @@ impl JadlogClient {
                         estimated_delivery,
                     }
                 }
-                (None, Some(erro)) if erro.descricao.contains("Nenhum registro") => {
-                    ObjectResult::NotYet {
-                        message: erro.descricao,
-                    }
-                }
+                (None, Some(erro)) if not_yet(&erro.descricao) => ObjectResult::NotYet {
+                    message: erro.descricao,
+                },
                 (None, Some(erro)) => ObjectResult::Refused {
                     message: erro.descricao,
                 },
-                (None, None) => {
-                    return Err(malformed(format!(
-                        "{code}: entry with neither tracking nor erro"
-                    )));
-                }
+                (None, None) => ObjectResult::Unrecognised {
+                    message: "an entry with neither tracking nor erro".into(),
+                },
             };
             out.insert(code.clone(), result);
         }

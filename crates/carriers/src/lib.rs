@@ -33,8 +33,29 @@ pub enum ObjectResult {
     },
     /// Not in the carrier's system yet (Correios SRO-020: normal for hours after the label is issued). Keep polling.
     NotYet { message: String },
-    /// The carrier refuses this code for good (Correios SRO-019 invalid, SRO-009 another contract's). Park the request.
+    /// The carrier refuses this code for good (Correios SRO-019 invalid). Park the request.
     Refused { message: String },
+    /// The code is real but this account may not track it (Correios SRO-009: the label was bought under another
+    /// contract, as with labels from third-party shipping platforms). The shipment is recorded as not trackable
+    /// with this account, with an operator-facing reason ([`not_trackable_reason`]).
+    NotTrackable { message: String },
+    /// A per-object answer we do not recognise (an unknown message, an object with neither events nor message).
+    /// It concerns this object alone: it is kept and polled again, counted and logged, and never fails the call
+    /// for the other codes.
+    Unrecognised { message: String },
+}
+
+/// The operator-facing reason a shipment is not trackable with our account, when `message` (a carrier's
+/// per-object message as carried in a carrier update) says so: Correios `SRO-009`, "object not in our contract".
+pub fn not_trackable_reason(carrier: Carrier, message: &str) -> Option<String> {
+    match carrier {
+        Carrier::Correios if message.trim_start().starts_with("SRO-009") => Some(format!(
+            "{carrier} does not let this account track it ({}): the label was bought under another contract, \
+             typically through a third-party shipping platform; track it with the account that bought the label",
+            message.trim()
+        )),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

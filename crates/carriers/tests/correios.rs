@@ -7,7 +7,7 @@ use std::time::Instant;
 use tracking_carriers::correios::{CorreiosClient, CorreiosSettings};
 use tracking_carriers::{CallRetry, FetchError, ObjectResult};
 use tracking_domain::TrackingCode;
-use tracking_sim::correios::{CorreiosSim, Fault, Journey, Script, SimConfig};
+use tracking_sim::correios::{CorreiosSim, Fault, Journey, SRO_009, Script, SimConfig};
 
 fn settings(sim: &CorreiosSim, access_code: &str, card: Option<&str>) -> CorreiosSettings {
     CorreiosSettings {
@@ -307,5 +307,105 @@ async fn the_simulator_rejects_an_accept_language_the_real_api_does_not_take() -
         .send()
         .await?;
     assert_eq!(ok.status(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn per_object_answers_concern_their_object_alone_and_never_fail_the_call()
+-> anyhow::Result<()> {
+    let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+    sim.script(
+        "DL746686536BR",
+        Script::Journey(Journey::delivered().all_at_once()),
+    );
+    sim.script(
+        "PG747937788BR",
+        Script::Message("SRO-042: Mensagem que nenhum cliente conhece.".into()),
+    );
+    sim.script(
+        "SW091892778BR",
+        Script::MessageAndNoEvents(
+            "SRO-020: Objeto não encontrado na base de dados dos Correios.".into(),
+        ),
+    );
+    sim.script("JT124720455BR", Script::Message(SRO_009.into()));
+    sim.script("DU713842539BR", Script::MessageAndNoEvents(SRO_009.into()));
+    let client = CorreiosClient::new(settings(&sim, "sim-code", None))?;
+    let codes = [
+        code("DL746686536BR"),
+        code("PG747937788BR"),
+        code("SW091892778BR"),
+        code("JT124720455BR"),
+        code("DU713842539BR"),
+    ];
+    let answers = client.track(&codes).await?;
+    assert!(matches!(&answers[&codes[0]], ObjectResult::Found { events, .. } if events.len() == 4));
+    assert!(
+        matches!(&answers[&codes[1]], ObjectResult::Unrecognised { message } if message.starts_with("SRO-042")),
+        "{:?}",
+        answers[&codes[1]]
+    );
+    assert!(
+        matches!(&answers[&codes[2]], ObjectResult::NotYet { message } if message.starts_with("SRO-020")),
+        "a message with an empty eventos is the message's answer: {:?}",
+        answers[&codes[2]]
+    );
+    for c in &codes[3..] {
+        assert!(
+            matches!(&answers[c], ObjectResult::NotTrackable { message } if message.starts_with("SRO-009")),
+            "{:?}",
+            answers[c]
+        );
+    }
+    assert_eq!(sim.batch_sizes(), vec![5], "one call answered all five");
+    Ok(())
+}
+
+#[tokio::test]
+async fn tipo_is_read_as_a_string_or_a_number() -> anyhow::Result<()> {
+    let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+    sim.script(
+        "DL746686536BR",
+        Script::Journey(Journey::delivered().all_at_once()),
+    );
+    sim.numeric_tipo(true);
+    let client = CorreiosClient::new(settings(&sim, "sim-code", None))?;
+    let answers = client.track(&[code("DL746686536BR")]).await?;
+    match &answers[&code("DL746686536BR")] {
+        ObjectResult::Found { events, .. } => {
+            assert!(
+                events.iter().all(|e| e.kind.as_deref() == Some("01")),
+                "{events:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn gtw_008_refreshes_the_token_whatever_http_status_it_comes_with() -> anyhow::Result<()> {
+    for status in [401, 403, 400] {
+        let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+        sim.script(
+            "DL746686536BR",
+            Script::Journey(Journey::delivered().all_at_once()),
+        );
+        sim.refuse_tokens_with(status);
+        let client = CorreiosClient::new(settings(&sim, "sim-code", None))?;
+        client.track(&[code("DL746686536BR")]).await?;
+        sim.expire_tokens();
+        let answers = client.track(&[code("DL746686536BR")]).await;
+        assert!(
+            answers.is_ok(),
+            "GTW-008 with {status}: {:?}",
+            answers.err()
+        );
+        assert_eq!(
+            sim.token_requests(),
+            2,
+            "GTW-008 with {status} refreshed the token once"
+        );
+    }
     Ok(())
 }

@@ -62,3 +62,41 @@ async fn codes_are_matched_events_read_in_brazil_time_and_unknown_codes_kept() -
     ));
     Ok(())
 }
+
+#[tokio::test]
+async fn the_error_object_is_read_under_erro_or_error_and_not_located_means_not_yet()
+-> anyhow::Result<()> {
+    let sim = JadlogSim::start("jadlog-token", "127.0.0.1:0".parse()?).await?;
+    sim.script("10084500001234", delivered_journey());
+    sim.script_error("10084500001111", "error", "Nao localizado");
+    sim.script_error("10084500002222", "erro", "Não localizado");
+    sim.script_error("10084500003333", "error", "Nenhum registro encontrado");
+    sim.script_error(
+        "10084500004444",
+        "error",
+        "Consulta não autorizada para este CNPJ",
+    );
+    let client = JadlogClient::new(settings(&sim, "jadlog-token"))?;
+    let codes = [
+        code("10084500001234"),
+        code("10084500001111"),
+        code("10084500002222"),
+        code("10084500003333"),
+        code("10084500004444"),
+    ];
+    let answers = client.track(&codes).await?;
+    assert!(matches!(&answers[&codes[0]], ObjectResult::Found { events, .. } if events.len() == 4));
+    for c in &codes[1..4] {
+        assert!(
+            matches!(&answers[c], ObjectResult::NotYet { .. }),
+            "{c}: {:?}",
+            answers[c]
+        );
+    }
+    assert!(
+        matches!(&answers[&codes[4]], ObjectResult::Refused { message } if message.contains("não autorizada")),
+        "{:?}",
+        answers[&codes[4]]
+    );
+    Ok(())
+}

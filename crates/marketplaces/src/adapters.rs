@@ -177,8 +177,14 @@ impl Adapter for Vtex {
             "a vtex relay needs the order's invoice_number (VTEX tracks invoices)".to_owned()
         })?;
         let delivered = change.status == Status::Delivered;
-        let mut payload = json!({
+        // `deliveredDate` is required and nullable in VTEX's schema (Orders API, UpdateTrackingStatusRequest:
+        // required isDelivered, deliveredDate, events; deliveredDate nullable; as mirrored at
+        // raw.githubusercontent.com/api-evangelist/vtex/refs/heads/main/json-schema/vtex-updatetrackingstatusrequest-schema.json):
+        // null until delivered, never left out.
+        let delivered_date = delivered.then(|| vtex_minute(&change.occurred_at));
+        let payload = json!({
             "isDelivered": delivered,
+            "deliveredDate": delivered_date,
             "events": [{
                 "city": change.event.location.city.clone().unwrap_or_default(),
                 "state": change.event.location.state.clone().unwrap_or_default(),
@@ -186,9 +192,6 @@ impl Adapter for Vtex {
                 "date": change.occurred_at.format("%Y-%m-%d").to_string(),
             }],
         });
-        if delivered {
-            payload["deliveredDate"] = vtex_minute(&change.occurred_at).into();
-        }
         Ok(Plan::Calls(vec![Call {
             step: "tracking",
             once: Once::PerChange,
@@ -225,6 +228,47 @@ pub struct MercadoLivre {
     /// Sent with the tracking number when set.
     #[serde(default)]
     pub service_id: Option<i64>,
+    /// What a seller notification carries (`notifications = "status"` or `"with_tracking"`).
+    #[serde(default)]
+    pub notifications: MeliNotifications,
+    /// The parcel's public tracking page, `{tracking_code}` standing for the code (for example
+    /// `https://rastreamento.correios.com.br/app/index.php?objetos={tracking_code}`): required by
+    /// `notifications = "with_tracking"`.
+    #[serde(default)]
+    pub tracking_url: Option<String>,
+}
+
+/// The seller notification's shape. Mercado Livre's ME1 page documents two: the first sends `status` and
+/// `substatus` alone (the tracking number having been set by `PUT /shipments/{id}`); the current one
+/// (developers.mercadolibre.com.ar/en_us/me1-order-states, updated 2023-04-13) also wants `tracking_number` and
+/// `tracking_url` together, and a `payload` with `service_id`, a `comment` and the event's `date`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeliNotifications {
+    /// `{"status", "substatus"}`.
+    #[default]
+    Status,
+    /// `{"status", "substatus", "tracking_number", "tracking_url", "payload": {"service_id", "comment", "date"}}`.
+    WithTracking,
+}
+
+impl MercadoLivre {
+    /// Refuses settings that could only fail later: `with_tracking` without a `tracking_url` naming the code.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.notifications, self.tracking_url.as_deref()) {
+            (MeliNotifications::WithTracking, None) => Err(
+                "notifications = \"with_tracking\" needs tracking_url (with {tracking_code} in it)"
+                    .into(),
+            ),
+            (_, Some(url))
+                if !(url.starts_with("https://") || url.starts_with("http://"))
+                    || !url.contains("{tracking_code}") =>
+            {
+                Err("tracking_url must be an http(s) URL with {tracking_code} in it".into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Mercado Livre's (status, substatus) for a change, or `None` when it has none.
@@ -245,6 +289,36 @@ pub fn meli_status(change: &StatusChange) -> Option<(&'static str, Option<&'stat
         | Status::Exception
         | Status::Registered
         | Status::Expired => None,
+    }
+}
+
+impl MercadoLivre {
+    fn notification(
+        &self,
+        change: &StatusChange,
+        status: &str,
+        substatus: Option<&str>,
+    ) -> Result<serde_json::Value, Refusal> {
+        let mut body = json!({ "status": status, "substatus": substatus });
+        if self.notifications == MeliNotifications::WithTracking {
+            let template = self
+                .tracking_url
+                .as_deref()
+                .ok_or_else(|| "notifications = \"with_tracking\" needs tracking_url".to_owned())?;
+            body["tracking_number"] = change.tracking_code.as_str().into();
+            body["tracking_url"] = template
+                .replace("{tracking_code}", &segment(change.tracking_code.as_str()))
+                .into();
+            let mut payload = json!({
+                "comment": change.event.description.chars().take(500).collect::<String>(),
+                "date": change.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            });
+            if let Some(id) = self.service_id {
+                payload["service_id"] = id.into();
+            }
+            body["payload"] = payload;
+        }
+        Ok(body)
     }
 }
 
@@ -286,7 +360,8 @@ impl Adapter for MercadoLivre {
                     &format!("/shipments/{shipment}/seller_notifications"),
                 ),
                 headers,
-                body: json!({ "status": status, "substatus": substatus })
+                body: self
+                    .notification(change, status, substatus)?
                     .to_string()
                     .into_bytes(),
             },
@@ -350,7 +425,7 @@ mod tests {
         );
         let body: Value = serde_json::from_slice(&c[0].body).unwrap();
         assert_eq!(body["isDelivered"], false);
-        assert!(body.get("deliveredDate").is_none());
+        assert_eq!(body.get("deliveredDate"), Some(&Value::Null));
         let mut no_invoice = change(Status::InTransit, Status::Posted);
         no_invoice.invoice_number = None;
         assert!(

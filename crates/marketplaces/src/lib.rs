@@ -115,6 +115,10 @@ impl Marketplaces {
                     m.name
                 ));
             }
+            if let Kind::Mercadolivre(meli) = &m.kind {
+                meli.validate()
+                    .map_err(|e| format!("marketplace {:?}: {e}", m.name))?;
+            }
             if !(RATE_PER_SECOND).contains(&m.rate_per_second) {
                 return Err(format!(
                     "marketplace {:?}: rate_per_second must be a number from {} to {}",

@@ -2,7 +2,8 @@
 //! shaped like the real API (see `shared/carriers/correios.md`).
 //!
 //! Objects follow a [`Script`]: a [`Journey`] reveals `reveal_per_poll` more events on every tracking call that
-//! asks for the code; `NotFound` answers `SRO-020` forever; `Invalid` answers `SRO-019`. Unscripted codes answer
+//! asks for the code; `NotFound` answers `SRO-020` forever; `Invalid` answers `SRO-019`; `Message` any per-object
+//! message (such as [`SRO_009`]), alone or with an empty `eventos`. Unscripted codes answer
 //! `SRO-020`, or with [`SimConfig::auto_journey`] get [`Journey::delivered`] on their first poll.
 
 use std::collections::HashMap;
@@ -217,7 +218,14 @@ pub enum Script {
     NotFound,
     /// `SRO-019`.
     Invalid,
+    /// This per-object `mensagem` and no `eventos` (say `SRO-009`, or a message no client knows).
+    Message(String),
+    /// This `mensagem` together with an empty `eventos` array (seen from API Rastro).
+    MessageAndNoEvents(String),
 }
+
+/// `SRO-009`: the object does not belong to the contract of the token (labels bought through a shipping platform).
+pub const SRO_009: &str = "SRO-009: Objeto não pertence ao contrato do cliente.";
 
 struct Object {
     script: Script,
@@ -239,6 +247,10 @@ struct Book {
     token_quirk: Option<TokenQuirk>,
     /// Every token issued, in order.
     issued: Vec<String>,
+    /// Events' `tipo` sent as a JSON number (`1`) instead of a string (`"01"`).
+    numeric_tipo: bool,
+    /// The HTTP status that answers `GTW-008` to an invalid token (401 unless set: 403 and 400 are seen too).
+    refusal_status: Option<u16>,
 }
 
 struct Shared {
@@ -351,6 +363,17 @@ impl CorreiosSim {
     /// Every token issued so far, oldest first (whatever shape it was sent in).
     pub fn issued_tokens(&self) -> Vec<String> {
         self.shared.book().issued.clone()
+    }
+
+    /// From now on events carry `tipo` as a number (`1`) rather than a string (`"01"`), or back.
+    pub fn numeric_tipo(&self, on: bool) {
+        self.shared.book().numeric_tipo = on;
+    }
+
+    /// From now on an invalid token is answered `GTW-008` with this HTTP status (API Rastro's gateway has been
+    /// seen sending 401, 403 and 400 with it).
+    pub fn refuse_tokens_with(&self, status: u16) {
+        self.shared.book().refusal_status = Some(status);
     }
 
     /// Invalidates every token issued so far (they answer `GTW-008`); new tokens work.
@@ -676,7 +699,12 @@ async fn track(
             .is_some_and(|expiry| now < *expiry)
     });
     if !token_ok {
-        return answer(StatusCode::UNAUTHORIZED, GTW_008);
+        let status = shared
+            .book()
+            .refusal_status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::UNAUTHORIZED);
+        return answer(status, GTW_008);
     }
 
     let language = headers
@@ -763,9 +791,23 @@ async fn track(
         let mut book = shared.book();
         book.batches.push(codes.len());
         let drift = book.drift.clone();
+        let numeric_tipo = book.numeric_tipo;
         // The real API guarantees no order; answering in reverse keeps clients honest.
         for code in codes.iter().rev() {
             let (mut object, what) = poll(&mut book, &shared.config, code, resultado);
+            if numeric_tipo
+                && let Some(events) = object.get_mut("eventos").and_then(Value::as_array_mut)
+            {
+                for ev in events.iter_mut().filter_map(Value::as_object_mut) {
+                    let number = ev
+                        .get("tipo")
+                        .and_then(Value::as_str)
+                        .and_then(|t| t.parse::<u64>().ok());
+                    if let Some(n) = number {
+                        ev.insert("tipo".to_string(), json!(n));
+                    }
+                }
+            }
             if let (Some((from, to)), Some(events)) = (
                 &drift,
                 object.get_mut("eventos").and_then(Value::as_array_mut),
@@ -858,6 +900,18 @@ fn poll(book: &mut Book, config: &SimConfig, code: &str, resultado: Resultado) -
             return (
                 json!({ "codObjeto": code, "mensagem": SRO_019 }),
                 "SRO-019".to_string(),
+            );
+        }
+        Script::Message(message) => {
+            return (
+                json!({ "codObjeto": code, "mensagem": message }),
+                message.clone(),
+            );
+        }
+        Script::MessageAndNoEvents(message) => {
+            return (
+                json!({ "codObjeto": code, "mensagem": message, "eventos": [] }),
+                format!("{message} with eventos []"),
             );
         }
         Script::Journey(j) => j,

@@ -47,6 +47,8 @@ pub fn delivered_journey() -> Vec<JadlogEvent> {
 struct Shared {
     token: String,
     objects: Mutex<HashMap<String, Vec<JadlogEvent>>>,
+    /// code -> (key of the error object, `erro` or `error`; its `descricao`).
+    errors: Mutex<HashMap<String, (String, String)>>,
     batches: Mutex<Vec<usize>>,
 }
 
@@ -66,6 +68,7 @@ impl JadlogSim {
         let shared = Arc::new(Shared {
             token: token.to_owned(),
             objects: Mutex::new(HashMap::new()),
+            errors: Mutex::new(HashMap::new()),
             batches: Mutex::new(Vec::new()),
         });
         let router = Router::new()
@@ -88,6 +91,12 @@ impl JadlogSim {
     /// What `code` answers: these events, oldest first.
     pub fn script(&self, code: &str, events: Vec<JadlogEvent>) {
         lock(&self.shared.objects).insert(code.to_owned(), events);
+    }
+
+    /// What `code` answers instead: an error object under `key` (`erro`, or `error` as other Jadlog versions
+    /// send it) with this `descricao` (say `Nao localizado`).
+    pub fn script_error(&self, code: &str, key: &str, descricao: &str) {
+        lock(&self.shared.errors).insert(code.to_owned(), (key.to_owned(), descricao.to_owned()));
     }
 
     /// The number of codes in each answered call.
@@ -136,10 +145,17 @@ async fn consultar(
         .unwrap_or_default();
     lock(&shared.batches).push(codes.len());
     let objects = lock(&shared.objects);
+    let errors = lock(&shared.errors);
     let consulta: Vec<Value> = codes
         .iter()
-        .map(|code| match objects.get(code) {
-            Some(events) => {
+        .map(|code| match (errors.get(code), objects.get(code)) {
+            (Some((key, descricao)), _) => {
+                let mut entry = serde_json::Map::new();
+                entry.insert("codigo".into(), json!(code));
+                entry.insert(key.clone(), json!({ "id": -1, "descricao": descricao }));
+                Value::Object(entry)
+            }
+            (None, Some(events)) => {
                 let status = events.last().map_or("", |e| e.status.as_str());
                 json!({
                     "codigo": code,
@@ -151,7 +167,7 @@ async fn consultar(
                     }
                 })
             }
-            None => json!({ "codigo": code, "erro": { "id": -1, "descricao": "Nenhum registro encontrado" } }),
+            (None, None) => json!({ "codigo": code, "erro": { "id": -1, "descricao": "Nenhum registro encontrado" } }),
         })
         .collect();
     tracing::info!("jadlog consultar codes={codes:?} -> 200");

@@ -1,6 +1,11 @@
 //! A marketplace webhook receiver for the signed webhook of the contract (`X-Signature: t={unix},v1={hex HMAC-SHA256
 //! over "{t}.{raw body}"}`, `Idempotency-Key`). It accepts a POST or PUT on any path, records it, and answers
 //! `200 {"ok":true}` unless told otherwise with [`Receiver::answer_next`].
+//!
+//! It also plays the marketplaces' request schemas, answering 400 with the reason to a body they would refuse:
+//! VTEX's tracking update (`PUT .../api/oms/pvt/orders/{id}/invoice/{n}/tracking`) needs `isDelivered`, `events`
+//! and `deliveredDate` (required, nullable: UpdateTrackingStatusRequest); with [`Receiver::meli_wants_tracking`],
+//! a Mercado Livre seller notification needs `tracking_number` and `tracking_url` (its current ME1 documentation).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -42,6 +47,8 @@ struct Shared {
     secret: String,
     calls: Mutex<Vec<ReceivedCall>>,
     answers: Mutex<VecDeque<Answer>>,
+    /// Seller notifications must carry `tracking_number` and `tracking_url`.
+    meli_wants_tracking: std::sync::atomic::AtomicBool,
 }
 
 /// A scripted answer: a status, with `Retry-After` or `Location` when given, or a huge body of this size.
@@ -80,6 +87,7 @@ impl Receiver {
             secret,
             calls: Mutex::new(Vec::new()),
             answers: Mutex::new(VecDeque::new()),
+            meli_wants_tracking: std::sync::atomic::AtomicBool::new(false),
         });
         let router = Router::new().fallback(receive).with_state(shared.clone());
         let server = ServerGuard::spawn(router, addr)
@@ -133,6 +141,14 @@ impl Receiver {
             huge: Some(bytes),
             ..Answer::default()
         });
+    }
+
+    /// From now on, plays the Mercado Livre version whose seller notifications need `tracking_number` and
+    /// `tracking_url` (400 without them), or the earlier one that takes `status` and `substatus` alone.
+    pub fn meli_wants_tracking(&self, on: bool) {
+        self.shared
+            .meli_wants_tracking
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Stops the server (in-flight requests finish; idle connections close).
@@ -200,18 +216,32 @@ async fn receive(
     let signature_valid =
         header_text("x-signature").is_some_and(|h| verify(&shared.secret, &h, &body));
     let idempotency_key = header_text("idempotency-key");
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let refusal = schema_refusal(
+        &method,
+        uri.path(),
+        parsed.as_ref(),
+        shared
+            .meli_wants_tracking
+            .load(std::sync::atomic::Ordering::SeqCst),
+    );
     let Answer {
         status,
         retry_after,
         location,
         huge,
-    } = lock(&shared.answers).pop_front().unwrap_or(Answer {
-        status: 200,
-        ..Answer::default()
-    });
+    } = match &refusal {
+        Some(_) => Answer {
+            status: 400,
+            ..Answer::default()
+        },
+        None => lock(&shared.answers).pop_front().unwrap_or(Answer {
+            status: 200,
+            ..Answer::default()
+        }),
+    };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let text = String::from_utf8_lossy(&body).into_owned();
-    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
 
     let field = |name: &str| {
         parsed
@@ -255,7 +285,9 @@ async fn receive(
         let body = crate::huge_body(size, br#"{"ok":true,"echo":""#, b"0123456789abcdef");
         return (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     }
-    let body = if status.is_success() {
+    let body = if let Some(reason) = refusal {
+        json!({ "ok": false, "error": "bad_request", "message": reason })
+    } else if status.is_success() {
         json!({ "ok": true })
     } else {
         json!({ "ok": false, "error": format!("simulated {}", status.as_u16()) })
@@ -268,6 +300,45 @@ async fn receive(
         response.headers_mut().insert(header::LOCATION, value);
     }
     response
+}
+
+/// Why VTEX or Mercado Livre would refuse this body, when they would.
+fn schema_refusal(
+    method: &Method,
+    path: &str,
+    body: Option<&Value>,
+    meli_wants_tracking: bool,
+) -> Option<String> {
+    if *method == Method::PUT
+        && path.contains("/api/oms/pvt/orders/")
+        && path.ends_with("/tracking")
+    {
+        let Some(body) = body.and_then(Value::as_object) else {
+            return Some("the body must be a JSON object".into());
+        };
+        if !body.get("isDelivered").is_some_and(Value::is_boolean) {
+            return Some("isDelivered is required (a boolean)".into());
+        }
+        match body.get("deliveredDate") {
+            None => return Some("deliveredDate is required (a date or null)".into()),
+            Some(Value::Null | Value::String(_)) => {}
+            Some(_) => return Some("deliveredDate must be a string or null".into()),
+        }
+        if !body.get("events").is_some_and(Value::is_array) {
+            return Some("events is required (an array)".into());
+        }
+    }
+    if meli_wants_tracking && *method == Method::POST && path.ends_with("/seller_notifications") {
+        let has = |k: &str| {
+            body.and_then(|b| b.get(k))
+                .and_then(Value::as_str)
+                .is_some_and(|v| !v.is_empty())
+        };
+        if !has("tracking_number") || !has("tracking_url") {
+            return Some("tracking_number and tracking_url are required".into());
+        }
+    }
+    None
 }
 
 /// Runs the `marketplace-receiver` binary with this secret: listens on `RECEIVER_ADDR` (127.0.0.1:9090) and logs

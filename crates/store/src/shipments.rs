@@ -29,11 +29,15 @@ pub struct ShipmentRow {
     pub finished_at: Option<DateTime<Utc>>,
     /// Why the row could not be read back, when it is quarantined (the scheduler skips it).
     pub quarantine_reason: Option<String>,
+    /// Why the carrier will not let this account track the shipment (Correios SRO-009), for operators.
+    pub not_trackable_reason: Option<String>,
+    /// Since when the carrier has answered so.
+    pub not_trackable_at: Option<DateTime<Utc>>,
 }
 
 pub const SHIPMENT_COLUMNS: &str = "id, carrier, tracking_code, order_id, customer_email, customer_name, customer_locale, \
      marketplace_name, marketplace_order_id, invoice_number, status, status_reason, status_at, estimated_delivery, \
-     last_news_at, next_poll_at, finished_at, quarantine_reason";
+     last_news_at, next_poll_at, finished_at, quarantine_reason, not_trackable_reason, not_trackable_at";
 
 impl ShipmentRow {
     pub fn status(&self) -> Result<Status, StoreError> {

@@ -478,6 +478,14 @@ async fn show(code: &str) -> anyhow::Result<()> {
         if let (Some(m), Some(o)) = (&s.marketplace_name, &s.marketplace_order_id) {
             println!("  marketplace {m} order {o}");
         }
+        if let Some(reason) = &s.not_trackable_reason {
+            println!(
+                "  NOT TRACKABLE with this account{}: {reason}",
+                s.not_trackable_at
+                    .map(|at| format!(" since {at}"))
+                    .unwrap_or_default()
+            );
+        }
         if let Some(reason) = &s.quarantine_reason {
             println!(
                 "  QUARANTINED (not polled; a valid tracking request for it lifts this): {reason}"

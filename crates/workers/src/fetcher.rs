@@ -632,6 +632,14 @@ async fn call(ctx: &BatchContext, batch: Vec<Pending>) {
                 })
                 .count();
             ctx.health.record(carrier, CallKind::Ok, None, stale);
+            for (code, answer) in &answers {
+                if let ObjectResult::Unrecognised { message } = answer {
+                    metrics::counter!("carrier_unrecognised_answers_total", "carrier" => carrier.as_str())
+                        .increment(1);
+                    tracing::warn!(%carrier, tracking_code = %code, message = %message,
+                        "The carrier answered this code with something we do not recognise; the code stays polled and the other codes of the call go on.");
+                }
+            }
             for p in batch {
                 let answer = answers
                     .get(&p.request.tracking_code)
@@ -759,7 +767,11 @@ pub fn update_for(request: TrackingRequest, answer: ObjectResult) -> Result<Carr
             events,
             estimated_delivery,
         } => (events, estimated_delivery, None),
-        ObjectResult::NotYet { message } => (Vec::new(), None, Some(message)),
+        // Kept and polled: the normalizer records the message (and, for SRO-009, that the shipment is not
+        // trackable with this account: `tracking_carriers::not_trackable_reason`).
+        ObjectResult::NotYet { message }
+        | ObjectResult::NotTrackable { message }
+        | ObjectResult::Unrecognised { message } => (Vec::new(), None, Some(message)),
         ObjectResult::Refused { message } => {
             return Err(format!(
                 "the carrier refused {}: {message}",

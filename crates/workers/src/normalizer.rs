@@ -360,7 +360,39 @@ impl Normalizer {
         } else {
             shipment.last_news_at
         };
-        let next = self.policy.next_poll(status, last_news, now);
+        // SRO-009 and the like: the code is real but this account may not track it. Recorded on the shipment for
+        // operators (and polled only at the longest interval, in case the label moves to our contract); cleared
+        // by any other answer from the carrier.
+        let not_trackable = match (update.source, update.carrier_message.as_deref()) {
+            (Source::Carrier, Some(message)) => {
+                tracking_carriers::not_trackable_reason(update.carrier, message)
+            }
+            _ => None,
+        };
+        let mut next = self.policy.next_poll(status, last_news, now);
+        if let Some(reason) = &not_trackable {
+            next = now
+                + chrono::Duration::from_std(self.policy.max_interval)
+                    .unwrap_or(chrono::Duration::days(1));
+            if shipment.not_trackable_reason.is_none() {
+                metrics::counter!("shipments_not_trackable_total", "carrier" => update.carrier.as_str())
+                    .increment(1);
+                tracing::warn!(carrier = %update.carrier, tracking_code = %update.tracking_code,
+                    order_id = %shipment.order_id, reason = %reason,
+                    "A shipment is not trackable with this carrier account; it is recorded as such (see trackctl shipment show).");
+            }
+        }
+        if update.source == Source::Carrier {
+            sqlx::query(
+                "UPDATE shipments SET not_trackable_reason = $2, \
+                     not_trackable_at = CASE WHEN $2::text IS NULL THEN NULL ELSE COALESCE(not_trackable_at, now()) END \
+                 WHERE id = $1",
+            )
+            .bind(shipment.id)
+            .bind(not_trackable.as_deref())
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(
             "UPDATE shipments SET last_polled_at = CASE WHEN $2 THEN now() ELSE last_polled_at END, \
                  last_news_at = CASE WHEN $3 THEN now() ELSE last_news_at END, \
