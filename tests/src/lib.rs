@@ -421,7 +421,7 @@ impl Maildev {
             web_port,
             child,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while me.emails().await.is_err() {
             if Instant::now() > deadline {
                 bail!("maildev did not start");

@@ -382,21 +382,15 @@ impl Normalizer {
                     "A shipment is not trackable with this carrier account; it is recorded as such (see trackctl shipment show).");
             }
         }
-        if update.source == Source::Carrier {
-            sqlx::query(
-                "UPDATE shipments SET not_trackable_reason = $2, \
-                     not_trackable_at = CASE WHEN $2::text IS NULL THEN NULL ELSE COALESCE(not_trackable_at, now()) END \
-                 WHERE id = $1",
-            )
-            .bind(shipment.id)
-            .bind(not_trackable.as_deref())
-            .execute(&mut *tx)
-            .await?;
-        }
+        // One statement per update: the carrier's answer (not a manual event) also sets or clears not-trackable.
         sqlx::query(
             "UPDATE shipments SET last_polled_at = CASE WHEN $2 THEN now() ELSE last_polled_at END, \
                  last_news_at = CASE WHEN $3 THEN now() ELSE last_news_at END, \
-                 estimated_delivery = COALESCE($4, estimated_delivery), carrier_message = $5, next_poll_at = $6, updated_at = now() \
+                 estimated_delivery = COALESCE($4, estimated_delivery), carrier_message = $5, next_poll_at = $6, \
+                 not_trackable_reason = CASE WHEN $2 THEN $7 ELSE not_trackable_reason END, \
+                 not_trackable_at = CASE WHEN NOT $2 THEN not_trackable_at WHEN $7::text IS NULL THEN NULL \
+                     ELSE COALESCE(not_trackable_at, now()) END, \
+                 updated_at = now() \
              WHERE id = $1",
         )
         .bind(shipment.id)
@@ -405,6 +399,7 @@ impl Normalizer {
         .bind(update.estimated_delivery.map(|d| d.with_timezone(&Utc)))
         .bind(update.carrier_message.as_deref())
         .bind(next)
+        .bind(not_trackable.as_deref())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
