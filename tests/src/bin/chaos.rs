@@ -522,18 +522,31 @@ struct Tally {
     skipped: usize,
     doubled: usize,
     extra_copies: usize,
+    /// Doubles whose publisher was killed within [`CUT`] of the first copy: the far end had it, the record not.
+    cut_at_once: usize,
+    /// Doubles whose publisher was killed later, while PostgreSQL was down: the record was waiting for it.
+    cut_while_db_down: usize,
     doubles_explained: usize,
+    /// The longest time from a double's first copy to the kill that explains it.
+    longest_cut: Duration,
     unexpected: usize,
 }
 
-/// Compares what was expected with what arrived (id → arrival times), and explains doubles by the kills of
-/// `publisher`.
+/// How soon after the far end took a send a kill must come to have cut its record (the record is one short
+/// statement right after the answer; 3 s leaves room for a loaded machine).
+const CUT: Duration = Duration::from_secs(3);
+
+/// Compares what was expected with what arrived (id → arrival times), and explains each double by a kill of
+/// `publisher` that came after its first copy (by at most 1 s before: the far end may log the arrival after the
+/// client died waiting for the answer) and before its second: within [`CUT`] of the first copy, or while
+/// PostgreSQL was down (`db_down`), when the record waits for the database.
 fn tally(
     expected: &HashSet<Uuid>,
     skipped: &HashSet<Uuid>,
     arrivals: &HashMap<Uuid, Vec<Instant>>,
     kills: &[Kill],
     publisher: &str,
+    db_down: &[(Instant, Instant)],
 ) -> Tally {
     let mut t = Tally {
         expected: expected.len(),
@@ -556,12 +569,37 @@ fn tally(
             let mut times = times.clone();
             times.sort();
             let (first, second) = (times[0], times[1]);
-            let since = first.checked_sub(Duration::from_secs(2)).unwrap_or(first);
-            if kills
+            let since = first.checked_sub(Duration::from_secs(1)).unwrap_or(first);
+            let candidates = kills
                 .iter()
-                .any(|k| k.worker == publisher && k.at >= since && k.at <= second)
-            {
+                .filter(|k| k.worker == publisher && k.at >= since && k.at <= second);
+            let mut at_once = None;
+            let mut while_down = None;
+            for k in candidates {
+                let gap = k.at.saturating_duration_since(first);
+                if gap <= CUT {
+                    at_once = Some(at_once.map_or(gap, |g: Duration| g.min(gap)));
+                } else if db_down
+                    .iter()
+                    .any(|(from, to)| k.at >= *from && k.at <= *to + CUT && first <= *to)
+                {
+                    while_down = Some(while_down.map_or(gap, |g: Duration| g.min(gap)));
+                }
+            }
+            let gap = match (at_once, while_down) {
+                (Some(g), _) => {
+                    t.cut_at_once += 1;
+                    Some(g)
+                }
+                (None, Some(g)) => {
+                    t.cut_while_db_down += 1;
+                    Some(g)
+                }
+                (None, None) => None,
+            };
+            if let Some(g) = gap {
                 t.doubles_explained += 1;
+                t.longest_cut = t.longest_cut.max(g);
             }
         }
     }
@@ -935,12 +973,23 @@ async fn report(
             None => unreadable_calls += 1,
         }
     }
+    let db_down: Vec<(Instant, Instant)> = outages
+        .iter()
+        .filter(|o| o.what == "PostgreSQL")
+        .map(|o| {
+            (
+                clock.start + Duration::from_secs_f64(o.stop_began),
+                clock.start + Duration::from_secs_f64(o.answering),
+            )
+        })
+        .collect();
     let e = tally(
         &expected_emails,
         &skipped_emails,
         &emails,
         kills,
         EMAIL_PUBLISHER,
+        &db_down,
     );
     let m = tally(
         &expected_calls,
@@ -948,6 +997,7 @@ async fn report(
         &calls,
         kills,
         MARKETPLACE_PUBLISHER,
+        &db_down,
     );
 
     let (conn, _ch) = amqp(&settings.amqp_url).await?;
@@ -1020,8 +1070,27 @@ async fn report(
     )?;
     writeln!(
         w,
-        "| doubles with a kill of its publisher between the copies | {} | {} |",
-        e.doubles_explained, m.doubles_explained
+        "| doubles cut by a kill of its publisher within {} s of the first copy | {} | {} |",
+        CUT.as_secs(),
+        e.cut_at_once,
+        m.cut_at_once
+    )?;
+    writeln!(
+        w,
+        "| doubles cut by a kill of its publisher later, while PostgreSQL was down | {} | {} |",
+        e.cut_while_db_down, m.cut_while_db_down
+    )?;
+    writeln!(
+        w,
+        "| doubles no kill explains | {} | {} |",
+        e.doubled - e.doubles_explained,
+        m.doubled - m.doubles_explained
+    )?;
+    writeln!(
+        w,
+        "| longest first copy to kill, of the explained doubles | {:.2} s | {:.2} s |",
+        e.longest_cut.as_secs_f64(),
+        m.longest_cut.as_secs_f64()
     )?;
     writeln!(
         w,
