@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# `make chaos`: a PostgreSQL cluster and a RabbitMQ node of this run's own, on free ports (never the shared 5432 and
+# 5672, which other tests use), the chaos harness (tests/src/bin/chaos.rs) against them, and everything this script
+# started stopped and removed at the end, on success, failure or Ctrl-C (trap). docs/RELIABILITY.md says what it does.
+#
+#   scripts/chaos.sh [PARCELS]             start the servers, run the harness, tear everything down
+#   scripts/chaos.sh up DIR / down DIR     the servers alone (kept in DIR/state), for debugging the harness
+#   scripts/chaos.sh ctl DIR ACTION        what the harness calls: pg-stop, pg-start, mq-stop, mq-start, mq-queues
+#
+# Needs root (or passwordless sudo): pg_createcluster and a RabbitMQ node run as the rabbitmq user.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+if [ "$(id -u)" -ne 0 ]; then
+  exec sudo -n --preserve-env=PARCELS,CARGO_TARGET_DIR,CHAOS_SECS,CHAOS_MAX_WAIT_SECS "$0" "$@"
+fi
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 30000))
+    if ! ss -Htln "sport = :$p" | grep -q . && ! grep -qx "$p" "$DIR/ports" 2>/dev/null; then
+      echo "$p" >>"$DIR/ports"
+      echo "$p"
+      return
+    fi
+  done
+}
+
+# Runs a RabbitMQ tool as the rabbitmq user against this run's node only: its own config, plugins (none: no
+# management listener to collide with the shared node's), env file (not /etc/rabbitmq/rabbitmq-env.conf, which names
+# the shared node), data and logs. The tools are called directly, not through /usr/sbin's wrapper, which would write
+# the shared node's startup log.
+mq() {
+  local tool=$1
+  shift
+  runuser -u rabbitmq -- env -i PATH="$PATH" HOME=/var/lib/rabbitmq LANG=C.UTF-8 LC_ALL=C.UTF-8 \
+    RABBITMQ_NODENAME="$MQNODE" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$MQPORT" \
+    RABBITMQ_DIST_PORT="$MQDIST" RABBITMQ_MNESIA_BASE="$MQDIR/mnesia" RABBITMQ_LOG_BASE="$MQDIR/log" \
+    RABBITMQ_CONFIG_FILE="$MQDIR/rabbitmq" RABBITMQ_ADVANCED_CONFIG_FILE="$MQDIR/advanced.config" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$MQDIR/enabled_plugins" RABBITMQ_CONF_ENV_FILE="$MQDIR/rabbitmq-env.conf" \
+    RABBITMQ_PID_FILE="$MQDIR/pid" \
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+    "/usr/lib/rabbitmq/bin/$tool" "$@"
+}
+
+load() {
+  DIR=$1
+  # shellcheck disable=SC1091
+  . "$DIR/state"
+}
+
+mq_start() {
+  mq rabbitmq-server -detached >>"$MQDIR/log/start.out" 2>&1 || true
+  for _ in $(seq 1 120); do
+    if mq rabbitmq-diagnostics -q -n "$MQNODE" check_running >/dev/null 2>&1 &&
+      mq rabbitmq-diagnostics -q -n "$MQNODE" check_port_listener "$MQPORT" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 1
+  done
+  say "RabbitMQ node $MQNODE did not start; see $MQDIR/log"
+  return 1
+}
+
+mq_stop() {
+  mq rabbitmqctl -q -n "$MQNODE" stop >/dev/null 2>&1 || true
+  # Wait until the node's process is gone (its pid file is this run's own).
+  if [ -s "$MQDIR/pid" ]; then
+    local pid
+    pid=$(cat "$MQDIR/pid")
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+}
+
+pg_start() { pg_ctlcluster --skip-systemctl-redirect "$PGVER" "$PGNAME" start; }
+pg_stop() { pg_ctlcluster --skip-systemctl-redirect "$PGVER" "$PGNAME" stop -m fast; }
+
+up() {
+  DIR=$1
+  mkdir -p "$DIR"
+  local id
+  id=$(basename "$DIR" | tr -cd 'a-z0-9' | tail -c 10)
+  PGVER=$(ls /etc/postgresql | sort -V | tail -n 1)
+  PGNAME="chaos-$id"
+  PGPORT=$(free_port)
+  MQNODE="chaos$id@localhost"
+  MQPORT=$(free_port)
+  MQDIST=$(free_port)
+  MQDIR="/tmp/tracking-chaos-$id"
+  cat >"$DIR/state" <<EOF
+PGVER=$PGVER
+PGNAME=$PGNAME
+PGPORT=$PGPORT
+MQNODE=$MQNODE
+MQPORT=$MQPORT
+MQDIST=$MQDIST
+MQDIR=$MQDIR
+EOF
+  say "PostgreSQL $PGVER cluster $PGNAME on 127.0.0.1:$PGPORT"
+  pg_createcluster "$PGVER" "$PGNAME" -p "$PGPORT" \
+    -- --auth-local=trust --auth-host=trust >"$DIR/pg_createcluster.out"
+  pg_start
+  say "RabbitMQ node $MQNODE on 127.0.0.1:$MQPORT (distribution $MQDIST), data in $MQDIR"
+  mkdir -p "$MQDIR/mnesia" "$MQDIR/log"
+  printf 'listeners.tcp.1 = 127.0.0.1:%s\n' "$MQPORT" >"$MQDIR/rabbitmq.conf"
+  echo '[].' >"$MQDIR/enabled_plugins"
+  echo '[].' >"$MQDIR/advanced.config"
+  : >"$MQDIR/rabbitmq-env.conf"
+  chown -R rabbitmq:rabbitmq "$MQDIR"
+  mq_start
+  cat >>"$DIR/state" <<EOF
+AMQP_URL=amqp://guest:guest@127.0.0.1:$MQPORT/%2f
+DATABASE_URL=postgres://postgres@127.0.0.1:$PGPORT/tracking
+EOF
+}
+
+# Stops and removes what `up` made (each step tolerates a half-made set-up), keeping the servers' logs in DIR/logs.
+down() {
+  DIR=$1
+  [ -f "$DIR/state" ] || return 0
+  load "$DIR"
+  mkdir -p "$DIR/logs"
+  if [ -n "${MQNODE:-}" ] && [ -d "${MQDIR:-/nonexistent}" ]; then
+    say "stopping RabbitMQ node $MQNODE and removing $MQDIR"
+    mq_stop
+    cp -r "$MQDIR/log" "$DIR/logs/rabbitmq" 2>/dev/null || true
+    rm -rf "$MQDIR"
+  fi
+  if [ -n "${PGNAME:-}" ] && pg_lsclusters -h "$PGVER" "$PGNAME" >/dev/null 2>&1; then
+    say "dropping PostgreSQL cluster $PGVER/$PGNAME"
+    cp "/var/log/postgresql/postgresql-$PGVER-$PGNAME.log" "$DIR/logs/postgresql.log" 2>/dev/null || true
+    pg_dropcluster --stop "$PGVER" "$PGNAME" || true
+  fi
+  rm -f "$DIR/state"
+}
+
+# The harness's workers run from copies in DIR/bin: any process still running one of them is this run's own.
+stop_workers() {
+  local exe pid
+  for pid in $(ls /proc | grep -E '^[0-9]+$'); do
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
+    case "$exe" in "$1"/bin/*) kill -KILL "$pid" 2>/dev/null || true ;; esac
+  done
+}
+
+case "${1:-run}" in
+  up) up "$2" ;;
+  down) down "$2" ;;
+  ctl)
+    load "$2"
+    case "$3" in
+      pg-stop) pg_stop ;;
+      pg-start) pg_start ;;
+      mq-stop) mq_stop ;;
+      mq-start) mq_start ;;
+      mq-queues) mq rabbitmqctl -q -n "$MQNODE" list_queues name messages --no-table-headers ;;
+      *) echo "unknown action $3" >&2; exit 2 ;;
+    esac
+    ;;
+  *)
+    PARCELS=${1:-${PARCELS:-10000}}
+    TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+    RUN="$TARGET/chaos/$(date -u +%Y%m%dT%H%M%SZ)-$$"
+    DIR=$RUN
+    mkdir -p "$RUN/bin" "$RUN/logs"
+    # Copies of the release binaries: another build replacing target/release during the run changes nothing here.
+    for b in fetcher normalizer scheduler email-publisher marketplace-publisher chaos; do
+      [ -x "$TARGET/release/$b" ] || { echo "$TARGET/release/$b is missing: make release" >&2; exit 1; }
+      cp "$TARGET/release/$b" "$RUN/bin/"
+    done
+    (cd "$RUN/bin" && sha256sum ./* >"$RUN/bin.sha256")
+    trap 'stop_workers "$RUN"; down "$RUN"; rm -rf "$RUN/bin"' EXIT
+    trap 'exit 130' INT TERM
+    up "$RUN"
+    load "$RUN"
+    status=0
+    AMQP_URL=$AMQP_URL DATABASE_URL=$DATABASE_URL CHAOS_DIR=$RUN CHAOS_SCRIPT="$ROOT/scripts/chaos.sh" \
+      "$RUN/bin/chaos" "$PARCELS" || status=$?
+    say "logs and report in $RUN"
+    exit $status
+    ;;
+esac
