@@ -679,3 +679,50 @@ async fn secret_settings_can_come_from_files_and_an_unreadable_one_is_refused() 
     assert!(!out.contains("secret-in-file"), "{out}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_stored_event_with_a_line_break_still_gives_a_change_that_is_sent()
+-> anyhow::Result<()> {
+    let env = TestEnv::ready().await?;
+    let smtp = SmtpServer::start("127.0.0.1:0".parse()?, &[]).await?;
+    let code = s10("DN", 1);
+    // Written by an older version, which stored carrier text as it came.
+    let shipment_id: i64 = sqlx::query_scalar(
+        "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email) \
+         VALUES ('correios', $1, 'OLD-1', 'ana@example.com') RETURNING id",
+    )
+    .bind(&code)
+    .fetch_one(&env.pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO tracking_events (shipment_id, fingerprint, source, code, kind, description, city, occurred_at, status) \
+         VALUES ($1, 'old-row', 'carrier', 'PO', '01', E'Objeto postado\\nna agência', E'CAMPI\\tNAS', '2026-11-21T10:00:00-03:00', 'posted')",
+    )
+    .bind(shipment_id)
+    .execute(&env.pool)
+    .await?;
+    let _normalizer = Worker::started(&env, "normalizer", &[]).await?;
+    let _email = Worker::started(&env, "email-publisher", &email_settings(&smtp.url())).await?;
+    // A new, older event arrives: the old row stays the newest and decides the change.
+    let update = carrier_update(
+        &code,
+        Some(&request("OLD-1", &code, "ana@example.com", "pt-BR", None)),
+        &[correios_event("PO", "09", "2026-11-20T10:00:00-03:00")],
+    );
+    env.amqp()
+        .await?
+        .publish(NORMALIZER_QUEUE, &serde_json::to_vec(&update)?)
+        .await?;
+    eventually(Duration::from_secs(30), "the email sent", || async {
+        Ok((smtp.received().len() == 1).then_some(()))
+    })
+    .await?;
+    let amqp = env.amqp().await?;
+    assert!(parked(&amqp, EMAIL_QUEUE).await?.is_empty());
+    let description: String =
+        sqlx::query_scalar("SELECT payload->'event'->>'description' FROM status_changes")
+            .fetch_one(&env.pool)
+            .await?;
+    assert_eq!(description, "Objeto postado na agência");
+    Ok(())
+}

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracking_domain::rules::{RuleEvent, current_status};
 use tracking_domain::table::{EventTables, Mapping};
-use tracking_domain::{CarrierUpdate, ChangeEvent, Location, Source, Status, StatusChange};
+use tracking_domain::{CarrierUpdate, ChangeEvent, Location, Source, Status, StatusChange, text};
 use tracking_runtime::amqp::topology::{NORMALIZER_QUEUE, ORDER_STATUS};
 use tracking_runtime::amqp::{
     AmqpSettings, Handler, Incoming, Outcome, Outgoing, Publisher, run_consumer,
@@ -497,13 +497,15 @@ fn change_for(
         Some(r) => (
             r.fingerprint.clone(),
             with_offset(r.occurred_at, r.utc_offset_secs),
+            // Rows written by an older version may hold text the status change refuses (a line break in a
+            // description): clean it as a carrier's text is cleaned today, so the change is always publishable.
             ChangeEvent {
-                code: r.code.clone(),
-                kind: r.kind.clone(),
-                description: r.description.clone(),
+                code: text::clean(&r.code, text::SHORT),
+                kind: r.kind.as_deref().map(|k| text::clean(k, text::SHORT)),
+                description: text::clean(&r.description, text::LONG),
                 location: Location {
-                    city: r.city.clone(),
-                    state: r.state.clone(),
+                    city: r.city.as_deref().map(|c| text::clean(c, text::SHORT)),
+                    state: r.state.as_deref().map(|c| text::clean(c, text::SHORT)),
                 },
             },
             if r.source == "manual" {
