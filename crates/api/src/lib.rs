@@ -107,7 +107,7 @@ impl Settings {
             page_key: tracking_email::env::page_key()?,
             templates: tracking_email::env::template_settings()?,
             amqp: AmqpSettings::from_env()?,
-            db: tracking_store::env::db_settings(4)?,
+            db: tracking_store::env::db_settings(tracking_store::env::WORKER_POOL_SIZE)?,
         })
     }
 }

@@ -6,6 +6,11 @@ use tokio_util::sync::CancellationToken;
 use tracking_runtime::ops::Health;
 use tracking_runtime::settings::{self, SettingsError};
 
+/// `DATABASE_MAX_CONNECTIONS` of every long-running binary, whatever its `PREFETCH`: no worker holds a connection
+/// across a send or a wait, only for short statements and transactions, so three copies of everything fit well
+/// within PostgreSQL's default `max_connections` of 100.
+pub const WORKER_POOL_SIZE: u32 = 4;
+
 /// `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS` (default `default_max`) and `DATABASE_ACQUIRE_TIMEOUT_MS`.
 pub fn db_settings(default_max: u32) -> Result<DbSettings, SettingsError> {
     let url = settings::var_or("DATABASE_URL", crate::DEFAULT_DATABASE_URL);

@@ -23,10 +23,6 @@ use tracking_runtime::settings::{self, SettingsError};
 
 pub const DESTINATION: &str = "email";
 
-/// PostgreSQL connections at most, whatever `PREFETCH` is: every statement is short (claim, check, record) and
-/// none is held across a send.
-const DEFAULT_POOL: u32 = 4;
-
 pub struct Settings {
     pub amqp: AmqpSettings,
     pub db: tracking_store::DbSettings,
@@ -72,7 +68,7 @@ impl Settings {
         // STORE_NAME, the carriers' links, CUSTOMER_TIME_ZONE and TRACKING_PAGE_URL: shared with tracking-api's page.
         let templates = tracking_email::env::template_settings()?;
         Ok(Self {
-            db: boot::db_settings(DEFAULT_POOL)?,
+            db: boot::db_settings(tracking_store::env::WORKER_POOL_SIZE)?,
             mailer: MailerSettings {
                 smtp_url: smtp_url.into(),
                 from,

@@ -229,7 +229,7 @@ impl Settings {
                 .max(amqp.prefetch);
         }
         Ok(Self {
-            db: boot::db_settings(4)?,
+            db: boot::db_settings(tracking_store::env::WORKER_POOL_SIZE)?,
             amqp,
             carriers,
             retry_base: settings::millis("CARRIER_RETRY_BASE_MS", 5_000)?,

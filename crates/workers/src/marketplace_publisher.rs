@@ -44,8 +44,7 @@ impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
         let amqp = AmqpSettings::from_env()?;
         Ok(Self {
-            // At most 4 connections whatever PREFETCH is: every statement is short and none is held across a call.
-            db: boot::db_settings(4)?,
+            db: boot::db_settings(tracking_store::env::WORKER_POOL_SIZE)?,
             retry: RetryPolicy::from_env(settings::millis("MARKETPLACE_RETRY_BASE_MS", 2_000)?)?,
             amqp,
             marketplaces: marketplaces_from_env()?,

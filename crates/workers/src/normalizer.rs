@@ -48,8 +48,7 @@ impl Settings {
         let amqp = AmqpSettings::from_env()?;
         let tables = event_tables_from_env()?;
         Ok(Self {
-            // At most 4 connections whatever PREFETCH is: handlers take one for their short transaction only.
-            db: boot::db_settings(4)?,
+            db: boot::db_settings(tracking_store::env::WORKER_POOL_SIZE)?,
             amqp,
             policy: PollPolicy::from_env()?,
             tables,

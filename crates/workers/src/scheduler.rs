@@ -41,7 +41,7 @@ impl Settings {
         }
         Ok(Self {
             amqp: AmqpSettings::from_env()?,
-            db: boot::db_settings(4)?,
+            db: boot::db_settings(tracking_store::env::WORKER_POOL_SIZE)?,
             policy: PollPolicy::from_env()?,
             tick: settings::millis("SCHEDULER_TICK_MS", 1000)?,
             batch,
