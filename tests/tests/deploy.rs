@@ -8,8 +8,8 @@
 //!   (including declaring the whole topology) and exclude the other workers' queues and exchanges;
 //! - the Kubernetes Deployments have probes on `/health` and resources, and every KEDA `ScaledObject` scales an
 //!   existing Deployment on the queue that Deployment consumes;
-//! - the Grafana dashboard is well formed and queries only metrics the code emits (found in the crates' sources
-//!   now), RabbitMQ's, or Prometheus' `up`.
+//! - the metric catalog (`tracking_runtime::catalog`) lists exactly the metrics the crates' sources emit, and the
+//!   Grafana dashboard is well formed and queries only those (histograms by their buckets), RabbitMQ's, or `up`.
 //!
 //! The last test loads `definitions.json` into a vhost of the real RabbitMQ and runs, as each compose user, what that
 //! worker runs: the topology's declaration (PRECONDITION_FAILED if an argument differs, ACCESS_REFUSED if a
@@ -871,19 +871,12 @@ fn kubernetes_manifests_are_complete() {
 // Grafana.
 
 /// Metric names in the crates' sources: `counter!("name"`, `gauge!("name"`, `histogram!("name"` (with or without
-/// the `metrics::` path). Histograms may be queried as `name` (quantiles), `name_sum` and `name_count`; as `_bucket`
-/// only if the exporter is given buckets (the runtime renders summaries otherwise).
-fn emitted_metrics() -> BTreeSet<String> {
+/// the `metrics::` path), without the series names histograms add.
+fn emitted_names() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    let mut buckets = false;
     for path in files_under(&repo().join("crates"), &["rs"]) {
         let text = read(&path);
-        buckets |= text.contains("set_buckets");
-        for (macro_name, histogram) in [
-            ("counter!(", false),
-            ("gauge!(", false),
-            ("histogram!(", true),
-        ] {
+        for macro_name in ["counter!(", "gauge!(", "histogram!("] {
             for (at, _) in text.match_indices(macro_name) {
                 let before = text[..at].chars().next_back();
                 if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
@@ -893,19 +886,43 @@ fn emitted_metrics() -> BTreeSet<String> {
                 let Some(rest) = rest.strip_prefix('"') else {
                     continue;
                 };
-                let name = &rest[..rest.find('"').unwrap()];
-                names.insert(name.to_owned());
-                if histogram {
-                    names.insert(format!("{name}_sum"));
-                    names.insert(format!("{name}_count"));
-                    if buckets {
-                        names.insert(format!("{name}_bucket"));
-                    }
-                }
+                names.insert(rest[..rest.find('"').unwrap()].to_owned());
             }
         }
     }
     assert!(names.contains("messages_total"), "found {names:?}");
+    names
+}
+
+#[test]
+fn the_metric_catalog_lists_exactly_the_metrics_the_sources_emit() {
+    let catalogued: BTreeSet<String> = tracking_runtime::catalog::METRICS
+        .iter()
+        .map(|m| m.name.to_owned())
+        .collect();
+    let emitted = emitted_names();
+    let missing: Vec<_> = emitted.difference(&catalogued).collect();
+    let stale: Vec<_> = catalogued.difference(&emitted).collect();
+    assert!(
+        missing.is_empty(),
+        "emitted but not in crates/runtime/src/catalog.rs: {missing:?}"
+    );
+    assert!(stale.is_empty(), "catalogued but never emitted: {stale:?}");
+}
+
+/// The series a dashboard may query: every catalogued metric, and for a histogram its `_bucket`, `_sum` and
+/// `_count` series (never the bare name: histograms have buckets, not quantiles).
+fn emitted_metrics() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for m in tracking_runtime::catalog::METRICS {
+        if let tracking_runtime::catalog::Kind::Histogram(_) = m.kind {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{}{suffix}", m.name));
+            }
+        } else {
+            names.insert(m.name.to_owned());
+        }
+    }
     names
 }
 
@@ -1035,10 +1052,10 @@ fn dashboard_queries_only_metrics_that_exist() {
         "rabbitmq_queue_messages_published_total",
         "rabbitmq_channel_messages_delivered_ack_total",
         "messages_total",
-        "message_handling_seconds",
+        "message_handling_seconds_bucket",
         "carrier_state",
         "carrier_errors_total",
-        "carrier_call_seconds",
+        "carrier_call_seconds_bucket",
         "emails_total",
         "marketplace_calls_total",
         "outbox_relayed_total",

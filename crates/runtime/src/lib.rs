@@ -3,6 +3,7 @@
 //! - [`boot`]: what every binary's `main` does: telemetry, signals, the ops server, exit code 2 on bad settings.
 //! - [`settings`]: reading typed settings from the environment, with errors that name the variable.
 //! - [`telemetry`]: one tracing setup (`RUST_LOG`, `LOG_FORMAT` = `text` | `json`).
+//! - [`catalog`]: every metric the project emits, with its kind, HELP text and buckets.
 //! - [`ops`]: `GET /health` and `GET /metrics` on `METRICS_ADDR`, and the [`ops::Health`] the worker updates.
 //! - [`shutdown`]: a `CancellationToken` cancelled on SIGTERM or SIGINT.
 //! - [`amqp`]: the RabbitMQ topology of the contract, a publisher with confirms, and the
@@ -12,6 +13,7 @@
 
 pub mod amqp;
 pub mod boot;
+pub mod catalog;
 pub mod ops;
 pub mod settings;
 pub mod shutdown;

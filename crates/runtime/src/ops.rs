@@ -4,12 +4,13 @@
 //! `{"status": "unavailable", "components": {...}}` (503) otherwise. Workers may add sections that do not
 //! affect the status (the fetcher's `carriers`): a broken carrier makes the fetcher loud, not unhealthy.
 
+use crate::catalog;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -92,14 +93,24 @@ impl Health {
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the process-wide Prometheus recorder once and returns its handle.
+/// Installs the process-wide Prometheus recorder once (histograms with the catalog's buckets, every metric with its
+/// HELP text) and returns its handle.
 pub fn metrics_handle() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let mut builder = PrometheusBuilder::new();
+            for m in catalog::METRICS {
+                if let catalog::Kind::Histogram(buckets) = m.kind {
+                    builder = builder
+                        .set_buckets_for_metric(Matcher::Full(m.name.to_owned()), buckets)
+                        .expect("catalogued buckets are not empty");
+                }
+            }
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // A second install in the same process (tests) fails harmlessly; the handle still renders.
             let _ = metrics::set_global_recorder(recorder);
+            catalog::describe();
             handle
         })
         .clone()

@@ -1,0 +1,235 @@
+//! Every metric any binary of this project emits: its kind, its HELP text and, for histograms, its buckets.
+//!
+//! The names follow Prometheus' conventions: counters end in `_total`, durations are in seconds and say so, and
+//! durations are histograms with buckets (not summaries), so that a percentile over many replicas is computed from
+//! their summed buckets. The recorder describes every entry when it is installed ([`crate::ops::metrics_handle`]);
+//! the exporter prints a HELP line only for the metrics a process has recorded. `tests/tests/deploy.rs` checks that
+//! this list and the metrics the sources emit are the same set, and `tests/tests/metrics.rs` runs
+//! `promtool check metrics` on every worker's `/metrics`.
+
+/// What a metric is, as Prometheus types it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram(&'static [f64]),
+}
+
+/// One metric: its name, kind and HELP text.
+#[derive(Clone, Copy, Debug)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+/// Buckets for the time spent handling one message or one HTTP request: 1 ms to 30 s.
+pub const HANDLING_SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Buckets for one carrier call, whose client timeout is tens of seconds: 10 ms to 60 s.
+pub const CALL_SECONDS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Buckets for the wait for a carrier account's call budget: none to ten minutes.
+pub const WAIT_SECONDS: &[f64] = &[0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 600.0];
+
+/// Buckets for the number of tracking codes in one carrier call (Correios takes up to 50).
+pub const BATCH_CODES: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0];
+
+const fn counter(name: &'static str, help: &'static str) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Counter,
+        help,
+    }
+}
+
+const fn gauge(name: &'static str, help: &'static str) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Gauge,
+        help,
+    }
+}
+
+const fn histogram(name: &'static str, buckets: &'static [f64], help: &'static str) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Histogram(buckets),
+        help,
+    }
+}
+
+/// The catalog, grouped by the part of the system that emits each metric.
+pub const METRICS: &[Metric] = &[
+    // Every queue worker (the runtime's consumer).
+    counter(
+        "messages_total",
+        "Messages settled per queue and outcome (acked, retried, parked, waited, ...).",
+    ),
+    histogram(
+        "message_handling_seconds",
+        HANDLING_SECONDS,
+        "Seconds a worker spent handling one message, per queue.",
+    ),
+    gauge(
+        "consumer_stalled",
+        "1 while a consumer holds or has ready messages and settled none for STALL_AFTER_SECS, else 0.",
+    ),
+    // The fetcher.
+    gauge(
+        "carrier_state",
+        "1 for the state each carrier is in (ok, degraded, broken), 0 for the others.",
+    ),
+    counter(
+        "carrier_errors_total",
+        "Failed carrier calls per carrier and kind (transient, auth, malformed).",
+    ),
+    counter(
+        "carrier_calls_total",
+        "Carrier API calls made, per carrier.",
+    ),
+    histogram(
+        "carrier_call_seconds",
+        CALL_SECONDS,
+        "Seconds one carrier API call took, per carrier.",
+    ),
+    histogram(
+        "carrier_batch_size",
+        BATCH_CODES,
+        "Tracking codes asked for in one carrier API call, per carrier.",
+    ),
+    histogram(
+        "carrier_budget_wait_seconds",
+        WAIT_SECONDS,
+        "Seconds a carrier call waited for its account's call budget.",
+    ),
+    counter(
+        "carrier_stale_codes_total",
+        "Codes whose carrier answer was older than CARRIER_STALE_AFTER_HOURS, per carrier.",
+    ),
+    counter(
+        "carrier_unrecognised_answers_total",
+        "Carrier answers for a code that matched no known shape, per carrier.",
+    ),
+    // The normalizer.
+    counter(
+        "events_stored_total",
+        "New carrier events stored, per carrier.",
+    ),
+    counter(
+        "unmapped_events_total",
+        "Carrier events whose code no event table maps, per carrier, code and type.",
+    ),
+    counter(
+        "shipments_not_trackable_total",
+        "Tracking codes the carrier says it does not know or cannot track, per carrier.",
+    ),
+    counter(
+        "status_changes_total",
+        "Order status changes recorded, per new status.",
+    ),
+    counter(
+        "outbox_relayed_total",
+        "Status changes published by the outbox relay because the inline publish failed.",
+    ),
+    // The publishers.
+    counter(
+        "emails_total",
+        "Status changes handled by the email publisher, per result (sent, duplicate, skipped, failed, refused, ...).",
+    ),
+    counter(
+        "marketplace_calls_total",
+        "Status changes handled by the marketplace publisher, per marketplace and result.",
+    ),
+    counter(
+        "delivery_record_retries_total",
+        "Times a publisher retried recording a send the far end had already accepted.",
+    ),
+    counter(
+        "changes_refused_total",
+        "Status change messages a publisher refused, per reason (not_recorded, altered).",
+    ),
+    counter(
+        "rows_quarantined_total",
+        "Stored rows that could not be read back and were set aside, per table.",
+    ),
+    // The scheduler.
+    counter(
+        "scheduled_polls_total",
+        "Tracking requests the scheduler published for due shipments.",
+    ),
+    counter(
+        "shipments_expired_total",
+        "Shipments expired after EXPIRE_AFTER_DAYS without news, per carrier.",
+    ),
+    counter(
+        "scheduler_tick_failures_total",
+        "Scheduler ticks that failed (the database or RabbitMQ was unavailable).",
+    ),
+    gauge(
+        "scheduler_last_tick_timestamp_seconds",
+        "Unix time of the scheduler's last successful tick.",
+    ),
+    // tracking-api.
+    counter(
+        "api_requests_total",
+        "HTTP requests answered, per route, method and status.",
+    ),
+    histogram(
+        "api_request_seconds",
+        HANDLING_SECONDS,
+        "Seconds tracking-api took to answer one request, per route.",
+    ),
+    counter(
+        "api_published_total",
+        "Messages tracking-api published, per kind (tracking_request, manual_event).",
+    ),
+    gauge(
+        "api_open_connections",
+        "HTTP connections tracking-api holds open now.",
+    ),
+    counter(
+        "tracking_page_total",
+        "Tracking pages served, per result (shown, not_found, unavailable).",
+    ),
+];
+
+/// Gives every catalogued metric its HELP text in the installed recorder.
+pub fn describe() {
+    for m in METRICS {
+        match m.kind {
+            Kind::Counter => ::metrics::describe_counter!(m.name, m.help),
+            Kind::Gauge => ::metrics::describe_gauge!(m.name, m.help),
+            Kind::Histogram(_) => ::metrics::describe_histogram!(m.name, m.help),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn names_are_unique_and_follow_the_conventions() {
+        let mut seen = BTreeSet::new();
+        for m in METRICS {
+            assert!(seen.insert(m.name), "{} twice", m.name);
+            assert!(!m.help.is_empty() && m.help.ends_with('.'), "{}", m.name);
+            match m.kind {
+                Kind::Counter => assert!(m.name.ends_with("_total"), "{}", m.name),
+                Kind::Gauge => assert!(!m.name.ends_with("_total"), "{}", m.name),
+                Kind::Histogram(buckets) => {
+                    assert!(buckets.windows(2).all(|w| w[0] < w[1]), "{}", m.name);
+                }
+            }
+            if m.help.to_lowercase().starts_with("seconds") {
+                assert!(m.name.ends_with("_seconds"), "{} counts seconds", m.name);
+            }
+        }
+    }
+}
