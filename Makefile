@@ -6,12 +6,12 @@ CARGO ?= cargo
 export TEST_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/postgres
 export TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672
 
-.PHONY: help setup build release test lint fmt demo ci fuzz bench bench-normalizer bench-scheduler bench-publishers bench-fetcher bench-latency chaos clean-test-resources
+.PHONY: help setup build release test lint fmt demo demo-break-correios demo-fix-correios ci fuzz bench bench-normalizer bench-scheduler bench-publishers bench-fetcher bench-latency chaos clean-test-resources
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
 
-setup: ## Install (Debian packages) and start PostgreSQL, RabbitMQ and maildev when missing
+setup: ## Install (Debian packages) and start PostgreSQL, RabbitMQ (management and prometheus plugins), maildev, Prometheus and Alertmanager when missing
 	@bash scripts/setup.sh
 
 build: ## Build every binary (debug)
@@ -34,6 +34,12 @@ fmt: ## Format the code
 
 demo: setup release ## Start everything and show a few parcels travel (Ctrl-C stops it)
 	@bash scripts/demo.sh
+
+demo-break-correios: ## While the demo runs: break its Correios simulator's answers (the CarrierBroken alert reaches maildev)
+	@bash scripts/demo-correios.sh break
+
+demo-fix-correios: ## While the demo runs: mend its Correios simulator's answers
+	@bash scripts/demo-correios.sh fix
 
 ci: lint test ## What CI runs
 

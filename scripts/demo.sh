@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The demo: every worker, the Correios simulator, a real SMTP server with a web page (maildev) and a marketplace
-# receiver, on this machine; then a handful of parcels, whose status changes, emails and marketplace calls are shown
-# as they happen. Ctrl-C stops everything. DEMO_SECONDS=N stops it after N seconds.
+# The demo: every worker and tracking-api, the Correios simulator, a real SMTP server with a web page (maildev), a
+# marketplace receiver, and a Prometheus (scraping every worker and RabbitMQ, with the project's alert rules) and an
+# Alertmanager (sending the alerts to maildev) on free ports, on this machine; then a handful of parcels, whose
+# status changes, emails and marketplace calls are shown as they happen. `make demo-break-correios` breaks the
+# Correios simulator's answers: the CarrierBroken alert reaches maildev. Ctrl-C stops everything.
+# DEMO_SECONDS=N stops it after N seconds; DEMO_ALERT_FOR (default 10s) replaces every alert's `for:` in the demo's
+# copy of the rules, so that alerts fire in seconds rather than minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${CARGO_TARGET_DIR:-target}/${TRACKING_BIN_PROFILE:-release}" # TRACKING_BIN_PROFILE=debug runs a debug build
 DEMO=.demo
 mkdir -p "$DEMO/logs"
 rm -f "$DEMO"/logs/*.log
+rm -rf "$DEMO/mail" # maildev would show the emails (and alerts) of an earlier run
 
 # Stops every process this script started, and their children (the log watcher is a pipeline), with SIGTERM.
 kill_tree() {
@@ -32,6 +37,10 @@ export MARKETPLACES_FILE="$PWD/deploy/demo/marketplaces.toml"
 # The customers' tracking page, served by tracking-api: emails link to it, and each parcel's address is printed below.
 export TRACKING_PAGE_URL="http://127.0.0.1:8080" TRACKING_PAGE_SECRET="demo-tracking-page-secret-0123456789abcdef"
 export POLL_INTERVAL_SECS=4 POLL_INTERVAL_NEAR_DELIVERY_SECS=3 FINAL_POLL_AFTER_SECS=5 SCHEDULER_TICK_MS=500
+# The simulator's journeys are dated March 2026: without this every parcel would count as stale (no event for
+# CARRIER_STALE_AFTER_HOURS) and fire CarrierParcelsStale. A short health window lets Correios turn ok again soon
+# after `make demo-fix-correios`.
+export CARRIER_STALE_AFTER_HOURS=100000 CARRIER_HEALTH_WINDOW_SECS=30
 
 rmq() { rabbitmqctl "$@" >/dev/null 2>&1 || sudo -n rabbitmqctl "$@" >/dev/null 2>&1; }
 echo "==> a fresh vhost (tracking-demo) and database (tracking_demo)"
@@ -53,7 +62,70 @@ for w in normalizer fetcher scheduler email-publisher marketplace-publisher; do 
 API_TOKEN="demo-api-token-0123456789" start tracking-api "$BIN/tracking-api"
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in 1025 1080 9080 9090; do # maildev (SMTP, web), correios-sim, marketplace-receiver
+free_port() { # the first port from $1 on that nothing listens on
+  local port=$1
+  while port_open "$port"; do port=$((port + 1)); done
+  echo "$port"
+}
+
+# Alertmanager: every alert by email to the operators, through maildev.
+AM_PORT=$(free_port 9193)
+rm -rf "$DEMO/alertmanager" "$DEMO/prometheus" # alerts and series of an earlier run
+mkdir -p "$DEMO/alertmanager" "$DEMO/prometheus"
+cat >"$DEMO/alertmanager/alertmanager.yml" <<YAML
+route:
+  receiver: operators
+  group_by: [alertname, carrier, queue, job, instance]
+  group_wait: 5s
+  group_interval: 30s
+  repeat_interval: 4h
+receivers:
+  - name: operators
+    email_configs:
+      - to: operators@loja-demo.example
+        from: alertmanager@loja-demo.example
+        smarthost: 127.0.0.1:1025
+        require_tls: false
+        send_resolved: true
+YAML
+start alertmanager prometheus-alertmanager --config.file="$DEMO/alertmanager/alertmanager.yml" \
+  --storage.path="$DEMO/alertmanager/data" --web.listen-address="127.0.0.1:$AM_PORT" --cluster.listen-address=
+
+# Prometheus: every worker and RabbitMQ (its per-queue series from /metrics/per-object, the demo's vhost only), the
+# project's alert rules with every `for:` set to DEMO_ALERT_FOR.
+PROM_PORT=$(free_port 9190)
+[ "$PROM_PORT" = "$AM_PORT" ] && PROM_PORT=$(free_port $((AM_PORT + 1)))
+sed -E "s/^([[:space:]]*)for: .*/\1for: ${DEMO_ALERT_FOR:-10s}/" deploy/prometheus/alerts.yml >"$DEMO/prometheus/alerts.yml"
+{
+  cat <<YAML
+global:
+  scrape_interval: 2s
+  evaluation_interval: 2s
+rule_files: [alerts.yml]
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: ["127.0.0.1:$AM_PORT"]
+scrape_configs:
+  - job_name: rabbitmq
+    metrics_path: /metrics/per-object
+    static_configs:
+      - targets: ["127.0.0.1:15692"]
+    metric_relabel_configs:
+      - source_labels: [vhost]
+        regex: "tracking-demo|"
+        action: keep
+YAML
+  port=9101
+  for w in fetcher normalizer scheduler email-publisher marketplace-publisher tracking-api; do
+    printf '  - job_name: %s\n    static_configs:\n      - targets: ["127.0.0.1:%s"]\n' "$w" "$port"
+    port=$((port + 1))
+  done
+} >"$DEMO/prometheus/prometheus.yml"
+start prometheus prometheus --config.file="$DEMO/prometheus/prometheus.yml" \
+  --storage.tsdb.path="$DEMO/prometheus/data" --web.listen-address="127.0.0.1:$PROM_PORT"
+
+for port in 1025 1080 9080 9090 "$PROM_PORT" "$AM_PORT"; do # maildev (SMTP, web), correios-sim, marketplace-receiver, Prometheus, Alertmanager
   for _ in $(seq 1 100); do port_open "$port" && break; sleep 0.2; done
 done
 for port in 9101 9102 9103 9104 9105 9106; do # the workers' /health
@@ -76,9 +148,21 @@ for order in DEMO-1001 DEMO-1002 DEMO-1003 DEMO-1004 DEMO-1005; do
   printf '    %s  %s\n' "$order" "$("$BIN/tracking-api" page-link "$order")"
 done
 
+cat <<TXT
+
+==> addresses
+    maildev (the customers' emails and the alerts)  http://127.0.0.1:1080
+    RabbitMQ management UI                         http://127.0.0.1:15672   user guest, password guest (from this machine only)
+    Prometheus (targets, rules, alerts)            http://127.0.0.1:$PROM_PORT
+    Alertmanager                                   http://127.0.0.1:$AM_PORT
+    tracking-api                                   http://127.0.0.1:8080    token demo-api-token-0123456789
+      curl -H 'Authorization: Bearer demo-api-token-0123456789' http://127.0.0.1:8080/v1/orders/DEMO-1001/tracking
+==> break Correios (its answers stop being readable) and watch the CarrierBroken alert reach maildev:
+      make demo-break-correios        (and make demo-fix-correios to mend it)
+TXT
 cat <<'TXT'
 
-==> watching. Emails: http://127.0.0.1:1080   Logs: .demo/logs/   Ctrl-C stops.
+==> watching. Logs: .demo/logs/   Ctrl-C stops.
     [change]   a status change recorded and published by the normalizer
     [email]    an email accepted by the SMTP server
     [market]   a signed webhook call received by the marketplace

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs (Debian packages) and starts what the tests and the demo need, when it is missing:
-# PostgreSQL, RabbitMQ, the OpenSSL headers the HTTP and SMTP clients link against, Node.js with maildev (a real
-# SMTP server with a web page), Chromium (the tracking page's browser test drives it headless), and the database
-# role's password. Safe to run again: it only does what is missing.
+# PostgreSQL, RabbitMQ (with its management and prometheus plugins), the OpenSSL headers the HTTP and SMTP clients
+# link against, Node.js with maildev (a real SMTP server with a web page), Chromium (the tracking page's browser
+# test drives it headless), Prometheus with promtool and Alertmanager (the alert rules' tests and the demo start
+# their own, on free ports), and the database role's password. Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,10 +23,22 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
   $SUDO apt-get update -q
+  # Debian's prometheus and prometheus-alertmanager start system services (on 9090 and 9093) when installed; the
+  # tests and the demo start their own on free ports. A policy-rc.d that refuses every start (exit 101) keeps the
+  # packages' postinst from starting theirs, for the length of this install only.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d
+    policy=/usr/sbin/policy-rc.d
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+  if [ -n "$policy" ]; then $SUDO rm -f "$policy"; trap - EXIT; fi
 fi
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -51,6 +64,14 @@ if ! port_open 5672; then
   for _ in $(seq 1 60); do port_open 5672 && break; sleep 1; done
 fi
 port_open 5672 || { echo "RabbitMQ does not answer on 127.0.0.1:5672" >&2; exit 1; }
+
+# The management UI (15672: queues, rates, consumers) and the Prometheus endpoint (15692) the demo's Prometheus
+# scrapes. Enabling them on a running node starts them at once; queues and connections are not touched.
+enabled=$($SUDO rabbitmq-plugins list -e -m 2>/dev/null || true)
+if ! grep -qx rabbitmq_management <<<"$enabled" || ! grep -qx rabbitmq_prometheus <<<"$enabled"; then
+  say "enabling RabbitMQ's management and prometheus plugins"
+  $SUDO rabbitmq-plugins enable rabbitmq_management rabbitmq_prometheus >/dev/null
+fi
 
 if [ ! -x .tools/node_modules/.bin/maildev ]; then
   # maildev 3 needs Node.js 20; Debian 12's own Node.js is 18, where maildev 2.2 runs (its REST API is /email, not /api/email).

@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod prometheus;
 pub mod proxy;
 
 use anyhow::{Context, bail};

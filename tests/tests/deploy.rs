@@ -9,7 +9,10 @@
 //! - the Kubernetes Deployments have probes on `/health` and resources, and every KEDA `ScaledObject` scales an
 //!   existing Deployment on the queue that Deployment consumes;
 //! - the metric catalog (`tracking_runtime::catalog`) lists exactly the metrics the crates' sources emit, and the
-//!   Grafana dashboard is well formed and queries only those (histograms by their buckets), RabbitMQ's, or `up`.
+//!   Grafana dashboard is well formed and queries only those (histograms by their buckets), RabbitMQ's, or
+//!   Prometheus' `up` and `ALERTS`;
+//! - the alert rules (`deploy/prometheus/alerts.yml`) query only such metrics, compose's Prometheus loads them, and
+//!   the Kubernetes `PrometheusRule` holds exactly the same groups.
 //!
 //! The last test loads `definitions.json` into a vhost of the real RabbitMQ and runs, as each compose user, what that
 //! worker runs: the topology's declaration (PRECONDITION_FAILED if an argument differs, ACCESS_REFUSED if a
@@ -953,6 +956,9 @@ const RABBITMQ_METRICS: [&str; 22] = [
     "rabbitmq_alarms_memory_used_watermark",
 ];
 
+/// What Prometheus itself makes: a target's `up`, and the alerts' state (`ALERTS`, from `deploy/prometheus/alerts.yml`).
+const PROMETHEUS_METRICS: [&str; 2] = ["up", "ALERTS"];
+
 const PROMQL_KEYWORDS: [&str; 6] = ["and", "or", "unless", "bool", "offset", "inf"];
 
 /// The metric names a PromQL expression selects: identifiers that are not functions, keywords, labels (inside
@@ -961,12 +967,14 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     let strings = Regex::new(r#""(?:[^"\\]|\\.)*""#).unwrap();
     let braces = Regex::new(r"\{[^}]*\}").unwrap();
     let ranges = Regex::new(r"\[[^\]]*\]").unwrap();
+    let offsets = Regex::new(r"\boffset\s+-?[0-9]+[a-z]+").unwrap();
     let clauses =
         Regex::new(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)").unwrap();
     let tokens = Regex::new(r"[0-9][0-9.eE+]*|[A-Za-z_:][A-Za-z0-9_:]*(\s*\()?").unwrap();
     let e = strings.replace_all(expr, "\"\"");
     let e = braces.replace_all(&e, "{}");
     let e = ranges.replace_all(&e, "[]");
+    let e = offsets.replace_all(&e, "");
     let e = clauses.replace_all(&e, "");
     let mut out = BTreeSet::new();
     for m in tokens.captures_iter(&e) {
@@ -985,7 +993,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 fn promql_metric_names_are_found() {
     assert_eq!(
         metric_names(
-            r#"sum by (queue) (rate(a_total{x="b{c}", y=~".+\\.dead"}[$__rate_interval])) / on (queue) b_count{} or vector(0) * 60"#
+            r#"sum by (queue) (rate(a_total{x="b{c}", y=~".+\\.dead"}[$__rate_interval])) / on (queue) b_count{} offset 1h or vector(0) * 60"#
         ),
         ["a_total", "b_count"]
             .map(String::from)
@@ -1038,7 +1046,7 @@ fn dashboard_queries_only_metrics_that_exist() {
                 assert!(
                     emitted.contains(&name)
                         || RABBITMQ_METRICS.contains(&name.as_str())
-                        || name == "up",
+                        || PROMETHEUS_METRICS.contains(&name.as_str()),
                     "{title}: {name} is neither emitted by the code ({emitted:?}) nor a RabbitMQ metric"
                 );
                 used.insert(name);
@@ -1060,6 +1068,15 @@ fn dashboard_queries_only_metrics_that_exist() {
         "marketplace_calls_total",
         "outbox_relayed_total",
         "shipments_expired_total",
+        // The liveness row: what the alerts watch, and the alerts themselves.
+        "ALERTS",
+        "health_component_up",
+        "consumer_stalled",
+        "scheduler_last_tick_timestamp_seconds",
+        "scheduler_tick_failures_total",
+        "carrier_unrecognised_answers_total",
+        "changes_refused_total",
+        "rows_quarantined_total",
     ] {
         assert!(used.contains(name), "the dashboard does not show {name}");
     }
@@ -1071,6 +1088,66 @@ fn dashboard_queries_only_metrics_that_exist() {
     assert_eq!(
         dash["providers"][0]["options"]["path"],
         "/var/lib/grafana/dashboards"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Alert rules (tests/tests/alerts.rs runs promtool on them and proves them on a real Prometheus).
+
+fn alert_rules() -> Value {
+    load_yaml(&deploy_dir().join("prometheus/alerts.yml")).remove(0)
+}
+
+#[test]
+fn alert_rules_query_only_metrics_that_exist() {
+    let emitted = emitted_metrics();
+    let mut alerts = 0;
+    for group in alert_rules()["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            let name = rule["alert"].as_str().unwrap();
+            alerts += 1;
+            let expr = rule["expr"].as_str().unwrap();
+            for metric in metric_names(expr) {
+                assert!(
+                    emitted.contains(&metric)
+                        || RABBITMQ_METRICS.contains(&metric.as_str())
+                        || metric == "up",
+                    "{name}: {metric} is neither emitted by the code nor a RabbitMQ metric"
+                );
+            }
+            let summary = rule["annotations"]["summary"].as_str().unwrap();
+            assert!(!summary.is_empty(), "{name}: a summary");
+            assert!(
+                rule["labels"]["severity"] == "critical" || rule["labels"]["severity"] == "warning",
+                "{name}: severity"
+            );
+        }
+    }
+    assert!(alerts >= 14, "{alerts} alerts");
+
+    // Prometheus for compose loads them, from the file compose mounts.
+    let prometheus = load_yaml(&deploy_dir().join("prometheus.yml")).remove(0);
+    assert_eq!(
+        str_list(&prometheus["rule_files"]),
+        ["/etc/prometheus/alerts.yml"]
+    );
+    let compose = compose();
+    assert!(
+        str_list(&compose["services"]["prometheus"]["volumes"])
+            .contains(&"./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro".to_owned())
+    );
+}
+
+#[test]
+fn the_prometheus_rule_in_k8s_holds_the_same_rules_as_alerts_yml() {
+    let docs = k8s_docs();
+    let rules = kind(&docs, "PrometheusRule");
+    assert_eq!(rules.len(), 1, "one PrometheusRule");
+    assert_eq!(rules[0]["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(
+        rules[0]["spec"]["groups"],
+        alert_rules()["groups"],
+        "deploy/k8s/prometheus-rule.yaml and deploy/prometheus/alerts.yml differ: change both"
     );
 }
 

@@ -189,6 +189,24 @@ async fn recompute_after_the_event_table_changed_emits_only_new_changes() -> any
     amqp.drain("email.order-status").await?;
     normalizer.terminate()?;
 
+    // `events unmapped` names the pair, how often and where it was seen, and what to do (the alert's command).
+    let (ok, out) = trackctl(&env, &["events", "unmapped"], None)?;
+    assert!(ok, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("correios") && l.contains(" XQ "))
+        .unwrap_or_else(|| panic!("no XQ line: {out}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[..5], ["correios", "XQ", "01", "1", "1"], "{line}");
+    assert!(line.ends_with("XQ 01"), "its description: {line}");
+    assert!(!out.contains(" PO "), "PO is mapped: {out}");
+    assert!(
+        out.contains("1 unmapped pair(s)")
+            && out.contains("crates/domain/data/correios.toml")
+            && out.contains("trackctl shipment recompute --all"),
+        "{out}"
+    );
+
     // Nothing changed in the table: nothing new.
     let (ok, out) = trackctl(&env, &["shipment", "recompute", "--all"], None)?;
     assert!(
@@ -227,6 +245,11 @@ async fn recompute_after_the_event_table_changed_emits_only_new_changes() -> any
         .fetch_one(&env.pool)
         .await?;
     assert_eq!(status, "awaiting_pickup");
+    let (ok, out) = trackctl(&env, &["events", "unmapped"], None)?;
+    assert!(
+        ok && out.contains("Every stored carrier event maps to a status."),
+        "{out}"
+    );
 
     // Again: already applied, nothing new, nothing published.
     let (ok, out) = trackctl_with(&env, &["shipment", "recompute", "--all"], None, &tables)?;

@@ -65,6 +65,11 @@ const fn histogram(name: &'static str, buckets: &'static [f64], help: &'static s
 
 /// The catalog, grouped by the part of the system that emits each metric.
 pub const METRICS: &[Metric] = &[
+    // Every binary (the ops server).
+    gauge(
+        "health_component_up",
+        "Whether a component /health reports on is up (1) or down (0): rabbitmq, postgres, progress, ticks.",
+    ),
     // Every queue worker (the runtime's consumer).
     counter(
         "messages_total",

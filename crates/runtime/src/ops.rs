@@ -3,6 +3,9 @@
 //! `/health` answers `{"status": "ok"}` (200) when every connection the worker needs is up, and
 //! `{"status": "unavailable", "components": {...}}` (503) otherwise. Workers may add sections that do not
 //! affect the status (the fetcher's `carriers`): a broken carrier makes the fetcher loud, not unhealthy.
+//!
+//! Each component is also the gauge `health_component_up{component}` (1 up, 0 down) on `/metrics`, so that
+//! Prometheus sees what `/health` says: the alert rules (`deploy/prometheus/alerts.yml`) fire on it.
 
 use crate::catalog;
 use axum::Router;
@@ -43,6 +46,17 @@ impl Health {
     pub fn set(&self, component: &'static str, up: bool) {
         if let Ok(mut s) = self.inner.lock() {
             s.components.insert(component, up);
+        }
+        gauge(component, up);
+    }
+
+    /// Sets every component's gauge again: components set before the recorder was installed (by
+    /// [`metrics_handle`], when the ops server starts) were recorded nowhere.
+    fn publish(&self) {
+        if let Ok(s) = self.inner.lock() {
+            for (component, up) in &s.components {
+                gauge(component, *up);
+            }
         }
     }
 
@@ -89,6 +103,14 @@ impl Health {
         }
         (ok, Value::Object(body))
     }
+}
+
+fn gauge(component: &'static str, up: bool) {
+    metrics::gauge!("health_component_up", "component" => component).set(if up {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -142,12 +164,14 @@ async fn metrics_page(State(s): State<OpsState>) -> Response {
 
 /// The ops routes, for servers that want to merge them into their own router.
 pub fn router(health_state: Health) -> Router {
+    let metrics = metrics_handle();
+    health_state.publish();
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
         .with_state(OpsState {
             health: health_state,
-            metrics: metrics_handle(),
+            metrics,
         })
 }
 

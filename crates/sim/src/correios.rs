@@ -299,6 +299,7 @@ impl CorreiosSim {
             .route("/srorastro/v1/objetos", get(track_many))
             .route("/srorastro/v1/objetos/{code}", get(track_one))
             .route("/_sim/objects/{code}", get(control_get).put(control_put))
+            .route("/_sim/answers", get(answers_get).put(answers_put))
             .with_state(shared.clone());
         let server = ServerGuard::spawn(router, addr)
             .await
@@ -981,7 +982,7 @@ fn event_json(events: &[SimEvent], i: usize) -> Value {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Control API (no auth), for the demo.
+// Control API (no auth), for the demo and the tests that drive the `correios-sim` process.
 
 #[derive(Deserialize)]
 struct ControlBody {
@@ -1030,6 +1031,37 @@ async fn control_put(
         },
     );
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// `PUT /_sim/answers`: how every answer is shaped from now on. `{"rename_event_field": ["dtHrCriado", "dataHora"]}`
+/// sends each event's `dtHrCriado` as `dataHora` (Correios changed its API: the fetcher can no longer read the
+/// answers, and the carrier turns broken); `{"rename_event_field": null}` goes back to API Rastro's shape.
+#[derive(Deserialize)]
+struct AnswersBody {
+    rename_event_field: Option<(String, String)>,
+}
+
+async fn answers_put(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let body: AnswersBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            let msg = format!(
+                r#"invalid body ({e}): send {{"rename_event_field": ["dtHrCriado", "dataHora"]}} or {{"rename_event_field": null}}"#
+            );
+            return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": msg }))).into_response();
+        }
+    };
+    match &body.rename_event_field {
+        Some((from, to)) => tracing::info!("answers: every event's {from} is sent as {to}"),
+        None => tracing::info!("answers: API Rastro's shape again"),
+    }
+    shared.book().drift = body.rename_event_field;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn answers_get(State(shared): State<Arc<Shared>>) -> Response {
+    let drift = shared.book().drift.clone();
+    axum::Json(json!({ "rename_event_field": drift })).into_response()
 }
 
 async fn control_get(State(shared): State<Arc<Shared>>, Path(code): Path<String>) -> Response {

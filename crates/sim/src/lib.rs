@@ -5,7 +5,7 @@
 //!
 //! - [`correios`]: the Correios "API Rastro" (token endpoints, `srorastro/v1/objetos`, SRO messages,
 //!   the `Accept-Language` rule, gateway errors), with scripted journeys revealed poll by poll and a small
-//!   control API (`/_sim/objects/{code}`) for the demo.
+//!   control API (`/_sim/objects/{code}`, `/_sim/answers` to break its answers) for the demo.
 //! - [`marketplace`]: a receiver for the signed marketplace webhook (`X-Signature: t=..,v1=..`), recording every
 //!   call and answering scripted statuses (with `Retry-After`) on demand.
 //! - [`jadlog`]: Jadlog's tracking call with a static token and scripted events.

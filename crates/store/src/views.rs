@@ -1,6 +1,7 @@
 //! Read-only views for people: an order's shipments with their whole history (`tracking-api`'s
 //! `GET /v1/orders/{order_id}/tracking`) and the carriers' health as the fetchers last reported it
-//! (`GET /v1/carriers/health`, `trackctl carriers health`).
+//! (`GET /v1/carriers/health`, `trackctl carriers health`), and the carrier event codes nobody mapped
+//! (`trackctl events unmapped`).
 
 use crate::StoreError;
 use crate::shipments::{self, ShipmentRow};
@@ -223,4 +224,36 @@ pub async fn carrier_health(pool: &PgPool) -> Result<Vec<CarrierHealth>, StoreEr
         );
     }
     Ok(all.into_values().collect())
+}
+
+/// A (carrier, code, type) that no event table maps, with what its stored events say.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct UnmappedCode {
+    pub carrier: String,
+    pub code: String,
+    /// The carrier's event type (`tipo` for Correios), empty when it sends none.
+    pub kind: String,
+    pub events: i64,
+    pub shipments: i64,
+    /// The carrier's description on the newest such event, to decide its status from.
+    pub description: String,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// Every pair whose stored events map to no status (and reverse nothing), the most recently seen first. An event
+/// leaves this list once `trackctl shipment recompute` maps it with a table that knows its code.
+pub async fn unmapped_codes(pool: &PgPool) -> Result<Vec<UnmappedCode>, StoreError> {
+    Ok(sqlx::query_as::<_, UnmappedCode>(
+        "SELECT s.carrier, e.code, COALESCE(e.kind, '') AS kind, count(*) AS events, \
+                count(DISTINCT e.shipment_id) AS shipments, \
+                (array_agg(e.description ORDER BY e.received_at DESC))[1] AS description, \
+                min(e.received_at) AS first_seen, max(e.received_at) AS last_seen \
+         FROM tracking_events e JOIN shipments s ON s.id = e.shipment_id \
+         WHERE e.status IS NULL AND NOT e.reverses \
+         GROUP BY s.carrier, e.code, COALESCE(e.kind, '') \
+         ORDER BY max(e.received_at) DESC, s.carrier, e.code",
+    )
+    .fetch_all(pool)
+    .await?)
 }

@@ -31,6 +31,7 @@ const EXAMPLES: &str = "Examples:
   trackctl dead replay email.order-status --limit 10
   trackctl carriers health                      (each carrier's state as the fetchers last reported it)
   trackctl carriers replay                      (after a parser fix: publish the events of kept unreadable answers)
+  trackctl events unmapped                      (carrier event codes no table maps: add them, then shipment recompute --all)
 
 Settings come from the environment: AMQP_URL, DATABASE_URL.";
 
@@ -49,6 +50,17 @@ pub enum Command {
     /// Carriers.
     #[command(subcommand)]
     Carriers(CarriersCommand),
+    /// Stored carrier events.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Subcommand)]
+pub enum EventsCommand {
+    /// The (carrier, code, type) pairs of stored events that no event table maps, with their description, counts
+    /// and when they were seen: what the UnmappedCarrierEventCode alert is about. Map them in
+    /// crates/domain/data/CARRIER.toml (or the copy in EVENT_TABLES_DIR), then run `shipment recompute --all`.
+    Unmapped,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +182,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dead(cmd) => dead(cmd).await,
         Command::Carriers(CarriersCommand::Health) => carriers_health().await,
         Command::Carriers(CarriersCommand::Replay) => carriers_replay().await,
+        Command::Events(EventsCommand::Unmapped) => events_unmapped().await,
     }
 }
 
@@ -392,6 +405,44 @@ async fn carriers_replay() -> anyhow::Result<()> {
     println!(
         "Replayed {} kept answer(s): {} carrier update(s) published; {} still unreadable (see carrier_responses.replay_error).",
         report.replayed, report.published, report.still_unreadable
+    );
+    Ok(())
+}
+
+async fn events_unmapped() -> anyhow::Result<()> {
+    let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
+    let codes = tracking_store::views::unmapped_codes(&pool).await?;
+    if codes.is_empty() {
+        println!("Every stored carrier event maps to a status.");
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:<6} {:<5} {:>7} {:>9}  {:<23}  description",
+        "carrier", "code", "type", "events", "shipments", "last seen"
+    );
+    for c in &codes {
+        println!(
+            "{:<10} {:<6} {:<5} {:>7} {:>9}  {:<23}  {}",
+            c.carrier,
+            c.code,
+            c.kind,
+            c.events,
+            c.shipments,
+            c.last_seen.format("%Y-%m-%d %H:%M:%S UTC"),
+            c.description
+        );
+    }
+    let carriers: std::collections::BTreeSet<&str> =
+        codes.iter().map(|c| c.carrier.as_str()).collect();
+    let tables: Vec<String> = carriers
+        .iter()
+        .map(|c| format!("crates/domain/data/{c}.toml"))
+        .collect();
+    println!(
+        "{} unmapped pair(s). Map them in {} (or the copy in EVENT_TABLES_DIR), deploy the normalizer, then run \
+         `trackctl shipment recompute --all` to record and publish the changes they make.",
+        codes.len(),
+        tables.join(", ")
     );
     Ok(())
 }
