@@ -5,7 +5,10 @@
 #
 #   scripts/chaos.sh [PARCELS]             start the servers, run the harness, tear everything down
 #   scripts/chaos.sh up DIR / down DIR     the servers alone (kept in DIR/state), for debugging the harness
+#   scripts/chaos.sh mq-up DIR             a RabbitMQ node alone (tests/src/rabbit_node.rs, TLS with MQ_TLS_DIR); down DIR
+#   scripts/chaos.sh pg-up DIR             a PostgreSQL cluster alone (tests/tests/tls.rs, its own certificate with PG_TLS_DIR)
 #   scripts/chaos.sh ctl DIR ACTION        what the harness calls: pg-stop, pg-start, mq-stop, mq-start, mq-queues
+#                                          (and mq-connections: JSON of each connection's TLS, client certificate and properties)
 #
 # Needs root (or passwordless sudo): pg_createcluster and a RabbitMQ node run as the rabbitmq user.
 set -euo pipefail
@@ -81,6 +84,14 @@ pg_start() { pg_ctlcluster --skip-systemctl-redirect "$PGVER" "$PGNAME" start; }
 pg_stop() { pg_ctlcluster --skip-systemctl-redirect "$PGVER" "$PGNAME" stop -m fast; }
 
 up() {
+  pg_up "$1"
+  mq_up "$1"
+}
+
+# A PostgreSQL cluster of its own (trust authentication), its settings in DIR/state (DATABASE_URL last). With
+# PG_TLS_DIR (a directory holding server.pem and server.key, as tests/tests/tls.rs makes) it serves that certificate
+# instead of Debian's snakeoil one.
+pg_up() {
   DIR=$1
   mkdir -p "$DIR"
   local id
@@ -88,35 +99,75 @@ up() {
   PGVER=$(ls /etc/postgresql | sort -V | tail -n 1)
   PGNAME="chaos-$id"
   PGPORT=$(free_port)
-  MQNODE="chaos$id@localhost"
-  MQPORT=$(free_port)
-  MQDIST=$(free_port)
-  MQDIR="/tmp/tracking-chaos-$id"
   cat >"$DIR/state" <<EOF
 PGVER=$PGVER
 PGNAME=$PGNAME
 PGPORT=$PGPORT
+EOF
+  say "PostgreSQL $PGVER cluster $PGNAME on 127.0.0.1:$PGPORT"
+  local tls=()
+  if [ -n "${PG_TLS_DIR:-}" ]; then
+    local certs="/var/lib/postgresql/$PGVER/$PGNAME-tls"
+    echo "PGTLS=$certs" >>"$DIR/state"
+    mkdir -p "$certs"
+    install -o postgres -g postgres -m 0644 "$PG_TLS_DIR/server.pem" "$certs/server.pem"
+    install -o postgres -g postgres -m 0600 "$PG_TLS_DIR/server.key" "$certs/server.key"
+    tls=(-o "ssl_cert_file=$certs/server.pem" -o "ssl_key_file=$certs/server.key")
+  fi
+  pg_createcluster "$PGVER" "$PGNAME" -p "$PGPORT" "${tls[@]}" \
+    -- --auth-local=trust --auth-host=trust >"$DIR/pg_createcluster.out"
+  pg_start
+  echo "DATABASE_URL=postgres://postgres@127.0.0.1:$PGPORT/tracking" >>"$DIR/state"
+}
+
+# A RabbitMQ node of its own, its settings appended to DIR/state (AMQP_URL last). With MQ_TLS_DIR (a directory
+# holding ca.pem, server.pem and server.key, as tests/src/rabbit_node.rs makes) the node listens with TLS only (no
+# plain AMQP listener) and AMQP_URL is amqps://; MQ_VERIFY_PEER=1 makes it require a client certificate.
+mq_up() {
+  DIR=$1
+  mkdir -p "$DIR"
+  local id
+  id=$(basename "$DIR" | tr -cd 'a-z0-9' | tail -c 10)
+  MQNODE="chaos$id@localhost"
+  MQPORT=$(free_port)
+  MQDIST=$(free_port)
+  MQDIR="/tmp/tracking-chaos-$id"
+  cat >>"$DIR/state" <<EOF
 MQNODE=$MQNODE
 MQPORT=$MQPORT
 MQDIST=$MQDIST
 MQDIR=$MQDIR
 EOF
-  say "PostgreSQL $PGVER cluster $PGNAME on 127.0.0.1:$PGPORT"
-  pg_createcluster "$PGVER" "$PGNAME" -p "$PGPORT" \
-    -- --auth-local=trust --auth-host=trust >"$DIR/pg_createcluster.out"
-  pg_start
   say "RabbitMQ node $MQNODE on 127.0.0.1:$MQPORT (distribution $MQDIST), data in $MQDIR"
   mkdir -p "$MQDIR/mnesia" "$MQDIR/log"
-  printf 'listeners.tcp.1 = 127.0.0.1:%s\n' "$MQPORT" >"$MQDIR/rabbitmq.conf"
+  local scheme=amqp
+  if [ -n "${MQ_TLS_DIR:-}" ]; then
+    scheme=amqps
+    mkdir -p "$MQDIR/tls"
+    cp "$MQ_TLS_DIR/ca.pem" "$MQ_TLS_DIR/server.pem" "$MQ_TLS_DIR/server.key" "$MQDIR/tls/"
+    local verify=verify_none fail=false
+    if [ "${MQ_VERIFY_PEER:-0}" = 1 ]; then
+      verify=verify_peer
+      fail=true
+    fi
+    cat >"$MQDIR/rabbitmq.conf" <<EOF
+listeners.tcp = none
+listeners.ssl.1 = 127.0.0.1:$MQPORT
+ssl_options.cacertfile = $MQDIR/tls/ca.pem
+ssl_options.certfile = $MQDIR/tls/server.pem
+ssl_options.keyfile = $MQDIR/tls/server.key
+ssl_options.verify = $verify
+ssl_options.fail_if_no_peer_cert = $fail
+EOF
+  else
+    printf 'listeners.tcp.1 = 127.0.0.1:%s\n' "$MQPORT" >"$MQDIR/rabbitmq.conf"
+  fi
   echo '[].' >"$MQDIR/enabled_plugins"
   echo '[].' >"$MQDIR/advanced.config"
   : >"$MQDIR/rabbitmq-env.conf"
   chown -R rabbitmq:rabbitmq "$MQDIR"
   mq_start
-  cat >>"$DIR/state" <<EOF
-AMQP_URL=amqp://guest:guest@127.0.0.1:$MQPORT/%2f
-DATABASE_URL=postgres://postgres@127.0.0.1:$PGPORT/tracking
-EOF
+  echo "AMQP_URL=$scheme://guest:guest@127.0.0.1:$MQPORT/%2f" >>"$DIR/state"
 }
 
 # Stops and removes what `up` made (each step tolerates a half-made set-up), keeping the servers' logs in DIR/logs.
@@ -136,6 +187,7 @@ down() {
     cp "/var/log/postgresql/postgresql-$PGVER-$PGNAME.log" "$DIR/logs/postgresql.log" 2>/dev/null || true
     pg_dropcluster --stop "$PGVER" "$PGNAME" || true
   fi
+  if [ -n "${PGTLS:-}" ]; then rm -rf "$PGTLS"; fi
   rm -f "$DIR/state"
 }
 
@@ -150,6 +202,8 @@ stop_workers() {
 
 case "${1:-run}" in
   up) up "$2" ;;
+  mq-up) mq_up "$2" ;;
+  pg-up) pg_up "$2" ;;
   down) down "$2" ;;
   ctl)
     load "$2"
@@ -159,6 +213,7 @@ case "${1:-run}" in
       mq-stop) mq_stop ;;
       mq-start) mq_start ;;
       mq-queues) mq rabbitmqctl -q -n "$MQNODE" list_queues name messages --no-table-headers ;;
+      mq-connections) mq rabbitmqctl -q -n "$MQNODE" list_connections ssl peer_cert_subject client_properties --formatter json ;;
       *) echo "unknown action $3" >&2; exit 2 ;;
     esac
     ;;

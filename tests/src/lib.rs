@@ -8,8 +8,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod certs;
+pub mod journey;
+pub mod pg_cluster;
 pub mod prometheus;
 pub mod proxy;
+pub mod rabbit_node;
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
@@ -69,32 +73,93 @@ pub struct TestEnv {
     pub amqp_url: String,
     pub database_url: String,
     pub pool: PgPool,
-    vhost: String,
+    /// How this test's own AMQP client connects (the workers' settings: URL, CA file).
+    pub amqp_settings: tracking_runtime::amqp::AmqpSettings,
+    /// Settings every worker of this test gets besides [`TestEnv::worker_env`]'s usual ones.
+    extra_env: Vec<(String, String)>,
+    /// The vhost made for this test on the shared broker (none on a broker of the test's own).
+    vhost: Option<String>,
     database: String,
+}
+
+/// How a [`TestEnv`] differs from the default one (the shared broker and database, without TLS).
+#[derive(Default)]
+pub struct EnvOptions {
+    /// Appended to the test database's URL, e.g. `?sslmode=require`.
+    pub database_query: String,
+    /// A broker of the test's own (e.g. [`rabbit_node::RabbitNode`]'s `amqps://` URL): no vhost is made, the
+    /// default one is used.
+    pub amqp_url: Option<String>,
+    /// `AMQP_CA_FILE` for the workers and the test's own client.
+    pub amqp_ca_file: Option<PathBuf>,
+    /// `AMQP_CLIENT_CERT_FILE` and `AMQP_CLIENT_KEY_FILE`, likewise.
+    pub amqp_client_identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl TestEnv {
     pub async fn new() -> anyhow::Result<Self> {
+        Self::with(EnvOptions::default()).await
+    }
+
+    pub async fn with(options: EnvOptions) -> anyhow::Result<Self> {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let vhost = format!("t-{id}");
         let database = format!("t_{id}");
-        tokio::task::block_in_place(|| -> anyhow::Result<()> {
-            rabbitmqctl(&["add_vhost", &vhost])?;
-            rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"])
-        })?;
+        let (amqp_url, vhost) = match options.amqp_url {
+            Some(url) => (url, None),
+            None => {
+                let vhost = format!("t-{id}");
+                tokio::task::block_in_place(|| -> anyhow::Result<()> {
+                    rabbitmqctl(&["add_vhost", &vhost])?;
+                    rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"])
+                })?;
+                (format!("{}/{vhost}", amqp_base_url()), Some(vhost))
+            }
+        };
         let admin = admin_database_url();
         let base = admin
             .rsplit_once('/')
             .map(|(b, _)| b.to_owned())
             .context("TEST_DATABASE_URL has no database name")?;
-        let database_url = format!("{base}/{database}");
+        let database_url = format!("{base}/{database}{}", options.database_query);
         tracking_store::create_database_if_missing(&database_url).await?;
         let pool = tracking_store::pool(&tracking_store::DbSettings::new(&database_url))?;
+        let mut amqp_settings = tracking_runtime::amqp::AmqpSettings::with_url(&amqp_url);
+        let mut extra_env = Vec::new();
+        if let Some(ca) = &options.amqp_ca_file {
+            amqp_settings.ca_file = Some(tracking_runtime::tls::PemFile::read(
+                "AMQP_CA_FILE",
+                &ca.display().to_string(),
+                tracking_runtime::tls::PemKind::Certificates,
+            )?);
+            extra_env.push(("AMQP_CA_FILE".to_owned(), ca.display().to_string()));
+        }
+        if let Some((cert, key)) = &options.amqp_client_identity {
+            use tracking_runtime::tls::{PemFile, PemKind};
+            amqp_settings.client_identity = Some((
+                PemFile::read(
+                    "AMQP_CLIENT_CERT_FILE",
+                    &cert.display().to_string(),
+                    PemKind::Certificates,
+                )?,
+                PemFile::read(
+                    "AMQP_CLIENT_KEY_FILE",
+                    &key.display().to_string(),
+                    PemKind::PrivateKey,
+                )?,
+            ));
+            extra_env.push((
+                "AMQP_CLIENT_CERT_FILE".to_owned(),
+                cert.display().to_string(),
+            ));
+            extra_env.push(("AMQP_CLIENT_KEY_FILE".to_owned(), key.display().to_string()));
+        }
         Ok(Self {
             name: id,
-            amqp_url: format!("{}/{vhost}", amqp_base_url()),
+            amqp_url,
             database_url,
             pool,
+            amqp_settings,
+            extra_env,
             vhost,
             database,
         })
@@ -118,13 +183,15 @@ impl TestEnv {
 
     /// The environment every worker of this test gets.
     pub fn worker_env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("AMQP_URL".into(), self.amqp_url.clone()),
             ("DATABASE_URL".into(), self.database_url.clone()),
             ("RUST_LOG".into(), "info,lapin=warn".into()),
             ("RETRY_DELAYS_MS".into(), "200,1000".into()),
             ("SHUTDOWN_GRACE_MS".into(), "3000".into()),
-        ]
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        env
     }
 
     /// Records a status change as the normalizer would (its shipment, then the change in `status_changes`, marked
@@ -167,13 +234,15 @@ impl TestEnv {
     }
 
     pub async fn amqp(&self) -> anyhow::Result<Amqp> {
-        Amqp::connect(&self.amqp_url).await
+        Amqp::connect_with(&self.amqp_settings).await
     }
 }
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        let _ = rabbitmqctl(&["delete_vhost", &self.vhost]);
+        if let Some(vhost) = &self.vhost {
+            let _ = rabbitmqctl(&["delete_vhost", vhost]);
+        }
         let _ = Command::new("psql")
             .arg(admin_database_url())
             .args([
@@ -263,6 +332,11 @@ impl Worker {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits until `/health` answers 200.
@@ -506,6 +580,18 @@ pub struct Amqp {
 impl Amqp {
     pub async fn connect(url: &str) -> anyhow::Result<Amqp> {
         let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+        Self::on(conn).await
+    }
+
+    /// Connects as the workers do (`tracking_runtime::amqp::connect`: TLS with the settings' CA file).
+    pub async fn connect_with(
+        settings: &tracking_runtime::amqp::AmqpSettings,
+    ) -> anyhow::Result<Amqp> {
+        let conn = tracking_runtime::amqp::connect(settings, "test").await?;
+        Self::on(conn).await
+    }
+
+    async fn on(conn: Connection) -> anyhow::Result<Amqp> {
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

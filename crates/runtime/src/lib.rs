@@ -6,6 +6,7 @@
 //! - [`catalog`]: every metric the project emits, with its kind, HELP text and buckets.
 //! - [`ops`]: `GET /health` and `GET /metrics` on `METRICS_ADDR`, and the [`ops::Health`] the worker updates.
 //! - [`shutdown`]: a `CancellationToken` cancelled on SIGTERM or SIGINT.
+//! - [`tls`]: the PEM files TLS settings name (`AMQP_CA_FILE`, `DATABASE_CA_FILE`), read and checked at start.
 //! - [`amqp`]: the RabbitMQ topology of the contract, a publisher with confirms, and the
 //!   consume → handle → ack / retry / park loop that every queue worker runs with its own [`amqp::Handler`].
 //!
@@ -18,3 +19,4 @@ pub mod ops;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

@@ -2,7 +2,8 @@
 //!
 //! `/health` answers `{"status": "ok"}` (200) when every connection the worker needs is up, and
 //! `{"status": "unavailable", "components": {...}}` (503) otherwise. Workers may add sections that do not
-//! affect the status (the fetcher's `carriers`): a broken carrier makes the fetcher loud, not unhealthy.
+//! affect the status (the fetcher's `carriers`): a broken carrier makes the fetcher loud, not unhealthy. A component
+//! that is down with a known cause shows it under `errors` (e.g. a refused TLS handshake naming `AMQP_CA_FILE`).
 //!
 //! Each component is also the gauge `health_component_up{component}` (1 up, 0 down) on `/metrics`, so that
 //! Prometheus sees what `/health` says: the alert rules (`deploy/prometheus/alerts.yml`) fire on it.
@@ -30,6 +31,8 @@ pub struct Health {
 #[derive(Default)]
 struct HealthState {
     components: BTreeMap<&'static str, bool>,
+    /// Why a component is down, when known; cleared when it comes up.
+    errors: BTreeMap<&'static str, String>,
     sections: Map<String, Value>,
 }
 
@@ -46,8 +49,20 @@ impl Health {
     pub fn set(&self, component: &'static str, up: bool) {
         if let Ok(mut s) = self.inner.lock() {
             s.components.insert(component, up);
+            if up {
+                s.errors.remove(component);
+            }
         }
         gauge(component, up);
+    }
+
+    /// The component is down, and why (shown under `errors` until it is up again). The text must hold no secret.
+    pub fn set_down(&self, component: &'static str, why: &dyn std::fmt::Display) {
+        if let Ok(mut s) = self.inner.lock() {
+            s.components.insert(component, false);
+            s.errors.insert(component, why.to_string());
+        }
+        gauge(component, false);
     }
 
     /// Sets every component's gauge again: components set before the recorder was installed (by
@@ -98,6 +113,14 @@ impl Health {
             .map(|(k, v)| ((*k).to_owned(), json!(if *v { "up" } else { "down" })))
             .collect();
         body.insert("components".into(), Value::Object(components));
+        if !s.errors.is_empty() {
+            let errors: Map<String, Value> = s
+                .errors
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), json!(v)))
+                .collect();
+            body.insert("errors".into(), Value::Object(errors));
+        }
         for (k, v) in &s.sections {
             body.insert(k.clone(), v.clone());
         }

@@ -5,13 +5,23 @@ use crate::DbSettings;
 use tokio_util::sync::CancellationToken;
 use tracking_runtime::ops::Health;
 use tracking_runtime::settings::{self, SettingsError};
+use tracking_runtime::tls::{PemKind, pem_file};
+
+/// A `DATABASE_URL` that cannot be parsed, in words that never repeat the URL (it may hold a password).
+fn describe_config_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Configuration(inner) => format!("cannot be read: {inner}"),
+        _ => "cannot be read".to_owned(),
+    }
+}
 
 /// `DATABASE_MAX_CONNECTIONS` of every long-running binary, whatever its `PREFETCH`: no worker holds a connection
 /// across a send or a wait, only for short statements and transactions, so three copies of everything fit well
 /// within PostgreSQL's default `max_connections` of 100.
 pub const WORKER_POOL_SIZE: u32 = 4;
 
-/// `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS` (default `default_max`) and `DATABASE_ACQUIRE_TIMEOUT_MS`.
+/// `DATABASE_URL` (its `sslmode`, `sslrootcert`, `sslcert`, `sslkey` and `application_name` read as libpq reads
+/// them), `DATABASE_CA_FILE`, `DATABASE_MAX_CONNECTIONS` (default `default_max`) and `DATABASE_ACQUIRE_TIMEOUT_MS`.
 pub fn db_settings(default_max: u32) -> Result<DbSettings, SettingsError> {
     let url = settings::var_or("DATABASE_URL", crate::DEFAULT_DATABASE_URL);
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -23,6 +33,19 @@ pub fn db_settings(default_max: u32) -> Result<DbSettings, SettingsError> {
     let mut s = DbSettings::new(&url);
     s.max_connections = settings::parse("DATABASE_MAX_CONNECTIONS", default_max)?;
     s.acquire_timeout = settings::millis("DATABASE_ACQUIRE_TIMEOUT_MS", 5_000)?;
+    s.ca_file = pem_file("DATABASE_CA_FILE", PemKind::Certificates)?;
+    if let Some(ca) = &s.ca_file
+        && ca.certificates > 1
+    {
+        // sqlx's native-tls handshake trusts the first certificate of the file only.
+        tracing::warn!(
+            path = %ca.path,
+            certificates = ca.certificates,
+            "DATABASE_CA_FILE holds several certificates and only the first is trusted: give the file of the one CA that signed the server's certificate."
+        );
+    }
+    s.options()
+        .map_err(|e| SettingsError::new("DATABASE_URL", describe_config_error(&e)))?;
     Ok(s)
 }
 
@@ -30,8 +53,14 @@ pub fn db_settings(default_max: u32) -> Result<DbSettings, SettingsError> {
 pub async fn watch_database(pool: sqlx::PgPool, health: Health, shutdown: CancellationToken) {
     let mut warned = false;
     loop {
-        let ok = match crate::schema_ready(&pool).await {
-            Ok(true) => true,
+        match crate::schema_ready(&pool).await {
+            Ok(true) => {
+                if warned {
+                    tracing::info!("PostgreSQL is reachable and migrated.");
+                    warned = false;
+                }
+                health.set("postgres", true);
+            }
             Ok(false) => {
                 if !warned {
                     tracing::warn!(
@@ -39,21 +68,19 @@ pub async fn watch_database(pool: sqlx::PgPool, health: Health, shutdown: Cancel
                     );
                     warned = true;
                 }
-                false
+                health.set_down(
+                    "postgres",
+                    &"the database has no schema yet (or an older one): waiting for the normalizer or `trackctl migrate`",
+                );
             }
             Err(e) => {
                 if !warned {
                     tracing::error!(error = %e, "Cannot reach PostgreSQL.");
                     warned = true;
                 }
-                false
+                health.set_down("postgres", &e);
             }
-        };
-        if ok && warned {
-            tracing::info!("PostgreSQL is reachable and migrated.");
-            warned = false;
         }
-        health.set("postgres", ok);
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
             _ = shutdown.cancelled() => break,

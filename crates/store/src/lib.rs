@@ -16,8 +16,10 @@ pub mod views;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::str::FromStr;
 use std::time::Duration;
+use tracking_runtime::tls::PemFile;
 
 pub use failure::{Failure, classify};
 pub use sqlx;
@@ -34,6 +36,9 @@ pub struct DbSettings {
     pub max_connections: u32,
     /// `DATABASE_ACQUIRE_TIMEOUT_MS`: how long to wait for a connection; a down database shows up as this timeout.
     pub acquire_timeout: Duration,
+    /// `DATABASE_CA_FILE`: the CA certificate that `sslmode=verify-ca`/`verify-full` check the server's certificate
+    /// against, instead of the URL's `sslrootcert`. Read at start (an unreadable file stops the binary).
+    pub ca_file: Option<PemFile>,
 }
 
 impl std::fmt::Debug for DbSettings {
@@ -50,13 +55,47 @@ impl DbSettings {
             url: SecretString::from(url.to_owned()),
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
+            ca_file: None,
         }
+    }
+
+    /// The connection options: the URL read as libpq reads it (`sslmode`: `disable`, `prefer` (the default),
+    /// `require`, `verify-ca`, `verify-full`; `sslrootcert`, `sslcert`, `sslkey`, `application_name`), then
+    /// `DATABASE_CA_FILE` over `sslrootcert`, and the program's name as `application_name` when the URL sets none
+    /// (so that `pg_stat_activity` tells the workers apart).
+    pub fn options(&self) -> Result<PgConnectOptions, sqlx::Error> {
+        let mut options = PgConnectOptions::from_str(self.url.expose_secret())?;
+        if let Some(ca) = &self.ca_file {
+            options = options.ssl_root_cert_from_pem(ca.pem.clone());
+        }
+        if options.get_application_name().is_none()
+            && let Some(name) = program_name()
+        {
+            options = options.application_name(&name);
+        }
+        Ok(options)
+    }
+}
+
+fn program_name() -> Option<String> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.file_stem()?.to_string_lossy().into_owned())
+}
+
+/// A database error in words an operator can act on: a failed TLS handshake names the settings to check. Never
+/// shows the URL.
+pub fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Tls(inner) => format!(
+            "the TLS handshake with PostgreSQL failed ({inner}): check DATABASE_CA_FILE (the CA that signed the server's certificate) and the sslmode and host name in DATABASE_URL (verify-full needs the name the certificate was issued for)"
+        ),
+        other => other.to_string(),
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Db(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -69,7 +108,7 @@ pub fn pool(settings: &DbSettings) -> Result<PgPool, StoreError> {
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
-        .connect_lazy(settings.url.expose_secret())?)
+        .connect_lazy_with(settings.options()?))
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
@@ -103,17 +142,26 @@ pub fn split_database(url: &str) -> Option<(String, String)> {
     (!name.is_empty()).then(|| (name.to_owned(), format!("{base}/postgres{query}")))
 }
 
-/// Creates the database named in `url` when it does not exist (`trackctl migrate`, the demo, tests).
+/// Creates the database named in `url` when it does not exist (the demo, tests).
 pub async fn create_database_if_missing(url: &str) -> Result<(), StoreError> {
+    create_database_for(&DbSettings::new(url)).await
+}
+
+/// Creates the database the settings name when it does not exist (`trackctl migrate`), connecting to the
+/// server's `postgres` database with the same TLS settings.
+pub async fn create_database_for(settings: &DbSettings) -> Result<(), StoreError> {
+    let url = settings.url.expose_secret();
     let Some((name, admin_url)) = split_database(url) else {
         return Err(StoreError::Corrupt(format!(
             "no database name in the database URL ending {:?}",
             url.rsplit('/').next()
         )));
     };
+    let mut admin_settings = settings.clone();
+    admin_settings.url = SecretString::from(admin_url);
     let admin = PgPoolOptions::new()
         .max_connections(1)
-        .connect(&admin_url)
+        .connect_with(admin_settings.options()?)
         .await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")

@@ -5,7 +5,6 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use secrecy::ExposeSecret;
 use std::io::{BufRead, Read};
 use tracking_domain::TrackingRequest;
 use tracking_runtime::amqp::topology::{self, TRACKING_REQUESTS, WORK_QUEUES};
@@ -168,7 +167,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate => {
             let db = crate::boot::db_settings(2)?;
-            tracking_store::create_database_if_missing(db.url.expose_secret()).await?;
+            tracking_store::create_database_for(&db).await?;
             let pool = tracking_store::pool(&db)?;
             tracking_store::migrate(&pool).await?;
             println!("The database is migrated.");
@@ -642,11 +641,7 @@ async fn hand_back(held: Vec<lapin::message::Delivery>) -> anyhow::Result<()> {
 
 async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
     let settings = AmqpSettings::from_env()?;
-    let conn = lapin::Connection::connect(
-        settings.url.expose_secret(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await?;
+    let conn = tracking_runtime::amqp::connect(&settings, "trackctl").await?;
     let channel = conn.create_channel().await?;
     topology::declare(&channel, &settings.retry_delays).await?;
     match cmd {

@@ -76,7 +76,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         if !publisher.is_connected()
             && let Err(e) = publisher.connect().await
         {
-            health.set("rabbitmq", false);
+            health.set_down("rabbitmq", &e);
             tracing::warn!(error = %e, "Cannot reach RabbitMQ; due shipments wait.");
             continue;
         }

@@ -11,6 +11,8 @@ pub use consumer::{Handler, Incoming, Outcome, run_consumer};
 pub use publisher::{Outgoing, PublishError, Publisher, watch_publisher};
 
 use crate::settings::{self, SettingsError};
+use crate::tls::{PemFile, PemKind, pem_file};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 
@@ -43,6 +45,12 @@ pub struct AmqpSettings {
     /// `UNAVAILABLE_RETRY_MAX_MS` (default 5000): the cap of the backoff between tries of a message held while a
     /// dependency is down.
     pub unavailable_max_delay: Duration,
+    /// `AMQP_CA_FILE`: PEM certificates trusted for an `amqps://` broker besides the system's roots (a private CA).
+    /// Read at start: a file that cannot be read stops the binary (exit code 2).
+    pub ca_file: Option<PemFile>,
+    /// `AMQP_CLIENT_CERT_FILE` and `AMQP_CLIENT_KEY_FILE` (PEM; the key unencrypted PKCS#8): a client certificate
+    /// for brokers that ask for one (`ssl_options.verify = verify_peer`). Both or neither.
+    pub client_identity: Option<(PemFile, PemFile)>,
 }
 
 impl std::fmt::Debug for AmqpSettings {
@@ -54,6 +62,7 @@ impl std::fmt::Debug for AmqpSettings {
             .field("retry_delays", &self.retry_delays)
             .field("max_attempts", &self.max_attempts)
             .field("stall_after", &self.stall_after)
+            .field("ca_file", &self.ca_file.as_ref().map(|f| &f.path))
             .finish_non_exhaustive()
     }
 }
@@ -91,7 +100,28 @@ impl AmqpSettings {
         if stall_after < Duration::from_secs(1) {
             return Err(SettingsError::new("STALL_AFTER_SECS", "must be at least 1"));
         }
+        let client_identity = match (
+            pem_file("AMQP_CLIENT_CERT_FILE", PemKind::Certificates)?,
+            pem_file("AMQP_CLIENT_KEY_FILE", PemKind::PrivateKey)?,
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(SettingsError::new(
+                    "AMQP_CLIENT_KEY_FILE",
+                    "is required with AMQP_CLIENT_CERT_FILE",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(SettingsError::new(
+                    "AMQP_CLIENT_CERT_FILE",
+                    "is required with AMQP_CLIENT_KEY_FILE",
+                ));
+            }
+        };
         Ok(Self {
+            ca_file: pem_file("AMQP_CA_FILE", PemKind::Certificates)?,
+            client_identity,
             stall_after,
             unavailable_max_delay: settings::millis("UNAVAILABLE_RETRY_MAX_MS", 5_000)?,
             url: SecretString::from(url),
@@ -116,16 +146,79 @@ impl AmqpSettings {
             shutdown_grace: Duration::from_secs(5),
             stall_after: Duration::from_secs(300),
             unavailable_max_delay: Duration::from_secs(1),
+            ca_file: None,
+            client_identity: None,
+        }
+    }
+
+    /// The TLS configuration of an `amqps://` connection: the system's roots plus `AMQP_CA_FILE`, and the client
+    /// certificate when one is set. Unused for `amqp://`.
+    fn tls_config(&self) -> OwnedTLSConfig {
+        OwnedTLSConfig {
+            identity: self
+                .client_identity
+                .as_ref()
+                .map(|(cert, key)| OwnedIdentity::PKCS8 {
+                    pem: cert.pem.clone(),
+                    key: key.pem.clone(),
+                }),
+            cert_chain: self
+                .ca_file
+                .as_ref()
+                .map(|f| String::from_utf8_lossy(&f.pem).into_owned()),
         }
     }
 }
 
-pub(crate) async fn connect(
+/// Why a connection to RabbitMQ could not be opened. Neither variant shows `AMQP_URL`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TLS handshake failed: most often a broker certificate that no trusted CA signed, or one issued for
+    /// another host name.
+    #[error(
+        "the TLS handshake with RabbitMQ failed ({0}): check AMQP_CA_FILE (the CA that signed the broker's certificate; without it only the system's roots are trusted) and that AMQP_URL names the host the certificate was issued for"
+    )]
+    Tls(String),
+    #[error("cannot reach RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+impl ConnectError {
+    fn from_connect(e: lapin::Error) -> Self {
+        match tls_failure(&e) {
+            Some(reason) => ConnectError::Tls(reason),
+            None => ConnectError::Amqp(e),
+        }
+    }
+}
+
+/// The TLS library's own words when `e` is a failed TLS handshake.
+fn tls_failure(e: &lapin::Error) -> Option<String> {
+    let lapin::ErrorKind::IOError(io) = e.kind() else {
+        return None;
+    };
+    let inner = io.get_ref()?;
+    inner
+        .downcast_ref::<native_tls::Error>()
+        .map(|tls| tls.to_string())
+}
+
+/// Opens a connection named `name` (shown in the management UI) with the settings' TLS configuration: the one
+/// way every binary connects, `trackctl` included.
+pub async fn connect(
     settings: &AmqpSettings,
     name: &str,
-) -> lapin::Result<lapin::Connection> {
+) -> Result<lapin::Connection, ConnectError> {
     let props = lapin::ConnectionProperties::default().with_connection_name(name.into());
-    lapin::Connection::connect(settings.url.expose_secret(), props).await
+    let runtime = lapin::runtime::default_runtime()?;
+    lapin::Connection::connect_with_config(
+        settings.url.expose_secret(),
+        props,
+        settings.tls_config(),
+        runtime,
+    )
+    .await
+    .map_err(ConnectError::from_connect)
 }
 
 /// Backoff for reconnecting: 100 ms doubling up to the cap, with full jitter.

@@ -2,7 +2,7 @@
 //! A nack, a returned (unroutable) message or a missing confirm within the timeout is an error, and the
 //! connection is dropped and reopened on the next publish.
 
-use super::{AmqpSettings, connect, topology};
+use super::{AmqpSettings, ConnectError, connect, topology};
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -12,8 +12,8 @@ use tokio::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("cannot reach RabbitMQ: {0}")]
-    Connect(lapin::Error),
+    #[error("{0}")]
+    Connect(ConnectError),
     #[error("publish failed: {0}")]
     Publish(lapin::Error),
     #[error("the broker did not confirm the message within {0:?}")]
@@ -102,13 +102,14 @@ impl Publisher {
         let conn = connect(&self.inner.settings, &self.inner.name)
             .await
             .map_err(PublishError::Connect)?;
-        let ch = conn.create_channel().await.map_err(PublishError::Connect)?;
+        let lost = |e: lapin::Error| PublishError::Connect(e.into());
+        let ch = conn.create_channel().await.map_err(lost)?;
         topology::declare(&ch, &self.inner.settings.retry_delays)
             .await
-            .map_err(PublishError::Connect)?;
+            .map_err(lost)?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(PublishError::Connect)?;
+            .map_err(lost)?;
         *guard = Some((conn, ch.clone()));
         Ok(ch)
     }
@@ -197,6 +198,7 @@ pub async fn watch_publisher(
                     if was_up != Some(false) {
                         tracing::warn!(error = %e, "Cannot reach RabbitMQ; publishing fails until it is back.");
                     }
+                    health.set_down(component, &e);
                     false
                 }
             }
@@ -205,7 +207,9 @@ pub async fn watch_publisher(
             tracing::info!("RabbitMQ is reachable again.");
         }
         was_up = Some(up);
-        health.set(component, up);
+        if up {
+            health.set(component, true);
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => break,

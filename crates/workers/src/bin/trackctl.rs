@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use std::process::ExitCode;
+use tracking_runtime::settings::SettingsError;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -10,8 +11,17 @@ async fn main() -> ExitCode {
         eprintln!("trackctl: {e}");
         return ExitCode::from(2);
     }
+    if let Err(e) = tracking_runtime::settings::check_files() {
+        eprintln!("trackctl: bad configuration: {e}");
+        return ExitCode::from(2);
+    }
     match tracking_workers::ctl::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        // As the workers do: bad configuration (a setting that cannot be read) exits with 2, naming the setting.
+        Err(e) if e.downcast_ref::<SettingsError>().is_some() => {
+            eprintln!("trackctl: bad configuration: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("trackctl: {e:#}");
             ExitCode::FAILURE
