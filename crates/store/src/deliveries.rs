@@ -131,3 +131,16 @@ pub async fn release(
     .await?;
     Ok(())
 }
+
+/// `(destination, state)` of every delivery record of `change_id`, by destination.
+pub async fn of_change(
+    pool: &PgPool,
+    change_id: Uuid,
+) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT destination, state FROM deliveries WHERE change_id = $1 ORDER BY destination",
+    )
+    .bind(change_id)
+    .fetch_all(pool)
+    .await?)
+}

@@ -6,6 +6,9 @@
 //! The normalizer owns the schema and migrates it at start (as does `trackctl migrate`); the other
 //! workers wait until the schema is at the version they were built with.
 
+pub mod carrier_budget;
+pub mod carrier_health;
+pub mod carrier_responses;
 pub mod changes;
 pub mod deliveries;
 pub mod env;

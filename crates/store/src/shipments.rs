@@ -143,6 +143,63 @@ pub async fn quarantine(
     Ok(())
 }
 
+/// The due-scan: up to `$2` shipments due at `$1`, oldest first, skipping those another scheduler holds
+/// (served by the partial index `shipments_due`). Public for the benchmark that times it.
+pub fn due_scan_sql() -> String {
+    format!(
+        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE finished_at IS NULL AND quarantined_at IS NULL AND next_poll_at <= $1 \
+         ORDER BY next_poll_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+    )
+}
+
+/// Up to `limit` shipments due at `now`, locked for the rest of the transaction ([`due_scan_sql`]).
+pub async fn due(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<ShipmentRow>, StoreError> {
+    Ok(sqlx::query_as::<_, ShipmentRow>(&due_scan_sql())
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?)
+}
+
+/// A poll of the shipment was requested: the next one is due at `next_poll_at`; a final poll (delivered,
+/// returned) marks it finished.
+pub async fn polled(
+    conn: &mut PgConnection,
+    shipment_id: i64,
+    next_poll_at: DateTime<Utc>,
+    final_poll: bool,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE shipments SET next_poll_at = $2, finished_at = CASE WHEN $3 THEN now() ELSE NULL END WHERE id = $1",
+    )
+    .bind(shipment_id)
+    .bind(next_poll_at)
+    .bind(final_poll)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The shipment expired at `at` (no news for too long): its status is `expired` and it is finished.
+pub async fn expired(
+    conn: &mut PgConnection,
+    shipment_id: i64,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE shipments SET status = 'expired', status_at = $2, finished_at = $2, updated_at = now() WHERE id = $1",
+    )
+    .bind(shipment_id)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 pub async fn by_order(pool: &PgPool, order_id: &str) -> Result<Vec<ShipmentRow>, StoreError> {
     let sql = format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE order_id = $1 ORDER BY id");
     Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
