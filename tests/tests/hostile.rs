@@ -122,14 +122,24 @@ async fn a_forged_carrier_update_is_parked_naming_its_fields_and_stores_nothing(
 async fn a_stored_row_that_cannot_be_read_is_quarantined_and_polling_goes_on() -> anyhow::Result<()>
 {
     let env = TestEnv::ready().await?;
-    // A row written by hand (or by last year's version): an empty order id and an invalid email.
+    // Rows written by hand (or by another version): an empty order id and an invalid email; a status and a
+    // carrier this version does not know (read as `Stored::Unknown`, never a failed scan of the others).
     sqlx::query(
         "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, next_poll_at) VALUES \
          ('correios', $1, '', 'not-an-email', now() - interval '1 minute'), \
-         ('correios', $2, 'OK-1', 'ana@example.com', now() - interval '1 minute')",
+         ('correios', $2, 'OK-1', 'ana@example.com', now() - interval '1 minute'), \
+         ('pigeon', $3, 'P-1', 'ana@example.com', now() - interval '1 minute')",
     )
     .bind(s10("DL", 3))
     .bind(s10("DL", 4))
+    .bind(s10("DL", 5))
+    .execute(&env.pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, status, next_poll_at) VALUES \
+         ('correios', $1, 'T-1', 'ana@example.com', 'teleported', now() - interval '1 minute')",
+    )
+    .bind(s10("DL", 6))
     .execute(&env.pool)
     .await?;
     let scheduler = Worker::started(
@@ -159,13 +169,27 @@ async fn a_stored_row_that_cannot_be_read_is_quarantined_and_polling_goes_on() -
     .await?;
     assert!(quarantined);
     assert!(reason.unwrap().contains("order_id"));
+    for (n, named) in [
+        (5, "unknown carrier \"pigeon\""),
+        (6, "unknown status \"teleported\""),
+    ] {
+        let reason: Option<String> =
+            sqlx::query_scalar("SELECT quarantine_reason FROM shipments WHERE tracking_code = $1")
+                .bind(s10("DL", n))
+                .fetch_one(&env.pool)
+                .await?;
+        assert!(
+            reason.as_deref().unwrap_or("").contains(named),
+            "{reason:?}"
+        );
+    }
     // Ticks go on succeeding: healthy, and the quarantine is counted once.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (code, _) = scheduler.health().await?;
     assert_eq!(code, 200);
     let metrics = scheduler.metrics().await?;
     assert!(
-        metrics.contains("rows_quarantined_total{table=\"shipments\"} 1"),
+        metrics.contains("rows_quarantined_total{table=\"shipments\"} 3"),
         "{metrics}"
     );
     assert!(metrics.contains("scheduler_last_tick_timestamp_seconds"));

@@ -1,7 +1,7 @@
 //! Status changes as the publishers read them back: a message on `order.status` is only a pointer, and the
 //! change the database recorded is what gets sent.
 
-use crate::StoreError;
+use crate::{StoreError, Stored, Text};
 use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
 use tracking_domain::StatusChange;
@@ -73,8 +73,8 @@ pub async fn insert(
     )
     .bind(change.change_id)
     .bind(shipment_id)
-    .bind(change.status.as_str())
-    .bind(change.previous_status.as_str())
+    .bind(Text(change.status))
+    .bind(Text(change.previous_status))
     .bind(change.occurred_at)
     .bind(payload)
     .execute(&mut *conn)
@@ -86,8 +86,8 @@ pub async fn insert(
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Listed {
     pub change_id: Uuid,
-    pub previous_status: String,
-    pub status: String,
+    pub previous_status: Stored<tracking_domain::Status>,
+    pub status: Stored<tracking_domain::Status>,
     pub occurred_at: chrono::DateTime<chrono::Utc>,
     /// Whether the relay (or the normalizer) published it.
     pub published: bool,

@@ -14,6 +14,7 @@ pub mod deliveries;
 pub mod env;
 pub mod failure;
 pub mod shipments;
+pub mod text;
 pub mod views;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub use failure::{Failure, classify};
 pub use sqlx;
+pub use text::{Stored, Text};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 

@@ -1,6 +1,6 @@
 //! Shipments and their order context.
 
-use crate::StoreError;
+use crate::{StoreError, Stored};
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgPool};
 use tracking_domain::{
@@ -11,7 +11,8 @@ use tracking_domain::{
 #[derive(Debug, Clone, FromRow)]
 pub struct ShipmentRow {
     pub id: i64,
-    pub carrier: String,
+    /// Kept even when unknown to this version: such a row is quarantined, never a failed scan.
+    pub carrier: Stored<Carrier>,
     pub tracking_code: String,
     pub order_id: String,
     pub customer_email: String,
@@ -20,7 +21,7 @@ pub struct ShipmentRow {
     pub marketplace_name: Option<String>,
     pub marketplace_order_id: Option<String>,
     pub invoice_number: Option<String>,
-    pub status: String,
+    pub status: Stored<Status>,
     pub status_reason: Option<String>,
     pub status_at: Option<DateTime<Utc>>,
     pub estimated_delivery: Option<DateTime<Utc>>,
@@ -41,7 +42,7 @@ pub const SHIPMENT_COLUMNS: &str = "id, carrier, tracking_code, order_id, custom
 
 impl ShipmentRow {
     pub fn status(&self) -> Result<Status, StoreError> {
-        self.status.parse().map_err(StoreError::Corrupt)
+        self.status.known()
     }
 
     /// The tracking request this shipment was registered with (its latest order context).
@@ -55,8 +56,8 @@ impl ShipmentRow {
                 .map_err(|e| corrupt("tracking_code", e.to_string()))?,
             carrier: self
                 .carrier
-                .parse::<Carrier>()
-                .map_err(|e| corrupt("carrier", e))?,
+                .known()
+                .map_err(|e| corrupt("carrier", e.to_string()))?,
             customer: Customer {
                 email: EmailAddress::parse(&self.customer_email)
                     .map_err(|e| corrupt("customer_email", e))?,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tracking_carriers::FetchError;
-use tracking_domain::Carrier;
+use tracking_domain::{Carrier, CarrierState as State};
 use tracking_runtime::ops::Health;
 
 /// One call's outcome, as the health counters see it.
@@ -31,14 +31,25 @@ impl CallKind {
     }
 }
 
-#[derive(Default)]
-struct CarrierState {
-    state: &'static str,
+struct Tracked {
+    state: State,
     reason: Option<String>,
     /// Recent calls (time, kind) within the window; stale codes seen (time).
     calls: VecDeque<(Instant, CallKind)>,
     stale: VecDeque<Instant>,
     consecutive_failures: usize,
+}
+
+impl Default for Tracked {
+    fn default() -> Self {
+        Self {
+            state: State::Ok,
+            reason: None,
+            calls: VecDeque::new(),
+            stale: VecDeque::new(),
+            consecutive_failures: 0,
+        }
+    }
 }
 
 /// Per-carrier health: counters over a window, a state (`ok`, `degraded`, `broken`) on `/health`, the
@@ -53,7 +64,7 @@ pub struct CarrierHealth {
     health: Health,
     settings: HealthSettings,
     pool: Option<PgPool>,
-    states: Arc<Mutex<BTreeMap<Carrier, CarrierState>>>,
+    states: Arc<Mutex<BTreeMap<Carrier, Tracked>>>,
 }
 
 impl CarrierHealth {
@@ -65,17 +76,14 @@ impl CarrierHealth {
     ) -> Self {
         let mut states = BTreeMap::new();
         for c in Carrier::ALL {
-            let mut s = CarrierState {
-                state: "ok",
-                ..CarrierState::default()
-            };
+            let mut s = Tracked::default();
             if !configured.contains(&c) {
                 // The primary carrier is always listed (its requests are held while it has no credentials);
                 // others once configured.
                 if c != tracking_carriers::PRIMARY {
                     continue;
                 }
-                s.state = "broken";
+                s.state = State::Broken;
                 s.reason = Some(format!(
                     "{} are not set",
                     tracking_carriers::credential_settings(c)
@@ -103,10 +111,7 @@ impl CarrierHealth {
         let now = Instant::now();
         let (before, after, reason, counters) = {
             let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-            let s = states.entry(carrier).or_insert_with(|| CarrierState {
-                state: "ok",
-                ..CarrierState::default()
-            });
+            let s = states.entry(carrier).or_default();
             s.calls.push_back((now, kind));
             for _ in 0..stale {
                 s.stale.push_back(now);
@@ -125,30 +130,30 @@ impl CarrierHealth {
             };
             let before = s.state;
             let (state, reason) = match (kind, error) {
-                (CallKind::Auth, Some(e)) => ("broken", Some(format!("authentication: {e}"))),
+                (CallKind::Auth, Some(e)) => (State::Broken, Some(format!("authentication: {e}"))),
                 (CallKind::Unreadable, Some(e)) => {
-                    ("broken", Some(format!("unreadable answer: {e}")))
+                    (State::Broken, Some(format!("unreadable answer: {e}")))
                 }
                 (_, Some(e)) if s.consecutive_failures >= self.settings.broken_after => (
-                    "broken",
+                    State::Broken,
                     Some(format!(
                         "{} calls in a row failed; last: {e}",
                         s.consecutive_failures
                     )),
                 ),
-                (_, Some(e)) => ("degraded", Some(e.to_string())),
+                (_, Some(e)) => (State::Degraded, Some(e.to_string())),
                 _ => {
                     let failed = s.calls.iter().filter(|(_, k)| *k != CallKind::Ok).count();
                     if failed > 0 {
                         (
-                            "degraded",
+                            State::Degraded,
                             Some(format!(
                                 "{failed} failed call(s) in the last {} s",
                                 self.settings.window.as_secs()
                             )),
                         )
                     } else {
-                        ("ok", None)
+                        (State::Ok, None)
                     }
                 }
             };
@@ -169,12 +174,14 @@ impl CarrierHealth {
         };
         if before != after {
             match after {
-                "broken" => tracing::error!(%carrier, reason = reason.as_deref().unwrap_or(""),
-                    "Carrier integration is BROKEN: its requests are held for retry until an operator fixes the cause."),
-                "degraded" => {
+                State::Broken => {
+                    tracing::error!(%carrier, reason = reason.as_deref().unwrap_or(""),
+                    "Carrier integration is BROKEN: its requests are held for retry until an operator fixes the cause.")
+                }
+                State::Degraded => {
                     tracing::warn!(%carrier, reason = reason.as_deref().unwrap_or(""), "Carrier integration is degraded.")
                 }
-                _ => tracing::info!(%carrier, "Carrier integration is ok again."),
+                State::Ok => tracing::info!(%carrier, "Carrier integration is ok again."),
             }
         }
         let label = match kind {
@@ -213,13 +220,13 @@ impl CarrierHealth {
         let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         let mut section = serde_json::Map::new();
         for (carrier, s) in states.iter() {
-            let mut entry = json!({ "state": s.state });
+            let mut entry = json!({ "state": s.state.as_str() });
             if let Some(r) = &s.reason {
                 entry["reason"] = json!(r);
             }
             section.insert(carrier.as_str().into(), entry);
-            for state in ["ok", "degraded", "broken"] {
-                metrics::gauge!("carrier_state", "carrier" => carrier.as_str(), "state" => state)
+            for state in State::ALL {
+                metrics::gauge!("carrier_state", "carrier" => carrier.as_str(), "state" => state.as_str())
                     .set(if state == s.state { 1.0 } else { 0.0 });
             }
         }
