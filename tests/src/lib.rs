@@ -80,6 +80,8 @@ pub struct TestEnv {
     /// The vhost made for this test on the shared broker (none on a broker of the test's own).
     vhost: Option<String>,
     database: String,
+    /// The maintenance database of the server holding `database` (to drop it afterwards).
+    admin_url: String,
 }
 
 /// How a [`TestEnv`] differs from the default one (the shared broker and database, without TLS).
@@ -94,6 +96,8 @@ pub struct EnvOptions {
     pub amqp_ca_file: Option<PathBuf>,
     /// `AMQP_CLIENT_CERT_FILE` and `AMQP_CLIENT_KEY_FILE`, likewise.
     pub amqp_client_identity: Option<(PathBuf, PathBuf)>,
+    /// The maintenance database URL of another PostgreSQL server (default: `TEST_DATABASE_URL`'s).
+    pub admin_url: Option<String>,
 }
 
 impl TestEnv {
@@ -101,7 +105,18 @@ impl TestEnv {
         Self::with(EnvOptions::default()).await
     }
 
+    /// An environment whose database lives on the PostgreSQL server of `admin_url` (a maintenance database URL
+    /// of a role that can create databases), e.g. a [`PrivatePostgres`].
+    pub async fn on_postgres(admin_url: &str) -> anyhow::Result<Self> {
+        Self::with(EnvOptions {
+            admin_url: Some(admin_url.to_owned()),
+            ..EnvOptions::default()
+        })
+        .await
+    }
+
     pub async fn with(options: EnvOptions) -> anyhow::Result<Self> {
+        let admin_url = options.admin_url.clone().unwrap_or_else(admin_database_url);
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let database = format!("t_{id}");
         let (amqp_url, vhost) = match options.amqp_url {
@@ -115,11 +130,10 @@ impl TestEnv {
                 (format!("{}/{vhost}", amqp_base_url()), Some(vhost))
             }
         };
-        let admin = admin_database_url();
-        let base = admin
+        let base = admin_url
             .rsplit_once('/')
             .map(|(b, _)| b.to_owned())
-            .context("TEST_DATABASE_URL has no database name")?;
+            .context("the admin database URL has no database name")?;
         let database_url = format!("{base}/{database}{}", options.database_query);
         tracking_store::create_database_if_missing(&database_url).await?;
         let pool = tracking_store::pool(&tracking_store::DbSettings::new(&database_url))?;
@@ -162,6 +176,7 @@ impl TestEnv {
             extra_env,
             vhost,
             database,
+            admin_url,
         })
     }
 
@@ -244,12 +259,78 @@ impl Drop for TestEnv {
             let _ = rabbitmqctl(&["delete_vhost", vhost]);
         }
         let _ = Command::new("psql")
-            .arg(admin_database_url())
+            .arg(&self.admin_url)
             .args([
                 "-q",
                 "-c",
                 &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database),
             ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A PostgreSQL cluster of this test's own (Debian's `pg_createcluster`, trust authentication on 127.0.0.1, a free
+/// port) with the settings a test needs that the shared server does not have; stopped and removed on drop, also
+/// when the test fails. Needs root (or a user allowed to run `pg_createcluster`).
+pub struct PrivatePostgres {
+    version: String,
+    name: String,
+    pub port: u16,
+}
+
+impl PrivatePostgres {
+    /// Creates and starts a cluster with `options` (`guc=value`, e.g. `max_connections=100`).
+    pub fn start(options: &[&str]) -> anyhow::Result<PrivatePostgres> {
+        let version = std::fs::read_dir("/etc/postgresql")
+            .context("PostgreSQL's Debian cluster tools are not installed (/etc/postgresql)")?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .max_by_key(|v| v.parse::<u32>().unwrap_or(0))
+            .context("no PostgreSQL version in /etc/postgresql")?;
+        let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+        let me = PrivatePostgres {
+            version,
+            name: format!("test-{id}"),
+            port: free_addr().port(),
+        };
+        let mut create = Command::new("pg_createcluster");
+        create
+            .args([&me.version, &me.name, "-p", &me.port.to_string(), "--start"])
+            .stdout(Stdio::null());
+        for o in options {
+            create.args(["-o", o]);
+        }
+        create.args(["--", "--auth-local=trust", "--auth-host=trust"]);
+        let out = create.output().context("running pg_createcluster")?;
+        if !out.status.success() {
+            bail!(
+                "pg_createcluster failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(me)
+    }
+
+    /// The maintenance database's URL, for [`TestEnv::on_postgres`].
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The server's log (connection errors such as "too many clients" show here too).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(format!(
+            "/var/log/postgresql/postgresql-{}-{}.log",
+            self.version, self.name
+        ))
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("pg_dropcluster")
+            .args(["--stop", &self.version, &self.name])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

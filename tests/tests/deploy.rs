@@ -1370,3 +1370,68 @@ mod broker {
         let _ = keda.close(200, "bye".into()).await;
     }
 }
+
+/// PostgreSQL connections of a Deployment's pod: its `DATABASE_MAX_CONNECTIONS` (container env, then the
+/// ConfigMap it loads), else the default every long-running binary uses.
+fn pool_per_pod(d: &Value, config_maps: &[&Value]) -> u64 {
+    let mut total = 0;
+    for c in d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+    {
+        let own = c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == "DATABASE_MAX_CONNECTIONS")
+            .and_then(|e| e["value"].as_str().map(str::to_owned));
+        let shared = c["envFrom"].as_array().into_iter().flatten().find_map(|f| {
+            let name = f["configMapRef"]["name"].as_str()?;
+            let cm = config_maps.iter().find(|m| m["metadata"]["name"] == name)?;
+            cm["data"]["DATABASE_MAX_CONNECTIONS"]
+                .as_str()
+                .map(str::to_owned)
+        });
+        total += own
+            .or(shared)
+            .map_or(u64::from(tracking_store::env::WORKER_POOL_SIZE), |v| {
+                v.parse().unwrap()
+            });
+    }
+    total
+}
+
+#[test]
+fn postgres_connections_at_the_keda_maximums_are_stated_where_operators_read() {
+    let docs = k8s_docs();
+    let config_maps = kind(&docs, "ConfigMap");
+    let scaled = kind(&docs, "ScaledObject");
+    let mut total = 0;
+    let mut parts = Vec::new();
+    for d in kind(&docs, "Deployment") {
+        let name = d["metadata"]["name"].as_str().unwrap();
+        let replicas = scaled
+            .iter()
+            .find(|s| s["spec"]["scaleTargetRef"]["name"] == name)
+            .map_or_else(
+                || d["spec"]["replicas"].as_u64().unwrap_or(1),
+                |s| s["spec"]["maxReplicaCount"].as_u64().unwrap(),
+            );
+        let pool = pool_per_pod(d, &config_maps);
+        total += replicas * pool;
+        parts.push(format!("{name} {replicas} × {pool}"));
+    }
+    assert!(total > 0);
+    let stated = format!("{total} PostgreSQL connections");
+    for file in [
+        deploy_dir().join("k8s/keda.yaml"),
+        repo().join("docs/operations.md"),
+    ] {
+        assert!(
+            read(&file).contains(&stated),
+            "{} should state \"{stated}\" at the KEDA maximums ({})",
+            file.display(),
+            parts.join(", ")
+        );
+    }
+}

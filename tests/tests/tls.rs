@@ -73,6 +73,7 @@ async fn the_pipeline_runs_over_amqps_with_a_private_ca_and_over_postgresql_tls(
         amqp_url: Some(node.amqp_url.clone()),
         amqp_ca_file: Some(ca.cert.clone()),
         amqp_client_identity: Some((client.cert.clone(), client.key.clone())),
+        ..EnvOptions::default()
     })
     .await?;
 

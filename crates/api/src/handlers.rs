@@ -107,7 +107,10 @@ async fn publish_manual(
             format!("stored shipment {} is inconsistent: {e}", shipment.id),
         )
     };
-    let carrier: Carrier = shipment.carrier.parse().map_err(corrupt)?;
+    let carrier: Carrier = shipment
+        .carrier
+        .known()
+        .map_err(|e| corrupt(e.to_string()))?;
     let code = TrackingCode::parse(&shipment.tracking_code).map_err(|e| corrupt(e.to_string()))?;
     let update = CarrierUpdate {
         carrier,
@@ -364,9 +367,9 @@ pub async fn order_tracking(
                 })
                 .collect();
             json!({
-                "carrier": s.carrier,
+                "carrier": s.carrier.as_str(),
                 "tracking_code": s.tracking_code,
-                "status": s.status,
+                "status": s.status.as_str(),
                 "status_reason": s.status_reason,
                 "status_at": s.status_at,
                 "estimated_delivery": s.estimated_delivery,

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
-use tracking_domain::{Carrier, Locale, PageKey, Status};
+use tracking_domain::{Locale, PageKey};
 use tracking_email::{ErrorPage, OrderPage, PAGE_CSS, PageEvent, PageShipment, Renderer};
 use tracking_store::views::{self, ShipmentHistory};
 
@@ -120,8 +120,7 @@ pub async fn tracking_page(
 /// One shipment as the page shows it, its newest `max_events` events; `None` for a row that cannot be read.
 fn shipment(h: ShipmentHistory, max_events: usize) -> Option<PageShipment> {
     let s = h.shipment;
-    let (Ok(carrier), Ok(status)) = (s.carrier.parse::<Carrier>(), s.status.parse::<Status>())
-    else {
+    let (Ok(carrier), Ok(status)) = (s.carrier.known(), s.status.known()) else {
         tracing::warn!(
             shipment_id = s.id,
             "A shipment the tracking page cannot read was left out."

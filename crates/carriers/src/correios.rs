@@ -31,6 +31,10 @@ use tracking_domain::{Carrier, CarrierEvent, Location, TrackingCode};
 /// The most codes API Rastro takes in one call.
 pub const MAX_BATCH: usize = 50;
 
+/// Event codes after which the object moves no more (`BDE`, `BDI`, `BDR`: delivery, its attempts and returns
+/// close with one of these); a code whose newest event is one of them is not "stopped updating".
+pub const FINAL_CODES: [&str; 3] = ["BDE", "BDI", "BDR"];
+
 #[derive(Clone)]
 pub struct CorreiosSettings {
     /// `CORREIOS_BASE_URL`.
@@ -51,6 +55,17 @@ pub struct CorreiosSettings {
     pub retry: CallRetry,
     /// `CARRIER_MAX_BODY_BYTES` (default [`crate::DEFAULT_MAX_BODY_BYTES`]): a longer answer is refused unread.
     pub max_body: usize,
+}
+
+impl CorreiosSettings {
+    /// The account whose request budget these credentials spend: the user, and the postage card when the token
+    /// is requested for one (each card is its own contract).
+    pub fn account(&self) -> String {
+        match &self.postage_card {
+            Some(card) => format!("correios:{}:{card}", self.user),
+            None => format!("correios:{}", self.user),
+        }
+    }
 }
 
 impl std::fmt::Debug for CorreiosSettings {

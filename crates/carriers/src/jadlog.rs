@@ -22,6 +22,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracking_domain::{Carrier, CarrierEvent, TrackingCode};
 
+/// The status word after which the object moves no more (delivered).
+pub const FINAL_CODES: [&str; 1] = ["ENTREGUE"];
+
+/// The budget account of the Jadlog token (one per deployment).
+pub const ACCOUNT: &str = "jadlog";
+
 #[derive(Clone)]
 pub struct JadlogSettings {
     /// `JADLOG_BASE_URL` (default `https://www.jadlog.com.br`).

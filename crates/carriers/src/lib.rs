@@ -23,6 +23,28 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracking_domain::{Carrier, CarrierEvent, TrackingCode};
 
+/// The carrier every deployment is expected to configure (a Correios S10 code is detected without a `carrier`
+/// field): without its credentials it is listed as `broken` in the fetcher's health, and its requests are held.
+/// Other carriers are listed once configured.
+pub const PRIMARY: Carrier = Carrier::Correios;
+
+/// The settings that hold `carrier`'s credentials, as operators must be told when they are missing.
+pub fn credential_settings(carrier: Carrier) -> &'static str {
+    match carrier {
+        Carrier::Correios => "CORREIOS_USER and CORREIOS_ACCESS_CODE",
+        Carrier::Jadlog => "JADLOG_TOKEN",
+    }
+}
+
+/// Whether `code` is one of `carrier`'s codes after which a parcel moves no more (delivered, returned): a code
+/// whose history holds one is finished, not stale, however old its newest event.
+pub fn is_final_code(carrier: Carrier, code: &str) -> bool {
+    match carrier {
+        Carrier::Correios => correios::FINAL_CODES.contains(&code),
+        Carrier::Jadlog => jadlog::FINAL_CODES.contains(&code),
+    }
+}
+
 /// What the carrier said about one tracking code.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ObjectResult {

@@ -27,6 +27,17 @@ impl Source {
     }
 }
 
+impl std::str::FromStr for Source {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "carrier" => Ok(Source::Carrier),
+            "manual" => Ok(Source::Manual),
+            other => Err(format!("unknown source {other:?} (known: carrier, manual)")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Location {
     #[serde(

@@ -14,6 +14,7 @@
 //! Nothing here does I/O; every type that crosses a queue is serde-serializable and
 //! can only hold valid values once parsed.
 
+pub mod carrier_state;
 pub mod change;
 pub mod code;
 pub mod event;
@@ -24,6 +25,7 @@ pub mod status;
 pub mod table;
 pub mod text;
 
+pub use carrier_state::CarrierState;
 pub use change::{ChangeEvent, StatusChange};
 pub use code::{Carrier, TrackingCode};
 pub use event::{CarrierEvent, CarrierUpdate, Location, Source};

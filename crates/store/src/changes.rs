@@ -1,8 +1,10 @@
 //! Status changes as the publishers read them back: a message on `order.status` is only a pointer, and the
 //! change the database recorded is what gets sent.
 
-use crate::StoreError;
-use sqlx::PgPool;
+use crate::{StoreError, Stored, Text};
+use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
+use tracking_domain::StatusChange;
 use uuid::Uuid;
 
 /// A recorded change, as stored.
@@ -25,5 +27,79 @@ pub async fn recorded(pool: &PgPool, change_id: Uuid) -> Result<Option<Recorded>
     )
     .bind(change_id)
     .fetch_optional(pool)
+    .await?)
+}
+
+/// The first change of order `order_id` (relayed to `marketplace`) recorded before `change_id`, within `within`,
+/// that `destination` has neither done nor parked: the marketplace must get the order's changes in order.
+pub async fn earlier_pending(
+    pool: &PgPool,
+    destination: &str,
+    order_id: &str,
+    marketplace: &str,
+    change_id: Uuid,
+    within: Duration,
+) -> Result<Option<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT sc.change_id FROM status_changes sc \
+         JOIN shipments s ON s.id = sc.shipment_id \
+         LEFT JOIN deliveries d ON d.destination = $1 AND d.change_id = sc.change_id \
+         WHERE s.order_id = $2 AND s.marketplace_name = $3 \
+           AND sc.seq < (SELECT seq FROM status_changes WHERE change_id = $4) \
+           AND sc.created_at > now() - make_interval(secs => $5) \
+           AND (d.state IS NULL OR d.state NOT IN ('done', 'parked')) \
+         ORDER BY sc.seq LIMIT 1",
+    )
+    .bind(destination)
+    .bind(order_id)
+    .bind(marketplace)
+    .bind(change_id)
+    .bind(within.as_secs_f64())
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Records `change` of shipment `shipment_id` in the outbox (`status_changes`) with `payload`, the message to
+/// publish; a change already recorded (same `change_id`) is left as it is. The normalizer's relay publishes it.
+pub async fn insert(
+    conn: &mut PgConnection,
+    shipment_id: i64,
+    change: &StatusChange,
+    payload: &serde_json::Value,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO status_changes (change_id, shipment_id, status, previous_status, occurred_at, payload) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (change_id) DO NOTHING",
+    )
+    .bind(change.change_id)
+    .bind(shipment_id)
+    .bind(Text(change.status))
+    .bind(Text(change.previous_status))
+    .bind(change.occurred_at)
+    .bind(payload)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A recorded change as `trackctl shipment show` lists it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Listed {
+    pub change_id: Uuid,
+    pub previous_status: Stored<tracking_domain::Status>,
+    pub status: Stored<tracking_domain::Status>,
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
+    /// Whether the relay (or the normalizer) published it.
+    pub published: bool,
+}
+
+/// Every change recorded for shipment `shipment_id`, in carrier-time order.
+pub async fn of_shipment(pool: &PgPool, shipment_id: i64) -> Result<Vec<Listed>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT change_id, previous_status, status, occurred_at, published_at IS NOT NULL AS published \
+         FROM status_changes WHERE shipment_id = $1 ORDER BY occurred_at",
+    )
+    .bind(shipment_id)
+    .fetch_all(pool)
     .await?)
 }

@@ -5,10 +5,46 @@
 //! is sent again with the same id for the far end.
 
 use crate::StoreError;
+use crate::text::{Spelled, Stored, Text};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
+
+/// Where a (destination, change) stands: the `state` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Claimed (maybe under a lease), not tried yet.
+    Pending,
+    /// Tried and failed; it will be tried again.
+    Failed,
+    /// Sent (or skipped on purpose): never again.
+    Done,
+    /// Failed for good; it is in the parking queue.
+    Parked,
+}
+
+impl Spelled for DeliveryState {
+    const WHAT: &'static str = "delivery state";
+    fn spelling(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Done => "done",
+            DeliveryState::Parked => "parked",
+        }
+    }
+    fn from_spelling(s: &str) -> Option<Self> {
+        [
+            DeliveryState::Pending,
+            DeliveryState::Failed,
+            DeliveryState::Done,
+            DeliveryState::Parked,
+        ]
+        .into_iter()
+        .find(|d| d.spelling() == s)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -50,7 +86,7 @@ pub async fn claim(
             first_failed_at,
         });
     }
-    let held: Option<(String, Option<f64>)> = sqlx::query_as(
+    let held: Option<(Stored<DeliveryState>, Option<f64>)> = sqlx::query_as(
         "SELECT state, EXTRACT(EPOCH FROM (lease_until - now()))::float8 FROM deliveries \
          WHERE destination = $1 AND change_id = $2",
     )
@@ -59,7 +95,7 @@ pub async fn claim(
     .fetch_optional(pool)
     .await?;
     Ok(match held {
-        Some((state, _)) if state == "done" => Claim::Done,
+        Some((Stored::Known(DeliveryState::Done), _)) => Claim::Done,
         Some((_, remaining)) => Claim::Leased {
             remaining: Duration::from_secs_f64(remaining.unwrap_or(0.0).clamp(0.0, 86_400.0)),
         },
@@ -106,7 +142,11 @@ pub async fn fail(
     .bind(destination)
     .bind(change_id)
     .bind(error)
-    .bind(if parked { "parked" } else { "failed" })
+    .bind(Text(if parked {
+        DeliveryState::Parked
+    } else {
+        DeliveryState::Failed
+    }))
     .fetch_optional(pool)
     .await?
     .unwrap_or_else(Utc::now))
@@ -130,4 +170,17 @@ pub async fn release(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// `(destination, state)` of every delivery record of `change_id`, by destination.
+pub async fn of_change(
+    pool: &PgPool,
+    change_id: Uuid,
+) -> Result<Vec<(String, Stored<DeliveryState>)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT destination, state FROM deliveries WHERE change_id = $1 ORDER BY destination",
+    )
+    .bind(change_id)
+    .fetch_all(pool)
+    .await?)
 }

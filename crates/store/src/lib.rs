@@ -1,16 +1,21 @@
-//! PostgreSQL: settings, the pool, the schema's migrations (`migrations/` at the workspace root), and the
-//! queries more than one worker shares: shipments with their order context, per-destination
-//! idempotency records, read-only views for `tracking-api` and `trackctl`, and the database side of a
-//! binary's start (`env`).
+//! PostgreSQL: settings, the pool, the schema's migrations (`migrations/` at the workspace root), and every SQL
+//! statement of the workers and `tracking-api` (the normalizer's own until its rewrite), one module per table or
+//! aggregate: shipments with their order context, status changes, per-destination idempotency records
+//! (`deliveries`), the carriers' shared budget, health and kept answers, read-only views for `tracking-api` and
+//! `trackctl`, and the database side of a binary's start (`env`). Enums in text columns are mapped by [`text`].
 //!
 //! The normalizer owns the schema and migrates it at start (as does `trackctl migrate`); the other
 //! workers wait until the schema is at the version they were built with.
 
+pub mod carrier_budget;
+pub mod carrier_health;
+pub mod carrier_responses;
 pub mod changes;
 pub mod deliveries;
 pub mod env;
 pub mod failure;
 pub mod shipments;
+pub mod text;
 pub mod views;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -23,6 +28,7 @@ use tracking_runtime::tls::PemFile;
 
 pub use failure::{Failure, classify};
 pub use sqlx;
+pub use text::{Stored, Text};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 

@@ -1,6 +1,6 @@
 //! Shipments and their order context.
 
-use crate::StoreError;
+use crate::{StoreError, Stored};
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgPool};
 use tracking_domain::{
@@ -11,7 +11,8 @@ use tracking_domain::{
 #[derive(Debug, Clone, FromRow)]
 pub struct ShipmentRow {
     pub id: i64,
-    pub carrier: String,
+    /// Kept even when unknown to this version: such a row is quarantined, never a failed scan.
+    pub carrier: Stored<Carrier>,
     pub tracking_code: String,
     pub order_id: String,
     pub customer_email: String,
@@ -20,7 +21,7 @@ pub struct ShipmentRow {
     pub marketplace_name: Option<String>,
     pub marketplace_order_id: Option<String>,
     pub invoice_number: Option<String>,
-    pub status: String,
+    pub status: Stored<Status>,
     pub status_reason: Option<String>,
     pub status_at: Option<DateTime<Utc>>,
     pub estimated_delivery: Option<DateTime<Utc>>,
@@ -41,7 +42,7 @@ pub const SHIPMENT_COLUMNS: &str = "id, carrier, tracking_code, order_id, custom
 
 impl ShipmentRow {
     pub fn status(&self) -> Result<Status, StoreError> {
-        self.status.parse().map_err(StoreError::Corrupt)
+        self.status.known()
     }
 
     /// The tracking request this shipment was registered with (its latest order context).
@@ -55,8 +56,8 @@ impl ShipmentRow {
                 .map_err(|e| corrupt("tracking_code", e.to_string()))?,
             carrier: self
                 .carrier
-                .parse::<Carrier>()
-                .map_err(|e| corrupt("carrier", e))?,
+                .known()
+                .map_err(|e| corrupt("carrier", e.to_string()))?,
             customer: Customer {
                 email: EmailAddress::parse(&self.customer_email)
                     .map_err(|e| corrupt("customer_email", e))?,
@@ -138,6 +139,63 @@ pub async fn quarantine(
     )
     .bind(shipment_id)
     .bind(tracking_domain::text::clean(reason, tracking_domain::text::LONG))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The due-scan: up to `$2` shipments due at `$1`, oldest first, skipping those another scheduler holds
+/// (served by the partial index `shipments_due`). Public for the benchmark that times it.
+pub fn due_scan_sql() -> String {
+    format!(
+        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE finished_at IS NULL AND quarantined_at IS NULL AND next_poll_at <= $1 \
+         ORDER BY next_poll_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+    )
+}
+
+/// Up to `limit` shipments due at `now`, locked for the rest of the transaction ([`due_scan_sql`]).
+pub async fn due(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<ShipmentRow>, StoreError> {
+    Ok(sqlx::query_as::<_, ShipmentRow>(&due_scan_sql())
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?)
+}
+
+/// A poll of the shipment was requested: the next one is due at `next_poll_at`; a final poll (delivered,
+/// returned) marks it finished.
+pub async fn polled(
+    conn: &mut PgConnection,
+    shipment_id: i64,
+    next_poll_at: DateTime<Utc>,
+    final_poll: bool,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE shipments SET next_poll_at = $2, finished_at = CASE WHEN $3 THEN now() ELSE NULL END WHERE id = $1",
+    )
+    .bind(shipment_id)
+    .bind(next_poll_at)
+    .bind(final_poll)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The shipment expired at `at` (no news for too long): its status is `expired` and it is finished.
+pub async fn expired(
+    conn: &mut PgConnection,
+    shipment_id: i64,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE shipments SET status = 'expired', status_at = $2, finished_at = $2, updated_at = now() WHERE id = $1",
+    )
+    .bind(shipment_id)
+    .bind(at)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -567,19 +567,16 @@ async fn show(code: &str) -> anyhow::Result<()> {
             );
         }
         println!("  status changes:");
-        let changes: Vec<(uuid::Uuid, String, String, chrono::DateTime<chrono::Utc>, bool)> = sqlx::query_as(
-            "SELECT change_id, previous_status, status, occurred_at, published_at IS NOT NULL FROM status_changes \
-             WHERE shipment_id = $1 ORDER BY occurred_at",
-        )
-        .bind(s.id)
-        .fetch_all(&pool)
-        .await?;
-        for (id, prev, st, at, published) in changes {
-            let deliveries: Vec<(String, String)> =
-                sqlx::query_as("SELECT destination, state FROM deliveries WHERE change_id = $1 ORDER BY destination")
-                    .bind(id)
-                    .fetch_all(&pool)
-                    .await?;
+        let changes = tracking_store::changes::of_shipment(&pool, s.id).await?;
+        for tracking_store::changes::Listed {
+            change_id: id,
+            previous_status: prev,
+            status: st,
+            occurred_at: at,
+            published,
+        } in changes
+        {
+            let deliveries = tracking_store::deliveries::of_change(&pool, id).await?;
             let d: Vec<String> = deliveries
                 .into_iter()
                 .map(|(dest, state)| format!("{dest}={state}"))

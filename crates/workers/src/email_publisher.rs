@@ -7,7 +7,7 @@
 //! process, then with backoff through the delay queues; 5xx (e.g. 550 an unknown mailbox) parks the change in
 //! `email.order-status.dead` with the server's answer.
 
-use crate::boot;
+use crate::boot::{self, Schema, Worker};
 use crate::deliver::{self, Attempt, RetryPolicy};
 use crate::trusted::{self, Trusted};
 use std::collections::HashSet;
@@ -17,8 +17,7 @@ use tracking_domain::Status;
 use tracking_email::{Mailer, MailerSettings, Renderer, TemplateSettings};
 use tracking_marketplaces::Marketplaces;
 use tracking_runtime::amqp::topology::EMAIL_QUEUE;
-use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome, Publisher, run_consumer};
-use tracking_runtime::ops::Health;
+use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome};
 use tracking_runtime::settings::{self, SettingsError};
 
 pub const DESTINATION: &str = "email";
@@ -88,33 +87,30 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let mailer =
         Mailer::new(&settings.mailer).map_err(|e| SettingsError::new("SMTP_URL", e.to_string()))?;
     let renderer = Renderer::new(settings.templates)?;
-    let health = Health::new(&["rabbitmq", "postgres"]);
-    boot::serve_ops("127.0.0.1:9104", health.clone(), shutdown.clone()).await?;
-    let pool = tracking_store::pool(&settings.db)?;
-    tokio::spawn(boot::watch_database(
-        pool.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ));
-    let publisher = Publisher::new(settings.amqp.clone(), "email-publisher");
+    let Some(worker) = Worker::start(
+        "email-publisher",
+        "127.0.0.1:9104",
+        &settings.amqp,
+        &settings.db,
+        Schema::Wait,
+        &shutdown,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
     let handler = Arc::new(EmailPublisher {
-        pool,
+        pool: worker.pool.clone(),
         mailer,
         renderer,
         statuses: settings.statuses,
         marketplaces: settings.marketplaces,
         retry: settings.retry,
     });
-    run_consumer(
-        settings.amqp,
-        EMAIL_QUEUE,
-        publisher.clone(),
-        handler,
-        health,
-        shutdown,
-    )
-    .await;
-    publisher.close().await;
+    worker
+        .consume(settings.amqp, EMAIL_QUEUE, handler, shutdown)
+        .await;
+    worker.close().await;
     Ok(())
 }
 

@@ -8,10 +8,11 @@
 //! (claimed in `deliveries`, paced by the marketplace's `rate_per_second`, retried in process then through the delay
 //! queues on 408, 429 honouring `Retry-After`, 5xx and transport errors, parked with the answer on other 4xx).
 
+use crate::boot::{self, Schema, Worker};
+use crate::db_outcome;
 use crate::deliver::{self, Attempt, RetryPolicy};
 use crate::email_publisher::marketplaces_from_env;
 use crate::trusted;
-use crate::{boot, db_outcome};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +21,7 @@ use tracking_domain::StatusChange;
 use tracking_marketplaces::adapters::{Once, Plan};
 use tracking_marketplaces::{Marketplace, Marketplaces, Pace, Relay, RelayError};
 use tracking_runtime::amqp::topology::MARKETPLACE_QUEUE;
-use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome, Publisher, run_consumer};
-use tracking_runtime::ops::Health;
+use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome};
 use tracking_runtime::settings::{self, SettingsError};
 
 pub struct Settings {
@@ -65,22 +65,25 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             "No marketplaces are configured (MARKETPLACES_FILE): changes of orders that name one will be parked."
         );
     }
-    let health = Health::new(&["rabbitmq", "postgres"]);
-    boot::serve_ops("127.0.0.1:9105", health.clone(), shutdown.clone()).await?;
-    let pool = tracking_store::pool(&settings.db)?;
-    tokio::spawn(boot::watch_database(
-        pool.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ));
-    let publisher = Publisher::new(settings.amqp.clone(), "marketplace-publisher");
+    let Some(worker) = Worker::start(
+        "marketplace-publisher",
+        "127.0.0.1:9105",
+        &settings.amqp,
+        &settings.db,
+        Schema::Wait,
+        &shutdown,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
     let paces = settings
         .marketplaces
         .iter()
         .map(|m| (m.name.clone(), Pace::new(m.rate_per_second)))
         .collect();
     let handler = Arc::new(MarketplacePublisher {
-        pool,
+        pool: worker.pool.clone(),
         relay: Relay::new(settings.timeout, settings.max_body)?,
         marketplaces: settings.marketplaces,
         paces,
@@ -88,16 +91,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         order_wait: settings.order_wait,
         order_wait_max: settings.order_wait_max,
     });
-    run_consumer(
-        settings.amqp,
-        MARKETPLACE_QUEUE,
-        publisher.clone(),
-        handler,
-        health,
-        shutdown,
-    )
-    .await;
-    publisher.close().await;
+    worker
+        .consume(settings.amqp, MARKETPLACE_QUEUE, handler, shutdown)
+        .await;
+    worker.close().await;
     Ok(())
 }
 
@@ -145,7 +142,7 @@ impl Handler for MarketplacePublisher {
                 };
             }
             Ok(None) => {}
-            Err(e) => return db_outcome(&e.into()),
+            Err(e) => return db_outcome(&e),
         }
         // The adapter sees the recorded change, re-serialized, never the message's own bytes.
         let body = match serde_json::to_vec(&change) {
@@ -250,26 +247,18 @@ impl MarketplacePublisher {
         &self,
         destination: &str,
         change: &StatusChange,
-    ) -> Result<Option<uuid::Uuid>, sqlx::Error> {
+    ) -> Result<Option<uuid::Uuid>, tracking_store::StoreError> {
         let Some(target) = &change.marketplace else {
             return Ok(None);
         };
-        sqlx::query_scalar(
-            "SELECT sc.change_id FROM status_changes sc \
-             JOIN shipments s ON s.id = sc.shipment_id \
-             LEFT JOIN deliveries d ON d.destination = $1 AND d.change_id = sc.change_id \
-             WHERE s.order_id = $2 AND s.marketplace_name = $3 \
-               AND sc.seq < (SELECT seq FROM status_changes WHERE change_id = $4) \
-               AND sc.created_at > now() - make_interval(secs => $5) \
-               AND (d.state IS NULL OR d.state NOT IN ('done', 'parked')) \
-             ORDER BY sc.seq LIMIT 1",
+        tracking_store::changes::earlier_pending(
+            &self.pool,
+            destination,
+            change.order_id.as_str(),
+            &target.name,
+            change.change_id,
+            self.order_wait_max,
         )
-        .bind(destination)
-        .bind(change.order_id.as_str())
-        .bind(&target.name)
-        .bind(change.change_id)
-        .bind(self.order_wait_max.as_secs_f64())
-        .fetch_optional(&self.pool)
         .await
     }
 }

@@ -7,7 +7,7 @@
 //! - No news for `EXPIRE_AFTER_DAYS`: the shipment is marked `expired`, the change is recorded in the outbox
 //!   (the normalizer's relay publishes it), a warning is logged and `shipments_expired_total` counted; polling stops.
 
-use crate::boot;
+use crate::boot::{self, Schema, Worker};
 use crate::policy::PollPolicy;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -18,7 +18,7 @@ use tracking_runtime::amqp::topology::TRACKING_REQUESTS;
 use tracking_runtime::amqp::{AmqpSettings, Outgoing, Publisher};
 use tracking_runtime::ops::Health;
 use tracking_runtime::settings::{self, SettingsError};
-use tracking_store::shipments::{SHIPMENT_COLUMNS, ShipmentRow};
+use tracking_store::shipments::{self, ShipmentRow};
 
 pub struct Settings {
     pub amqp: AmqpSettings,
@@ -51,16 +51,24 @@ impl Settings {
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let health = Health::new(&["rabbitmq", "postgres"]);
+    let Some(worker) = Worker::start(
+        "scheduler",
+        "127.0.0.1:9103",
+        &settings.amqp,
+        &settings.db,
+        Schema::Wait,
+        &shutdown,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    let Worker {
+        health,
+        pool,
+        publisher,
+    } = &worker;
     health.set("ticks", true);
-    boot::serve_ops("127.0.0.1:9103", health.clone(), shutdown.clone()).await?;
-    let pool = tracking_store::pool(&settings.db)?;
-    tokio::spawn(boot::watch_database(
-        pool.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ));
-    let publisher = Publisher::new(settings.amqp.clone(), "scheduler");
     tracing::info!(
         tick_ms = settings.tick.as_millis() as u64,
         "Scheduling polls."
@@ -71,7 +79,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             _ = tokio::time::sleep(settings.tick) => {}
             _ = shutdown.cancelled() => break,
         }
-        liveness.check(&health);
+        liveness.check(health);
         // A tick with nothing due touches no broker: check the connection itself for /health.
         if !publisher.is_connected()
             && let Err(e) = publisher.connect().await
@@ -82,8 +90,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }
         health.set("rabbitmq", true);
         match tick(
-            &pool,
-            &publisher,
+            pool,
+            publisher,
             &settings.policy,
             settings.batch,
             Utc::now(),
@@ -91,7 +99,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .await
         {
             Ok(report) => {
-                liveness.ticked(&health);
+                liveness.ticked(health);
                 if report.polled + report.expired > 0 {
                     tracing::debug!(
                         polled = report.polled,
@@ -108,7 +116,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             }
         }
     }
-    publisher.close().await;
+    worker.close().await;
     Ok(())
 }
 
@@ -159,15 +167,6 @@ pub struct TickReport {
     pub quarantined: usize,
 }
 
-/// The due-scan: up to `$2` shipments due at `$1`, oldest first, skipping those another scheduler holds
-/// (served by the partial index `shipments_due`).
-pub fn due_scan_sql() -> String {
-    format!(
-        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE finished_at IS NULL AND quarantined_at IS NULL AND next_poll_at <= $1 \
-         ORDER BY next_poll_at LIMIT $2 FOR UPDATE SKIP LOCKED"
-    )
-}
-
 /// One pass over due shipments.
 pub async fn tick(
     pool: &PgPool,
@@ -178,11 +177,7 @@ pub async fn tick(
 ) -> anyhow::Result<TickReport> {
     let mut report = TickReport::default();
     let mut tx = pool.begin().await?;
-    let due: Vec<ShipmentRow> = sqlx::query_as(&due_scan_sql())
-        .bind(now)
-        .bind(batch)
-        .fetch_all(&mut *tx)
-        .await?;
+    let due = shipments::due(&mut tx, now, batch).await?;
     let expire_before =
         now - chrono::Duration::from_std(policy.expire_after).unwrap_or(chrono::Duration::days(30));
     for s in due {
@@ -205,12 +200,13 @@ pub async fn tick(
             .publish(Outgoing::json("", TRACKING_REQUESTS, &body))
             .await?;
         let final_poll = status.is_final();
-        sqlx::query("UPDATE shipments SET next_poll_at = $2, finished_at = CASE WHEN $3 THEN now() ELSE NULL END WHERE id = $1")
-            .bind(s.id)
-            .bind(policy.next_poll(status, s.last_news_at, now))
-            .bind(final_poll)
-            .execute(&mut *tx)
-            .await?;
+        shipments::polled(
+            &mut tx,
+            s.id,
+            policy.next_poll(status, s.last_news_at, now),
+            final_poll,
+        )
+        .await?;
         report.polled += 1;
         if final_poll {
             report.finished += 1;
@@ -227,7 +223,7 @@ async fn quarantine(
     s: &ShipmentRow,
     reason: &str,
 ) -> anyhow::Result<()> {
-    tracking_store::shipments::quarantine(&mut *tx, s.id, reason).await?;
+    shipments::quarantine(&mut *tx, s.id, reason).await?;
     metrics::counter!("rows_quarantined_total", "table" => "shipments").increment(1);
     tracing::error!(shipment_id = s.id, tracking_code = %s.tracking_code, reason,
         "A stored shipment cannot be read back; quarantined and no longer polled (see trackctl shipment show).");
@@ -268,22 +264,9 @@ async fn expire(
         invoice_number: req.invoice_number,
         estimated_delivery: s.estimated_delivery.map(|d| d.fixed_offset()),
     };
-    sqlx::query(
-        "INSERT INTO status_changes (change_id, shipment_id, status, previous_status, occurred_at, payload) \
-         VALUES ($1, $2, 'expired', $3, $4, $5) ON CONFLICT (change_id) DO NOTHING",
-    )
-    .bind(change.change_id)
-    .bind(s.id)
-    .bind(previous.as_str())
-    .bind(now)
-    .bind(serde_json::to_value(&change)?)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE shipments SET status = 'expired', status_at = $2, finished_at = $2, updated_at = now() WHERE id = $1")
-        .bind(s.id)
-        .bind(now)
-        .execute(&mut *tx)
+    tracking_store::changes::insert(&mut *tx, s.id, &change, &serde_json::to_value(&change)?)
         .await?;
+    shipments::expired(&mut *tx, s.id, now).await?;
     metrics::counter!("shipments_expired_total", "carrier" => req.carrier.as_str()).increment(1);
     tracing::warn!(order_id = %s.order_id, tracking_code = %s.tracking_code, last_news_at = %s.last_news_at,
         "Shipment expired: no carrier update for too long; polling stopped.");

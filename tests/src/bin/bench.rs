@@ -273,7 +273,7 @@ async fn scheduler(rows: usize) -> anyhow::Result<()> {
     sqlx::query("ANALYZE shipments").execute(&env.pool).await?;
     println!("filled in {:.1} s", started.elapsed().as_secs_f64());
 
-    let sql = tracking_workers::scheduler::due_scan_sql();
+    let sql = tracking_store::shipments::due_scan_sql();
     let mut times = Vec::new();
     for _ in 0..30 {
         let mut tx = env.pool.begin().await?;

@@ -1,0 +1,215 @@
+//! The fetcher's settings: carrier credentials and clients, request budgets, batching, retries and health.
+
+use super::budget::SharedBudget;
+use crate::boot;
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tracking_carriers::correios::{CorreiosClient, CorreiosSettings, MAX_BATCH};
+use tracking_carriers::jadlog::{JadlogClient, JadlogSettings};
+use tracking_carriers::{CallRetry, CarrierClient, DEFAULT_MAX_BODY_BYTES};
+use tracking_domain::Carrier;
+use tracking_runtime::amqp::AmqpSettings;
+use tracking_runtime::settings::{self, SettingsError};
+
+/// A carrier account's request budget: `rate` calls per second on average, `burst` at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+pub struct CarrierSettings {
+    pub correios: Option<CorreiosSettings>,
+    pub jadlog: Option<JadlogSettings>,
+    /// `CORREIOS_RATE_PER_SECOND` (default 5), `CORREIOS_BURST` (default 10).
+    pub correios_rate: Rate,
+    /// `JADLOG_RATE_PER_SECOND` (default 2), `JADLOG_BURST` (default 5).
+    pub jadlog_rate: Rate,
+}
+
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub db: tracking_store::DbSettings,
+    pub carriers: CarrierSettings,
+    /// `CARRIER_RETRY_BASE_MS` (default 5000): the first queue delay after a failed carrier call; it doubles per attempt.
+    pub retry_base: Duration,
+    /// `CARRIER_RETRY_MAX_MS` (default 600000): the cap of that delay.
+    pub retry_max: Duration,
+    /// `FETCH_LINGER_MS` (default 200): how long a batch waits for more codes before the call.
+    pub linger: Duration,
+    /// `FETCH_CALLS_IN_FLIGHT` (default 4): calls per carrier at once in this process.
+    pub calls_in_flight: usize,
+    pub health: HealthSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    /// `CARRIER_HEALTH_WINDOW_SECS` (default 300): counters cover this much recent time.
+    pub window: Duration,
+    /// `CARRIER_BROKEN_AFTER_FAILURES` (default 5): consecutive failed calls that make a carrier broken.
+    pub broken_after: usize,
+    /// `CARRIER_STALE_AFTER_HOURS` (default 120): a code whose newest event is older than this, and not delivered
+    /// or returned, counts as a code that stopped updating.
+    pub stale_after: Duration,
+}
+
+/// A request budget read from `per_second` and `burst` (each a setting's name and its default); the names are
+/// spelled out so that the settings test finds them.
+fn rate(per_second: (&str, f64), burst: (&str, f64)) -> Result<Rate, SettingsError> {
+    let r = Rate {
+        per_second: settings::parse(per_second.0, per_second.1)?,
+        burst: settings::parse(burst.0, burst.1)?,
+    };
+    if !(r.per_second.is_finite() && r.per_second > 0.0) {
+        return Err(SettingsError::new(
+            per_second.0,
+            "must be a positive number",
+        ));
+    }
+    if !(r.burst.is_finite() && r.burst >= 1.0) {
+        return Err(SettingsError::new(burst.0, "must be at least 1"));
+    }
+    Ok(r)
+}
+
+impl CarrierSettings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let tz_name = settings::var_or("CARRIER_TIME_ZONE", "America/Sao_Paulo");
+        let time_zone = tz_name
+            .parse::<chrono_tz::Tz>()
+            .map_err(|e| SettingsError::new("CARRIER_TIME_ZONE", e.to_string()))?;
+        let retry = CallRetry {
+            retries: settings::parse("CARRIER_CALL_RETRIES", 2usize)?,
+            base: settings::millis("CARRIER_CALL_RETRY_BASE_MS", 500)?,
+            max_wait: settings::millis("CARRIER_CALL_RETRY_MAX_WAIT_MS", 10_000)?,
+        };
+        let max_body = settings::parse("CARRIER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?;
+        if max_body < 1024 {
+            return Err(SettingsError::new(
+                "CARRIER_MAX_BODY_BYTES",
+                "must be at least 1024",
+            ));
+        }
+        let correios = match (
+            settings::var("CORREIOS_USER"),
+            settings::var("CORREIOS_ACCESS_CODE"),
+        ) {
+            (Some(user), Some(code)) => {
+                let batch = settings::parse("CORREIOS_BATCH_SIZE", MAX_BATCH)?;
+                if !(1..=MAX_BATCH).contains(&batch) {
+                    return Err(SettingsError::new(
+                        "CORREIOS_BATCH_SIZE",
+                        format!("must be between 1 and {MAX_BATCH}"),
+                    ));
+                }
+                Some(CorreiosSettings {
+                    base_url: settings::var_or("CORREIOS_BASE_URL", "https://api.correios.com.br"),
+                    user,
+                    access_code: code.into(),
+                    postage_card: settings::var("CORREIOS_POSTAGE_CARD"),
+                    timeout: settings::millis("CORREIOS_TIMEOUT_MS", 30_000)?,
+                    time_zone,
+                    batch,
+                    retry: retry.clone(),
+                    max_body,
+                })
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(SettingsError::new(
+                    "CORREIOS_ACCESS_CODE",
+                    "is required when CORREIOS_USER is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(SettingsError::new(
+                    "CORREIOS_USER",
+                    "is required when CORREIOS_ACCESS_CODE is set",
+                ));
+            }
+        };
+        let jadlog = match settings::var("JADLOG_TOKEN") {
+            Some(token) => Some(JadlogSettings {
+                base_url: settings::var_or("JADLOG_BASE_URL", "https://www.jadlog.com.br"),
+                token: token.into(),
+                timeout: settings::millis("JADLOG_TIMEOUT_MS", 30_000)?,
+                time_zone,
+                batch: settings::parse("JADLOG_BATCH_SIZE", 50usize)?.max(1),
+                retry,
+                max_body,
+            }),
+            None => None,
+        };
+        Ok(Self {
+            correios,
+            jadlog,
+            correios_rate: rate(("CORREIOS_RATE_PER_SECOND", 5.0), ("CORREIOS_BURST", 10.0))?,
+            jadlog_rate: rate(("JADLOG_RATE_PER_SECOND", 2.0), ("JADLOG_BURST", 5.0))?,
+        })
+    }
+
+    /// The configured clients, each spending its account's budget in `pool` (when given).
+    pub fn clients(
+        &self,
+        pool: Option<&PgPool>,
+    ) -> anyhow::Result<BTreeMap<Carrier, Arc<dyn CarrierClient>>> {
+        let mut out: BTreeMap<Carrier, Arc<dyn CarrierClient>> = BTreeMap::new();
+        if let Some(s) = &self.correios {
+            let mut client = CorreiosClient::new(s.clone())?;
+            if let Some(pool) = pool {
+                client = client.with_budget(Arc::new(SharedBudget::new(
+                    pool.clone(),
+                    s.account(),
+                    self.correios_rate,
+                )));
+            }
+            out.insert(Carrier::Correios, Arc::new(client));
+        }
+        if let Some(s) = &self.jadlog {
+            let mut client = JadlogClient::new(s.clone())?;
+            if let Some(pool) = pool {
+                client = client.with_budget(Arc::new(SharedBudget::new(
+                    pool.clone(),
+                    tracking_carriers::jadlog::ACCOUNT.into(),
+                    self.jadlog_rate,
+                )));
+            }
+            out.insert(Carrier::Jadlog, Arc::new(client));
+        }
+        Ok(out)
+    }
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let carriers = CarrierSettings::from_env()?;
+        let mut amqp = AmqpSettings::from_env()?;
+        if settings::var("PREFETCH").is_none() {
+            // Enough deliveries in hand to fill two batches.
+            let batch = carriers
+                .correios
+                .as_ref()
+                .map_or(MAX_BATCH, |c| c.batch)
+                .max(carriers.jadlog.as_ref().map_or(1, |j| j.batch));
+            amqp.prefetch = u16::try_from(batch * 2)
+                .unwrap_or(u16::MAX)
+                .max(amqp.prefetch);
+        }
+        Ok(Self {
+            db: boot::db_settings(tracking_store::env::WORKER_POOL_SIZE)?,
+            amqp,
+            carriers,
+            retry_base: settings::millis("CARRIER_RETRY_BASE_MS", 5_000)?,
+            retry_max: settings::millis("CARRIER_RETRY_MAX_MS", 600_000)?,
+            linger: settings::millis("FETCH_LINGER_MS", 200)?,
+            calls_in_flight: settings::parse("FETCH_CALLS_IN_FLIGHT", 4usize)?.max(1),
+            health: HealthSettings {
+                window: settings::secs("CARRIER_HEALTH_WINDOW_SECS", 300)?,
+                broken_after: settings::parse("CARRIER_BROKEN_AFTER_FAILURES", 5usize)?.max(1),
+                stale_after: settings::secs("CARRIER_STALE_AFTER_HOURS", 120)?.saturating_mul(3600),
+            },
+        })
+    }
+}

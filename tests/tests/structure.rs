@@ -1,0 +1,199 @@
+//! The codebase's structure checked against its sources, so that a drift fails here:
+//!
+//! - SQL lives in `crates/store` (one module per table or aggregate): no `sqlx::query*` or raw SQL in
+//!   `crates/workers` (the normalizer's module excepted until its rewrite moves its statements) nor in `crates/api`;
+//! - README.md's settings tables name every setting the code reads, and the code reads every setting they name.
+//!
+//! Both read the files only: no server is needed.
+
+#![allow(clippy::unwrap_used)]
+
+use regex::Regex;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Every `.rs` file under `dir`, recursively.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// SQL only in the store.
+
+/// The lines of `source` that run SQL themselves: sqlx's query functions and macros, or a string that starts
+/// with an SQL statement.
+fn sql_lines(source: &str) -> Vec<(usize, String)> {
+    let sql = Regex::new(
+        r#"sqlx::(query|query_as|query_scalar|query_with|query_as_with|query_scalar_with|raw_sql)\b|\b(query|query_as|query_scalar)(::<[^>]*>)?\(|\bquery(_as|_scalar)?!\(|raw_sql\(|"\s*(SELECT|INSERT INTO|UPDATE|DELETE FROM|WITH|LOCK TABLE)\s"#,
+    )
+    .unwrap();
+    source
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with("//"))
+        .filter(|(_, l)| sql.is_match(l))
+        .map(|(n, l)| (n + 1, l.trim().to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_detector_finds_sql_in_its_usual_shapes() {
+    for shape in [
+        r#"let n: i64 = sqlx::query_scalar("SELECT 1").fetch_one(pool).await?;"#,
+        r#"sqlx::query("UPDATE x SET y = 1").execute(pool).await?;"#,
+        r#"let rows: Vec<Row> = query_as::<_, Row>(&sql).fetch_all(pool).await?;"#,
+        r#"let r = sqlx::query!("DELETE FROM t").execute(pool).await?;"#,
+        r#"sqlx::raw_sql("LOCK TABLE t").execute(pool).await?;"#,
+        r#"    "INSERT INTO carrier_responses (carrier) VALUES ($1)","#,
+    ] {
+        assert_eq!(sql_lines(shape).len(), 1, "not seen: {shape}");
+    }
+    for innocent in [
+        "// sqlx::query(\"SELECT 1\") in a comment",
+        "let pool = tracking_store::pool(&settings.db)?;",
+        "tracking_store::changes::earlier_pending(&self.pool, destination).await",
+        "println!(\"select a shipment\");",
+    ] {
+        assert!(sql_lines(innocent).is_empty(), "flagged: {innocent}");
+    }
+}
+
+#[test]
+fn no_sql_outside_the_store() {
+    let root = root();
+    // The normalizer's statements move into the store with its rewrite into batches (issue 11, point 1).
+    let exempt = [root.join("crates/workers/src/normalizer.rs")];
+    let mut found = Vec::new();
+    for dir in ["crates/workers/src", "crates/api/src"] {
+        for file in rust_files(&root.join(dir)) {
+            if exempt.contains(&file) {
+                continue;
+            }
+            let source = std::fs::read_to_string(&file).unwrap();
+            for (line, text) in sql_lines(&source) {
+                found.push(format!(
+                    "{}:{line}: {text}",
+                    file.strip_prefix(&root).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "SQL outside crates/store (move it into a store module, one per table or aggregate):\n{}",
+        found.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// README's settings tables against the settings the code reads.
+
+/// Names in capitals that are not settings though they look like one.
+const NOT_SETTINGS: [&str; 2] = [
+    // `env!("CARGO_PKG_VERSION")`: read by the compiler, not at run time.
+    "CARGO_PKG_VERSION",
+    // `tracking-api page-link ORDER_ID...`: a command-line argument named in its error.
+    "ORDER_ID",
+];
+
+/// Every setting name in the sources of the shipped crates: the first argument of a settings-reading function
+/// (`tracking_runtime::settings::{var, var_or, required, parse, secs, millis, millis_list, socket_addr}`, through
+/// which every setting is read), and any other string literal shaped like one (`NAME_WITH_PARTS`),
+/// which catches names handed around before they are read (the secret settings' list, a budget's names).
+fn settings_in_code(root: &Path) -> BTreeSet<String> {
+    let read = Regex::new(
+        r#"\b(var|var_or|required|settings::parse|secs|millis|millis_list|socket_addr)\(\s*"([A-Z][A-Z0-9_]*)""#,
+    )
+    .unwrap();
+    let shaped = Regex::new(r#""([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)""#).unwrap();
+    let mut names = BTreeSet::new();
+    for krate in std::fs::read_dir(root.join("crates")).unwrap() {
+        let krate = krate.unwrap().path();
+        // The simulators are test and demo stand-ins, not the product: their variables are not settings.
+        if krate.ends_with("sim") {
+            continue;
+        }
+        for file in rust_files(&krate.join("src")) {
+            let source = std::fs::read_to_string(&file).unwrap();
+            for c in read.captures_iter(&source) {
+                names.insert(c[2].to_owned());
+            }
+            for c in shaped.captures_iter(&source) {
+                names.insert(c[1].to_owned());
+            }
+        }
+    }
+    for n in NOT_SETTINGS {
+        names.remove(n);
+    }
+    names
+}
+
+/// Every variable in the first column of README.md's tables under "## Settings".
+fn settings_in_readme(readme: &str) -> BTreeSet<String> {
+    let start = readme
+        .find("\n## Settings")
+        .expect("README has a Settings section");
+    let section = &readme[start + 1..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |e| e + 3);
+    let name = Regex::new(r"`([A-Z][A-Z0-9_]*)`").unwrap();
+    let mut names = BTreeSet::new();
+    for line in section[..end].lines() {
+        let Some(row) = line.strip_prefix('|') else {
+            continue;
+        };
+        let first = row.split('|').next().unwrap_or("");
+        for c in name.captures_iter(first) {
+            names.insert(c[1].to_owned());
+        }
+    }
+    names
+}
+
+#[test]
+fn the_readme_settings_tables_match_the_settings_the_code_reads() {
+    let root = root();
+    let code = settings_in_code(&root);
+    let readme = settings_in_readme(&std::fs::read_to_string(root.join("README.md")).unwrap());
+    assert!(
+        code.len() > 50 && readme.len() > 50,
+        "the scans found too little: {} in the code, {} in README",
+        code.len(),
+        readme.len()
+    );
+    let undocumented: Vec<_> = code.difference(&readme).collect();
+    let unread: Vec<_> = readme.difference(&code).collect();
+    assert!(
+        undocumented.is_empty() && unread.is_empty(),
+        "read by the code but not in README's settings tables: {undocumented:?}\n\
+         in README's settings tables but read nowhere: {unread:?}"
+    );
+}
+
+#[test]
+fn the_readme_scan_reads_first_columns_only() {
+    let readme = "intro `NOT_THIS`\n## Settings\n\n| variable | default | meaning |\n| --- | --- | --- |\n\
+                  | `A_ONE`, `B_TWO` | 1 | like `C_THREE` |\n| `PREFETCH` | 32 | x |\n## Operating\n| `D_FOUR` | | |\n";
+    let names: Vec<_> = settings_in_readme(readme).into_iter().collect();
+    assert_eq!(names, ["A_ONE", "B_TWO", "PREFETCH"]);
+}
