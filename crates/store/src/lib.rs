@@ -1,7 +1,7 @@
 //! PostgreSQL: settings, the pool, the schema's migrations (`migrations/` at the workspace root), and the
 //! queries more than one worker shares: shipments with their order context, per-destination
-//! idempotency records, read-only views for `tracking-api` and `trackctl`, and the database side of a
-//! binary's start (`env`).
+//! idempotency records, read-only views for `tracking-api` and `trackctl`, the normalizer's set-based batch
+//! statements and outbox (`normalize`), and the database side of a binary's start (`env`).
 //!
 //! The normalizer owns the schema and migrates it at start (as does `trackctl migrate`); the other
 //! workers wait until the schema is at the version they were built with.
@@ -10,6 +10,7 @@ pub mod changes;
 pub mod deliveries;
 pub mod env;
 pub mod failure;
+pub mod normalize;
 pub mod shipments;
 pub mod views;
 

@@ -9,6 +9,13 @@
 //!   email accepted by the SMTP server, at RATE updates per second.
 //! - `bench fetcher [CODES]`: codes per second through the fetcher against the Correios simulator, with batches of
 //!   50 and of 1, and carrier calls per code.
+//! - `bench pipeline [PARCELS]`: the whole pipeline beside the null pipeline, with CPU per parcel and memory
+//!   ([`pipeline`]).
+
+#[path = "bench/pipeline.rs"]
+mod pipeline;
+#[path = "bench/procstat.rs"]
+mod procstat;
 
 use anyhow::{Context, bail};
 use std::sync::Arc;
@@ -39,12 +46,13 @@ async fn main() -> anyhow::Result<()> {
         Some("scheduler") => scheduler(count(1_000_000)?).await,
         Some("publishers") => publishers(count(1000)?).await,
         Some("fetcher") => fetcher(count(2000)?).await,
+        Some("pipeline") => pipeline::pipeline(count(3000)?).await,
         Some("latency") => {
             let seconds = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(20u64);
             latency(count(200)?, seconds).await
         }
         _ => bail!(
-            "usage: bench normalizer [SHIPMENTS] | bench scheduler [ROWS] | bench publishers [CHANGES] | bench fetcher [CODES] | bench latency [RATE] [SECONDS]"
+            "usage: bench normalizer [SHIPMENTS] | bench scheduler [ROWS] | bench publishers [CHANGES] | bench fetcher [CODES] | bench latency [RATE] [SECONDS] | bench pipeline [PARCELS]"
         ),
     }
 }
