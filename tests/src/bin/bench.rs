@@ -171,7 +171,7 @@ async fn normalizer(shipments: usize) -> anyhow::Result<()> {
     let events_in: usize = (1..=history().len()).sum::<usize>() * shipments;
     println!(
         "# normalizer: {shipments} shipments x 5 polls = {messages} carrier updates, {events_in} events in them \
-              ({} new), PREFETCH 32; {}",
+              ({} new); the hop with PREFETCH 32, the normalizer with its defaults (batches of 64, 2 in flight); {}",
         shipments * history().len(),
         machine()
     );
