@@ -6,7 +6,7 @@ CARGO ?= cargo
 export TEST_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/postgres
 export TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672
 
-.PHONY: help setup build release test lint fmt demo demo-break-correios demo-fix-correios ci fuzz bench bench-normalizer bench-scheduler bench-publishers bench-fetcher bench-latency chaos clean-test-resources
+.PHONY: help setup build release test lint fmt demo demo-break-correios demo-fix-correios ci fuzz bench bench-normalizer bench-scheduler bench-publishers bench-fetcher bench-latency bench-pipeline chaos clean-test-resources
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -50,7 +50,7 @@ fuzz: ## Run every cargo-fuzz target for FUZZ_SECONDS each (nightly; installs ca
 
 BENCH := $${CARGO_TARGET_DIR:-target}/release/bench
 
-bench: bench-fetcher bench-normalizer bench-scheduler bench-publishers bench-latency ## Every benchmark (release build); docs/BENCHMARKS.md has the figures
+bench: bench-fetcher bench-normalizer bench-scheduler bench-publishers bench-latency bench-pipeline ## Every benchmark (release build); docs/BENCHMARKS.md has the figures
 
 bench-normalizer: setup release ## Normalizer throughput beside the bare RabbitMQ hop (SHIPMENTS=2000)
 	TRACKING_BIN_PROFILE=release $(BENCH) normalizer $(or $(SHIPMENTS),2000)
@@ -69,6 +69,9 @@ bench-fetcher: setup release ## Codes per second through the fetcher against the
 
 bench-latency: setup release ## Carrier update to email accepted, p50/p90/p99 at RATE=200 updates/s for SECONDS=20
 	TRACKING_BIN_PROFILE=release $(BENCH) latency $(or $(RATE),200) $(or $(SECONDS),20)
+
+bench-pipeline: setup release ## The whole pipeline beside the null pipeline draining PARCELS=3000 parcels: parcels/s, CPU ms per parcel, memory
+	TRACKING_BIN_PROFILE=release $(BENCH) pipeline $(or $(PARCELS),3000)
 
 chaos: setup release ## Reliability under faults: PARCELS=10000 parcels while workers are killed -9, RabbitMQ stops 20 s and PostgreSQL 60 s (servers of its own); docs/RELIABILITY.md
 	bash scripts/chaos.sh $(or $(PARCELS),10000)

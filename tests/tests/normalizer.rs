@@ -211,3 +211,204 @@ async fn normalizers_racing_on_one_shipment_record_each_change_once() -> anyhow:
     );
     Ok(())
 }
+
+/// Publishes `bodies` while no normalizer runs, then starts one whose batches take them all at once.
+async fn one_batch(env: &TestEnv, bodies: &[Vec<u8>]) -> anyhow::Result<Worker> {
+    let amqp = env.amqp().await?;
+    for b in bodies {
+        amqp.publish(QUEUE, b).await?;
+    }
+    start(
+        env,
+        &[
+            ("NORMALIZER_BATCH", "64".into()),
+            // Long enough for every waiting message to join the first batch on a loaded machine.
+            ("NORMALIZER_LINGER_MS", "500".into()),
+        ],
+    )
+    .await
+}
+
+/// `consumer_batches_total` and `messages_total` of the normalizer's queue.
+async fn batches_and_messages(w: &Worker) -> anyhow::Result<(f64, f64)> {
+    let text = w.metrics().await?;
+    let sum = |prefix: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(QUEUE))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    Ok((sum("consumer_batches_total{"), sum("messages_total{")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_in_a_batch_is_parked_and_the_others_are_stored() -> anyhow::Result<()> {
+    let env = TestEnv::ready().await?;
+    // Data this database refuses (SQLSTATE 23514, as a constraint or an encoding error would be refused): the
+    // whole batch's statement fails until the normalizer finds the one message that carries it.
+    sqlx::query(
+        "ALTER TABLE tracking_events ADD CONSTRAINT refuse_poison CHECK (code <> 'POISON')",
+    )
+    .execute(&env.pool)
+    .await?;
+    let mut bodies = Vec::new();
+    let mut good = Vec::new();
+    for n in 0..10u32 {
+        let code = s10("PB", n);
+        let req = request(&format!("P-{n}"), &code, "ana@example.com", "pt-BR", None);
+        let mut events = vec![correios_event("PO", "01", "2026-11-20T10:00:00-03:00")];
+        if n == 3 {
+            events.push(correios_event("POISON", "01", "2026-11-21T10:00:00-03:00"));
+        } else {
+            good.push(code.clone());
+        }
+        bodies.push(serde_json::to_vec(&carrier_update(
+            &code,
+            Some(&req),
+            &events,
+        ))?);
+        if n == 6 {
+            bodies.push(b"{\"carrier\": \"correios\", not json".to_vec());
+        }
+    }
+    let normalizer = one_batch(&env, &bodies).await?;
+    let amqp = env.amqp().await?;
+    eventually(Duration::from_secs(30), "every message settled", || async {
+        Ok((amqp.count(QUEUE).await? == 0
+            && batches_and_messages(&normalizer).await?.1 == bodies.len() as f64)
+            .then_some(()))
+    })
+    .await?;
+    // 11 messages waiting when the normalizer starts: one batch (two on a slow start); the split into halves
+    // happens inside the handler.
+    let (batches, messages) = batches_and_messages(&normalizer).await?;
+    assert_eq!(messages, 11.0);
+    assert!(batches <= 2.0, "{batches} batches for 11 messages");
+    assert!(
+        normalizer.log_text().contains("applying it in halves"),
+        "the refused batch was not split"
+    );
+    let mut stored: Vec<String> =
+        sqlx::query_scalar("SELECT tracking_code FROM shipments ORDER BY tracking_code")
+            .fetch_all(&env.pool)
+            .await?;
+    stored.sort();
+    good.sort();
+    assert_eq!(stored, good, "the poison's shipment alone is missing");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM tracking_events")
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(events, 9);
+    eventually(
+        Duration::from_secs(20),
+        "nine changes published",
+        || async {
+            let c = changes(&env).await?;
+            Ok((c.len() == 9 && c.iter().all(|c| c.3)).then_some(()))
+        },
+    )
+    .await?;
+    let mut reasons = amqp
+        .drain(&format!("{QUEUE}.dead"))
+        .await?
+        .iter()
+        .map(|t| t.header("x-park-reason").unwrap_or_default())
+        .collect::<Vec<_>>();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("not a carrier update"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("refused") && reasons[1].contains("refuse_poison"),
+        "{reasons:?}"
+    );
+    assert_eq!(amqp.count("email.order-status").await?, 9);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_updates_of_one_shipment_in_one_batch_keep_their_order_and_dedupe() -> anyhow::Result<()>
+{
+    let env = TestEnv::ready().await?;
+    let code = s10("TB", 1);
+    let req = request("T-1", &code, "ana@example.com", "pt-BR", None);
+    let history = [
+        correios_event("PO", "01", "2026-11-20T10:00:00-03:00"),
+        correios_event("RO", "01", "2026-11-21T09:00:00-03:00"),
+        correios_event("OEC", "01", "2026-11-23T08:00:00-03:00"),
+    ];
+    // Three polls, the second one twice (a redelivery): each poll returns the whole history so far.
+    let polls = [
+        carrier_update(&code, Some(&req), &history[..1]),
+        carrier_update(&code, None, &history[..2]),
+        carrier_update(&code, None, &history[..2]),
+        carrier_update(&code, None, &history[..3]),
+    ];
+    let bodies: Vec<Vec<u8>> = polls
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<_, _>>()?;
+    let normalizer = one_batch(&env, &bodies).await?;
+    let amqp = env.amqp().await?;
+    eventually(Duration::from_secs(30), "every poll handled", || async {
+        Ok(
+            (amqp.count(QUEUE).await? == 0 && batches_and_messages(&normalizer).await?.1 == 4.0)
+                .then_some(()),
+        )
+    })
+    .await?;
+    assert_eq!(
+        batches_and_messages(&normalizer).await?.0,
+        1.0,
+        "not one batch"
+    );
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM tracking_events")
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(events, 3, "each event stored once");
+    // One change per poll that brought news, in the order of the polls, as if they had come one by one.
+    let recorded: Vec<(String, String)> =
+        sqlx::query_as("SELECT previous_status, status FROM status_changes ORDER BY seq")
+            .fetch_all(&env.pool)
+            .await?;
+    assert_eq!(
+        recorded,
+        [
+            ("registered".to_owned(), "posted".to_owned()),
+            ("posted".to_owned(), "in_transit".to_owned()),
+            ("in_transit".to_owned(), "out_for_delivery".to_owned()),
+        ]
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM shipments")
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(status, "out_for_delivery");
+    eventually(
+        Duration::from_secs(20),
+        "three changes published",
+        || async {
+            let c = changes(&env).await?;
+            Ok((c.len() == 3 && c.iter().all(|c| c.3)).then_some(()))
+        },
+    )
+    .await?;
+    let mut published: Vec<String> = amqp
+        .drain("email.order-status")
+        .await?
+        .iter()
+        .map(|t| {
+            serde_json::from_slice::<serde_json::Value>(&t.body).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    published.sort();
+    assert_eq!(published, ["in_transit", "out_for_delivery", "posted"]);
+    for (dead, n) in amqp.dead_counts().await? {
+        assert_eq!(n, 0, "{dead}");
+    }
+    Ok(())
+}

@@ -80,6 +80,10 @@ pub const METRICS: &[Metric] = &[
         HANDLING_SECONDS,
         "Seconds a worker spent handling one message, per queue.",
     ),
+    counter(
+        "consumer_batches_total",
+        "Batches a batch consumer (the normalizer's) handled, per queue.",
+    ),
     gauge(
         "consumer_stalled",
         "1 while a consumer holds or has ready messages and settled none for STALL_AFTER_SECS, else 0.",

@@ -114,6 +114,11 @@ impl Receiver {
         lock(&self.shared.calls).clone()
     }
 
+    /// How many calls were received so far (without copying them).
+    pub fn call_count(&self) -> usize {
+        lock(&self.shared.calls).len()
+    }
+
     /// The next calls get these statuses (with a `Retry-After` header when given), then 200 again.
     pub fn answer_next(&self, statuses: Vec<(u16, Option<String>)>) {
         lock(&self.shared.answers).extend(statuses.into_iter().map(|(status, retry_after)| {

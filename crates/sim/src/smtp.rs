@@ -114,6 +114,11 @@ impl SmtpServer {
         lock(&self.shared.received).clone()
     }
 
+    /// How many messages were received so far (without copying them).
+    pub fn received_count(&self) -> usize {
+        lock(&self.shared.received).len()
+    }
+
     /// Delays every later final reply to DATA by `delay`; the message counts as received before the delay.
     pub fn set_accept_delay(&self, delay: std::time::Duration) {
         *lock(&self.shared.accept_delay) = delay;

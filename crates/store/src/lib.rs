@@ -1,8 +1,9 @@
 //! PostgreSQL: settings, the pool, the schema's migrations (`migrations/` at the workspace root), and every SQL
-//! statement of the workers and `tracking-api` (the normalizer's own until its rewrite), one module per table or
-//! aggregate: shipments with their order context, status changes, per-destination idempotency records
-//! (`deliveries`), the carriers' shared budget, health and kept answers, read-only views for `tracking-api` and
-//! `trackctl`, and the database side of a binary's start (`env`). Enums in text columns are mapped by [`text`].
+//! statement of the workers and `tracking-api`, one module per table or aggregate: shipments with their order
+//! context, status changes, per-destination idempotency records (`deliveries`), the normalizer's set-based batch
+//! statements and outbox (`normalize`), the carriers' shared budget, health and kept answers, read-only views for
+//! `tracking-api` and `trackctl`, and the database side of a binary's start (`env`). Enums in text columns are
+//! mapped by [`text`].
 //!
 //! The normalizer owns the schema and migrates it at start (as does `trackctl migrate`); the other
 //! workers wait until the schema is at the version they were built with.
@@ -14,6 +15,7 @@ pub mod changes;
 pub mod deliveries;
 pub mod env;
 pub mod failure;
+pub mod normalize;
 pub mod shipments;
 pub mod text;
 pub mod views;

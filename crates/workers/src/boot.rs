@@ -7,7 +7,9 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracking_runtime::amqp::{AmqpSettings, Handler, Publisher, run_consumer};
+use tracking_runtime::amqp::{
+    AmqpSettings, BatchHandler, BatchSettings, Handler, Publisher, run_batch_consumer, run_consumer,
+};
 use tracking_runtime::ops::Health;
 use tracking_store::DbSettings;
 
@@ -71,6 +73,27 @@ impl Worker {
     ) {
         run_consumer(
             amqp,
+            queue,
+            self.publisher.clone(),
+            handler,
+            self.health.clone(),
+            shutdown,
+        )
+        .await;
+    }
+
+    /// Consumes `queue` in batches with `handler` until `shutdown`; see `run_batch_consumer`.
+    pub async fn consume_batches<H: BatchHandler>(
+        &self,
+        amqp: AmqpSettings,
+        batch: BatchSettings,
+        queue: &str,
+        handler: Arc<H>,
+        shutdown: CancellationToken,
+    ) {
+        run_batch_consumer(
+            amqp,
+            batch,
             queue,
             self.publisher.clone(),
             handler,

@@ -8,8 +8,9 @@
 //! | [`email_publisher`] | `email.order-status` | email over SMTP |
 //! | [`marketplace_publisher`] | `marketplace.order-status` | HTTP calls to marketplaces |
 //!
-//! Every queue worker runs `tracking_runtime::amqp::run_consumer` with its own handler; the runtime owns acks,
-//! retries, parking, reconnection and shutdown.
+//! Every queue worker runs `tracking_runtime::amqp::run_consumer` with its own handler (the normalizer
+//! `run_batch_consumer`, with a handler of whole batches); the runtime owns acks, retries, parking, reconnection
+//! and shutdown.
 
 pub mod boot;
 mod csv;

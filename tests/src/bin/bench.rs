@@ -9,6 +9,13 @@
 //!   email accepted by the SMTP server, at RATE updates per second.
 //! - `bench fetcher [CODES]`: codes per second through the fetcher against the Correios simulator, with batches of
 //!   50 and of 1, and carrier calls per code.
+//! - `bench pipeline [PARCELS]`: the whole pipeline beside the null pipeline, with CPU per parcel and memory
+//!   ([`pipeline`]).
+
+#[path = "bench/pipeline.rs"]
+mod pipeline;
+#[path = "bench/procstat.rs"]
+mod procstat;
 
 use anyhow::{Context, bail};
 use std::sync::Arc;
@@ -39,12 +46,13 @@ async fn main() -> anyhow::Result<()> {
         Some("scheduler") => scheduler(count(1_000_000)?).await,
         Some("publishers") => publishers(count(1000)?).await,
         Some("fetcher") => fetcher(count(2000)?).await,
+        Some("pipeline") => pipeline::pipeline(count(3000)?).await,
         Some("latency") => {
             let seconds = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(20u64);
             latency(count(200)?, seconds).await
         }
         _ => bail!(
-            "usage: bench normalizer [SHIPMENTS] | bench scheduler [ROWS] | bench publishers [CHANGES] | bench fetcher [CODES] | bench latency [RATE] [SECONDS]"
+            "usage: bench normalizer [SHIPMENTS] | bench scheduler [ROWS] | bench publishers [CHANGES] | bench fetcher [CODES] | bench latency [RATE] [SECONDS] | bench pipeline [PARCELS]"
         ),
     }
 }
@@ -163,7 +171,7 @@ async fn normalizer(shipments: usize) -> anyhow::Result<()> {
     let events_in: usize = (1..=history().len()).sum::<usize>() * shipments;
     println!(
         "# normalizer: {shipments} shipments x 5 polls = {messages} carrier updates, {events_in} events in them \
-              ({} new), PREFETCH 32; {}",
+              ({} new); the hop with PREFETCH 32, the normalizer with its defaults (batches of 64, 2 in flight); {}",
         shipments * history().len(),
         machine()
     );

@@ -60,7 +60,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn label(&self) -> &'static str {
+    pub(super) fn label(&self) -> &'static str {
         match self {
             Outcome::Ack => "acked",
             Outcome::Retry { .. } | Outcome::RetryUncounted { .. } => "retried",
@@ -92,7 +92,7 @@ pub const PARK_REASON_HEADER: &str = "x-park-reason";
 pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
 pub const LAST_ERROR_HEADER: &str = "x-last-error";
 
-fn header_u32(headers: Option<&FieldTable>, key: &str) -> Option<u32> {
+pub(super) fn header_u32(headers: Option<&FieldTable>, key: &str) -> Option<u32> {
     let value = headers?.inner().get(key)?;
     match value {
         AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
@@ -118,18 +118,18 @@ struct Ctx<H> {
 
 /// When this consumer last settled a message, and how many it holds: the liveness behind `/health`'s `progress`.
 #[derive(Default)]
-struct Progress {
+pub(super) struct Progress {
     last_settled: std::sync::Mutex<Option<Instant>>,
-    in_flight: std::sync::atomic::AtomicUsize,
+    pub(super) in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Progress {
-    fn settled(&self) {
+    pub(super) fn settled(&self) {
         if let Ok(mut last) = self.last_settled.lock() {
             *last = Some(Instant::now());
         }
     }
-    fn idle_for(&self, since_start: Instant) -> Duration {
+    pub(super) fn idle_for(&self, since_start: Instant) -> Duration {
         let last = self
             .last_settled
             .lock()
@@ -225,7 +225,7 @@ async fn consume_once<H: Handler>(
                 let held = ctx.progress.in_flight.load(std::sync::atomic::Ordering::Relaxed);
                 let idle = ctx.progress.idle_for(started);
                 let stalled = (held > 0 || ready > 0) && idle >= ctx.settings.stall_after;
-                report_stall(ctx, stalled, ready, held, idle);
+                report_stall(&ctx.queue, &ctx.health, stalled, ready, held, idle);
                 // The lapin trap: a consumer stream that stopped yielding while messages wait. Reopen it.
                 if !paused && held == 0 && ready > 0 && last_delivery.elapsed() >= ctx.settings.stall_after {
                     break Err(anyhow::anyhow!("{ready} messages are ready but none was delivered for {:?}", last_delivery.elapsed()));
@@ -265,20 +265,36 @@ async fn consume_once<H: Handler>(
     result
 }
 
-fn report_stall<H>(ctx: &Ctx<H>, stalled: bool, ready: u32, held: usize, idle: Duration) {
-    let was = ctx.health.is_up("progress");
-    ctx.health.set("progress", !stalled);
-    metrics::gauge!("consumer_stalled", "queue" => ctx.queue.clone()).set(if stalled {
+pub(super) fn report_stall(
+    queue: &str,
+    health: &Health,
+    stalled: bool,
+    ready: u32,
+    held: usize,
+    idle: Duration,
+) {
+    let was = health.is_up("progress");
+    health.set("progress", !stalled);
+    metrics::gauge!("consumer_stalled", "queue" => queue.to_owned()).set(if stalled {
         1.0
     } else {
         0.0
     });
     if stalled && was {
-        tracing::error!(queue = %ctx.queue, ready, held, idle_secs = idle.as_secs(),
+        tracing::error!(queue = %queue, ready, held, idle_secs = idle.as_secs(),
             "This consumer has settled nothing for too long while messages wait.");
     } else if !stalled && !was {
-        tracing::info!(queue = %ctx.queue, "This consumer is making progress again.");
+        tracing::info!(queue = %queue, "This consumer is making progress again.");
     }
+}
+
+/// What a caught panic said.
+pub(super) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Runs the handler, turning a panic into a park.
@@ -289,11 +305,7 @@ async fn handle_once<H: Handler>(ctx: &Ctx<H>, msg: Incoming) -> Outcome {
     {
         Ok(o) => o,
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let what = panic_text(panic.as_ref());
             tracing::error!(panic = %what, "The handler panicked; parking the message.");
             Outcome::Park {
                 reason: format!("handler panicked: {what}"),
@@ -340,24 +352,40 @@ async fn handle_while_available<H: Handler>(
     outcome
 }
 
-async fn process<H: Handler>(ctx: &Ctx<H>, delivery: Delivery, shutdown: &CancellationToken) {
+/// A delivery as a handler sees it, its attempt read from the `x-attempts` header.
+pub(super) fn incoming(queue: &str, delivery: &Delivery) -> Incoming {
     let headers = delivery.properties.headers().as_ref();
     let attempt = header_u32(headers, ATTEMPTS_HEADER)
         .unwrap_or(0)
         .saturating_add(1);
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|s| s.as_str().to_owned());
-    let msg = Incoming {
-        queue: ctx.queue.clone(),
+    Incoming {
+        queue: queue.to_owned(),
         body: delivery.data.clone(),
         attempt,
         redelivered: delivery.redelivered,
-        message_id: message_id.clone(),
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_owned()),
         routing_key: delivery.routing_key.as_str().to_owned(),
-    };
+    }
+}
+
+/// A retry past `max_attempts` becomes a park.
+pub(super) fn exhausted(outcome: Outcome, attempt: u32, max_attempts: u32) -> Outcome {
+    match outcome {
+        Outcome::Retry { reason, .. } if attempt >= max_attempts => Outcome::Park {
+            reason: format!("retries exhausted after {attempt} attempts: {reason}"),
+        },
+        o => o,
+    }
+}
+
+async fn process<H: Handler>(ctx: &Ctx<H>, delivery: Delivery, shutdown: &CancellationToken) {
+    let msg = incoming(&ctx.queue, &delivery);
+    let attempt = msg.attempt;
+    let message_id = msg.message_id.clone();
     let span = tracing::info_span!("delivery", queue = %ctx.queue, attempt, message_id = message_id.as_deref().unwrap_or(""));
     async {
         let started = Instant::now();
@@ -365,22 +393,26 @@ async fn process<H: Handler>(ctx: &Ctx<H>, delivery: Delivery, shutdown: &Cancel
             tracing::info!("Shutting down while a dependency is unavailable; the message goes back to the queue.");
             return;
         };
-        let outcome = match outcome {
-            Outcome::Retry { reason, .. } if attempt >= ctx.settings.max_attempts => {
-                Outcome::Park { reason: format!("retries exhausted after {attempt} attempts: {reason}") }
-            }
-            o => o,
-        };
+        let outcome = exhausted(outcome, attempt, ctx.settings.max_attempts);
         metrics::histogram!("message_handling_seconds", "queue" => ctx.queue.clone()).record(started.elapsed());
         metrics::counter!("messages_total", "queue" => ctx.queue.clone(), "outcome" => outcome.label()).increment(1);
-        settle(ctx, &delivery, attempt, outcome).await;
+        settle(&ctx.queue, &ctx.settings, &ctx.publisher, &delivery, attempt, outcome).await;
         ctx.progress.settled();
     }
     .instrument(span)
     .await
 }
 
-async fn settle<H: Handler>(ctx: &Ctx<H>, delivery: &Delivery, attempt: u32, outcome: Outcome) {
+/// Settles one delivery: the copy its outcome asks for (delay queue or `Q.dead`, with confirms), then the ack.
+/// When the copy cannot be published the delivery is returned to the queue, never dropped.
+pub(super) async fn settle(
+    queue: &str,
+    settings: &AmqpSettings,
+    publisher: &Publisher,
+    delivery: &Delivery,
+    attempt: u32,
+    outcome: Outcome,
+) {
     let copy = match &outcome {
         Outcome::Ack => None,
         // Never produced here: `process` handles the message again until the dependency answers.
@@ -388,20 +420,19 @@ async fn settle<H: Handler>(ctx: &Ctx<H>, delivery: &Delivery, attempt: u32, out
         Outcome::Retry { after, reason }
         | Outcome::Wait { after, reason }
         | Outcome::RetryUncounted { after, reason } => {
-            let delay = ctx
-                .settings
+            let delay = settings
                 .retry_delays
                 .iter()
                 .copied()
                 .find(|d| d >= after)
-                .or_else(|| ctx.settings.retry_delays.last().copied());
+                .or_else(|| settings.retry_delays.last().copied());
             match delay {
                 Some(d) => {
                     tracing::info!(reason = %reason, delay_ms = d.as_millis() as u64, "Retrying later.");
-                    Some((topology::retry_queue(&ctx.queue, d), reason.clone(), false))
+                    Some((topology::retry_queue(queue, d), reason.clone(), false))
                 }
                 None => Some((
-                    topology::dead_queue(&ctx.queue),
+                    topology::dead_queue(queue),
                     format!("no retry queue configured: {reason}"),
                     true,
                 )),
@@ -409,7 +440,7 @@ async fn settle<H: Handler>(ctx: &Ctx<H>, delivery: &Delivery, attempt: u32, out
         }
         Outcome::Park { reason } => {
             tracing::warn!(reason = %reason, "Parking the message.");
-            Some((topology::dead_queue(&ctx.queue), reason.clone(), true))
+            Some((topology::dead_queue(queue), reason.clone(), true))
         }
     };
     if let Some((target, reason, parked)) = copy {
@@ -429,7 +460,7 @@ async fn settle<H: Handler>(ctx: &Ctx<H>, delivery: &Delivery, attempt: u32, out
         );
         headers.insert(
             ShortString::from(ORIGINAL_QUEUE_HEADER),
-            AMQPValue::LongString(LongString::from(ctx.queue.as_str())),
+            AMQPValue::LongString(LongString::from(queue)),
         );
         let key = if parked {
             PARK_REASON_HEADER
@@ -446,8 +477,7 @@ async fn settle<H: Handler>(ctx: &Ctx<H>, delivery: &Delivery, attempt: u32, out
             .message_id()
             .as_ref()
             .map(|s| s.as_str().to_owned());
-        let published = ctx
-            .publisher
+        let published = publisher
             .publish(Outgoing {
                 exchange: "",
                 routing_key: &target,

@@ -3,10 +3,12 @@
 //! Publishing and consuming use separate connections (a memory or disk alarm blocks publishing
 //! connections only, and a worker that consumed and published on one connection could stall).
 
+mod batch;
 mod consumer;
 mod publisher;
 pub mod topology;
 
+pub use batch::{BatchHandler, BatchSettings, run_batch_consumer};
 pub use consumer::{Handler, Incoming, Outcome, run_consumer};
 pub use publisher::{Outgoing, PublishError, Publisher, watch_publisher};
 

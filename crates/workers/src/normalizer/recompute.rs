@@ -1,0 +1,119 @@
+//! `trackctl shipment recompute`: the stored events read again through new code tables.
+
+use super::decide::{self, ChangeContext};
+use chrono::Utc;
+use sqlx::PgPool;
+use tracking_domain::table::{EventTables, Mapping};
+use tracking_domain::{Source, StatusChange};
+use tracking_store::normalize::{self, NewChange};
+use tracking_store::shipments;
+
+/// What [`recompute`] did.
+#[derive(Debug, Default)]
+pub struct RecomputeReport {
+    pub shipments: usize,
+    /// Stored events whose mapping (status, reason, reversal) the current tables changed.
+    pub events_remapped: usize,
+    /// The new changes recorded (in the outbox; the relay publishes them).
+    pub changes: Vec<StatusChange>,
+}
+
+/// Re-reads every stored carrier event of the selected shipments (all when `only` is `None`) through `tables`,
+/// for when the event-code table changed: stores each event's new mapping and records a status change where the
+/// status moved. Only new changes are recorded: a shipment whose status stays puts nothing in the outbox, and
+/// change ids derive from the move and its deciding event, so running it twice records nothing the second time.
+/// Expired shipments stay expired (only carrier news revives them).
+pub async fn recompute(
+    pool: &PgPool,
+    tables: &EventTables,
+    only: Option<&str>,
+) -> anyhow::Result<RecomputeReport> {
+    let ids = normalize::shipment_ids(pool, only).await?;
+    let mut report = RecomputeReport::default();
+    for id in ids {
+        let mut tx = pool.begin().await?;
+        let Some(shipment) = normalize::lock_by_id(&mut tx, id).await? else {
+            continue;
+        };
+        report.shipments += 1;
+        let req = shipment.request()?;
+        let mut rows = shipments::events(&mut tx, shipment.id).await?;
+        let mut remapped = 0;
+        for row in rows.iter_mut().filter(|r| r.source == "carrier") {
+            let (status, reason, reverses) =
+                match tables.lookup(req.carrier, &row.code, row.kind.as_deref()) {
+                    Some(Mapping::Status { status, reason }) => {
+                        (Some(status.as_str().to_owned()), reason.clone(), false)
+                    }
+                    Some(Mapping::Reverse) => (None, None, true),
+                    None => (None, None, false),
+                };
+            if (&status, &reason, reverses) != (&row.status, &row.reason, row.reverses) {
+                normalize::remap_event(
+                    &mut tx,
+                    row.id,
+                    status.as_deref(),
+                    reason.as_deref(),
+                    reverses,
+                )
+                .await?;
+                (row.status, row.reason, row.reverses) = (status, reason, reverses);
+                remapped += 1;
+            }
+        }
+        report.events_remapped += remapped;
+        if remapped > 0 {
+            let context = ChangeContext {
+                source: Source::Carrier,
+                estimated_delivery: None,
+                replay: true,
+            };
+            let events: Vec<&shipments::EventRow> = rows.iter().collect();
+            let previous = shipment.status()?;
+            let now = Utc::now();
+            if let Some(d) = decide::next_change(
+                &req,
+                &events,
+                previous,
+                &context,
+                shipment.estimated_delivery,
+                now,
+            ) {
+                let change = d.change;
+                let recorded = normalize::record_changes(
+                    &mut tx,
+                    &[NewChange {
+                        change_id: change.change_id,
+                        shipment_id: shipment.id,
+                        event_id: d.event_id,
+                        status: change.status.as_str().to_owned(),
+                        previous_status: previous.as_str().to_owned(),
+                        occurred_at: change.occurred_at.with_timezone(&Utc),
+                        payload: serde_json::to_value(&change)?,
+                    }],
+                )
+                .await?;
+                normalize::set_status(
+                    &mut tx,
+                    shipment.id,
+                    change.status.as_str(),
+                    change.reason.as_deref(),
+                    change.occurred_at.with_timezone(&Utc),
+                )
+                .await?;
+                if recorded.is_empty() {
+                    tracing::info!(change_id = %change.change_id, tracking_code = %change.tracking_code, from = %previous,
+                        to = %change.status, "Status restored by a change recorded earlier; nothing new to publish.");
+                } else {
+                    tracing::info!(change_id = %change.change_id, order_id = %change.order_id, tracking_code = %change.tracking_code,
+                        from = %previous, to = %change.status, "Status changed.");
+                    metrics::counter!("status_changes_total", "status" => change.status.as_str())
+                        .increment(1);
+                    report.changes.push(change);
+                }
+            }
+        }
+        tx.commit().await?;
+    }
+    Ok(report)
+}
