@@ -106,7 +106,7 @@ pub async fn run_batch_consumer<H: BatchHandler>(
         match consume_once(&ctx, &shutdown).await {
             Ok(()) => break,
             Err(e) => {
-                health.set("rabbitmq", false);
+                health.set_down("rabbitmq", &e);
                 failures = failures.saturating_add(1);
                 let delay = reconnect_delay(failures, ctx.settings.reconnect_max_delay);
                 tracing::error!(queue = %ctx.queue, error = %e, retry_in_ms = delay.as_millis() as u64,
