@@ -19,16 +19,13 @@
 //! - `consumer_batches_total{queue}` counts batches; with `messages_total{queue,outcome}` it gives their mean size.
 
 use super::consumer::{
-    Incoming, Outcome, Progress, exhausted, incoming, panic_text, report_stall, settle,
+    Incoming, Outcome, Progress, check_progress, close, exhausted, incoming, open, panic_text,
+    reconnecting, settle,
 };
-use super::{AmqpSettings, Publisher, connect, reconnect_delay, topology};
+use super::{AmqpSettings, Publisher, reconnect_delay};
 use crate::ops::Health;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -101,24 +98,10 @@ pub async fn run_batch_consumer<H: BatchHandler>(
         waiting: tokio::sync::watch::Sender::new(0),
         progress: Progress::default(),
     });
-    let mut failures = 0u32;
-    while !shutdown.is_cancelled() {
-        match consume_once(&ctx, &shutdown).await {
-            Ok(()) => break,
-            Err(e) => {
-                health.set_down("rabbitmq", &e);
-                failures = failures.saturating_add(1);
-                let delay = reconnect_delay(failures, ctx.settings.reconnect_max_delay);
-                tracing::error!(queue = %ctx.queue, error = %e, retry_in_ms = delay.as_millis() as u64,
-                    "Lost the RabbitMQ consumer; reconnecting.");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-            }
-        }
-    }
-    health.set("rabbitmq", false);
+    reconnecting(&ctx.queue, &ctx.settings, &health, &shutdown, || {
+        consume_once(&ctx, &shutdown)
+    })
+    .await;
 }
 
 /// One connection's life. `Ok` means shutdown was asked and handled; `Err` means reconnect.
@@ -126,22 +109,9 @@ async fn consume_once<H: BatchHandler>(
     ctx: &Arc<Ctx<H>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let conn = connect(&ctx.settings, &format!("{}-consume", ctx.queue)).await?;
-    let channel = conn.create_channel().await?;
-    topology::declare(&channel, &ctx.settings.retry_delays).await?;
     let prefetch = ctx.batch.prefetch(ctx.settings.prefetch);
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            ctx.queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    ctx.health.set("rabbitmq", true);
+    let (conn, channel, mut consumer) =
+        open(&ctx.settings, &ctx.queue, prefetch, &ctx.health).await?;
     tracing::info!(queue = %ctx.queue, prefetch, batch = ctx.batch.size, linger_ms = ctx.batch.linger.as_millis() as u64,
         in_flight = ctx.batch.in_flight, "Consuming in batches.");
 
@@ -180,18 +150,8 @@ async fn consume_once<H: BatchHandler>(
             },
             _ = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if linger_until.is_some() => true,
             _ = check.tick() => {
-                let ready = channel
-                    .queue_declare(ctx.queue.as_str().into(), QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() }, FieldTable::default())
-                    .await
-                    .map(|q| q.message_count())
-                    .unwrap_or(0);
-                let held = ctx.progress.in_flight.load(Ordering::Relaxed);
-                let idle = ctx.progress.idle_for(started);
-                let stalled = (held > 0 || ready > 0) && idle >= ctx.settings.stall_after;
-                report_stall(&ctx.queue, &ctx.health, stalled, ready, held, idle);
-                // The lapin trap: a consumer stream that stopped yielding while messages wait. Reopen it.
-                if !paused && held == 0 && ready > 0 && last_delivery.elapsed() >= ctx.settings.stall_after {
-                    break Err(anyhow::anyhow!("{ready} messages are ready but none was delivered for {:?}", last_delivery.elapsed()));
+                if let Err(e) = check_progress(&channel, &ctx.queue, &ctx.settings, &ctx.health, &ctx.progress, started, (!paused).then(|| last_delivery.elapsed())).await {
+                    break Err(e);
                 }
                 false
             }
@@ -215,18 +175,16 @@ async fn consume_once<H: BatchHandler>(
         .in_flight
         .fetch_sub(gathered.len(), Ordering::Relaxed);
     drop(gathered);
-    let _ = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await;
-    tracker.close();
-    if tokio::time::timeout(ctx.settings.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(queue = %ctx.queue, "In-flight batches did not finish in time; they go back to the queue.");
-    }
-    let _ = channel.close(200, "bye".into()).await;
-    let _ = conn.close(200, "bye".into()).await;
+    close(
+        conn,
+        channel,
+        &consumer,
+        &tracker,
+        &ctx.settings,
+        &ctx.queue,
+        "batches",
+    )
+    .await;
     result
 }
 

@@ -159,15 +159,33 @@ pub async fn run_consumer<H: Handler>(
         waiting: tokio::sync::watch::Sender::new(0),
         progress: Progress::default(),
     });
+    reconnecting(&ctx.queue, &ctx.settings, &health, &shutdown, || {
+        consume_once(&ctx, &shutdown)
+    })
+    .await;
+}
+
+/// Runs `once` (one connection's life) again with capped backoff whenever it fails, until it returns `Ok`
+/// (shutdown handled) or `shutdown` comes; `/health`'s `rabbitmq` says why while it is down.
+pub(super) async fn reconnecting<F, Fut>(
+    queue: &str,
+    settings: &AmqpSettings,
+    health: &Health,
+    shutdown: &CancellationToken,
+    mut once: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        match consume_once(&ctx, &health, &shutdown).await {
+        match once().await {
             Ok(()) => break,
             Err(e) => {
                 health.set_down("rabbitmq", &e);
                 failures = failures.saturating_add(1);
-                let delay = reconnect_delay(failures, ctx.settings.reconnect_max_delay);
-                tracing::error!(queue = %ctx.queue, error = %e, retry_in_ms = delay.as_millis() as u64,
+                let delay = reconnect_delay(failures, settings.reconnect_max_delay);
+                tracing::error!(queue = %queue, error = %e, retry_in_ms = delay.as_millis() as u64,
                     "Lost the RabbitMQ consumer; reconnecting.");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -179,27 +197,109 @@ pub async fn run_consumer<H: Handler>(
     health.set("rabbitmq", false);
 }
 
-/// One connection's life. `Ok` means shutdown was asked and handled; `Err` means reconnect.
-async fn consume_once<H: Handler>(
-    ctx: &Arc<Ctx<H>>,
+/// Connects, declares the topology, sets `prefetch` and starts consuming `queue`; `/health`'s `rabbitmq` is up.
+pub(super) async fn open(
+    settings: &AmqpSettings,
+    queue: &str,
+    prefetch: u16,
     health: &Health,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let conn = connect(&ctx.settings, &format!("{}-consume", ctx.queue)).await?;
+) -> anyhow::Result<(lapin::Connection, lapin::Channel, lapin::Consumer)> {
+    let conn = connect(settings, &format!("{queue}-consume")).await?;
     let channel = conn.create_channel().await?;
-    topology::declare(&channel, &ctx.settings.retry_delays).await?;
+    topology::declare(&channel, &settings.retry_delays).await?;
     channel
-        .basic_qos(ctx.settings.prefetch, BasicQosOptions::default())
+        .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
-    let mut consumer = channel
+    let consumer = channel
         .basic_consume(
-            ctx.queue.as_str().into(),
+            queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
     health.set("rabbitmq", true);
+    Ok((conn, channel, consumer))
+}
+
+/// The periodic check of a consumer's progress: reports a stall on `/health` and `consumer_stalled`, and fails
+/// (so that the stream is reopened) on the lapin trap: a consumer stream that stopped yielding while messages
+/// wait and none is held. `undelivered_for` is the time since the last delivery, `None` while the consumer
+/// takes nothing on purpose (a dependency is down).
+pub(super) async fn check_progress(
+    channel: &lapin::Channel,
+    queue: &str,
+    settings: &AmqpSettings,
+    health: &Health,
+    progress: &Progress,
+    started: Instant,
+    undelivered_for: Option<Duration>,
+) -> anyhow::Result<()> {
+    let ready = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|q| q.message_count())
+        .unwrap_or(0);
+    let held = progress
+        .in_flight
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let idle = progress.idle_for(started);
+    let stalled = (held > 0 || ready > 0) && idle >= settings.stall_after;
+    report_stall(queue, health, stalled, ready, held, idle);
+    if let Some(undelivered) = undelivered_for
+        && held == 0
+        && ready > 0
+        && undelivered >= settings.stall_after
+    {
+        anyhow::bail!("{ready} messages are ready but none was delivered for {undelivered:?}");
+    }
+    Ok(())
+}
+
+/// Stops taking deliveries, gives the tasks in `tracker` `shutdown_grace` to finish, then closes the channel and
+/// the connection: unacked messages return to the queue.
+pub(super) async fn close(
+    conn: lapin::Connection,
+    channel: lapin::Channel,
+    consumer: &lapin::Consumer,
+    tracker: &TaskTracker,
+    settings: &AmqpSettings,
+    queue: &str,
+    what: &str,
+) {
+    let _ = channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await;
+    tracker.close();
+    if tokio::time::timeout(settings.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(queue = %queue, "In-flight {what} did not finish in time; they go back to the queue.");
+    }
+    let _ = channel.close(200, "bye".into()).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// One connection's life. `Ok` means shutdown was asked and handled; `Err` means reconnect.
+async fn consume_once<H: Handler>(
+    ctx: &Arc<Ctx<H>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let (conn, channel, mut consumer) = open(
+        &ctx.settings,
+        &ctx.queue,
+        ctx.settings.prefetch,
+        &ctx.health,
+    )
+    .await?;
     tracing::info!(queue = %ctx.queue, prefetch = ctx.settings.prefetch, "Consuming.");
 
     let permits = Arc::new(Semaphore::new(usize::from(ctx.settings.prefetch)));
@@ -217,18 +317,8 @@ async fn consume_once<H: Handler>(
                 if changed.is_err() { break Ok(()) }
             }
             _ = check.tick() => {
-                let ready = channel
-                    .queue_declare(ctx.queue.as_str().into(), QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() }, FieldTable::default())
-                    .await
-                    .map(|q| q.message_count())
-                    .unwrap_or(0);
-                let held = ctx.progress.in_flight.load(std::sync::atomic::Ordering::Relaxed);
-                let idle = ctx.progress.idle_for(started);
-                let stalled = (held > 0 || ready > 0) && idle >= ctx.settings.stall_after;
-                report_stall(&ctx.queue, &ctx.health, stalled, ready, held, idle);
-                // The lapin trap: a consumer stream that stopped yielding while messages wait. Reopen it.
-                if !paused && held == 0 && ready > 0 && last_delivery.elapsed() >= ctx.settings.stall_after {
-                    break Err(anyhow::anyhow!("{ready} messages are ready but none was delivered for {:?}", last_delivery.elapsed()));
+                if let Err(e) = check_progress(&channel, &ctx.queue, &ctx.settings, &ctx.health, &ctx.progress, started, (!paused).then(|| last_delivery.elapsed())).await {
+                    break Err(e);
                 }
             }
             next = consumer.next(), if !paused => match next {
@@ -249,19 +339,16 @@ async fn consume_once<H: Handler>(
             }
         }
     };
-    // Stop taking new deliveries, let in-flight ones finish, then close: unacked messages return to the queue.
-    let _ = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await;
-    tracker.close();
-    if tokio::time::timeout(ctx.settings.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(queue = %ctx.queue, "In-flight messages did not finish in time; they go back to the queue.");
-    }
-    let _ = channel.close(200, "bye".into()).await;
-    let _ = conn.close(200, "bye".into()).await;
+    close(
+        conn,
+        channel,
+        &consumer,
+        &tracker,
+        &ctx.settings,
+        &ctx.queue,
+        "messages",
+    )
+    .await;
     result
 }
 
