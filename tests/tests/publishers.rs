@@ -522,3 +522,121 @@ async fn a_marketplace_never_gets_an_orders_later_change_before_its_earlier_one(
     );
     Ok(())
 }
+
+/// The publishers' delivery records are batched: claims made together share one statement and each gets its own
+/// answer (a change asked twice in one statement is claimed once; a done one is done; a leased one says for how
+/// long), and a record the database refuses refuses only itself, not the others of its statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_made_together_each_get_their_own_answer_and_a_refused_one_refuses_only_itself()
+-> anyhow::Result<()> {
+    use tracking_runtime::amqp::Outcome;
+    use tracking_store::deliveries::{Claim, ClaimRequest, Completed, claim_many, complete_many};
+    use tracking_workers::deliver::{self, Attempt, Ledger, RetryPolicy};
+    use uuid::Uuid;
+
+    let env = env().await?;
+    let lease = Duration::from_secs(60);
+    let ask = |destination: &str, change_id: Uuid| ClaimRequest {
+        destination: destination.to_owned(),
+        change_id,
+        owner: Uuid::new_v4(),
+    };
+    let (a, b, done) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    claim_many(&env.pool, &[ask("email", done)], lease).await?;
+    complete_many(
+        &env.pool,
+        &[Completed {
+            destination: "email".into(),
+            change_id: done,
+            detail: "<id@loja>".into(),
+        }],
+    )
+    .await?;
+    let answers = claim_many(
+        &env.pool,
+        &[
+            ask("email", a),
+            ask("email", a),
+            ask("email", b),
+            ask("email", done),
+            ask("marketplace:acme", a),
+        ],
+        lease,
+    )
+    .await?;
+    let fresh = Claim::Claimed {
+        failures: 0,
+        first_failed_at: None,
+    };
+    assert_eq!(answers[0], fresh);
+    assert_eq!(answers[1], Claim::Leased { remaining: lease });
+    assert_eq!(answers[2], fresh);
+    assert_eq!(answers[3], Claim::Done);
+    assert_eq!(answers[4], fresh);
+    match claim_many(&env.pool, &[ask("email", b)], lease).await?[..] {
+        [Claim::Leased { remaining }] => assert!(
+            remaining > Duration::from_secs(50) && remaining <= lease,
+            "{remaining:?}"
+        ),
+        ref other => panic!("b is leased by its first claim: {other:?}"),
+    }
+
+    // Twenty deliveries at once through one ledger; one names a destination PostgreSQL cannot store (a NUL
+    // byte), so the statement holding it is refused as data and made again one by one.
+    let policy = RetryPolicy {
+        in_process: 0,
+        in_process_base: Duration::from_millis(10),
+        in_process_max_wait: Duration::from_millis(10),
+        queue_base: Duration::from_secs(1),
+        queue_max: Duration::from_secs(10),
+        retry_for: Duration::from_secs(3600),
+        lease,
+        record_retry_for: Duration::from_secs(5),
+    };
+    let ledger = Ledger::start(env.pool.clone(), lease);
+    let ids: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    let results = futures_util::future::join_all(ids.iter().enumerate().map(|(i, id)| {
+        let (ledger, policy) = (&ledger, &policy);
+        async move {
+            let destination = if i == 7 { "email\0bad" } else { "email" };
+            deliver::once(ledger, destination, *id, policy, "test", None, || async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Attempt::Done(format!("sent {i}"))
+            })
+            .await
+        }
+    }))
+    .await;
+    for (i, d) in results.iter().enumerate() {
+        if i == 7 {
+            assert_eq!(d.result, "database");
+            assert!(
+                matches!(&d.outcome, Outcome::Park { reason } if reason.contains("database refused")),
+                "{:?}",
+                d.outcome
+            );
+        } else {
+            assert_eq!(
+                (d.result, &d.outcome),
+                ("delivered", &Outcome::Ack),
+                "delivery {i}"
+            );
+        }
+    }
+    let recorded: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT change_id, state, detail FROM deliveries WHERE change_id = ANY($1) ORDER BY detail",
+    )
+    .bind(&ids)
+    .fetch_all(&env.pool)
+    .await?;
+    assert_eq!(recorded.len(), 19);
+    for (i, id) in ids.iter().enumerate().filter(|(i, _)| *i != 7) {
+        assert!(
+            recorded.iter().any(|(c, state, detail)| c == id
+                && state == "done"
+                && *detail == format!("sent {i}")),
+            "delivery {i} is recorded done with its own detail: {recorded:?}"
+        );
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@
 //! - [`ops`]: `GET /health` and `GET /metrics` on `METRICS_ADDR`, and the [`ops::Health`] the worker updates.
 //! - [`shutdown`]: a `CancellationToken` cancelled on SIGTERM or SIGINT.
 //! - [`tls`]: the PEM files TLS settings name (`AMQP_CA_FILE`, `DATABASE_CA_FILE`), read and checked at start.
+//! - [`coalesce`]: many concurrent callers answered by one call (one statement, one commit) for all of them.
 //! - [`amqp`]: the RabbitMQ topology of the contract, a publisher with confirms, and the
 //!   consume → handle → ack / retry / park loop that every queue worker runs with its own [`amqp::Handler`].
 //!
@@ -15,6 +16,7 @@
 pub mod amqp;
 pub mod boot;
 pub mod catalog;
+pub mod coalesce;
 pub mod ops;
 pub mod settings;
 pub mod shutdown;

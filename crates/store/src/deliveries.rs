@@ -8,6 +8,7 @@ use crate::StoreError;
 use crate::text::{Spelled, Stored, Text};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -59,68 +60,131 @@ pub enum Claim {
     Leased { remaining: Duration },
 }
 
-/// Claims the change for the destination with a lease of `lease` under the owner `owner` (one per claim).
-pub async fn claim(
-    pool: &PgPool,
-    destination: &str,
-    change_id: Uuid,
-    owner: Uuid,
-    lease: Duration,
-) -> Result<Claim, StoreError> {
-    let claimed: Option<(i32, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "INSERT INTO deliveries (destination, change_id, owner, lease_until) \
-         VALUES ($1, $2, $3, now() + make_interval(secs => $4)) \
-         ON CONFLICT (destination, change_id) DO UPDATE SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until \
-             WHERE deliveries.state <> 'done' AND (deliveries.lease_until IS NULL OR deliveries.lease_until < now()) \
-         RETURNING attempts, first_failed_at",
-    )
-    .bind(destination)
-    .bind(change_id)
-    .bind(owner)
-    .bind(lease.as_secs_f64())
-    .fetch_optional(pool)
-    .await?;
-    if let Some((failures, first_failed_at)) = claimed {
-        return Ok(Claim::Claimed {
-            failures,
-            first_failed_at,
-        });
-    }
-    let held: Option<(Stored<DeliveryState>, Option<f64>)> = sqlx::query_as(
-        "SELECT state, EXTRACT(EPOCH FROM (lease_until - now()))::float8 FROM deliveries \
-         WHERE destination = $1 AND change_id = $2",
-    )
-    .bind(destination)
-    .bind(change_id)
-    .fetch_optional(pool)
-    .await?;
-    Ok(match held {
-        Some((Stored::Known(DeliveryState::Done), _)) => Claim::Done,
-        Some((_, remaining)) => Claim::Leased {
-            remaining: Duration::from_secs_f64(remaining.unwrap_or(0.0).clamp(0.0, 86_400.0)),
-        },
-        // Claimed and released between the two statements: let the caller come back.
-        None => Claim::Leased {
-            remaining: Duration::ZERO,
-        },
-    })
+/// One claim to make: `(destination, change_id)` under `owner` (one per claim).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    pub destination: String,
+    pub change_id: Uuid,
+    pub owner: Uuid,
 }
 
-/// Done (or skipped): `detail` is kept (a Message-ID, an HTTP status, why it was skipped).
-pub async fn complete(
+/// Claims every request with a lease of `lease`, in one statement (one commit), and answers one [`Claim`] per
+/// request, in order. A `(destination, change_id)` asked twice in one call is claimed by its first request; the
+/// others find it leased.
+pub async fn claim_many(
     pool: &PgPool,
-    destination: &str,
-    change_id: Uuid,
-    detail: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE deliveries SET state = 'done', attempts = attempts + 1, completed_at = now(), detail = $3, \
-             last_error = NULL, owner = NULL, lease_until = NULL \
-         WHERE destination = $1 AND change_id = $2",
+    requests: &[ClaimRequest],
+    lease: Duration,
+) -> Result<Vec<Claim>, StoreError> {
+    let mut first: HashMap<(&str, Uuid), usize> = HashMap::new();
+    let (mut destinations, mut ids, mut owners) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, r) in requests.iter().enumerate() {
+        if *first
+            .entry((r.destination.as_str(), r.change_id))
+            .or_insert(i)
+            == i
+        {
+            destinations.push(r.destination.as_str());
+            ids.push(r.change_id);
+            owners.push(r.owner);
+        }
+    }
+    let claimed: Vec<(String, Uuid, i32, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "INSERT INTO deliveries (destination, change_id, owner, lease_until) \
+         SELECT d, c, o, now() + make_interval(secs => $4) FROM unnest($1::text[], $2::uuid[], $3::uuid[]) AS t(d, c, o) \
+         ON CONFLICT (destination, change_id) DO UPDATE SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until \
+             WHERE deliveries.state <> 'done' AND (deliveries.lease_until IS NULL OR deliveries.lease_until < now()) \
+         RETURNING destination, change_id, attempts, first_failed_at",
     )
-    .bind(destination)
-    .bind(change_id)
-    .bind(detail)
+    .bind(&destinations)
+    .bind(&ids)
+    .bind(&owners)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    let mut answers: HashMap<(String, Uuid), Claim> = claimed
+        .into_iter()
+        .map(|(d, c, failures, first_failed_at)| {
+            (
+                (d, c),
+                Claim::Claimed {
+                    failures,
+                    first_failed_at,
+                },
+            )
+        })
+        .collect();
+    let (held_destinations, held_ids): (Vec<&str>, Vec<Uuid>) = destinations
+        .iter()
+        .zip(&ids)
+        .filter(|(d, c)| !answers.contains_key(&((**d).to_owned(), **c)))
+        .map(|(d, c)| (*d, *c))
+        .unzip();
+    if !held_ids.is_empty() {
+        let held: Vec<(String, Uuid, Stored<DeliveryState>, Option<f64>)> = sqlx::query_as(
+            "SELECT d.destination, d.change_id, d.state, EXTRACT(EPOCH FROM (d.lease_until - now()))::float8 \
+             FROM deliveries d JOIN unnest($1::text[], $2::uuid[]) AS t(destination, change_id) \
+                 ON d.destination = t.destination AND d.change_id = t.change_id",
+        )
+        .bind(&held_destinations)
+        .bind(&held_ids)
+        .fetch_all(pool)
+        .await?;
+        for (d, c, state, remaining) in held {
+            let claim = match state {
+                Stored::Known(DeliveryState::Done) => Claim::Done,
+                _ => Claim::Leased {
+                    remaining: Duration::from_secs_f64(
+                        remaining.unwrap_or(0.0).clamp(0.0, 86_400.0),
+                    ),
+                },
+            };
+            answers.insert((d, c), claim);
+        }
+    }
+    Ok(requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let key = (r.destination.as_str(), r.change_id);
+            if first.get(&key) != Some(&i) {
+                // Asked twice in this call: the first request holds it.
+                return Claim::Leased { remaining: lease };
+            }
+            // Claimed and released between the two statements: let the caller come back.
+            answers
+                .get(&(r.destination.clone(), r.change_id))
+                .copied()
+                .unwrap_or(Claim::Leased {
+                    remaining: Duration::ZERO,
+                })
+        })
+        .collect())
+}
+
+/// One outcome to record as done (or skipped): `detail` is kept (a Message-ID, an HTTP status, why it was
+/// skipped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub destination: String,
+    pub change_id: Uuid,
+    pub detail: String,
+}
+
+/// Records every outcome as done in one statement (one commit).
+pub async fn complete_many(pool: &PgPool, done: &[Completed]) -> Result<(), StoreError> {
+    let destinations: Vec<&str> = done.iter().map(|d| d.destination.as_str()).collect();
+    let ids: Vec<Uuid> = done.iter().map(|d| d.change_id).collect();
+    let details: Vec<&str> = done.iter().map(|d| d.detail.as_str()).collect();
+    sqlx::query(
+        "UPDATE deliveries d SET state = 'done', attempts = d.attempts + 1, completed_at = now(), detail = t.detail, \
+             last_error = NULL, owner = NULL, lease_until = NULL \
+         FROM unnest($1::text[], $2::uuid[], $3::text[]) AS t(destination, change_id, detail) \
+         WHERE d.destination = t.destination AND d.change_id = t.change_id",
+    )
+    .bind(&destinations)
+    .bind(&ids)
+    .bind(&details)
     .execute(pool)
     .await?;
     Ok(())

@@ -2,12 +2,14 @@
 //! first in this process, then through the delay queues for as long as the far end's retry window lasts.
 //!
 //! 1. Claim `(destination, id)` in `deliveries` with a short committed lease: no database connection is held
-//!    while the far end is called. A change already done is acked; one leased by another worker waits.
+//!    while the far end is called. A change already done is acked; one leased by another worker waits. The claims
+//!    of every handler of the process that are waiting at the same moment are made in one statement ([`Ledger`]).
 //! 2. Call the far end: a transient failure is retried in process (`RETRY_IN_PROCESS` times, from
 //!    `RETRY_IN_PROCESS_BASE_MS`, doubling, jittered; a `Retry-After` up to `RETRY_IN_PROCESS_MAX_WAIT_MS` is
 //!    honoured in process).
-//! 3. Record the outcome in one short statement. If the database is unavailable just then, the record (never the
-//!    send) is retried until it answers: a database outage doubles nothing.
+//! 3. Record the outcome in one short statement (the successes waiting together in one statement, as the claims).
+//!    If the database is unavailable just then, the record (never the send) is retried until it answers: a
+//!    database outage doubles nothing.
 //!
 //! A far end that stays down is waited out: the change comes back through the delay queues with capped backoff
 //! (`{EMAIL,MARKETPLACE}_RETRY_BASE_MS` doubling up to `PUBLISHER_RETRY_MAX_DELAY_MS`), counting no attempt, and is
@@ -18,13 +20,125 @@ use crate::{backoff, db_outcome};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tracking_domain::text;
 use tracking_runtime::amqp::Outcome;
+use tracking_runtime::coalesce::{Coalescer, Gone};
 use tracking_runtime::settings::{self, SettingsError};
-use tracking_store::deliveries::{self, Claim};
+use tracking_store::deliveries::{self, Claim, ClaimRequest, Completed};
 use tracking_store::{Failure, StoreError};
 use uuid::Uuid;
+
+/// Requests batched into one statement at most; also how many may wait for the next (each handler has at most
+/// one waiting, so `PREFETCH` bounds it first).
+const LEDGER_BATCH: usize = 256;
+
+/// A delivery record's answer, shared by every request of the batch it was in.
+type Answer<T> = Result<T, Arc<StoreError>>;
+
+/// The delivery records of one publisher process: claims, and successes recorded, of all its concurrent
+/// handlers, each batched into one statement (one commit) with those waiting at the same moment. A batch the
+/// database refuses as data is made again request by request, so one bad record refuses only itself.
+#[derive(Clone)]
+pub struct Ledger {
+    pool: sqlx::PgPool,
+    claims: Coalescer<ClaimRequest, Answer<Claim>>,
+    completions: Coalescer<Completed, Answer<()>>,
+}
+
+impl Ledger {
+    /// Starts the two batching tasks; they stop when the last clone of the ledger is dropped.
+    pub fn start(pool: sqlx::PgPool, lease: Duration) -> Ledger {
+        let p = pool.clone();
+        let (claims, _) = Coalescer::start(LEDGER_BATCH, LEDGER_BATCH, move |reqs| {
+            let pool = p.clone();
+            async move {
+                one_by_one_if_refused(reqs, |batch| {
+                    let pool = pool.clone();
+                    async move { deliveries::claim_many(&pool, &batch, lease).await }
+                })
+                .await
+            }
+        });
+        let p = pool.clone();
+        let (completions, _) = Coalescer::start(LEDGER_BATCH, LEDGER_BATCH, move |done| {
+            let pool = p.clone();
+            async move {
+                one_by_one_if_refused(done, |batch| {
+                    let pool = pool.clone();
+                    async move {
+                        deliveries::complete_many(&pool, &batch).await?;
+                        Ok(vec![(); batch.len()])
+                    }
+                })
+                .await
+            }
+        });
+        Ledger {
+            pool,
+            claims,
+            completions,
+        }
+    }
+}
+
+/// Runs `run` on the whole batch; when the database refuses it as data, on each request alone, so that only
+/// the request it refuses gets the refusal. Other failures (unavailable, conflict) answer every request.
+async fn one_by_one_if_refused<Req: Clone, T: Clone, F, Fut>(
+    reqs: Vec<Req>,
+    mut run: F,
+) -> Vec<Answer<T>>
+where
+    F: FnMut(Vec<Req>) -> Fut,
+    Fut: Future<Output = Result<Vec<T>, StoreError>>,
+{
+    let count = reqs.len();
+    match run(reqs.clone()).await {
+        Ok(answers) => answers.into_iter().map(Ok).collect(),
+        Err(e) if e.failure() == Failure::Data && count > 1 => {
+            let mut answers = Vec::with_capacity(count);
+            for req in reqs {
+                answers.push(match run(vec![req]).await {
+                    Ok(mut one) => one.pop().ok_or_else(|| {
+                        Arc::new(StoreError::Corrupt("a record gave no answer".into()))
+                    }),
+                    Err(e) => Err(Arc::new(e)),
+                });
+            }
+            answers
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            vec![Err(e); count]
+        }
+    }
+}
+
+/// A record that could not be made: the database's error, or no answer from the batching task (it is stopping).
+#[derive(Debug)]
+enum RecordError {
+    Store(Arc<StoreError>),
+    Gone,
+}
+
+impl RecordError {
+    fn failure(&self) -> Failure {
+        match self {
+            RecordError::Store(e) => e.failure(),
+            RecordError::Gone => Failure::Unavailable,
+        }
+    }
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordError::Store(e) => e.fmt(f),
+            RecordError::Gone => Gone.fmt(f),
+        }
+    }
+}
 
 /// What one try of the effect gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,9 +216,16 @@ pub struct Delivered {
 }
 
 impl Delivered {
-    fn database(e: &StoreError) -> Self {
+    fn database(e: &RecordError) -> Self {
+        let outcome = match e {
+            RecordError::Store(e) => db_outcome(e),
+            RecordError::Gone => Outcome::Wait {
+                after: Duration::from_secs(1),
+                reason: format!("the delivery record: {e}"),
+            },
+        };
         Delivered {
-            outcome: db_outcome(e),
+            outcome,
             result: "database",
             tries: 0,
         }
@@ -116,7 +237,7 @@ impl Delivered {
 /// that already failed before (it waited in the delay queues) is recorded as skipped with this reason instead of
 /// being sent late (an email whose status a later change superseded).
 pub async fn once<F, Fut>(
-    pool: &sqlx::PgPool,
+    ledger: &Ledger,
     destination: &str,
     id: Uuid,
     policy: &RetryPolicy,
@@ -128,32 +249,41 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Attempt>,
 {
-    let owner = Uuid::new_v4();
-    let (failures, first_failed_at) =
-        match deliveries::claim(pool, destination, id, owner, policy.lease).await {
-            Ok(Claim::Claimed {
-                failures,
-                first_failed_at,
-            }) => (failures, first_failed_at),
-            Ok(Claim::Done) => {
-                return Delivered {
-                    outcome: Outcome::Ack,
-                    result: "duplicate",
-                    tries: 0,
-                };
-            }
-            Ok(Claim::Leased { remaining }) => {
-                return Delivered {
-                    outcome: Outcome::Wait {
-                        after: remaining.max(Duration::from_secs(1)),
-                        reason: format!("{what}: another worker is delivering this change"),
-                    },
-                    result: "leased",
-                    tries: 0,
-                };
-            }
-            Err(e) => return Delivered::database(&e),
-        };
+    let claim = ledger
+        .claims
+        .call(ClaimRequest {
+            destination: destination.to_owned(),
+            change_id: id,
+            owner: Uuid::new_v4(),
+        })
+        .await;
+    let (failures, first_failed_at) = match claim
+        .map_err(|_| RecordError::Gone)
+        .and_then(|a| a.map_err(RecordError::Store))
+    {
+        Ok(Claim::Claimed {
+            failures,
+            first_failed_at,
+        }) => (failures, first_failed_at),
+        Ok(Claim::Done) => {
+            return Delivered {
+                outcome: Outcome::Ack,
+                result: "duplicate",
+                tries: 0,
+            };
+        }
+        Ok(Claim::Leased { remaining }) => {
+            return Delivered {
+                outcome: Outcome::Wait {
+                    after: remaining.max(Duration::from_secs(1)),
+                    reason: format!("{what}: another worker is delivering this change"),
+                },
+                result: "leased",
+                tries: 0,
+            };
+        }
+        Err(e) => return Delivered::database(&e),
+    };
     let (last, tries) = match skip_if_waited {
         Some(why) if failures > 0 => (Attempt::Skipped(why), 0),
         _ => try_in_process(policy, destination, &mut effect).await,
@@ -186,15 +316,23 @@ where
     };
     let record = || async {
         match &last {
-            Attempt::Done(detail) | Attempt::Skipped(detail) => {
-                deliveries::complete(pool, destination, id, &text::clean(detail, text::LONG)).await
-            }
+            Attempt::Done(detail) | Attempt::Skipped(detail) => ledger
+                .completions
+                .call(Completed {
+                    destination: destination.to_owned(),
+                    change_id: id,
+                    detail: text::clean(detail, text::LONG),
+                })
+                .await
+                .map_err(|_| RecordError::Gone)
+                .and_then(|a| a.map_err(RecordError::Store)),
             Attempt::Transient { reason, .. } | Attempt::Permanent(reason) => {
                 let parked = matches!(outcome, Outcome::Park { .. });
                 let reason = text::clean(reason, text::LONG);
-                deliveries::fail(pool, destination, id, &reason, parked)
+                deliveries::fail(&ledger.pool, destination, id, &reason, parked)
                     .await
                     .map(drop)
+                    .map_err(|e| RecordError::Store(Arc::new(e)))
             }
         }
     };
@@ -253,10 +391,10 @@ async fn record_until_recorded<F, Fut>(
     destination: &str,
     id: Uuid,
     mut record: F,
-) -> Result<(), StoreError>
+) -> Result<(), RecordError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), StoreError>>,
+    Fut: Future<Output = Result<(), RecordError>>,
 {
     let started = tokio::time::Instant::now();
     let mut failures = 0u32;

@@ -101,6 +101,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     };
     let handler = Arc::new(EmailPublisher {
         pool: worker.pool.clone(),
+        ledger: deliver::Ledger::start(worker.pool.clone(), settings.retry.lease),
         mailer,
         renderer,
         statuses: settings.statuses,
@@ -116,6 +117,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
 pub struct EmailPublisher {
     pool: sqlx::PgPool,
+    ledger: deliver::Ledger,
     mailer: Mailer,
     renderer: Renderer,
     statuses: HashSet<Status>,
@@ -166,7 +168,7 @@ impl Handler for EmailPublisher {
         let skip_if_waited =
             superseded_by.map(|later| format!("skipped: superseded by {later} while it waited"));
         let delivered = deliver::once(
-            &self.pool,
+            &self.ledger,
             DESTINATION,
             change.change_id,
             &self.retry,

@@ -84,6 +84,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .collect();
     let handler = Arc::new(MarketplacePublisher {
         pool: worker.pool.clone(),
+        ledger: deliver::Ledger::start(worker.pool.clone(), settings.retry.lease),
         relay: Relay::new(settings.timeout, settings.max_body)?,
         marketplaces: settings.marketplaces,
         paces,
@@ -100,6 +101,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
 pub struct MarketplacePublisher {
     pool: sqlx::PgPool,
+    ledger: deliver::Ledger,
     relay: Relay,
     marketplaces: Marketplaces,
     paces: HashMap<String, Pace>,
@@ -182,7 +184,7 @@ impl Handler for MarketplacePublisher {
                 ),
             };
             let d = deliver::once(
-                &self.pool,
+                &self.ledger,
                 &dest,
                 id,
                 &self.retry,
@@ -214,7 +216,7 @@ impl MarketplacePublisher {
         result: Attempt,
     ) -> Outcome {
         let d = deliver::once(
-            &self.pool,
+            &self.ledger,
             destination,
             change.change_id,
             &self.retry,
