@@ -13,7 +13,8 @@
 //!   `templates/layout.txt` and `templates/layout.html`. All of them are minijinja templates, embedded in
 //!   the binary and checked once by [`Renderer::new`], which renders every one with sample data. The HTML
 //!   layout is auto-escaped: names, places and carrier texts are inserted as text, never as markup.
-//! - [`mailer`]: [`Mailer`], [`MailerSettings`]. lettre's pooled async SMTP transport; [`SendError`]
+//! - [`mailer`]: [`Mailer`], [`MailerSettings`]. lettre speaks SMTP on connections the crate opens and keeps
+//!   for reuse itself (`smtp`: with `TCP_NODELAY`, which lettre's own pool does not set); [`SendError`]
 //!   tells transient failures (4xx answers, connection, timeout, TLS, I/O: retry) from permanent ones
 //!   (5xx answers, an address SMTP cannot carry: park, with the server's answer in the message).
 //!
@@ -33,6 +34,7 @@ pub mod env;
 pub mod mailer;
 pub mod page;
 pub mod render;
+mod smtp;
 
 pub use mailer::{Mailer, MailerConfigError, MailerSettings, SendError};
 pub use page::{ErrorPage, OrderPage, PAGE_CSS, PageEvent, PageShipment, first_name};

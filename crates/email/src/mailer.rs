@@ -3,13 +3,14 @@
 use crate::render::RenderedEmail;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::{AsyncSmtpTransportBuilder, PoolConfig};
-use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{Address, Message};
 use secrecy::{ExposeSecret, SecretString};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tracking_domain::EmailAddress;
 use uuid::Uuid;
+
+use crate::smtp::{Connections, Server};
 
 /// How to reach the SMTP server and whom emails come from.
 #[derive(Debug, Clone)]
@@ -26,7 +27,7 @@ pub struct MailerSettings {
     /// server is noticed and the email retried, long enough for a loaded server to answer.
     pub timeout: Duration,
     /// The most idle SMTP connections kept open for reuse. It does not limit concurrency: a send that
-    /// finds no idle connection opens one, closed afterwards if the pool is full. Concurrency is the
+    /// finds no idle connection opens one, closed afterwards if as many are idle already. Concurrency is the
     /// worker's prefetch.
     pub pool_max_size: u32,
 }
@@ -44,10 +45,6 @@ pub enum MailerConfigError {
     PoolSize,
     #[error("the SMTP timeout must be longer than zero")]
     Timeout,
-    #[error(
-        "the mailer must be created inside a Tokio runtime (its connection pool runs a cleanup task)"
-    )]
-    NoRuntime,
 }
 
 /// Why an email was not accepted. Decided once, here: the worker retries transient failures and parks
@@ -68,7 +65,7 @@ impl SendError {
         matches!(self, SendError::Transient(_))
     }
 
-    fn from_smtp(err: &lettre::transport::smtp::Error) -> SendError {
+    pub(crate) fn from_smtp(err: &lettre::transport::smtp::Error) -> SendError {
         // lettre's Display for an SMTP answer is "permanent error (550): <the server's text>".
         if err.is_permanent() {
             SendError::Permanent(err.to_string())
@@ -82,17 +79,15 @@ impl SendError {
     }
 }
 
-/// Sends emails through a pool of SMTP connections. Cheap to clone: clones share the pool.
+/// Sends emails through SMTP connections kept open for reuse ([`crate::smtp`]). Cheap to clone: clones share
+/// the connections.
 #[derive(Clone)]
 pub struct Mailer {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    /// Builds a fresh pool when the current one is retired (see [`Mailer::retire`]).
-    builder: AsyncSmtpTransportBuilder,
-    /// The pool in use and its generation.
-    pool: RwLock<(u64, AsyncSmtpTransport<Tokio1Executor>)>,
+    connections: Connections,
     from: Mailbox,
     timeout: Duration,
 }
@@ -108,8 +103,7 @@ impl std::fmt::Debug for Mailer {
 }
 
 impl Mailer {
-    /// Checks the settings and prepares the connection pool (connections are opened on the first send).
-    /// Must be called inside a Tokio runtime.
+    /// Checks the settings (connections are opened on the first send).
     pub fn new(settings: &MailerSettings) -> Result<Mailer, MailerConfigError> {
         let from: Mailbox =
             settings
@@ -127,18 +121,11 @@ impl Mailer {
             return Err(MailerConfigError::Timeout);
         }
         let url = settings.smtp_url.expose_secret();
-        let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-            .map_err(|e| MailerConfigError::SmtpUrl(redact(&e.to_string(), url)))?
-            .timeout(Some(settings.timeout))
-            .pool_config(PoolConfig::new().max_size(settings.pool_max_size));
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(MailerConfigError::NoRuntime);
-        }
-        let pool = builder.clone().build();
+        let server =
+            Server::from_url(url).map_err(|e| MailerConfigError::SmtpUrl(redact(&e, url)))?;
         Ok(Mailer {
             inner: Arc::new(Inner {
-                builder,
-                pool: RwLock::new((0, pool)),
+                connections: Connections::new(server, settings.pool_max_size as usize),
                 from,
                 timeout: settings.timeout,
             }),
@@ -194,10 +181,21 @@ impl Mailer {
             )
             .map_err(|e| SendError::Permanent(format!("the message could not be built: {e}")))?;
 
-        let (generation, transport) = self.current_pool();
-        // lettre's async transport applies its timeout to connecting only: a server that accepts the
-        // connection and then stops answering would hold this send forever.
-        match tokio::time::timeout(self.inner.timeout, transport.send(message)).await {
+        let envelope = message.envelope().clone();
+        let bytes = message.formatted();
+        let send = async {
+            let mut conn = self.inner.connections.take().await?;
+            let response = conn
+                .send(&envelope, &bytes)
+                .await
+                .map_err(|e| SendError::from_smtp(&e))?;
+            // Only a connection whose last send went through is reused: after a refusal lettre has closed it.
+            self.inner.connections.give_back(conn);
+            Ok(response)
+        };
+        // The whole send is bounded. A send abandoned mid-conversation drops its connection with it: its late
+        // answer can never be read as the answer to another email's command.
+        match tokio::time::timeout(self.inner.timeout, send).await {
             Ok(Ok(response)) => {
                 tracing::debug!(
                     to = %to.masked(),
@@ -207,39 +205,11 @@ impl Mailer {
                 );
                 Ok(())
             }
-            Ok(Err(err)) => Err(SendError::from_smtp(&err)),
-            Err(_elapsed) => {
-                self.retire(generation);
-                Err(SendError::Transient(format!(
-                    "the SMTP server did not complete the send within {:?}",
-                    self.inner.timeout
-                )))
-            }
-        }
-    }
-
-    fn current_pool(&self) -> (u64, AsyncSmtpTransport<Tokio1Executor>) {
-        let guard = self
-            .inner
-            .pool
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        (guard.0, guard.1.clone())
-    }
-
-    /// Replaces the pool after a send was abandoned mid-conversation. lettre hands the abandoned
-    /// connection back to its pool as if it were idle; its late answer would then be read as the answer
-    /// to the next command of another email. Sends already running on the old pool finish on it; its
-    /// connections close when the last of them drops it.
-    fn retire(&self, generation: u64) {
-        let mut guard = self
-            .inner
-            .pool
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if guard.0 == generation {
-            *guard = (generation + 1, self.inner.builder.clone().build());
-            tracing::debug!("Replaced the SMTP connection pool after a send timed out.");
+            Ok(Err(err)) => Err(err),
+            Err(_elapsed) => Err(SendError::Transient(format!(
+                "the SMTP server did not complete the send within {:?}",
+                self.inner.timeout
+            ))),
         }
     }
 }

@@ -109,9 +109,9 @@ async fn bad_senders_and_limits_are_refused() {
 }
 
 #[test]
-fn outside_a_runtime_the_mailer_says_so_instead_of_panicking() {
-    let err = Mailer::new(&settings("smtp://127.0.0.1:1025", "noreply@store.example")).unwrap_err();
-    assert!(matches!(err, MailerConfigError::NoRuntime), "{err:?}");
+fn a_mailer_can_be_made_outside_a_runtime() {
+    // Nothing runs in the background: connections are opened by the sends themselves.
+    assert!(Mailer::new(&settings("smtp://127.0.0.1:1025", "noreply@store.example")).is_ok());
 }
 
 /// A scripted SMTP server: the n-th connection answers RCPT TO with the n-th reply (`None`: it stops
