@@ -686,6 +686,21 @@ impl Amqp {
         Ok(())
     }
 
+    /// Declares a durable queue of its own (a benchmark's, outside the contract's topology).
+    pub async fn declare_queue(&self, queue: &str) -> anyhow::Result<()> {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Publishes bytes to a queue through the default exchange and waits for the confirm.
     pub async fn publish(&self, queue: &str, body: &[u8]) -> anyhow::Result<()> {
         let confirm = self

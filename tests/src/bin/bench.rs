@@ -17,6 +17,8 @@ mod pipeline;
 #[path = "bench/procstat.rs"]
 mod procstat;
 
+use procstat::CpuSpan;
+
 use anyhow::{Context, bail};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -207,6 +209,13 @@ async fn normalizer(shipments: usize) -> anyhow::Result<()> {
     publish_all(&env, &bodies).await?;
     let mut worker = Worker::spawn(&env, "normalizer", &[("RUST_LOG", "warn".into())])?;
     worker.wait_healthy(Duration::from_secs(60)).await?;
+    // Where the CPU goes meanwhile: the normalizer, PostgreSQL's backends of this database, RabbitMQ.
+    let beams = procstat::pids_named("beam.smp");
+    let (mut postgres, mut rabbit, mut own) =
+        (CpuSpan::default(), CpuSpan::default(), CpuSpan::default());
+    postgres.sample(&pipeline::our_backends(&env).await?, false);
+    rabbit.sample(&beams, false);
+    own.sample(&[worker.pid()], false);
     let started = Instant::now();
     let metrics_url = format!("http://{}/metrics", worker.metrics_addr);
     // Polled every 100 ms: the figure is rounded up by at most that (and the polling costs the normalizer little CPU).
@@ -226,6 +235,10 @@ async fn normalizer(shipments: usize) -> anyhow::Result<()> {
     )
     .await?;
     let work = ended - started;
+    // Backends opened during the run count from their start.
+    postgres.sample(&pipeline::our_backends(&env).await?, true);
+    rabbit.sample(&beams, false);
+    own.sample(&[worker.pid()], false);
     let rss = peak_rss_mb(worker.pid());
     worker.terminate()?;
 
@@ -255,6 +268,20 @@ async fn normalizer(shipments: usize) -> anyhow::Result<()> {
     println!(
         "normalizer / hop throughput: {:.2}  ({events} events stored, {changes} status changes published)",
         rate(work, messages) / rate(hop, messages)
+    );
+    let ticks = procstat::ticks_per_second();
+    let per_update = |t: u64| t as f64 * 1000.0 / ticks / messages as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let busy = (postgres.ticks() + rabbit.ticks() + own.ticks()) as f64
+        / ticks
+        / (work.as_secs_f64() * cores);
+    println!(
+        "CPU ms per update while the normalizer drained: PostgreSQL {:.3}, normalizer {:.3}, RabbitMQ {:.3}; \
+         together {:.0} % of the machine's {cores} cores over the run",
+        per_update(postgres.ticks()),
+        per_update(own.ticks()),
+        per_update(rabbit.ticks()),
+        busy * 100.0
     );
     println!("normalizer peak resident memory: {rss:.1} MB");
     Ok(())

@@ -20,8 +20,58 @@ struct Run {
     took: Duration,
     postgres_ticks: u64,
     rabbitmq_ticks: u64,
-    /// Name, CPU ticks, peak RSS MB, median RSS MB while draining.
-    workers: Vec<(String, u64, f64, f64)>,
+    /// Name, CPU ticks, peak RSS MB, median RSS MB while draining, median anonymous RSS MB while draining.
+    workers: Vec<(String, u64, f64, f64, f64)>,
+    /// PostgreSQL's own counts over the run (the whole pipeline only).
+    database: Option<DatabaseWork>,
+}
+
+/// What PostgreSQL did for the run: transactions committed in the run's database, and WAL flushes to disk
+/// (`pg_stat_wal.wal_sync`, the whole server's: the other users of the server count too).
+#[derive(Debug, Clone, Copy, Default)]
+struct DatabaseWork {
+    commits: i64,
+    wal_syncs: i64,
+}
+
+async fn database_work(env: &TestEnv) -> anyhow::Result<DatabaseWork> {
+    // The statistics are a snapshot per transaction: clear it so each call reads fresh counts.
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&env.pool)
+        .await?;
+    let (commits, wal_syncs): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()), \
+                (SELECT wal_sync FROM pg_stat_wal)",
+    )
+    .fetch_one(&env.pool)
+    .await?;
+    Ok(DatabaseWork { commits, wal_syncs })
+}
+
+/// What one durable step costs on this machine, alone: a one-row commit in PostgreSQL (its WAL flushed to disk),
+/// and a persistent message published with a confirm (RabbitMQ writes it to disk before confirming). Each the mean
+/// of `n` done one after the other on one connection.
+async fn durable_step_costs(env: &TestEnv, n: u32) -> anyhow::Result<(Duration, Duration)> {
+    sqlx::query("CREATE TABLE bench_commit_cost (n int)")
+        .execute(&env.pool)
+        .await?;
+    let started = Instant::now();
+    for i in 0..n {
+        sqlx::query("INSERT INTO bench_commit_cost VALUES ($1)")
+            .bind(i as i32)
+            .execute(&env.pool)
+            .await?;
+    }
+    let commit = started.elapsed() / n;
+    let amqp = env.amqp().await?;
+    let queue = "bench.confirm-cost";
+    amqp.declare_queue(queue).await?;
+    let started = Instant::now();
+    for _ in 0..n {
+        amqp.publish(queue, b"{}").await?;
+    }
+    let confirm = started.elapsed() / n;
+    Ok((commit, confirm))
 }
 
 fn load_average() -> String {
@@ -47,7 +97,8 @@ async fn publish_requests(env: &TestEnv, parcels: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn our_backends(env: &TestEnv) -> anyhow::Result<Vec<u32>> {
+/// The PostgreSQL backends serving the run's database (the benchmark's own connection left out).
+pub(super) async fn our_backends(env: &TestEnv) -> anyhow::Result<Vec<u32>> {
     let database = env
         .database_url
         .rsplit('/')
@@ -75,6 +126,11 @@ async fn drain(
     count_postgres: bool,
     mut done: impl AsyncFnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<Run> {
+    let before = if count_postgres {
+        Some(database_work(env).await?)
+    } else {
+        None
+    };
     let mut workers = rest;
     for w in &mut workers {
         w.wait_healthy(Duration::from_secs(60)).await?;
@@ -94,6 +150,7 @@ async fn drain(
     workers.push(first_stage()?);
     own.push(CpuSpan::default());
     let mut rss: Vec<Vec<f64>> = workers.iter().map(|_| Vec::new()).collect();
+    let mut anon: Vec<Vec<f64>> = workers.iter().map(|_| Vec::new()).collect();
     let deadline = started + Duration::from_secs(1800);
     loop {
         let finished = done().await?;
@@ -101,9 +158,12 @@ async fn drain(
             postgres.sample(&our_backends(env).await?, true);
         }
         rabbit.sample(&beams, false);
-        for ((w, span), samples) in workers.iter().zip(&mut own).zip(&mut rss) {
+        for (((w, span), samples), anon) in
+            workers.iter().zip(&mut own).zip(&mut rss).zip(&mut anon)
+        {
             span.sample(&[w.pid()], true);
             samples.push(procstat::memory_mb(w.pid(), "VmRSS"));
+            anon.push(procstat::memory_mb(w.pid(), "RssAnon"));
         }
         if finished {
             break;
@@ -114,15 +174,28 @@ async fn drain(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let took = started.elapsed();
+    let database = match before {
+        Some(b) => {
+            let after = database_work(env).await?;
+            Some(DatabaseWork {
+                commits: after.commits - b.commits,
+                wal_syncs: after.wal_syncs - b.wal_syncs,
+            })
+        }
+        None => None,
+    };
     let mut rows = Vec::new();
-    for ((w, span), mut samples) in workers.iter().zip(&own).zip(rss) {
+    let median = |mut samples: Vec<f64>| {
         samples.sort_by(f64::total_cmp);
-        let median = samples.get(samples.len() / 2).copied().unwrap_or(0.0);
+        samples.get(samples.len() / 2).copied().unwrap_or(0.0)
+    };
+    for (((w, span), samples), anon) in workers.iter().zip(&own).zip(rss).zip(anon) {
         rows.push((
             w.name.clone(),
             span.ticks(),
             procstat::memory_mb(w.pid(), "VmHWM"),
-            median,
+            median(samples),
+            median(anon),
         ));
     }
     for w in &mut workers {
@@ -133,10 +206,11 @@ async fn drain(
         postgres_ticks: postgres.ticks(),
         rabbitmq_ticks: rabbit.ticks(),
         workers: rows,
+        database,
     })
 }
 
-async fn real(parcels: usize) -> anyhow::Result<Run> {
+async fn real(parcels: usize) -> anyhow::Result<(Run, (Duration, Duration))> {
     let env = TestEnv::new().await?;
     env.migrate().await?;
     let amqp = env.amqp().await?;
@@ -213,7 +287,8 @@ async fn real(parcels: usize) -> anyhow::Result<Run> {
             receiver.call_count()
         );
     }
-    Ok(run)
+    let costs = durable_step_costs(&env, 200).await?;
+    Ok((run, costs))
 }
 
 /// `messages_total` of `queue` on the worker serving `/metrics` at `addr`.
@@ -272,7 +347,7 @@ pub async fn pipeline(parcels: usize) -> anyhow::Result<()> {
         super::machine(),
         load_average()
     );
-    let real = real(parcels).await?;
+    let (real, costs) = real(parcels).await?;
     let load_between = load_average();
     let null = null(parcels).await?;
     let rate = |r: &Run| parcels as f64 / r.took.as_secs_f64();
@@ -297,12 +372,28 @@ pub async fn pipeline(parcels: usize) -> anyhow::Result<()> {
         "whole / null pipeline throughput: {:.2}",
         rate(&real) / rate(&null)
     );
-    println!("| worker | CPU ms per parcel | peak RSS (VmHWM) | median RSS while draining |");
-    println!("| --- | --- | --- | --- |");
+    if let Some(db) = real.database {
+        println!(
+            "PostgreSQL, whole pipeline: {:.2} commits and {:.2} WAL flushes to disk per parcel",
+            db.commits as f64 / parcels as f64,
+            db.wal_syncs as f64 / parcels as f64
+        );
+    }
+    let (commit, confirm) = costs;
+    println!(
+        "one durable step alone on this machine: a PostgreSQL one-row commit {:.2} ms, a RabbitMQ persistent \
+         publish with confirm {:.2} ms (mean of 200 in a row)",
+        commit.as_secs_f64() * 1000.0,
+        confirm.as_secs_f64() * 1000.0
+    );
+    println!(
+        "| worker | CPU ms per parcel | peak RSS (VmHWM) | median RSS while draining | of which its own (RssAnon) |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
     for r in [&real, &null] {
-        for (name, t, peak, median) in &r.workers {
+        for (name, t, peak, median, anon) in &r.workers {
             println!(
-                "| {name} | {:.2} ms | {peak:.1} MB | {median:.1} MB |",
+                "| {name} | {:.2} ms | {peak:.1} MB | {median:.1} MB | {anon:.1} MB |",
                 per_parcel(*t)
             );
         }

@@ -25,7 +25,8 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// A `/proc/PID/status` line in kB, as MB (`VmHWM`: peak resident, `VmRSS`: resident now).
+/// A `/proc/PID/status` line in kB, as MB (`VmHWM`: peak resident, `VmRSS`: resident now, `RssAnon`: the part
+/// of `VmRSS` that is the process's own memory, not pages of its binary and libraries, which copies share).
 pub fn memory_mb(pid: u32, key: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
