@@ -173,8 +173,9 @@ async fn normalizer(shipments: usize) -> anyhow::Result<()> {
     let events_in: usize = (1..=history().len()).sum::<usize>() * shipments;
     println!(
         "# normalizer: {shipments} shipments x 5 polls = {messages} carrier updates, {events_in} events in them \
-              ({} new); the hop with PREFETCH 32, the normalizer with its defaults (batches of 64, 2 in flight); {}",
+              ({} new); the hop with PREFETCH 32, the normalizer with NORMALIZER_BATCH {} (64 unless set), 2 batches in flight; {}",
         shipments * history().len(),
+        std::env::var("NORMALIZER_BATCH").unwrap_or_else(|_| "64".into()),
         machine()
     );
 
