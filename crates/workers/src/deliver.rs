@@ -50,37 +50,33 @@ pub struct Ledger {
 impl Ledger {
     /// Starts the two batching tasks; they stop when the last clone of the ledger is dropped.
     pub fn start(pool: sqlx::PgPool, lease: Duration) -> Ledger {
-        let p = pool.clone();
-        let (claims, _) = Coalescer::start(LEDGER_BATCH, LEDGER_BATCH, move |reqs| {
-            let pool = p.clone();
-            async move {
-                one_by_one_if_refused(reqs, |batch| {
-                    let pool = pool.clone();
-                    async move { deliveries::claim_many(&pool, &batch, lease).await }
-                })
-                .await
-            }
-        });
-        let p = pool.clone();
-        let (completions, _) = Coalescer::start(LEDGER_BATCH, LEDGER_BATCH, move |done| {
-            let pool = p.clone();
-            async move {
-                one_by_one_if_refused(done, |batch| {
-                    let pool = pool.clone();
-                    async move {
-                        deliveries::complete_many(&pool, &batch).await?;
-                        Ok(vec![(); batch.len()])
-                    }
-                })
-                .await
-            }
-        });
         Ledger {
+            claims: batching(&pool, move |pool, batch: Vec<ClaimRequest>| async move {
+                deliveries::claim_many(&pool, &batch, lease).await
+            }),
+            completions: batching(&pool, |pool, batch: Vec<Completed>| async move {
+                deliveries::complete_many(&pool, &batch).await?;
+                Ok(vec![(); batch.len()])
+            }),
             pool,
-            claims,
-            completions,
         }
     }
+}
+
+/// A batching task making `run`'s statement for the requests waiting together.
+fn batching<Req, T, F, Fut>(pool: &sqlx::PgPool, run: F) -> Coalescer<Req, Answer<T>>
+where
+    Req: Clone + Send + 'static,
+    T: Clone + Send + 'static,
+    F: Fn(sqlx::PgPool, Vec<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<T>, StoreError>> + Send,
+{
+    let pool = pool.clone();
+    let (coalescer, _task) = Coalescer::start(LEDGER_BATCH, LEDGER_BATCH, move |reqs| {
+        let (pool, run) = (pool.clone(), run.clone());
+        async move { one_by_one_if_refused(reqs, |batch| run(pool.clone(), batch)).await }
+    });
+    coalescer
 }
 
 /// Runs `run` on the whole batch; when the database refuses it as data, on each request alone, so that only
