@@ -20,6 +20,8 @@ pub struct Received {
     pub data: String,
     /// When the server accepted it (after the final dot).
     pub at: std::time::Instant,
+    /// The same moment on the wall clock (to compare with times a database recorded).
+    pub at_wall: std::time::SystemTime,
 }
 
 impl Received {
@@ -201,6 +203,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     to: std::mem::take(&mut to),
                     data,
                     at: std::time::Instant::now(),
+                    at_wall: std::time::SystemTime::now(),
                 });
                 let delay = *lock(&shared.accept_delay);
                 if !delay.is_zero() {

@@ -288,6 +288,83 @@ async fn normalizer(shipments: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where each email's time went, from the clock times PostgreSQL recorded (the normalizer's transaction start in
+/// `status_changes.created_at`, the claim in `deliveries.created_at`, the record in `completed_at`) and the SMTP
+/// server's: publish → the normalizer's transaction; → the claim (commit, publish with confirm, delivery to the
+/// email publisher, its trust check); → the SMTP server's acceptance (rendering, the SMTP conversation); and beside
+/// them, the normalizer's transaction → its change marked published (`published_at`: the commit, the confirm, and
+/// up to the marker's 20 ms). Printed for every email and for the slowest 1 %, so that the tail's stage shows.
+async fn stages(
+    env: &TestEnv,
+    sent_at: &[chrono::DateTime<chrono::Utc>],
+    smtp: &SmtpServer,
+) -> anyhow::Result<()> {
+    use chrono::{DateTime, Utc};
+    let rows: Vec<(String, DateTime<Utc>, Option<DateTime<Utc>>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT s.order_id, sc.created_at, sc.published_at, d.created_at FROM status_changes sc \
+         JOIN shipments s ON s.id = sc.shipment_id \
+         JOIN deliveries d ON d.change_id = sc.change_id AND d.destination = 'email'",
+    )
+    .fetch_all(&env.pool)
+    .await?;
+    let accepted: std::collections::HashMap<usize, DateTime<Utc>> = smtp
+        .received()
+        .iter()
+        .filter_map(|r| {
+            let n =
+                r.to.first()?
+                    .strip_prefix('c')?
+                    .split('@')
+                    .next()?
+                    .parse()
+                    .ok()?;
+            Some((n, DateTime::<Utc>::from(r.at_wall)))
+        })
+        .collect();
+    let ms = |a: DateTime<Utc>, b: DateTime<Utc>| {
+        (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
+    };
+    // (total, to the normalizer, to the claim, to acceptance, and from the normalizer to marked published), per email.
+    let mut each: Vec<[f64; 5]> = rows
+        .iter()
+        .filter_map(|(order, normalized, published, claimed)| {
+            let n: usize = order.strip_prefix("lat-")?.parse().ok()?;
+            let (sent, done) = (*sent_at.get(n)?, *accepted.get(&n)?);
+            Some([
+                ms(sent, done),
+                ms(sent, *normalized),
+                ms(*normalized, *claimed),
+                ms(*claimed, done),
+                ms(*normalized, (*published)?),
+            ])
+        })
+        .collect();
+    if each.is_empty() {
+        bail!("no email could be traced through the database");
+    }
+    each.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    let mean =
+        |rows: &[[f64; 5]], i: usize| rows.iter().map(|r| r[i]).sum::<f64>() / rows.len() as f64;
+    let slowest = &each[each.len() - each.len().div_ceil(100)..];
+    println!(
+        "| emails | publish → normalizer's transaction | → claimed by the email publisher | → accepted by SMTP | total | \
+         beside: normalizer's transaction → marked published (commit, confirm, the marker's 20 ms) |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (name, rows) in [("all, mean", &each[..]), ("slowest 1 %, mean", slowest)] {
+        println!(
+            "| {name} ({}) | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
+            rows.len(),
+            mean(rows, 1),
+            mean(rows, 2),
+            mean(rows, 3),
+            mean(rows, 0),
+            mean(rows, 4)
+        );
+    }
+    Ok(())
+}
+
 async fn scheduler(rows: usize) -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     env.migrate().await?;
@@ -530,6 +607,7 @@ async fn latency(rate: usize, seconds: u64) -> anyhow::Result<()> {
     email.wait_healthy(Duration::from_secs(60)).await?;
     let history = history();
     let mut sent = Vec::with_capacity(total);
+    let mut sent_at = Vec::with_capacity(total);
     let every = Duration::from_secs_f64(1.0 / rate as f64);
     let start = tokio::time::Instant::now();
     for n in 0..total {
@@ -544,6 +622,7 @@ async fn latency(rate: usize, seconds: u64) -> anyhow::Result<()> {
         );
         let body = serde_json::to_vec(&carrier_update(&code, Some(&req), &history))?;
         sent.push(Instant::now());
+        sent_at.push(chrono::Utc::now());
         amqp.publish(NORMALIZER_QUEUE, &body).await?;
     }
     let offered = start.elapsed().as_secs_f64();
@@ -591,6 +670,7 @@ async fn latency(rate: usize, seconds: u64) -> anyhow::Result<()> {
         peak_rss_mb(normalizer.pid()),
         peak_rss_mb(email.pid())
     );
+    stages(&env, &sent_at, &smtp).await?;
     normalizer.terminate()?;
     email.terminate()?;
     Ok(())
