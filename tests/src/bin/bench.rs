@@ -300,7 +300,9 @@ async fn stages(
     smtp: &SmtpServer,
 ) -> anyhow::Result<()> {
     use chrono::{DateTime, Utc};
-    let rows: Vec<(String, DateTime<Utc>, Option<DateTime<Utc>>, DateTime<Utc>)> = sqlx::query_as(
+    /// An email's order id, its normalizer's transaction start, its change's `published_at`, its claim.
+    type Traced = (String, DateTime<Utc>, Option<DateTime<Utc>>, DateTime<Utc>);
+    let rows: Vec<Traced> = sqlx::query_as(
         "SELECT s.order_id, sc.created_at, sc.published_at, d.created_at FROM status_changes sc \
          JOIN shipments s ON s.id = sc.shipment_id \
          JOIN deliveries d ON d.change_id = sc.change_id AND d.destination = 'email'",
