@@ -288,6 +288,16 @@ async fn normalizer(shipments: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The number of the carrier update an email answers: its recipient is `c{n}@example.com`.
+fn update_number(r: &tracking_sim::smtp::Received) -> Option<usize> {
+    r.to.first()?
+        .strip_prefix('c')?
+        .split('@')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Where each email's time went, from the clock times PostgreSQL recorded (the normalizer's transaction start in
 /// `status_changes.created_at`, the claim in `deliveries.created_at`, the record in `completed_at`) and the SMTP
 /// server's: publish → the normalizer's transaction; → the claim (commit, publish with confirm, delivery to the
@@ -312,16 +322,7 @@ async fn stages(
     let accepted: std::collections::HashMap<usize, DateTime<Utc>> = smtp
         .received()
         .iter()
-        .filter_map(|r| {
-            let n =
-                r.to.first()?
-                    .strip_prefix('c')?
-                    .split('@')
-                    .next()?
-                    .parse()
-                    .ok()?;
-            Some((n, DateTime::<Utc>::from(r.at_wall)))
-        })
+        .filter_map(|r| Some((update_number(r)?, DateTime::<Utc>::from(r.at_wall))))
         .collect();
     let ms = |a: DateTime<Utc>, b: DateTime<Utc>| {
         (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
@@ -638,16 +639,7 @@ async fn latency(rate: usize, seconds: u64) -> anyhow::Result<()> {
     let mut latencies: Vec<Duration> = smtp
         .received()
         .iter()
-        .filter_map(|r| {
-            let n: usize =
-                r.to.first()?
-                    .strip_prefix('c')?
-                    .split('@')
-                    .next()?
-                    .parse()
-                    .ok()?;
-            Some(r.at.saturating_duration_since(*sent.get(n)?))
-        })
+        .filter_map(|r| Some(r.at.saturating_duration_since(*sent.get(update_number(r)?)?)))
         .collect();
     if latencies.len() != total {
         bail!("{} of {total} emails matched their update", latencies.len());
