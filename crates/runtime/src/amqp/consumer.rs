@@ -23,7 +23,6 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use std::future::Future;
@@ -235,18 +234,7 @@ pub(super) async fn check_progress(
     started: Instant,
     undelivered_for: Option<Duration>,
 ) -> anyhow::Result<()> {
-    let ready = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map(|q| q.message_count())
-        .unwrap_or(0);
+    let ready = topology::message_count(channel, queue).await.unwrap_or(0);
     let held = progress
         .in_flight
         .load(std::sync::atomic::Ordering::Relaxed);
