@@ -23,16 +23,6 @@ pub fn fast() -> Vec<(&'static str, String)> {
     .collect()
 }
 
-async fn start(
-    env: &TestEnv,
-    name: &str,
-    extra: &[(&'static str, String)],
-) -> anyhow::Result<Worker> {
-    let mut w = Worker::spawn(env, name, extra)?;
-    w.wait_healthy(Duration::from_secs(60)).await?;
-    Ok(w)
-}
-
 /// Runs the journey and checks every outcome; returns the five workers, still running (in the order normalizer,
 /// fetcher, scheduler, email-publisher, marketplace-publisher).
 pub async fn posted_to_delivered(env: &TestEnv) -> anyhow::Result<Vec<Worker>> {
@@ -46,9 +36,9 @@ pub async fn posted_to_delivered(env: &TestEnv) -> anyhow::Result<Vec<Worker>> {
         .to_string();
 
     // The normalizer owns the schema: it migrates the empty database before the others become healthy.
-    let mut workers = vec![start(env, "normalizer", &fast()).await?];
-    workers.push(start(env, "fetcher", &correios_env(&sim)).await?);
-    workers.push(start(env, "scheduler", &fast()).await?);
+    let mut workers = vec![Worker::started(env, "normalizer", &fast()).await?];
+    workers.push(Worker::started(env, "fetcher", &correios_env(&sim)).await?);
+    workers.push(Worker::started(env, "scheduler", &fast()).await?);
     let (_, health) = workers[1].health().await?;
     assert_eq!(health["status"], "ok");
     assert_eq!(health["carriers"]["correios"]["state"], "ok", "{health}");
@@ -61,9 +51,9 @@ pub async fn posted_to_delivered(env: &TestEnv) -> anyhow::Result<Vec<Worker>> {
         ("MARKETPLACES_FILE", mp_file.clone()),
         ("STORE_NAME", "Loja Teste".to_owned()),
     ];
-    workers.push(start(env, "email-publisher", &email_env).await?);
+    workers.push(Worker::started(env, "email-publisher", &email_env).await?);
     workers.push(
-        start(
+        Worker::started(
             env,
             "marketplace-publisher",
             &[("MARKETPLACES_FILE", mp_file)],

@@ -7,16 +7,6 @@ use std::time::Duration;
 use tracking_sim::correios::{CorreiosSim, Journey, Script, SimConfig};
 use tracking_tests::{Maildev, TestEnv, Worker, correios_env, eventually, journey, request};
 
-async fn start(
-    env: &TestEnv,
-    name: &str,
-    extra: &[(&'static str, String)],
-) -> anyhow::Result<Worker> {
-    let mut w = Worker::spawn(env, name, extra)?;
-    w.wait_healthy(Duration::from_secs(60)).await?;
-    Ok(w)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parcel_travels_from_posted_to_delivered_with_one_email_and_one_call_per_change()
 -> anyhow::Result<()> {
@@ -31,8 +21,8 @@ async fn bad_requests_are_parked_with_a_reason_and_good_ones_still_flow() -> any
     let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
     let good = "PG747937788BR";
     sim.script(good, Script::Journey(Journey::delivered()));
-    let _normalizer = start(&env, "normalizer", &[]).await?;
-    let _fetcher = start(&env, "fetcher", &correios_env(&sim)).await?;
+    let _normalizer = Worker::started(&env, "normalizer", &[]).await?;
+    let _fetcher = Worker::started(&env, "fetcher", &correios_env(&sim)).await?;
     let amqp = env.amqp().await?;
 
     let no_email = serde_json::json!({"order_id": "2", "tracking_code": "DL746686536BR", "customer": {"name": "Ana"}});
@@ -107,9 +97,9 @@ async fn the_same_request_published_twice_sends_one_email() -> anyhow::Result<()
     let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
     sim.script(code, Script::Journey(Journey::delivered().all_at_once()));
     let maildev = Maildev::start().await?;
-    let normalizer = start(&env, "normalizer", &[]).await?;
-    let _fetcher = start(&env, "fetcher", &correios_env(&sim)).await?;
-    let _email = start(
+    let normalizer = Worker::started(&env, "normalizer", &[]).await?;
+    let _fetcher = Worker::started(&env, "fetcher", &correios_env(&sim)).await?;
+    let _email = Worker::started(
         &env,
         "email-publisher",
         &[
@@ -247,8 +237,8 @@ async fn carrier_messages_and_refused_credentials_are_handled_as_the_carrier_not
     let (not_yet, invalid) = ("JT124720455BR", "DU713842539BR");
     sim.script(not_yet, Script::NotFound);
     sim.script(invalid, Script::Invalid);
-    let _normalizer = start(&env, "normalizer", &[]).await?;
-    let mut fetcher = start(&env, "fetcher", &correios_env(&sim)).await?;
+    let _normalizer = Worker::started(&env, "normalizer", &[]).await?;
+    let mut fetcher = Worker::started(&env, "fetcher", &correios_env(&sim)).await?;
     let amqp = env.amqp().await?;
     for (order, code) in [("11", not_yet), ("12", invalid)] {
         let body = serde_json::to_vec(&request(order, code, "ana@example.com", "pt-BR", None))?;
@@ -290,7 +280,7 @@ async fn carrier_messages_and_refused_credentials_are_handled_as_the_carrier_not
     let mut wrong = correios_env(&sim);
     wrong.retain(|(k, _)| *k != "CORREIOS_ACCESS_CODE");
     wrong.push(("CORREIOS_ACCESS_CODE", "wrong-code".into()));
-    fetcher = start(&env, "fetcher", &wrong).await?;
+    fetcher = Worker::started(&env, "fetcher", &wrong).await?;
     let body = serde_json::to_vec(&request(
         "13",
         "SW091892778BR",
@@ -328,13 +318,13 @@ async fn carrier_messages_and_refused_credentials_are_handled_as_the_carrier_not
 async fn bad_messages_on_every_work_queue_are_parked_with_a_reason() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let maildev = Maildev::start().await?;
-    let _normalizer = start(&env, "normalizer", &[]).await?;
+    let _normalizer = Worker::started(&env, "normalizer", &[]).await?;
     let email_env = [
         ("SMTP_URL", maildev.smtp_url()),
         ("EMAIL_FROM", "rastreio@loja.example".to_owned()),
     ];
-    let _email = start(&env, "email-publisher", &email_env).await?;
-    let _marketplace = start(&env, "marketplace-publisher", &[]).await?;
+    let _email = Worker::started(&env, "email-publisher", &email_env).await?;
+    let _marketplace = Worker::started(&env, "marketplace-publisher", &[]).await?;
     let amqp = env.amqp().await?;
     // An update for a shipment nobody registered, and a change naming a marketplace nobody configured.
     let orphan = serde_json::json!({
@@ -439,7 +429,8 @@ async fn the_outbox_relay_publishes_a_change_that_was_recorded_but_not_published
     .bind(&payload)
     .execute(&env.pool)
     .await?;
-    let _normalizer = start(&env, "normalizer", &[("OUTBOX_INTERVAL_MS", "200".into())]).await?;
+    let _normalizer =
+        Worker::started(&env, "normalizer", &[("OUTBOX_INTERVAL_MS", "200".into())]).await?;
     let amqp = env.amqp().await?;
     eventually(
         Duration::from_secs(20),
