@@ -61,14 +61,25 @@ async fn main() -> anyhow::Result<()> {
 
 /// A process's peak resident memory (VmHWM), in MB.
 fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    procstat::memory_mb(pid, "VmHWM")
+}
+
+/// A marketplaces file naming one webhook marketplace, `acme`, at `receiver`, its pacing lifted (100,000 calls per
+/// second instead of the default 10): a benchmark measures the workers, not the pacing.
+fn unpaced_marketplace(
+    env: &TestEnv,
+    receiver: &Receiver,
+    secret: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let file = env.log_dir().join("bench-marketplaces.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[marketplace]]\nname = \"acme\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{secret}\"\nrate_per_second = 100000\n",
+            receiver.url()
+        ),
+    )?;
+    Ok(file)
 }
 
 fn machine() -> String {
@@ -440,15 +451,8 @@ async fn publishers(changes: usize) -> anyhow::Result<()> {
     let smtp = SmtpServer::start("127.0.0.1:0".parse()?, &[]).await?;
     let secret = "bench-secret-0123456789";
     let receiver = Receiver::start(secret.into(), "127.0.0.1:0".parse()?).await?;
-    let file = env.log_dir().join("bench-marketplaces.toml");
     // Pacing lifted: this measures the publisher, not the default 10 calls per second per marketplace.
-    std::fs::write(
-        &file,
-        format!(
-            "[[marketplace]]\nname = \"acme\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{secret}\"\nrate_per_second = 100000\n",
-            receiver.url()
-        ),
-    )?;
+    let file = unpaced_marketplace(&env, &receiver, secret)?;
     for n in 0..changes {
         let c = status_change(
             &format!("B-{n}"),

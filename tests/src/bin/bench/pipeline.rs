@@ -224,15 +224,8 @@ async fn real(parcels: usize) -> anyhow::Result<(Run, (Duration, Duration))> {
     }
     let smtp = SmtpServer::start("127.0.0.1:0".parse()?, &[]).await?;
     let receiver = Receiver::start(SECRET.into(), "127.0.0.1:0".parse()?).await?;
-    let file = env.log_dir().join("bench-marketplaces.toml");
     // Pacing lifted: this measures the pipeline, not the default 10 calls per second per marketplace.
-    std::fs::write(
-        &file,
-        format!(
-            "[[marketplace]]\nname = \"acme\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nrate_per_second = 100000\n",
-            receiver.url()
-        ),
-    )?;
+    let file = super::unpaced_marketplace(&env, &receiver, SECRET)?;
     publish_requests(&env, parcels).await?;
     let quiet = ("RUST_LOG", "warn".to_owned());
     let marketplaces = ("MARKETPLACES_FILE", file.display().to_string());
