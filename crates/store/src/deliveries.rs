@@ -102,23 +102,23 @@ pub async fn claim_many(
     .bind(lease.as_secs_f64())
     .fetch_all(pool)
     .await?;
-    let mut answers: HashMap<(String, Uuid), Claim> = claimed
-        .into_iter()
-        .map(|(d, c, failures, first_failed_at)| {
-            (
-                (d, c),
-                Claim::Claimed {
-                    failures,
-                    first_failed_at,
-                },
-            )
-        })
-        .collect();
-    let (held_destinations, held_ids): (Vec<&str>, Vec<Uuid>) = destinations
+    // One answer per request, by its place; a request asked again later in the call keeps `None` here.
+    let mut answers: Vec<Option<Claim>> = vec![None; requests.len()];
+    for (d, c, failures, first_failed_at) in claimed {
+        if let Some(&i) = first.get(&(d.as_str(), c)) {
+            answers[i] = Some(Claim::Claimed {
+                failures,
+                first_failed_at,
+            });
+        }
+    }
+    let (held_destinations, held_ids): (Vec<&str>, Vec<Uuid>) = requests
         .iter()
-        .zip(&ids)
-        .filter(|(d, c)| !answers.contains_key(&((**d).to_owned(), **c)))
-        .map(|(d, c)| (*d, *c))
+        .enumerate()
+        .filter(|(i, r)| {
+            answers[*i].is_none() && first.get(&(r.destination.as_str(), r.change_id)) == Some(i)
+        })
+        .map(|(_, r)| (r.destination.as_str(), r.change_id))
         .unzip();
     if !held_ids.is_empty() {
         let held: Vec<(String, Uuid, Stored<DeliveryState>, Option<f64>)> = sqlx::query_as(
@@ -131,33 +131,32 @@ pub async fn claim_many(
         .fetch_all(pool)
         .await?;
         for (d, c, state, remaining) in held {
-            let claim = match state {
-                Stored::Known(DeliveryState::Done) => Claim::Done,
-                _ => Claim::Leased {
-                    remaining: Duration::from_secs_f64(
-                        remaining.unwrap_or(0.0).clamp(0.0, 86_400.0),
-                    ),
-                },
-            };
-            answers.insert((d, c), claim);
+            if let Some(&i) = first.get(&(d.as_str(), c)) {
+                answers[i] = Some(match state {
+                    Stored::Known(DeliveryState::Done) => Claim::Done,
+                    _ => Claim::Leased {
+                        remaining: Duration::from_secs_f64(
+                            remaining.unwrap_or(0.0).clamp(0.0, 86_400.0),
+                        ),
+                    },
+                });
+            }
         }
     }
     Ok(requests
         .iter()
+        .zip(answers)
         .enumerate()
-        .map(|(i, r)| {
-            let key = (r.destination.as_str(), r.change_id);
-            if first.get(&key) != Some(&i) {
-                // Asked twice in this call: the first request holds it.
-                return Claim::Leased { remaining: lease };
+        .map(|(i, (r, answer))| match answer {
+            Some(claim) => claim,
+            // Asked twice in this call: the first request holds it.
+            None if first.get(&(r.destination.as_str(), r.change_id)) != Some(&i) => {
+                Claim::Leased { remaining: lease }
             }
             // Claimed and released between the two statements: let the caller come back.
-            answers
-                .get(&(r.destination.clone(), r.change_id))
-                .copied()
-                .unwrap_or(Claim::Leased {
-                    remaining: Duration::ZERO,
-                })
+            None => Claim::Leased {
+                remaining: Duration::ZERO,
+            },
         })
         .collect())
 }
