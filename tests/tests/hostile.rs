@@ -91,14 +91,17 @@ async fn a_forged_carrier_update_is_parked_naming_its_fields_and_stores_nothing(
     );
     amqp.publish(NORMALIZER_QUEUE, &serde_json::to_vec(&good)?)
         .await?;
+    // The batch's good update commits before its forged one is parked (the outcomes are answered after the
+    // commit), so both are waited for.
     eventually(
         Duration::from_secs(20),
-        "the good update stored",
+        "the good update stored and the forged one parked",
         || async {
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM shipments")
                 .fetch_one(&env.pool)
                 .await?;
-            Ok((n == 1).then_some(()))
+            let dead = amqp.count("normalizer.carrier-events.dead").await?;
+            Ok((n == 1 && dead == 1).then_some(()))
         },
     )
     .await?;

@@ -275,6 +275,7 @@ async fn a_poison_message_in_a_batch_is_parked_and_the_others_are_stored() -> an
     let amqp = env.amqp().await?;
     eventually(Duration::from_secs(30), "every message settled", || async {
         Ok((amqp.count(QUEUE).await? == 0
+            && amqp.count(&format!("{QUEUE}.dead")).await? == 2
             && batches_and_messages(&normalizer).await?.1 == bodies.len() as f64)
             .then_some(()))
     })
