@@ -2,19 +2,27 @@
 //! with a TLS listener only and a certificate the test's CA signed) and over PostgreSQL with `sslmode=require`
 //! (this machine's PostgreSQL has `ssl = on` with Debian's snakeoil certificate); CA files that do not fit are
 //! refused with an error naming the setting to check, without the URL's password, while the worker keeps
-//! retrying; a CA file that cannot be read stops every binary with exit code 2.
+//! retrying; a CA file that cannot be read stops every binary with exit code 2. Emails go over `smtps://` and
+//! STARTTLS with a password to an SMTP server whose certificate the test's CA signed (`SMTP_CA_FILE`), and are
+//! held back, never parked and never sent in clear, when the certificate, the STARTTLS offer or the password is
+//! wrong.
 
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use tracking_domain::EmailAddress;
+use tracking_email::{Mailer, MailerConfigError, MailerSettings, RenderedEmail, SendError};
 use tracking_runtime::tls::{PemFile, PemKind};
+use tracking_sim::smtp::{Options, SmtpServer, TlsMode};
 use tracking_store::DbSettings;
-use tracking_tests::certs::TestCa;
+use tracking_tests::certs::{Issued, TestCa};
 use tracking_tests::pg_cluster::PgCluster;
 use tracking_tests::rabbit_node::RabbitNode;
-use tracking_tests::{EnvOptions, TestEnv, Worker, eventually, journey, target_dir};
+use tracking_tests::{
+    EnvOptions, TestEnv, Worker, eventually, journey, s10, status_change, target_dir,
+};
 
 /// Debian's self-signed certificate, which this machine's PostgreSQL serves (CN and DNS name `localhost`).
 const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
@@ -345,6 +353,273 @@ async fn a_ca_file_that_cannot_be_read_stops_every_binary_with_exit_code_2() -> 
             );
             assert!(text.contains(setting), "{text}");
         }
+    }
+    Ok(())
+}
+
+/// A CA in `dir` and the SMTP server's certificate it signed for localhost.
+fn smtp_tls(dir: &Path) -> anyhow::Result<(TestCa, Issued)> {
+    let ca = TestCa::new(dir, "ca")?;
+    let cert = ca.server("smtp", &["DNS:localhost"])?;
+    Ok((ca, cert))
+}
+
+const SMTP_USER: &str = "loja";
+const SMTP_PASSWORD: &str = "smtp-secret-4471";
+
+/// An SMTP server on 127.0.0.1 speaking TLS as `mode` says with `cert` (for localhost), asking for
+/// [`SMTP_USER`] and [`SMTP_PASSWORD`]; `None`: plain SMTP, still asking for them.
+async fn smtp_server(mode: Option<TlsMode>, cert: &Issued) -> anyhow::Result<SmtpServer> {
+    let tls = match mode {
+        Some(mode) => Some((mode, std::fs::read(&cert.cert)?, std::fs::read(&cert.key)?)),
+        None => None,
+    };
+    SmtpServer::start_with(
+        "127.0.0.1:0".parse()?,
+        Options {
+            tls,
+            login: Some((SMTP_USER.into(), SMTP_PASSWORD.into())),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+/// The URL of `server` on `localhost` (the name its certificate has) with the given scheme, password and query.
+fn smtp_url(scheme: &str, password: &str, server: &SmtpServer, query: &str) -> String {
+    format!(
+        "{scheme}://{SMTP_USER}:{password}@localhost:{}{query}",
+        server.addr().port()
+    )
+}
+
+fn mailer(url: &str, ca: Option<&Path>) -> Result<Mailer, MailerConfigError> {
+    Mailer::new(&MailerSettings {
+        smtp_url: url.to_owned().into(),
+        from: "Loja <noreply@loja.example>".into(),
+        timeout: Duration::from_secs(10),
+        pool_max_size: 2,
+        ca: ca.map(|p| {
+            PemFile::read(
+                "SMTP_CA_FILE",
+                &p.display().to_string(),
+                PemKind::Certificates,
+            )
+            .unwrap()
+        }),
+    })
+}
+
+async fn send(mailer: &Mailer) -> Result<(), SendError> {
+    let email = RenderedEmail {
+        subject: "Pedido enviado".into(),
+        text: "Seu pedido foi enviado.".into(),
+        html: "<p>Seu pedido foi enviado.</p>".into(),
+    };
+    let to = EmailAddress::parse("ana@example.com").unwrap();
+    let id = mailer.message_id(uuid::Uuid::new_v4());
+    mailer.send(&to, Some("Ana"), &email, &id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_go_over_smtps_and_starttls_with_a_private_ca_and_a_password() -> anyhow::Result<()>
+{
+    let dir = test_dir("smtp");
+    let (ca, cert) = smtp_tls(&dir)?;
+    let env = TestEnv::ready().await?;
+    let amqp = env.amqp().await?;
+    for (n, (mode, scheme, query)) in [
+        (TlsMode::Wrapper, "smtps", ""),
+        (TlsMode::StartTls, "smtp", "?tls=required"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let server = smtp_server(Some(mode), &cert).await?;
+        let settings = [
+            ("SMTP_URL", smtp_url(scheme, SMTP_PASSWORD, &server, query)),
+            ("SMTP_CA_FILE", ca.cert.display().to_string()),
+            ("EMAIL_FROM", "Loja <noreply@loja.example>".to_owned()),
+        ];
+        let worker = Worker::started(&env, "email-publisher", &settings).await?;
+        let change = status_change(
+            &format!("TLS-{n}"),
+            &s10("TS", n as u32),
+            "delivered",
+            "out_for_delivery",
+            "ana@example.com",
+            None,
+        );
+        env.record_change(&change).await?;
+        amqp.publish("email.order-status", &serde_json::to_vec(&change)?)
+            .await?;
+        eventually(Duration::from_secs(20), "the email received", || async {
+            Ok((server.received_count() == 1).then_some(()))
+        })
+        .await?;
+        let got = &server.received()[0];
+        assert!(got.tls, "{mode:?}: the email came in clear");
+        assert_eq!(got.user.as_deref(), Some(SMTP_USER), "{mode:?}");
+        assert_eq!(got.to, ["ana@example.com"]);
+        assert!(
+            !worker.log_text().contains(SMTP_PASSWORD),
+            "the password reached the log"
+        );
+        drop(worker);
+    }
+    Ok(())
+}
+
+/// One way a send is refused before the email leaves, and what its error must name.
+struct Refusal<'a> {
+    case: &'a str,
+    server: &'a SmtpServer,
+    url: String,
+    ca: Option<&'a Path>,
+    reasons: &'a [&'a str],
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_certificate_a_missing_starttls_or_a_wrong_password_hold_emails_back_without_leaking()
+-> anyhow::Result<()> {
+    let dir = test_dir("smtp-refused");
+    let (ca, cert) = smtp_tls(&dir)?;
+    let elsewhere = ca.server("elsewhere", &["DNS:mail.elsewhere.example"])?;
+    let other_ca = TestCa::new(&dir.join("other"), "other")?;
+
+    // Each way in turn: a failure the next try may not have (transient), with the reason to check, and
+    // without the password; nothing received.
+    let smtps = smtp_server(Some(TlsMode::Wrapper), &cert).await?;
+    let starttls = smtp_server(Some(TlsMode::StartTls), &cert).await?;
+    let plain = smtp_server(None, &cert).await?;
+    let wrong_name = smtp_server(Some(TlsMode::Wrapper), &elsewhere).await?;
+    let cases = [
+        Refusal {
+            case: "a CA the server's certificate is not from",
+            server: &smtps,
+            url: smtp_url("smtps", SMTP_PASSWORD, &smtps, ""),
+            ca: Some(&other_ca.cert),
+            reasons: &["SMTP_CA_FILE", "certificate verify failed"],
+        },
+        Refusal {
+            case: "the system's roots only",
+            server: &starttls,
+            url: smtp_url("smtp", SMTP_PASSWORD, &starttls, "?tls=required"),
+            ca: None,
+            reasons: &["SMTP_CA_FILE", "certificate verify failed"],
+        },
+        Refusal {
+            case: "a certificate for another host",
+            server: &wrong_name,
+            url: smtp_url("smtps", SMTP_PASSWORD, &wrong_name, ""),
+            ca: Some(&ca.cert),
+            reasons: &["SMTP_CA_FILE", "hostname mismatch"],
+        },
+        Refusal {
+            case: "STARTTLS required, not offered",
+            server: &plain,
+            url: smtp_url("smtp", SMTP_PASSWORD, &plain, "?tls=required"),
+            ca: Some(&ca.cert),
+            reasons: &["requires STARTTLS", "nothing was sent"],
+        },
+        Refusal {
+            case: "a wrong password over smtps",
+            server: &smtps,
+            url: smtp_url("smtps", "not-the-password-1234", &smtps, ""),
+            ca: Some(&ca.cert),
+            reasons: &["535", "credentials of SMTP_URL"],
+        },
+        Refusal {
+            case: "a wrong password over STARTTLS",
+            server: &starttls,
+            url: smtp_url("smtp", "not-the-password-1234", &starttls, "?tls=required"),
+            ca: Some(&ca.cert),
+            reasons: &["535", "credentials"],
+        },
+    ];
+    for Refusal {
+        case,
+        server,
+        url,
+        ca: ca_file,
+        reasons,
+    } in cases
+    {
+        let auths_before = server.auth_commands();
+        let err = send(&mailer(&url, ca_file)?).await.unwrap_err();
+        let shown = err.to_string();
+        assert!(err.is_transient(), "{case}: {shown}");
+        for reason in reasons {
+            assert!(shown.contains(reason), "{case}: {reason} not in {shown}");
+        }
+        assert!(
+            !shown.contains(SMTP_PASSWORD) && !shown.contains("not-the-password-1234"),
+            "{case}: {shown}"
+        );
+        assert_eq!(server.received_count(), 0, "{case}");
+        if !case.contains("wrong password") {
+            assert_eq!(
+                server.auth_commands(),
+                auths_before,
+                "{case}: the password was sent"
+            );
+        }
+    }
+    // The same servers take the email once everything is right.
+    for (server, url) in [
+        (&smtps, smtp_url("smtps", SMTP_PASSWORD, &smtps, "")),
+        (
+            &starttls,
+            smtp_url("smtp", SMTP_PASSWORD, &starttls, "?tls=required"),
+        ),
+    ] {
+        send(&mailer(&url, Some(&ca.cert))?).await?;
+        assert_eq!(server.received_count(), 1);
+    }
+
+    // Settings refused at start: a CA file with a plain URL, a certificate block that cannot be read.
+    let plain_with_ca = mailer(&plain.url(), Some(&ca.cert)).unwrap_err();
+    assert!(
+        matches!(&plain_with_ca, MailerConfigError::Ca(m) if m.contains("no TLS")),
+        "{plain_with_ca}"
+    );
+    let broken = dir.join("broken.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    )?;
+    let unreadable =
+        mailer(&smtp_url("smtps", SMTP_PASSWORD, &smtps, ""), Some(&broken)).unwrap_err();
+    assert!(
+        matches!(&unreadable, MailerConfigError::Ca(m) if m.contains("certificate number 1")),
+        "{unreadable}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_smtp_ca_file_that_cannot_be_used_stops_the_email_publisher_with_exit_code_2()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let dir = test_dir("smtp-ca");
+    let ca = server_tls(&dir)?;
+    let not_pem = dir.join("not-a-certificate.pem");
+    std::fs::write(&not_pem, "hello")?;
+    for (url, path) in [
+        ("smtps://127.0.0.1:1", dir.join("missing.pem")),
+        ("smtps://127.0.0.1:1", not_pem),
+        ("smtp://127.0.0.1:1", ca.cert.clone()),
+    ] {
+        let settings = [
+            ("SMTP_URL", url.to_owned()),
+            ("EMAIL_FROM", "a@b.co".to_owned()),
+            ("SMTP_CA_FILE", path.display().to_string()),
+        ];
+        let mut worker = Worker::spawn(&env, "email-publisher", &settings)?;
+        let status = worker.wait_exit(Duration::from_secs(20)).await?;
+        let log = worker.log_text();
+        assert_eq!(status.code(), Some(2), "{url} {}: {log}", path.display());
+        assert!(log.contains("SMTP_CA_FILE"), "{log}");
     }
     Ok(())
 }

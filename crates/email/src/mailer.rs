@@ -10,7 +10,8 @@ use std::time::Duration;
 use tracking_domain::EmailAddress;
 use uuid::Uuid;
 
-use crate::smtp::{Connections, Server};
+use crate::smtp::{Connections, Server, ServerError};
+use tracking_runtime::tls::{PemFile, certificate_blocks};
 
 /// How to reach the SMTP server and whom emails come from.
 #[derive(Debug, Clone)]
@@ -30,6 +31,9 @@ pub struct MailerSettings {
     /// finds no idle connection opens one, closed afterwards if as many are idle already. Concurrency is the
     /// worker's prefetch.
     pub pool_max_size: u32,
+    /// `SMTP_CA_FILE`: the CAs trusted besides the system's roots for `smtps://` and STARTTLS (a server whose
+    /// certificate a private CA signed). Refused with a URL that asks for no TLS.
+    pub ca: Option<PemFile>,
 }
 
 /// Why [`Mailer::new`] refused its settings. Messages name what is wrong without showing the URL's password.
@@ -45,6 +49,8 @@ pub enum MailerConfigError {
     PoolSize,
     #[error("the SMTP timeout must be longer than zero")]
     Timeout,
+    #[error("SMTP_CA_FILE {0}")]
+    Ca(String),
 }
 
 /// Why an email was not accepted. Decided once, here: the worker retries transient failures and parks
@@ -121,8 +127,15 @@ impl Mailer {
             return Err(MailerConfigError::Timeout);
         }
         let url = settings.smtp_url.expose_secret();
-        let server =
-            Server::from_url(url).map_err(|e| MailerConfigError::SmtpUrl(redact(&e, url)))?;
+        let ca = settings
+            .ca
+            .as_ref()
+            .map(|ca| String::from_utf8_lossy(&ca.pem).into_owned())
+            .unwrap_or_default();
+        let server = Server::new(url, &certificate_blocks(&ca)).map_err(|e| match e {
+            ServerError::Url(e) => MailerConfigError::SmtpUrl(redact(&e, url)),
+            ServerError::Ca(e) => MailerConfigError::Ca(e),
+        })?;
         Ok(Mailer {
             inner: Arc::new(Inner {
                 connections: Connections::new(server, settings.pool_max_size as usize),

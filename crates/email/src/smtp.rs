@@ -9,11 +9,18 @@
 //!
 //! The URL is the one lettre reads (`smtp://host:port`, `?tls=required` or `?tls=opportunistic` for STARTTLS,
 //! `smtps://` for TLS from the start, `user:password@`, a path naming the EHLO domain), with lettre's default
-//! ports (25, 587 with STARTTLS, 465) and its authentication (PLAIN, then LOGIN) when a password is given.
+//! ports (25, 587 with STARTTLS, 465) and its authentication (PLAIN, then LOGIN) when a password is given. TLS
+//! (either way) asks for TLS 1.2 at least and trusts the system's roots and those of `SMTP_CA_FILE`.
+//!
+//! What fails while a connection is opened (connecting, TLS, the greeting, EHLO, the credentials) is transient
+//! whatever the server answered: it concerns the server or this worker's settings, never the email, which is
+//! retried (and parked only past the retry window) instead of being parked at once.
 
 use crate::mailer::SendError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters, TlsVersion,
+};
 use lettre::transport::smtp::extension::ClientId;
 use std::io;
 use std::pin::Pin;
@@ -38,19 +45,85 @@ enum Tls {
     Wrapper,
 }
 
+/// The TLS side of every connection, made once: TLS 1.2 at least, the system's roots and the CA file's.
+#[derive(Clone)]
+struct TlsConfig {
+    /// For `smtps://`.
+    wrapper: tokio_native_tls::TlsConnector,
+    /// For STARTTLS, which lettre performs on the connection.
+    starttls: TlsParameters,
+}
+
+impl TlsConfig {
+    /// `roots`: PEM certificate blocks trusted besides the system's roots.
+    fn new(host: &str, roots: &[&str]) -> Result<TlsConfig, ServerError> {
+        let mut wrapper = native_tls::TlsConnector::builder();
+        wrapper.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
+        let mut starttls =
+            TlsParameters::builder(host.to_owned()).set_min_tls_version(TlsVersion::Tlsv12);
+        for (n, pem) in roots.iter().enumerate() {
+            let refused = |e: &dyn std::fmt::Display| {
+                ServerError::Ca(format!(
+                    "its certificate number {} cannot be read: {e}",
+                    n + 1
+                ))
+            };
+            wrapper.add_root_certificate(
+                native_tls::Certificate::from_pem(pem.as_bytes()).map_err(|e| refused(&e))?,
+            );
+            starttls = starttls.add_root_certificate(
+                Certificate::from_pem(pem.as_bytes()).map_err(|e| refused(&e))?,
+            );
+        }
+        let tls =
+            |e: &dyn std::fmt::Display| ServerError::Url(format!("TLS cannot be set up: {e}"));
+        Ok(TlsConfig {
+            wrapper: wrapper.build().map_err(|e| tls(&e))?.into(),
+            starttls: starttls.build_native().map_err(|e| tls(&e))?,
+        })
+    }
+}
+
+/// Why the URL or the CA file cannot be used. Never repeats the URL (it may hold a password).
+#[derive(Debug)]
+pub(crate) enum ServerError {
+    Url(String),
+    Ca(String),
+}
+
 /// Where and how to connect, read from the SMTP URL.
 #[derive(Clone)]
 pub(crate) struct Server {
     host: String,
     port: u16,
     tls: Tls,
+    tls_config: Option<TlsConfig>,
     hello: ClientId,
     credentials: Option<Credentials>,
+    /// The decoded password, only to take it out of the server's answers should one repeat it.
+    password: Option<String>,
 }
 
 impl Server {
+    /// Reads the URL; `roots` are PEM certificate blocks (`SMTP_CA_FILE`) trusted besides the system's roots,
+    /// refused with a URL that asks for no TLS.
+    pub(crate) fn new(url: &str, roots: &[&str]) -> Result<Server, ServerError> {
+        let mut server = Server::from_url(url).map_err(ServerError::Url)?;
+        if server.tls == Tls::None {
+            if !roots.is_empty() {
+                return Err(ServerError::Ca(
+                    "is set, but the SMTP URL asks for no TLS (use smtps://, or smtp://...?tls=required for STARTTLS)"
+                        .into(),
+                ));
+            }
+        } else {
+            server.tls_config = Some(TlsConfig::new(&server.host, roots)?);
+        }
+        Ok(server)
+    }
+
     /// Reads the URL. The error never repeats the URL (it may hold a password).
-    pub(crate) fn from_url(url: &str) -> Result<Server, String> {
+    fn from_url(url: &str) -> Result<Server, String> {
         let url = url::Url::parse(url).map_err(|e| e.to_string())?;
         let host = url
             .host_str()
@@ -84,16 +157,19 @@ impl Server {
                 .map(|s| s.into_owned())
                 .map_err(|_| "the user or password is not UTF-8 once decoded".to_owned())
         };
-        let credentials = match url.password() {
-            Some(password) => Some(Credentials::new(decode(url.username())?, decode(password)?)),
+        let password = url.password().map(decode).transpose()?;
+        let credentials = match &password {
+            Some(password) => Some(Credentials::new(decode(url.username())?, password.clone())),
             None => None,
         };
         Ok(Server {
             port: url.port().unwrap_or(port),
             host,
             tls,
+            tls_config: None,
             hello,
             credentials,
+            password,
         })
     }
 
@@ -105,34 +181,62 @@ impl Server {
     }
 
     /// Opens a connection ready to send: TCP with `TCP_NODELAY`, TLS as the URL asks, EHLO, authentication.
-    /// Every failure here is transient except the server's 5xx answers (to EHLO or AUTH).
+    /// Every failure here is transient (see the module's documentation).
     async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            SendError::Transient(format!("cannot connect to the SMTP server: {e}"))
+        let failed = |step: &str, e: &dyn std::fmt::Display| {
+            let mut text = format!("{step}: {e}");
+            if let Some(password) = self.password.as_deref().filter(|p| !p.is_empty()) {
+                text = text.replace(password, "***");
+            }
+            SendError::Transient(text)
         };
-        let tcp = self.tcp().await.map_err(|e| unreachable(&e))?;
-        let stream: Box<dyn AsyncTokioStream> = if self.tls == Tls::Wrapper {
-            let connector = native_tls::TlsConnector::new().map_err(|e| unreachable(&e))?;
-            let tls = tokio_native_tls::TlsConnector::from(connector)
-                .connect(&self.host, tcp)
-                .await
-                .map_err(|e| unreachable(&e))?;
-            Box::new(TlsTcp(tls))
-        } else {
-            Box::new(tcp)
+        const TLS_FAILED: &str = "TLS with the SMTP server failed (is its certificate for this host, and signed by a CA \
+                                  the system or SMTP_CA_FILE trusts?)";
+        let tcp = self
+            .tcp()
+            .await
+            .map_err(|e| failed("cannot connect to the SMTP server", &e))?;
+        let stream: Box<dyn AsyncTokioStream> = match (&self.tls_config, self.tls) {
+            (Some(config), Tls::Wrapper) => {
+                let tls = config
+                    .wrapper
+                    .connect(&self.host, tcp)
+                    .await
+                    .map_err(|e| failed(TLS_FAILED, &e))?;
+                Box::new(TlsTcp(tls))
+            }
+            _ => Box::new(tcp),
         };
-        let smtp = |e: lettre::transport::smtp::Error| SendError::from_smtp(&e);
         let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
             .await
-            .map_err(smtp)?;
-        if self.tls == Tls::Required || (self.tls == Tls::Opportunistic && conn.can_starttls()) {
-            let params = TlsParameters::new(self.host.clone()).map_err(smtp)?;
-            conn.starttls(params, &self.hello).await.map_err(smtp)?;
+            .map_err(|e| failed("the SMTP server refused the connection", &e))?;
+        let starttls = match self.tls {
+            Tls::Required => true,
+            Tls::Opportunistic => conn.can_starttls(),
+            Tls::None | Tls::Wrapper => false,
+        };
+        if starttls {
+            if !conn.can_starttls() {
+                // Asked for, not offered (a server without TLS, or someone in between who took it out): nothing,
+                // credentials least of all, is sent in clear.
+                conn.abort().await;
+                return Err(failed(
+                    "the SMTP URL requires STARTTLS (tls=required)",
+                    &"the server does not offer it, so nothing was sent",
+                ));
+            }
+            let params = match &self.tls_config {
+                Some(config) => config.starttls.clone(),
+                None => return Err(failed(TLS_FAILED, &"no TLS settings")),
+            };
+            conn.starttls(params, &self.hello)
+                .await
+                .map_err(|e| failed(TLS_FAILED, &e))?;
         }
         if let Some(credentials) = &self.credentials {
             conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
-                .map_err(smtp)?;
+                .map_err(|e| failed("the SMTP server refused the credentials of SMTP_URL", &e))?;
         }
         Ok(conn)
     }

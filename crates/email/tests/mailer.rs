@@ -21,6 +21,7 @@ fn settings(url: &str, from: &str) -> MailerSettings {
         from: from.into(),
         timeout: Duration::from_secs(5),
         pool_max_size: 2,
+        ca: None,
     }
 }
 

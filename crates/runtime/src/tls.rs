@@ -1,6 +1,6 @@
-//! PEM files named by settings (`AMQP_CA_FILE`, `DATABASE_CA_FILE`, a client certificate and key): read once at
-//! start, so that a file that cannot be read, or holds no PEM block, stops the binary with exit code 2 naming the
-//! setting, instead of failing every connection later.
+//! PEM files named by settings (`AMQP_CA_FILE`, `DATABASE_CA_FILE`, `SMTP_CA_FILE`, a client certificate and
+//! key): read once at start, so that a file that cannot be read, or holds no PEM block, stops the binary with exit
+//! code 2 naming the setting, instead of failing every connection later.
 
 use crate::settings::{self, SettingsError};
 
@@ -74,7 +74,25 @@ impl PemFile {
 
 /// How many `-----BEGIN CERTIFICATE-----` blocks a PEM text holds.
 pub fn count_certificates(pem: &str) -> usize {
-    pem.matches("-----BEGIN CERTIFICATE-----").count()
+    pem.matches(BEGIN).count()
+}
+
+const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+const END: &str = "-----END CERTIFICATE-----";
+
+/// Each certificate block of a PEM text, from its `BEGIN` line to its `END` line, for TLS stacks that read one
+/// certificate at a time. Text between blocks is left out; a block without its `END` line is returned as it is,
+/// for the stack to refuse.
+pub fn certificate_blocks(pem: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let block = &rest[start..];
+        let len = block.find(END).map_or(block.len(), |end| end + END.len());
+        blocks.push(&block[..len]);
+        rest = &block[len..];
+    }
+    blocks
 }
 
 #[cfg(test)]
@@ -87,5 +105,16 @@ mod tests {
         assert_eq!(count_certificates(one), 1);
         assert_eq!(count_certificates(&one.repeat(3)), 3);
         assert_eq!(count_certificates("not a certificate"), 0);
+    }
+
+    #[test]
+    fn certificate_blocks_are_cut_at_their_end_lines() {
+        let one = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
+        let two = "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----";
+        let text = format!("# a comment\n{one}\nbetween\n{two}\n");
+        assert_eq!(certificate_blocks(&text), [one, two]);
+        let cut = "-----BEGIN CERTIFICATE-----\nMII";
+        assert_eq!(certificate_blocks(&format!("{one}\n{cut}")), [one, cut]);
+        assert!(certificate_blocks("no PEM here").is_empty());
     }
 }

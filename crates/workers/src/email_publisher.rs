@@ -14,11 +14,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracking_domain::Status;
-use tracking_email::{Mailer, MailerSettings, Renderer, TemplateSettings};
+use tracking_email::{Mailer, MailerConfigError, MailerSettings, Renderer, TemplateSettings};
 use tracking_marketplaces::Marketplaces;
 use tracking_runtime::amqp::topology::EMAIL_QUEUE;
 use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome};
 use tracking_runtime::settings::{self, SettingsError};
+use tracking_runtime::tls::{self, PemKind};
 
 pub const DESTINATION: &str = "email";
 
@@ -73,6 +74,7 @@ impl Settings {
                 from,
                 timeout: settings::millis("SMTP_TIMEOUT_MS", 15_000)?,
                 pool_max_size: settings::parse("SMTP_POOL_SIZE", 8u32)?,
+                ca: tls::pem_file("SMTP_CA_FILE", PemKind::Certificates)?,
             },
             amqp,
             templates,
@@ -84,8 +86,10 @@ impl Settings {
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mailer =
-        Mailer::new(&settings.mailer).map_err(|e| SettingsError::new("SMTP_URL", e.to_string()))?;
+    let mailer = Mailer::new(&settings.mailer).map_err(|e| match e {
+        MailerConfigError::Ca(reason) => SettingsError::new("SMTP_CA_FILE", reason),
+        e => SettingsError::new("SMTP_URL", e.to_string()),
+    })?;
     let renderer = Renderer::new(settings.templates)?;
     let Some(worker) = Worker::start(
         "email-publisher",
