@@ -87,11 +87,22 @@ pub async fn posted_to_delivered(env: &TestEnv) -> anyhow::Result<Vec<Worker>> {
         },
     )
     .await?;
+    // The final poll comes after the tick that finished the shipment, and changes are marked published after
+    // their publish: both are waited for too.
     eventually(
         Duration::from_secs(30),
-        "4 marketplace calls and 3 emails",
+        "4 marketplace calls, 3 emails, 5 polls and every change marked published",
         || async {
-            Ok((receiver.calls().len() >= 4 && maildev.emails().await?.len() >= 3).then_some(()))
+            let unpublished: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM status_changes WHERE published_at IS NULL",
+            )
+            .fetch_one(&env.pool)
+            .await?;
+            Ok((receiver.calls().len() >= 4
+                && maildev.emails().await?.len() >= 3
+                && sim.polls(code) >= 5
+                && unpublished == 0)
+                .then_some(()))
         },
     )
     .await?;

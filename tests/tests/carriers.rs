@@ -182,16 +182,23 @@ async fn a_renamed_field_turns_the_carrier_broken_within_one_polling_cycle_and_t
             .any(|l| l.starts_with("carrier_state{") && l.contains("broken") && l.ends_with(" 1")),
     );
     assert!(fetcher.log_text().contains("BROKEN"));
-    let (state, counters): (String, serde_json::Value) =
-        eventually(Duration::from_secs(5), "the health row", || async {
+    // The health row is written by a task of its own, so the kept answer may come after it: both are waited for.
+    let (state, counters): (String, serde_json::Value) = eventually(
+        Duration::from_secs(5),
+        "the health row and the kept answer",
+        || async {
+            let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM carrier_responses")
+                .fetch_one(&env.pool)
+                .await?;
             Ok(sqlx::query_as(
                 "SELECT state, counters FROM carrier_health WHERE carrier = 'correios'",
             )
             .fetch_optional(&env.pool)
             .await?
-            .filter(|(s, _): &(String, serde_json::Value)| s == "broken"))
-        })
-        .await?;
+            .filter(|(s, _): &(String, serde_json::Value)| s == "broken" && kept >= 1))
+        },
+    )
+    .await?;
     assert_eq!(state, "broken");
     assert!(counters["unreadable"].as_u64().unwrap() >= 1, "{counters}");
     let (kept, body): (i64, String) = sqlx::query_as(
@@ -310,16 +317,24 @@ async fn an_unknown_code_pair_is_stored_with_its_text_counted_and_shown_and_a_re
         .fetch_one(&env.pool)
         .await?;
     assert_eq!(status, "posted", "an unmapped event changes nothing");
-    let metrics = normalizer.metrics().await?;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("unmapped_events_total{")
-                && l.contains("code=\"XYZ\"")
-                && l.contains("type=\"77\"")
-                && l.ends_with(" 1")),
-        "{metrics}"
-    );
+    // Counted after the batch's commit, so possibly after the rows above are visible.
+    eventually(
+        Duration::from_secs(10),
+        "the unmapped code counted",
+        || async {
+            let metrics = normalizer.metrics().await?;
+            Ok(metrics
+                .lines()
+                .any(|l| {
+                    l.starts_with("unmapped_events_total{")
+                        && l.contains("code=\"XYZ\"")
+                        && l.contains("type=\"77\"")
+                        && l.ends_with(" 1")
+                })
+                .then_some(()))
+        },
+    )
+    .await?;
     assert!(
         normalizer
             .log_text()
@@ -479,12 +494,16 @@ async fn an_unrecognised_answer_and_sro_009_concern_their_code_alone_and_sro_009
         "{fetched}"
     );
     assert!(fetcher.log_text().contains("do not recognise"));
-    let normalized = normalizer.metrics().await?;
-    assert_eq!(
-        metric(&normalized, "shipments_not_trackable_total{"),
-        1.0,
-        "{normalized}"
-    );
+    // Counted after the batch's commit, so possibly after the shipment rows are visible.
+    eventually(
+        Duration::from_secs(10),
+        "the not trackable shipment counted",
+        || async {
+            let normalized = normalizer.metrics().await?;
+            Ok((metric(&normalized, "shipments_not_trackable_total{") == 1.0).then_some(()))
+        },
+    )
+    .await?;
     assert!(
         normalizer
             .log_text()

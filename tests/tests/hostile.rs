@@ -155,10 +155,18 @@ async fn a_stored_row_that_cannot_be_read_is_quarantined_and_polling_goes_on() -
     )
     .await?;
     let amqp = env.amqp().await?;
+    // The tick publishes (with confirms) before it commits its quarantines.
     eventually(
         Duration::from_secs(20),
-        "the good shipment polled",
-        || async { Ok((amqp.count("tracking.requests").await? == 1).then_some(())) },
+        "the good shipment polled and the three others quarantined",
+        || async {
+            let quarantined: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM shipments WHERE quarantined_at IS NOT NULL",
+            )
+            .fetch_one(&env.pool)
+            .await?;
+            Ok((amqp.count("tracking.requests").await? == 1 && quarantined == 3).then_some(()))
+        },
     )
     .await?;
     let taken = amqp.drain("tracking.requests").await?;

@@ -170,13 +170,21 @@ async fn normalizers_racing_on_one_shipment_record_each_change_once() -> anyhow:
     tokio::time::sleep(Duration::from_millis(500)).await;
     blocker.commit().await?;
 
+    // Changes are published (and marked so) after their batch's commit: those are waited for too.
     eventually(Duration::from_secs(60), "every poll handled", || async {
         let status: String = sqlx::query_scalar("SELECT status FROM shipments")
             .fetch_one(&env.pool)
             .await?;
-        Ok((status == "delivered" && amqp.count(QUEUE).await? == 0).then_some(()))
+        let recorded = changes(&env).await?;
+        Ok((status == "delivered"
+            && amqp.count(QUEUE).await? == 0
+            && recorded.iter().all(|c| c.3)
+            && amqp.count("email.order-status").await? as usize == recorded.len()
+            && amqp.count("marketplace.order-status").await? as usize == recorded.len())
+        .then_some(()))
     })
     .await?;
+    // Time for a duplicate to show up.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM tracking_events")

@@ -432,23 +432,24 @@ async fn the_outbox_relay_publishes_a_change_that_was_recorded_but_not_published
     let _normalizer =
         Worker::started(&env, "normalizer", &[("OUTBOX_INTERVAL_MS", "200".into())]).await?;
     let amqp = env.amqp().await?;
+    // The relay marks the change published in its transaction, committed after the publishes' confirms.
     eventually(
         Duration::from_secs(20),
-        "the change on both publishers' queues",
+        "the change on both publishers' queues and marked published",
         || async {
-            Ok((amqp.count("email.order-status").await? == 1
+            let published: bool = sqlx::query_scalar(
+                "SELECT published_at IS NOT NULL FROM status_changes WHERE change_id = $1",
+            )
+            .bind(change_id)
+            .fetch_one(&env.pool)
+            .await?;
+            Ok((published
+                && amqp.count("email.order-status").await? == 1
                 && amqp.count("marketplace.order-status").await? == 1)
                 .then_some(()))
         },
     )
     .await?;
-    let published: bool = sqlx::query_scalar(
-        "SELECT published_at IS NOT NULL FROM status_changes WHERE change_id = $1",
-    )
-    .bind(change_id)
-    .fetch_one(&env.pool)
-    .await?;
-    assert!(published);
     let taken = amqp.drain("email.order-status").await?;
     let body: serde_json::Value = serde_json::from_slice(&taken[0].body)?;
     assert_eq!(body, payload, "published exactly as recorded");
