@@ -394,6 +394,14 @@ fn smtp_url(scheme: &str, password: &str, server: &SmtpServer, query: &str) -> S
 }
 
 fn mailer(url: &str, ca: Option<&Path>) -> Result<Mailer, MailerConfigError> {
+    mailer_with(url, ca, Duration::from_secs(300))
+}
+
+fn mailer_with(
+    url: &str,
+    ca: Option<&Path>,
+    auth_retry: Duration,
+) -> Result<Mailer, MailerConfigError> {
     Mailer::new(&MailerSettings {
         smtp_url: url.to_owned().into(),
         from: "Loja <noreply@loja.example>".into(),
@@ -407,6 +415,7 @@ fn mailer(url: &str, ca: Option<&Path>) -> Result<Mailer, MailerConfigError> {
             )
             .unwrap()
         }),
+        auth_retry,
     })
 }
 
@@ -493,6 +502,22 @@ async fn a_wrong_certificate_a_missing_starttls_or_a_wrong_password_hold_emails_
     let starttls = smtp_server(Some(TlsMode::StartTls), &cert).await?;
     let plain = smtp_server(None, &cert).await?;
     let wrong_name = smtp_server(Some(TlsMode::Wrapper), &elsewhere).await?;
+    let wrong_name_starttls = smtp_server(Some(TlsMode::StartTls), &elsewhere).await?;
+    let injecting = SmtpServer::start_with(
+        "127.0.0.1:0".parse()?,
+        Options {
+            tls: Some((
+                TlsMode::StartTls,
+                std::fs::read(&cert.cert)?,
+                std::fs::read(&cert.key)?,
+            )),
+            login: Some((SMTP_USER.into(), SMTP_PASSWORD.into())),
+            injected_after_starttls: b"250-sim.smtp\r\n250 AUTH PLAIN\r\n235 2.7.0 forged\r\n"
+                .to_vec(),
+            ..Options::default()
+        },
+    )
+    .await?;
     let cases = [
         Refusal {
             case: "a CA the server's certificate is not from",
@@ -514,6 +539,27 @@ async fn a_wrong_certificate_a_missing_starttls_or_a_wrong_password_hold_emails_
             url: smtp_url("smtps", SMTP_PASSWORD, &wrong_name, ""),
             ca: Some(&ca.cert),
             reasons: &["SMTP_CA_FILE", "hostname mismatch"],
+        },
+        Refusal {
+            case: "a certificate for another host, over STARTTLS",
+            server: &wrong_name_starttls,
+            url: smtp_url("smtp", SMTP_PASSWORD, &wrong_name_starttls, "?tls=required"),
+            ca: Some(&ca.cert),
+            reasons: &["SMTP_CA_FILE", "hostname mismatch"],
+        },
+        Refusal {
+            case: "replies injected in clear behind STARTTLS's go-ahead",
+            server: &injecting,
+            url: smtp_url("smtp", SMTP_PASSWORD, &injecting, "?tls=required"),
+            ca: Some(&ca.cert),
+            reasons: &["TLS with the SMTP server failed"],
+        },
+        Refusal {
+            case: "no credentials for a server that asks for them",
+            server: &plain,
+            url: format!("smtp://localhost:{}", plain.addr().port()),
+            ca: None,
+            reasons: &["530", "asks for a user and password"],
         },
         Refusal {
             case: "STARTTLS required, not offered",
@@ -577,6 +623,27 @@ async fn a_wrong_certificate_a_missing_starttls_or_a_wrong_password_hold_emails_
         assert_eq!(server.received_count(), 1);
     }
 
+    // Every certificate of SMTP_CA_FILE is trusted, not only its first.
+    let bundle = dir.join("bundle.pem");
+    std::fs::write(
+        &bundle,
+        [std::fs::read(&other_ca.cert)?, std::fs::read(&ca.cert)?].concat(),
+    )?;
+    send(&mailer(
+        &smtp_url("smtps", SMTP_PASSWORD, &smtps, ""),
+        Some(&bundle),
+    )?)
+    .await?;
+    assert_eq!(smtps.received_count(), 2);
+    // tls=opportunistic: TLS when offered; in clear, password included, when not (as documented).
+    let url = smtp_url("smtp", SMTP_PASSWORD, &starttls, "?tls=opportunistic");
+    send(&mailer(&url, Some(&ca.cert))?).await?;
+    assert!(starttls.received()[1].tls);
+    let url = smtp_url("smtp", SMTP_PASSWORD, &plain, "?tls=opportunistic");
+    send(&mailer(&url, Some(&ca.cert))?).await?;
+    let got = &plain.received()[0];
+    assert_eq!((got.tls, got.user.as_deref()), (false, Some(SMTP_USER)));
+
     // Settings refused at start: a CA file with a plain URL, a certificate block that cannot be read.
     let plain_with_ca = mailer(&plain.url(), Some(&ca.cert)).unwrap_err();
     assert!(
@@ -621,5 +688,39 @@ async fn an_smtp_ca_file_that_cannot_be_used_stops_the_email_publisher_with_exit
         assert_eq!(status.code(), Some(2), "{url} {}: {log}", path.display());
         assert!(log.contains("SMTP_CA_FILE"), "{log}");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_not_tried_again_before_smtp_auth_retry_secs() -> anyhow::Result<()>
+{
+    let dir = test_dir("smtp-auth-retry");
+    let (ca, cert) = smtp_tls(&dir)?;
+    let server = smtp_server(Some(TlsMode::Wrapper), &cert).await?;
+    let url = smtp_url("smtps", "not-the-password-1234", &server, "");
+    let mailer = mailer_with(&url, Some(&ca.cert), Duration::from_secs(2))?;
+    let first = send(&mailer).await.unwrap_err().to_string();
+    assert!(first.contains("535"), "{first}");
+    assert_eq!(server.auth_commands(), 1);
+    // Within the pause: refused at once, without a login.
+    for _ in 0..5 {
+        let again = send(&mailer).await.unwrap_err();
+        assert!(again.is_transient());
+        assert!(
+            again.to_string().contains("SMTP_AUTH_RETRY_SECS"),
+            "{again}"
+        );
+    }
+    assert_eq!(
+        server.auth_commands(),
+        1,
+        "the credentials were tried again"
+    );
+    // After it: one try more.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let later = send(&mailer).await.unwrap_err().to_string();
+    assert!(later.contains("535"), "{later}");
+    assert_eq!(server.auth_commands(), 2);
+    assert_eq!(server.received_count(), 0);
     Ok(())
 }

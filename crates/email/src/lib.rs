@@ -14,9 +14,11 @@
 //!   the binary and checked once by [`Renderer::new`], which renders every one with sample data. The HTML
 //!   layout is auto-escaped: names, places and carrier texts are inserted as text, never as markup.
 //! - [`mailer`]: [`Mailer`], [`MailerSettings`]. lettre speaks SMTP on connections the crate opens and keeps
-//!   for reuse itself (`smtp`: with `TCP_NODELAY`, which lettre's own pool does not set); [`SendError`]
-//!   tells transient failures (4xx answers, connection, timeout, TLS, I/O: retry) from permanent ones
-//!   (5xx answers, an address SMTP cannot carry: park, with the server's answer in the message).
+//!   for reuse itself (`smtp`: with `TCP_NODELAY`, which lettre's own pool does not set; `starttls`: STARTTLS
+//!   done before lettre reads a byte, so nothing sent in clear is read as an answer given over TLS);
+//!   [`SendError`] tells transient failures (4xx answers, connection, timeout, TLS, I/O, anything while a
+//!   connection is opened: retry) from permanent ones (5xx answers to the email, an address SMTP cannot carry:
+//!   park, with the server's answer in the message).
 //!
 //! - [`page`]: the customer's tracking page ([`Renderer::page`], [`OrderPage`]), served by `tracking-api` at
 //!   `GET /t/{token}`: the same engine, catalogs (`[status_names]`, `[page]`) and time zone, template
@@ -35,6 +37,7 @@ pub mod mailer;
 pub mod page;
 pub mod render;
 mod smtp;
+mod starttls;
 
 pub use mailer::{Mailer, MailerConfigError, MailerSettings, SendError};
 pub use page::{ErrorPage, OrderPage, PAGE_CSS, PageEvent, PageShipment, first_name};

@@ -34,6 +34,9 @@ pub struct MailerSettings {
     /// `SMTP_CA_FILE`: the CAs trusted besides the system's roots for `smtps://` and STARTTLS (a server whose
     /// certificate a private CA signed). Refused with a URL that asks for no TLS.
     pub ca: Option<PemFile>,
+    /// How long after the server refused the credentials no connection is opened (every send fails at once as
+    /// transient): providers lock an account, and firewalls ban an address, after a few failed logins.
+    pub auth_retry: Duration,
 }
 
 /// Why [`Mailer::new`] refused its settings. Messages name what is wrong without showing the URL's password.
@@ -57,11 +60,13 @@ pub enum MailerConfigError {
 /// permanent ones.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// 4xx answers, refused connections, timeouts, TLS and I/O errors: the same email may go through later.
+    /// 4xx answers, refused connections, timeouts, TLS and I/O errors, and every failure while a connection is
+    /// opened (refused credentials included) or `530` (authentication required): the same email may go through
+    /// later, once the server or the settings are right.
     #[error("transient SMTP failure: {0}")]
     Transient(String),
-    /// 5xx answers (e.g. 550 mailbox unavailable) and addresses SMTP cannot carry: sending again will
-    /// fail again. The message holds the server's answer (code and text).
+    /// 5xx answers to the email itself (e.g. 550 mailbox unavailable) and addresses SMTP cannot carry: sending
+    /// again will fail again. The message holds the server's answer (code and text).
     #[error("permanent SMTP failure: {0}")]
     Permanent(String),
 }
@@ -73,7 +78,12 @@ impl SendError {
 
     pub(crate) fn from_smtp(err: &lettre::transport::smtp::Error) -> SendError {
         // lettre's Display for an SMTP answer is "permanent error (550): <the server's text>".
-        if err.is_permanent() {
+        if err.status().is_some_and(|code| code.to_string() == "530") {
+            // Authentication required: SMTP_URL has no credentials for a server that wants them.
+            SendError::Transient(format!(
+                "the SMTP server asks for a user and password, which SMTP_URL does not give: {err}"
+            ))
+        } else if err.is_permanent() {
             SendError::Permanent(err.to_string())
         } else if err.is_timeout() {
             SendError::Transient(format!("timed out: {err}"))
@@ -138,7 +148,11 @@ impl Mailer {
         })?;
         Ok(Mailer {
             inner: Arc::new(Inner {
-                connections: Connections::new(server, settings.pool_max_size as usize),
+                connections: Connections::new(
+                    server,
+                    settings.pool_max_size as usize,
+                    settings.auth_retry,
+                ),
                 from,
                 timeout: settings.timeout,
             }),

@@ -17,17 +17,16 @@
 //! retried (and parked only past the retry window) instead of being parked at once.
 
 use crate::mailer::SendError;
+use crate::starttls::{self, Greeted, Refused};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{
-    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters, TlsVersion,
-};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
 use lettre::transport::smtp::extension::ClientId;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// How long an idle connection is kept: servers close idle connections after a few minutes, and one they closed
@@ -45,43 +44,24 @@ enum Tls {
     Wrapper,
 }
 
-/// The TLS side of every connection, made once: TLS 1.2 at least, the system's roots and the CA file's.
-#[derive(Clone)]
-struct TlsConfig {
-    /// For `smtps://`.
-    wrapper: tokio_native_tls::TlsConnector,
-    /// For STARTTLS, which lettre performs on the connection.
-    starttls: TlsParameters,
-}
-
-impl TlsConfig {
-    /// `roots`: PEM certificate blocks trusted besides the system's roots.
-    fn new(host: &str, roots: &[&str]) -> Result<TlsConfig, ServerError> {
-        let mut wrapper = native_tls::TlsConnector::builder();
-        wrapper.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
-        let mut starttls =
-            TlsParameters::builder(host.to_owned()).set_min_tls_version(TlsVersion::Tlsv12);
-        for (n, pem) in roots.iter().enumerate() {
-            let refused = |e: &dyn std::fmt::Display| {
-                ServerError::Ca(format!(
-                    "its certificate number {} cannot be read: {e}",
-                    n + 1
-                ))
-            };
-            wrapper.add_root_certificate(
-                native_tls::Certificate::from_pem(pem.as_bytes()).map_err(|e| refused(&e))?,
-            );
-            starttls = starttls.add_root_certificate(
-                Certificate::from_pem(pem.as_bytes()).map_err(|e| refused(&e))?,
-            );
-        }
-        let tls =
-            |e: &dyn std::fmt::Display| ServerError::Url(format!("TLS cannot be set up: {e}"));
-        Ok(TlsConfig {
-            wrapper: wrapper.build().map_err(|e| tls(&e))?.into(),
-            starttls: starttls.build_native().map_err(|e| tls(&e))?,
-        })
+/// The TLS side of every connection (`smtps://` and STARTTLS alike), made once: TLS 1.2 at least, the system's
+/// roots and `roots` (PEM certificate blocks).
+fn tls_connector(roots: &[&str]) -> Result<tokio_native_tls::TlsConnector, ServerError> {
+    let mut builder = native_tls::TlsConnector::builder();
+    builder.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
+    for (n, pem) in roots.iter().enumerate() {
+        let certificate = native_tls::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
+            ServerError::Ca(format!(
+                "its certificate number {} cannot be read: {e}",
+                n + 1
+            ))
+        })?;
+        builder.add_root_certificate(certificate);
     }
+    let connector = builder
+        .build()
+        .map_err(|e| ServerError::Url(format!("TLS cannot be set up: {e}")))?;
+    Ok(connector.into())
 }
 
 /// Why the URL or the CA file cannot be used. Never repeats the URL (it may hold a password).
@@ -97,7 +77,8 @@ pub(crate) struct Server {
     host: String,
     port: u16,
     tls: Tls,
-    tls_config: Option<TlsConfig>,
+    /// Set whenever `tls` is not [`Tls::None`].
+    connector: Option<tokio_native_tls::TlsConnector>,
     hello: ClientId,
     credentials: Option<Credentials>,
     /// The decoded password, only to take it out of the server's answers should one repeat it.
@@ -117,7 +98,7 @@ impl Server {
                 ));
             }
         } else {
-            server.tls_config = Some(TlsConfig::new(&server.host, roots)?);
+            server.connector = Some(tls_connector(roots)?);
         }
         Ok(server)
     }
@@ -166,7 +147,7 @@ impl Server {
             port: url.port().unwrap_or(port),
             host,
             tls,
-            tls_config: None,
+            connector: None,
             hello,
             credentials,
             password,
@@ -181,80 +162,117 @@ impl Server {
     }
 
     /// Opens a connection ready to send: TCP with `TCP_NODELAY`, TLS as the URL asks, EHLO, authentication.
-    /// Every failure here is transient (see the module's documentation).
-    async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
+    /// Every failure here is transient (see the module's documentation); a refusal of the credentials is told
+    /// apart, so that they are not tried again at once.
+    async fn open(&self) -> Result<AsyncSmtpConnection, OpenFailure> {
         let failed = |step: &str, e: &dyn std::fmt::Display| {
-            let mut text = format!("{step}: {e}");
+            // Only the far end's part is searched for the password: the fixed text would show which words it
+            // matched.
+            let mut detail = e.to_string();
             if let Some(password) = self.password.as_deref().filter(|p| !p.is_empty()) {
-                text = text.replace(password, "***");
+                detail = detail.replace(password, "***");
             }
-            SendError::Transient(text)
+            OpenFailure::Other(SendError::Transient(format!("{step}: {detail}")))
         };
         const TLS_FAILED: &str = "TLS with the SMTP server failed (is its certificate for this host, and signed by a CA \
                                   the system or SMTP_CA_FILE trusts?)";
-        let tcp = self
+        let mut tcp = self
             .tcp()
             .await
             .map_err(|e| failed("cannot connect to the SMTP server", &e))?;
-        let stream: Box<dyn AsyncTokioStream> = match (&self.tls_config, self.tls) {
-            (Some(config), Tls::Wrapper) => {
-                let tls = config
-                    .wrapper
+        let connector = match (self.tls, &self.connector) {
+            (Tls::None, _) => None,
+            (_, Some(connector)) => Some(connector),
+            (_, None) => return Err(failed(TLS_FAILED, &"no TLS settings")),
+        };
+        let stream: Box<dyn AsyncTokioStream> = match (self.tls, connector) {
+            (Tls::Wrapper, Some(connector)) => {
+                let tls = connector
                     .connect(&self.host, tcp)
                     .await
                     .map_err(|e| failed(TLS_FAILED, &e))?;
                 Box::new(TlsTcp(tls))
             }
+            (Tls::Required | Tls::Opportunistic, Some(connector)) => {
+                match starttls::negotiate(&mut tcp, &self.hello).await {
+                    Ok(()) => {
+                        let tls = connector
+                            .connect(&self.host, tcp)
+                            .await
+                            .map_err(|e| failed(TLS_FAILED, &e))?;
+                        Box::new(Greeted::new(Box::new(TlsTcp(tls))))
+                    }
+                    // Asked for, not offered (a server without TLS, or someone in between who took it out):
+                    // nothing, credentials least of all, is sent in clear.
+                    Err(Refused::NotOffered) if self.tls == Tls::Required => {
+                        let _ = tcp.write_all(b"QUIT\r\n").await;
+                        return Err(failed(
+                            "SMTP_URL requires STARTTLS (tls=required)",
+                            &"the server does not offer it, so nothing was sent",
+                        ));
+                    }
+                    Err(Refused::NotOffered) => Box::new(Greeted::new(Box::new(tcp))),
+                    Err(Refused::Failed(e)) => {
+                        return Err(failed("STARTTLS with the SMTP server failed", &e));
+                    }
+                }
+            }
             _ => Box::new(tcp),
         };
-        let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
+        let conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
             .await
             .map_err(|e| failed("the SMTP server refused the connection", &e))?;
-        let starttls = match self.tls {
-            Tls::Required => true,
-            Tls::Opportunistic => conn.can_starttls(),
-            Tls::None | Tls::Wrapper => false,
-        };
-        if starttls {
-            if !conn.can_starttls() {
-                // Asked for, not offered (a server without TLS, or someone in between who took it out): nothing,
-                // credentials least of all, is sent in clear.
-                conn.abort().await;
-                return Err(failed(
-                    "the SMTP URL requires STARTTLS (tls=required)",
-                    &"the server does not offer it, so nothing was sent",
-                ));
-            }
-            let params = match &self.tls_config {
-                Some(config) => config.starttls.clone(),
-                None => return Err(failed(TLS_FAILED, &"no TLS settings")),
-            };
-            conn.starttls(params, &self.hello)
+        let mut conn = conn;
+        if let Some(credentials) = &self.credentials
+            && let Err(e) = conn
+                .auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
-                .map_err(|e| failed(TLS_FAILED, &e))?;
-        }
-        if let Some(credentials) = &self.credentials {
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
-                .await
-                .map_err(|e| failed("the SMTP server refused the credentials of SMTP_URL", &e))?;
+        {
+            return Err(match e.status() {
+                // The server's text is left out: a server may repeat what it was sent.
+                Some(code) => OpenFailure::CredentialsRefused(format!(
+                    "the SMTP server refused the credentials of SMTP_URL (answer {code})"
+                )),
+                None => failed("authentication with the SMTP server failed", &e),
+            });
         }
         Ok(conn)
     }
 }
 
+/// Why a connection could not be opened.
+enum OpenFailure {
+    /// The server answered the credentials with a refusal (its code only).
+    CredentialsRefused(String),
+    Other(SendError),
+}
+
+/// What the server last answered the credentials, while they are not to be tried again.
+struct Refusal {
+    until: Instant,
+    answer: String,
+}
+
 /// Connections to one server: idle ones are reused (checked with NOOP first), at most `max_idle` kept.
+///
+/// Once the server refused the credentials, no connection is opened for `auth_retry`: every email would try
+/// them again, and providers lock an account (or a firewall bans an address) after a few failed logins.
 pub(crate) struct Connections {
     server: Server,
     max_idle: usize,
     idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    auth_retry: Duration,
+    refused: Mutex<Option<Refusal>>,
 }
 
 impl Connections {
-    pub(crate) fn new(server: Server, max_idle: usize) -> Connections {
+    pub(crate) fn new(server: Server, max_idle: usize, auth_retry: Duration) -> Connections {
         Connections {
             server,
             max_idle,
             idle: Mutex::new(Vec::new()),
+            auth_retry,
+            refused: Mutex::new(None),
         }
     }
 
@@ -267,10 +285,40 @@ impl Connections {
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop();
             let Some((mut conn, since)) = next else {
-                return self.server.open().await;
+                return self.open().await;
             };
             if since.elapsed() < IDLE_FOR && !conn.has_broken() && conn.test_connected().await {
                 return Ok(conn);
+            }
+        }
+    }
+
+    /// A new connection, unless the credentials were refused less than `auth_retry` ago.
+    async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
+        if let Some(refusal) = &*self.refused.lock().unwrap_or_else(PoisonError::into_inner) {
+            let left = refusal.until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                return Err(SendError::Transient(format!(
+                    "{}; they are tried again in {} s (SMTP_AUTH_RETRY_SECS)",
+                    refusal.answer,
+                    left.as_secs().max(1)
+                )));
+            }
+        }
+        match self.server.open().await {
+            Ok(conn) => {
+                *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                Ok(conn)
+            }
+            Err(OpenFailure::Other(e)) => Err(e),
+            Err(OpenFailure::CredentialsRefused(answer)) => {
+                tracing::error!(answer = %answer, retry_in_secs = self.auth_retry.as_secs(),
+                    "The SMTP server refused the credentials of SMTP_URL; no email is sent until they are tried again.");
+                *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = Some(Refusal {
+                    until: Instant::now() + self.auth_retry,
+                    answer: answer.clone(),
+                });
+                Err(SendError::Transient(answer))
             }
         }
     }

@@ -22,6 +22,7 @@ fn settings(url: &str, from: &str) -> MailerSettings {
         timeout: Duration::from_secs(5),
         pool_max_size: 2,
         ca: None,
+        auth_retry: Duration::from_secs(300),
     }
 }
 

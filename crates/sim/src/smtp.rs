@@ -73,6 +73,9 @@ pub struct Options {
     pub tls: Option<(TlsMode, Vec<u8>, Vec<u8>)>,
     /// A user and password asked for (AUTH PLAIN) before any message is taken.
     pub login: Option<(String, String)>,
+    /// Bytes written in clear right behind STARTTLS's go-ahead, as someone in between could: replies forged to
+    /// be read as if they came over TLS.
+    pub injected_after_starttls: Vec<u8>,
 }
 
 struct Shared {
@@ -83,6 +86,7 @@ struct Shared {
     accept_delay: Mutex<std::time::Duration>,
     tls: Option<(TlsMode, tokio_native_tls::TlsAcceptor)>,
     login: Option<(String, String)>,
+    injected_after_starttls: Vec<u8>,
     /// AUTH commands received, over TLS or not.
     auth_commands: AtomicUsize,
 }
@@ -133,6 +137,7 @@ impl SmtpServer {
             accept_delay: Mutex::new(std::time::Duration::ZERO),
             tls,
             login: options.login,
+            injected_after_starttls: options.injected_after_starttls,
             auth_commands: AtomicUsize::new(0),
         });
         let (stop, stopped) = watch::channel(false);
@@ -283,7 +288,12 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
             "HELO" => b"250 sim.smtp\r\n".into(),
             "STARTTLS" if offers_starttls => {
-                conn.write_all(b"220 2.0.0 ready to start TLS\r\n").await?;
+                let go_ahead = [
+                    &b"220 2.0.0 ready to start TLS\r\n"[..],
+                    &shared.injected_after_starttls,
+                ]
+                .concat();
+                conn.write_all(&go_ahead).await?;
                 if !conn.buffer().is_empty() {
                     // Commands sent before TLS began would be read as if sent over it (RFC 3207's warning).
                     return Err(std::io::Error::other("data pipelined after STARTTLS"));

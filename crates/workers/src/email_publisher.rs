@@ -3,8 +3,9 @@
 //! Per change: statuses that do not notify (configurable, `EMAIL_STATUSES`) and customers of a marketplace that emails
 //! them itself (`email_customers = false` in `MARKETPLACES_FILE`) are acked without email. Otherwise the change is
 //! sent once through [`crate::deliver::once`] (`email`, change id) with a Message-ID derived from the change id: a
-//! redelivered change finds it done and sends nothing. SMTP 4xx, refused connections and timeouts are retried in
-//! process, then with backoff through the delay queues; 5xx (e.g. 550 an unknown mailbox) parks the change in
+//! redelivered change finds it done and sends nothing. SMTP 4xx, refused connections, timeouts and everything that
+//! fails while a connection is opened (TLS, refused credentials) are retried in process, then with backoff through
+//! the delay queues; a 5xx answer to the email itself (e.g. 550 an unknown mailbox) parks the change in
 //! `email.order-status.dead` with the server's answer.
 
 use crate::boot::{self, Schema, Worker};
@@ -75,6 +76,7 @@ impl Settings {
                 timeout: settings::millis("SMTP_TIMEOUT_MS", 15_000)?,
                 pool_max_size: settings::parse("SMTP_POOL_SIZE", 8u32)?,
                 ca: tls::pem_file("SMTP_CA_FILE", PemKind::Certificates)?,
+                auth_retry: settings::secs("SMTP_AUTH_RETRY_SECS", 300)?,
             },
             amqp,
             templates,
