@@ -15,7 +15,8 @@
 //!   layout is auto-escaped: names, places and carrier texts are inserted as text, never as markup.
 //! - [`mailer`]: [`Mailer`], [`MailerSettings`]. lettre speaks SMTP on connections the crate opens and keeps
 //!   for reuse itself (`smtp`: with `TCP_NODELAY`, which lettre's own pool does not set; `starttls`: STARTTLS
-//!   done before lettre reads a byte, so nothing sent in clear is read as an answer given over TLS);
+//!   done before lettre reads a byte, so nothing sent in clear is read as an answer given over TLS; `stream`:
+//!   the stream lettre reads; `connections`: idle ones kept, and a pause after refused credentials);
 //!   [`SendError`] tells transient failures (4xx answers, connection, timeout, TLS, I/O, anything while a
 //!   connection is opened: retry) from permanent ones (5xx answers to the email, an address SMTP cannot carry:
 //!   park, with the server's answer in the message).
@@ -32,12 +33,14 @@
 //! `UPDATE_SNAPSHOTS=1 cargo test -p tracking-email`).
 
 mod catalog;
+mod connections;
 pub mod env;
 pub mod mailer;
 pub mod page;
 pub mod render;
 mod smtp;
 mod starttls;
+mod stream;
 
 pub use mailer::{Mailer, MailerConfigError, MailerSettings, SendError};
 pub use page::{ErrorPage, OrderPage, PAGE_CSS, PageEvent, PageShipment, first_name};

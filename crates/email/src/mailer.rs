@@ -10,7 +10,8 @@ use std::time::Duration;
 use tracking_domain::EmailAddress;
 use uuid::Uuid;
 
-use crate::smtp::{Connections, Server, ServerError};
+use crate::connections::Connections;
+use crate::smtp::{Server, ServerError};
 use tracking_runtime::tls::{PemFile, certificate_blocks};
 
 /// How to reach the SMTP server and whom emails come from.

@@ -1,5 +1,5 @@
-//! The SMTP connections the mailer sends through: opened by us (lettre speaks the protocol on them), kept idle
-//! for reuse.
+//! The SMTP server the mailer sends to, and how a connection to it is opened (by us: lettre speaks the protocol on
+//! it); [`crate::connections`] keeps them for reuse.
 //!
 //! Why not lettre's own pool: lettre writes a message's body and its final `.` in two writes and opens its
 //! sockets without `TCP_NODELAY`, so the final dot waits in the kernel (Nagle) until the server acknowledges the
@@ -17,21 +17,14 @@
 //! retried (and parked only past the retry window) instead of being parked at once.
 
 use crate::mailer::SendError;
-use crate::starttls::{self, Greeted, Refused};
+use crate::starttls::{self, Refused};
+use crate::stream::SmtpStream;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::ClientId;
 use std::io;
-use std::pin::Pin;
-use std::sync::{Mutex, PoisonError};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// How long an idle connection is kept: servers close idle connections after a few minutes, and one they closed
-/// costs a failed NOOP before a fresh one is opened.
-const IDLE_FOR: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tls {
@@ -164,7 +157,7 @@ impl Server {
     /// Opens a connection ready to send: TCP with `TCP_NODELAY`, TLS as the URL asks, EHLO, authentication.
     /// Every failure here is transient (see the module's documentation); a refusal of the credentials is told
     /// apart, so that they are not tried again at once.
-    async fn open(&self) -> Result<AsyncSmtpConnection, OpenFailure> {
+    pub(crate) async fn open(&self) -> Result<AsyncSmtpConnection, OpenFailure> {
         let failed = |step: &str, e: &dyn std::fmt::Display| {
             // Only the far end's part is searched for the password: the fixed text would show which words it
             // matched.
@@ -185,13 +178,13 @@ impl Server {
             (_, Some(connector)) => Some(connector),
             (_, None) => return Err(failed(TLS_FAILED, &"no TLS settings")),
         };
-        let stream: Box<dyn AsyncTokioStream> = match (self.tls, connector) {
+        let stream = match (self.tls, connector) {
             (Tls::Wrapper, Some(connector)) => {
                 let tls = connector
                     .connect(&self.host, tcp)
                     .await
                     .map_err(|e| failed(TLS_FAILED, &e))?;
-                Box::new(TlsTcp(tls))
+                SmtpStream::tls(tls)
             }
             (Tls::Required | Tls::Opportunistic, Some(connector)) => {
                 match starttls::negotiate(&mut tcp, &self.hello).await {
@@ -200,7 +193,7 @@ impl Server {
                             .connect(&self.host, tcp)
                             .await
                             .map_err(|e| failed(TLS_FAILED, &e))?;
-                        Box::new(Greeted::new(Box::new(TlsTcp(tls))))
+                        SmtpStream::greeted(SmtpStream::tls(tls))
                     }
                     // Asked for, not offered (a server without TLS, or someone in between who took it out):
                     // nothing, credentials least of all, is sent in clear.
@@ -211,15 +204,15 @@ impl Server {
                             &"the server does not offer it, so nothing was sent",
                         ));
                     }
-                    Err(Refused::NotOffered) => Box::new(Greeted::new(Box::new(tcp))),
+                    Err(Refused::NotOffered) => SmtpStream::greeted(SmtpStream::plain(tcp)),
                     Err(Refused::Failed(e)) => {
                         return Err(failed("STARTTLS with the SMTP server failed", &e));
                     }
                 }
             }
-            _ => Box::new(tcp),
+            _ => SmtpStream::plain(tcp),
         };
-        let conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
+        let conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
             .await
             .map_err(|e| failed("the SMTP server refused the connection", &e))?;
         let mut conn = conn;
@@ -241,138 +234,10 @@ impl Server {
 }
 
 /// Why a connection could not be opened.
-enum OpenFailure {
+pub(crate) enum OpenFailure {
     /// The server answered the credentials with a refusal (its code only).
     CredentialsRefused(String),
     Other(SendError),
-}
-
-/// What the server last answered the credentials, while they are not to be tried again.
-struct Refusal {
-    until: Instant,
-    answer: String,
-}
-
-/// Connections to one server: idle ones are reused (checked with NOOP first), at most `max_idle` kept.
-///
-/// Once the server refused the credentials, no connection is opened for `auth_retry`: every email would try
-/// them again, and providers lock an account (or a firewall bans an address) after a few failed logins.
-pub(crate) struct Connections {
-    server: Server,
-    max_idle: usize,
-    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
-    auth_retry: Duration,
-    refused: Mutex<Option<Refusal>>,
-}
-
-impl Connections {
-    pub(crate) fn new(server: Server, max_idle: usize, auth_retry: Duration) -> Connections {
-        Connections {
-            server,
-            max_idle,
-            idle: Mutex::new(Vec::new()),
-            auth_retry,
-            refused: Mutex::new(None),
-        }
-    }
-
-    /// An idle connection that still answers, or a new one.
-    pub(crate) async fn take(&self) -> Result<AsyncSmtpConnection, SendError> {
-        loop {
-            let next = self
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
-            let Some((mut conn, since)) = next else {
-                return self.open().await;
-            };
-            if since.elapsed() < IDLE_FOR && !conn.has_broken() && conn.test_connected().await {
-                return Ok(conn);
-            }
-        }
-    }
-
-    /// A new connection, unless the credentials were refused less than `auth_retry` ago.
-    async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
-        if let Some(refusal) = &*self.refused.lock().unwrap_or_else(PoisonError::into_inner) {
-            let left = refusal.until.saturating_duration_since(Instant::now());
-            if !left.is_zero() {
-                return Err(SendError::Transient(format!(
-                    "{}; they are tried again in {} s (SMTP_AUTH_RETRY_SECS)",
-                    refusal.answer,
-                    left.as_secs().max(1)
-                )));
-            }
-        }
-        match self.server.open().await {
-            Ok(conn) => {
-                *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                Ok(conn)
-            }
-            Err(OpenFailure::Other(e)) => Err(e),
-            Err(OpenFailure::CredentialsRefused(answer)) => {
-                tracing::error!(answer = %answer, retry_in_secs = self.auth_retry.as_secs(),
-                    "The SMTP server refused the credentials of SMTP_URL; no email is sent until they are tried again.");
-                *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = Some(Refusal {
-                    until: Instant::now() + self.auth_retry,
-                    answer: answer.clone(),
-                });
-                Err(SendError::Transient(answer))
-            }
-        }
-    }
-
-    /// Gives back a connection whose last send went through; beyond `max_idle` it is closed.
-    pub(crate) fn give_back(&self, conn: AsyncSmtpConnection) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < self.max_idle && !conn.has_broken() {
-            idle.push((conn, Instant::now()));
-        }
-    }
-}
-
-/// A TLS stream lettre can speak SMTP on.
-struct TlsTcp(tokio_native_tls::TlsStream<TcpStream>);
-
-impl std::fmt::Debug for TlsTcp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TlsTcp")
-    }
-}
-
-impl AsyncTokioStream for TlsTcp {
-    fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.0.get_ref().get_ref().get_ref().peer_addr()
-    }
-}
-
-impl AsyncRead for TlsTcp {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsTcp {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

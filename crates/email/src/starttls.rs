@@ -5,14 +5,12 @@
 //! a forged `250` could pass for the server's acceptance of an email it never saw (the "response injection" of
 //! RFC 3207's section 6). Here the replies before TLS are read a byte at a time, never past their last line: what
 //! follows the go-ahead reaches the TLS handshake, which refuses it. lettre then gets the TLS stream behind a
-//! greeting of our own ([`Greeted`]) and starts with EHLO over TLS, as after its own STARTTLS.
+//! greeting of ours ([`crate::stream::SmtpStream::greeted`]) and starts with EHLO over TLS, as after its own
+//! STARTTLS.
 
-use lettre::transport::smtp::client::AsyncTokioStream;
 use lettre::transport::smtp::extension::ClientId;
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The most bytes one reply before TLS (the greeting, the EHLO answer) may take.
@@ -41,26 +39,9 @@ pub(crate) enum Refused {
 /// Greets the server, sends EHLO and, when the server offers STARTTLS, STARTTLS: `Ok` when the next byte on `tcp`
 /// belongs to the TLS handshake.
 pub(crate) async fn negotiate(tcp: &mut TcpStream, hello: &ClientId) -> Result<(), Refused> {
-    let failed = |e: io::Error| Refused::Failed(e.to_string());
-    let greeting = read_reply(tcp).await.map_err(failed)?;
-    if greeting.code != 220 {
-        return Err(Refused::Failed(format!(
-            "the server's greeting is {} {}",
-            greeting.code,
-            greeting.text()
-        )));
-    }
-    tcp.write_all(format!("EHLO {hello}\r\n").as_bytes())
-        .await
-        .map_err(failed)?;
-    let ehlo = read_reply(tcp).await.map_err(failed)?;
-    if ehlo.code != 250 {
-        return Err(Refused::Failed(format!(
-            "EHLO was answered {} {}",
-            ehlo.code,
-            ehlo.text()
-        )));
-    }
+    expect(tcp, 220, "the server's greeting is").await?;
+    send(tcp, &format!("EHLO {hello}\r\n")).await?;
+    let ehlo = expect(tcp, 250, "EHLO was answered").await?;
     let offered = ehlo.lines.iter().skip(1).any(|l| {
         l.split_whitespace()
             .next()
@@ -69,16 +50,30 @@ pub(crate) async fn negotiate(tcp: &mut TcpStream, hello: &ClientId) -> Result<(
     if !offered {
         return Err(Refused::NotOffered);
     }
-    tcp.write_all(b"STARTTLS\r\n").await.map_err(failed)?;
-    let go = read_reply(tcp).await.map_err(failed)?;
-    if go.code != 220 {
+    send(tcp, "STARTTLS\r\n").await?;
+    expect(tcp, 220, "STARTTLS was answered").await?;
+    Ok(())
+}
+
+async fn send(tcp: &mut TcpStream, command: &str) -> Result<(), Refused> {
+    tcp.write_all(command.as_bytes())
+        .await
+        .map_err(|e| Refused::Failed(e.to_string()))
+}
+
+/// The next reply, when its code is `code`; otherwise a failure saying `what` and the reply.
+async fn expect(tcp: &mut TcpStream, code: u16, what: &str) -> Result<Reply, Refused> {
+    let reply = read_reply(tcp)
+        .await
+        .map_err(|e| Refused::Failed(e.to_string()))?;
+    if reply.code != code {
         return Err(Refused::Failed(format!(
-            "STARTTLS was answered {} {}",
-            go.code,
-            go.text()
+            "{what} {} {}",
+            reply.code,
+            reply.text()
         )));
     }
-    Ok(())
+    Ok(reply)
 }
 
 /// Reads one reply, up to the end of its last line (`NNN text`, after any `NNN-text` lines) and not a byte more.
@@ -110,71 +105,6 @@ async fn read_reply(tcp: &mut TcpStream) -> io::Result<Reply> {
         if last {
             return Ok(Reply { code, lines });
         }
-    }
-}
-
-/// A stream that yields a fixed greeting before the bytes of the stream it wraps: lettre waits for a greeting
-/// before its EHLO, and after STARTTLS the server sends none.
-pub(crate) struct Greeted {
-    greeting: &'static [u8],
-    given: usize,
-    inner: Box<dyn AsyncTokioStream>,
-}
-
-impl Greeted {
-    pub(crate) fn new(inner: Box<dyn AsyncTokioStream>) -> Greeted {
-        Greeted {
-            greeting: b"220 the connection was greeted before STARTTLS\r\n",
-            given: 0,
-            inner,
-        }
-    }
-}
-
-impl std::fmt::Debug for Greeted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Greeted")
-    }
-}
-
-impl AsyncTokioStream for Greeted {
-    fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.inner.peer_addr()
-    }
-}
-
-impl AsyncRead for Greeted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let rest = &self.greeting[self.given..];
-        if rest.is_empty() {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
-        }
-        let n = rest.len().min(buf.remaining());
-        buf.put_slice(&rest[..n]);
-        self.given += n;
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Greeted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -295,23 +225,5 @@ mod tests {
             Err(Refused::Failed(text)) => assert!(text.contains("longer than"), "{text}"),
             _ => panic!("not cut"),
         }
-    }
-
-    #[tokio::test]
-    async fn the_greeting_comes_before_the_inner_stream() {
-        let (port, _server) = scripted(vec![b"inner bytes"]).await;
-        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut greeted = Greeted::new(Box::new(tcp));
-        let want = greeted.greeting.len() + b"inner bytes".len();
-        let mut all = Vec::new();
-        let mut buf = [0u8; 7];
-        while all.len() < want {
-            let n = greeted.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            all.extend_from_slice(&buf[..n]);
-        }
-        let text = String::from_utf8(all).unwrap();
-        assert!(text.starts_with("220 "), "{text}");
-        assert!(text.ends_with("\r\ninner bytes"), "{text}");
     }
 }
