@@ -49,7 +49,7 @@ async fn with_the_smtp_server_down_for_a_while_every_email_arrives_once_it_is_up
 -> anyhow::Result<()> {
     let env = env().await?;
     let addr = free_addr();
-    let _publisher = start(
+    let publisher = start(
         &env,
         "email-publisher",
         &email_settings(&format!("smtp://{addr}")),
@@ -80,6 +80,18 @@ async fn with_the_smtp_server_down_for_a_while_every_email_arrives_once_it_is_up
         },
     )
     .await?;
+    // /health says why nothing goes out (set before the failure is recorded), and stays 200: the far end is
+    // down, not the worker.
+    let (code, health) = publisher.health().await?;
+    assert_eq!(code, 200, "{health}");
+    let email = &health["far_ends"]["email"];
+    assert_eq!(email["state"], "failing", "{health}");
+    assert!(
+        email["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot connect to the SMTP server")),
+        "{health}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let smtp = SmtpServer::start(addr, &[]).await?;
@@ -109,6 +121,12 @@ async fn with_the_smtp_server_down_for_a_while_every_email_arrives_once_it_is_up
         },
     )
     .await?;
+    let (_, health) = publisher.health().await?;
+    assert_eq!(
+        health["far_ends"]["email"],
+        json!({"state": "ok"}),
+        "{health}"
+    );
     assert_eq!(amqp.count("email.order-status.dead").await?, 0);
     Ok(())
 }
@@ -242,7 +260,7 @@ async fn a_marketplace_answering_500_three_times_then_200_gets_one_accepted_call
     let env = env().await?;
     let receiver = Receiver::start(SECRET.into(), "127.0.0.1:0".parse()?).await?;
     receiver.answer_next(vec![(500, None), (500, None), (500, None)]);
-    let _publisher = marketplace(&env, &receiver, &[]).await?;
+    let publisher = marketplace(&env, &receiver, &[]).await?;
     let amqp = env.amqp().await?;
     let change = status_change(
         "M-1",
@@ -278,6 +296,12 @@ async fn a_marketplace_answering_500_three_times_then_200_gets_one_accepted_call
         || async { Ok((deliveries(&env).await? == expected).then_some(())) },
     )
     .await?;
+    let (_, health) = publisher.health().await?;
+    assert_eq!(
+        health["far_ends"]["marketplace:acme"],
+        json!({"state": "ok"}),
+        "answered at last: {health}"
+    );
     Ok(())
 }
 
@@ -546,6 +570,7 @@ async fn claims_made_together_each_get_their_own_answer_and_a_refused_one_refuse
     use tracking_runtime::amqp::Outcome;
     use tracking_store::deliveries::{Claim, ClaimRequest, Completed, claim_many, complete_many};
     use tracking_workers::deliver::{self, Attempt, Ledger, RetryPolicy};
+    use tracking_workers::far_ends::FarEnds;
     use uuid::Uuid;
 
     let env = env().await?;
@@ -607,7 +632,11 @@ async fn claims_made_together_each_get_their_own_answer_and_a_refused_one_refuse
         lease,
         record_retry_for: Duration::from_secs(5),
     };
-    let ledger = Ledger::start(env.pool.clone(), lease);
+    let ledger = Ledger::start(
+        env.pool.clone(),
+        lease,
+        FarEnds::new(tracking_runtime::ops::Health::new(&[])),
+    );
     let ids: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
     let results = futures_util::future::join_all(ids.iter().enumerate().map(|(i, id)| {
         let (ledger, policy) = (&ledger, &policy);

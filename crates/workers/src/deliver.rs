@@ -16,6 +16,7 @@
 //! parked only once `PUBLISHER_RETRY_FOR_SECS` (48 h) have passed since its first failure. A permanent refusal is
 //! parked at once with the far end's answer.
 
+use crate::far_ends::FarEnds;
 use crate::{backoff, db_outcome};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
@@ -39,18 +40,21 @@ type Answer<T> = Result<T, Arc<StoreError>>;
 
 /// The delivery records of one publisher process: claims, and successes recorded, of all its concurrent
 /// handlers, each batched into one statement (one commit) with those waiting at the same moment. A batch the
-/// database refuses as data is made again request by request, so one bad record refuses only itself.
+/// database refuses as data is made again request by request, so one bad record refuses only itself. What each
+/// delivery's tries say of its far end goes to `/health` ([`FarEnds`]).
 #[derive(Clone)]
 pub struct Ledger {
     pool: sqlx::PgPool,
     claims: Coalescer<ClaimRequest, Answer<Claim>>,
     completions: Coalescer<Completed, Answer<()>>,
+    far_ends: FarEnds,
 }
 
 impl Ledger {
     /// Starts the two batching tasks; they stop when the last clone of the ledger is dropped.
-    pub fn start(pool: sqlx::PgPool, lease: Duration) -> Ledger {
+    pub fn start(pool: sqlx::PgPool, lease: Duration, far_ends: FarEnds) -> Ledger {
         Ledger {
+            far_ends,
             claims: batching(&pool, move |pool, batch: Vec<ClaimRequest>| async move {
                 deliveries::claim_many(&pool, &batch, lease).await
             }),
@@ -284,6 +288,7 @@ where
         Some(why) if failures > 0 => (Attempt::Skipped(why), 0),
         _ => try_in_process(policy, destination, &mut effect).await,
     };
+    ledger.far_ends.record(destination, &last);
     let failures = u32::try_from(failures).unwrap_or(0).saturating_add(1);
     let (outcome, result) = match &last {
         Attempt::Done(_) => (Outcome::Ack, "delivered"),

@@ -10,6 +10,7 @@
 
 use crate::boot::{self, Schema, Worker};
 use crate::deliver::{self, Attempt, RetryPolicy};
+use crate::far_ends::FarEnds;
 use crate::trusted::{self, Trusted};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -107,7 +108,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     };
     let handler = Arc::new(EmailPublisher {
         pool: worker.pool.clone(),
-        ledger: deliver::Ledger::start(worker.pool.clone(), settings.retry.lease),
+        ledger: deliver::Ledger::start(
+            worker.pool.clone(),
+            settings.retry.lease,
+            FarEnds::new(worker.health.clone()),
+        ),
         mailer,
         renderer,
         statuses: settings.statuses,

@@ -17,6 +17,7 @@ mod csv;
 pub mod ctl;
 pub mod deliver;
 pub mod email_publisher;
+pub mod far_ends;
 pub mod fetcher;
 pub mod marketplace_publisher;
 pub mod normalizer;

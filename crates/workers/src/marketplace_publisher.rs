@@ -12,6 +12,7 @@ use crate::boot::{self, Schema, Worker};
 use crate::db_outcome;
 use crate::deliver::{self, Attempt, RetryPolicy};
 use crate::email_publisher::marketplaces_from_env;
+use crate::far_ends::FarEnds;
 use crate::trusted;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -84,7 +85,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .collect();
     let handler = Arc::new(MarketplacePublisher {
         pool: worker.pool.clone(),
-        ledger: deliver::Ledger::start(worker.pool.clone(), settings.retry.lease),
+        ledger: deliver::Ledger::start(
+            worker.pool.clone(),
+            settings.retry.lease,
+            FarEnds::new(worker.health.clone()),
+        ),
         relay: Relay::new(settings.timeout, settings.max_body)?,
         marketplaces: settings.marketplaces,
         paces,
