@@ -11,6 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use tracking_domain::text;
 use tracking_runtime::ops::Health;
 
 /// The state of one destination.
@@ -18,7 +19,7 @@ use tracking_runtime::ops::Health;
 struct FarEnd {
     /// Since when every try failed (transiently); `None` while it answers.
     failing_since: Option<DateTime<Utc>>,
-    /// The last transient failure's reason, while failing.
+    /// The last transient failure's reason (cleaned and cut at [`text::LONG`] characters), while failing.
     error: Option<String>,
 }
 
@@ -49,7 +50,7 @@ impl FarEnds {
             Attempt::Done(_) | Attempt::Permanent(_) => *state = FarEnd::default(),
             Attempt::Transient { reason, .. } => {
                 state.failing_since.get_or_insert_with(Utc::now);
-                state.error = Some(reason.clone());
+                state.error = Some(text::clean(reason, text::LONG));
             }
             Attempt::Skipped(_) => return,
         }
@@ -100,6 +101,13 @@ mod tests {
         let second = section(&health)["email"].clone();
         assert_eq!(second["since"], first["since"], "failing since the first");
         assert_eq!(second["error"], "timed out", "the last error");
+        far_ends.record("email", &down(&"x".repeat(5000)));
+        let long = section(&health)["email"]["error"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .count();
+        assert!(long <= text::LONG, "{long} characters");
         far_ends.record("email", &Attempt::Skipped("superseded".into()));
         assert_eq!(section(&health)["email"]["state"], "failing");
         far_ends.record("marketplace:acme", &Attempt::Permanent("400".into()));
