@@ -70,10 +70,7 @@ impl Connections {
             }
         }
         match self.server.open().await {
-            Ok(conn) => {
-                *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                Ok(conn)
-            }
+            Ok(conn) => Ok(conn),
             Err(OpenFailure::Other(e)) => Err(e),
             Err(OpenFailure::CredentialsRefused(answer)) => {
                 tracing::error!(answer = %answer, retry_in_secs = self.auth_retry.as_secs(),

@@ -154,68 +154,64 @@ impl Server {
         Ok(tcp)
     }
 
+    /// A transient failure of `step` with the far end's `detail`, the password taken out of the detail only (the
+    /// fixed text would show which words it matched).
+    fn failed(&self, step: &str, detail: &dyn std::fmt::Display) -> OpenFailure {
+        let mut detail = detail.to_string();
+        if let Some(password) = self.password.as_deref().filter(|p| !p.is_empty()) {
+            detail = detail.replace(password, "***");
+        }
+        OpenFailure::Other(SendError::Transient(format!("{step}: {detail}")))
+    }
+
+    /// TLS over `tcp`, the certificate checked against the URL's host.
+    async fn handshake(
+        &self,
+        connector: &tokio_native_tls::TlsConnector,
+        tcp: TcpStream,
+    ) -> Result<SmtpStream, OpenFailure> {
+        const TLS_FAILED: &str = "TLS with the SMTP server failed (is its certificate for this host, and signed by a CA \
+                                  the system or SMTP_CA_FILE trusts?)";
+        match connector.connect(&self.host, tcp).await {
+            Ok(tls) => Ok(SmtpStream::tls(tls)),
+            Err(e) => Err(self.failed(TLS_FAILED, &e)),
+        }
+    }
+
     /// Opens a connection ready to send: TCP with `TCP_NODELAY`, TLS as the URL asks, EHLO, authentication.
     /// Every failure here is transient (see the module's documentation); a refusal of the credentials is told
     /// apart, so that they are not tried again at once.
     pub(crate) async fn open(&self) -> Result<AsyncSmtpConnection, OpenFailure> {
-        let failed = |step: &str, e: &dyn std::fmt::Display| {
-            // Only the far end's part is searched for the password: the fixed text would show which words it
-            // matched.
-            let mut detail = e.to_string();
-            if let Some(password) = self.password.as_deref().filter(|p| !p.is_empty()) {
-                detail = detail.replace(password, "***");
-            }
-            OpenFailure::Other(SendError::Transient(format!("{step}: {detail}")))
-        };
-        const TLS_FAILED: &str = "TLS with the SMTP server failed (is its certificate for this host, and signed by a CA \
-                                  the system or SMTP_CA_FILE trusts?)";
         let mut tcp = self
             .tcp()
             .await
-            .map_err(|e| failed("cannot connect to the SMTP server", &e))?;
-        let connector = match (self.tls, &self.connector) {
-            (Tls::None, _) => None,
-            (_, Some(connector)) => Some(connector),
-            (_, None) => return Err(failed(TLS_FAILED, &"no TLS settings")),
-        };
-        let stream = match (self.tls, connector) {
-            (Tls::Wrapper, Some(connector)) => {
-                let tls = connector
-                    .connect(&self.host, tcp)
-                    .await
-                    .map_err(|e| failed(TLS_FAILED, &e))?;
-                SmtpStream::tls(tls)
-            }
+            .map_err(|e| self.failed("cannot connect to the SMTP server", &e))?;
+        let stream = match (self.tls, &self.connector) {
+            (Tls::None, _) => SmtpStream::plain(tcp),
+            (_, None) => return Err(self.failed("TLS cannot be used", &"no TLS settings")),
+            (Tls::Wrapper, Some(connector)) => self.handshake(connector, tcp).await?,
             (Tls::Required | Tls::Opportunistic, Some(connector)) => {
                 match starttls::negotiate(&mut tcp, &self.hello).await {
-                    Ok(()) => {
-                        let tls = connector
-                            .connect(&self.host, tcp)
-                            .await
-                            .map_err(|e| failed(TLS_FAILED, &e))?;
-                        SmtpStream::greeted(SmtpStream::tls(tls))
-                    }
+                    Ok(()) => SmtpStream::greeted(self.handshake(connector, tcp).await?),
                     // Asked for, not offered (a server without TLS, or someone in between who took it out):
                     // nothing, credentials least of all, is sent in clear.
                     Err(Refused::NotOffered) if self.tls == Tls::Required => {
                         let _ = tcp.write_all(b"QUIT\r\n").await;
-                        return Err(failed(
+                        return Err(self.failed(
                             "SMTP_URL requires STARTTLS (tls=required)",
                             &"the server does not offer it, so nothing was sent",
                         ));
                     }
                     Err(Refused::NotOffered) => SmtpStream::greeted(SmtpStream::plain(tcp)),
                     Err(Refused::Failed(e)) => {
-                        return Err(failed("STARTTLS with the SMTP server failed", &e));
+                        return Err(self.failed("STARTTLS with the SMTP server failed", &e));
                     }
                 }
             }
-            _ => SmtpStream::plain(tcp),
         };
-        let conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
+        let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
             .await
-            .map_err(|e| failed("the SMTP server refused the connection", &e))?;
-        let mut conn = conn;
+            .map_err(|e| self.failed("the SMTP server refused the connection", &e))?;
         if let Some(credentials) = &self.credentials
             && let Err(e) = conn
                 .auth(&[Mechanism::Plain, Mechanism::Login], credentials)
@@ -226,7 +222,7 @@ impl Server {
                 Some(code) => OpenFailure::CredentialsRefused(format!(
                     "the SMTP server refused the credentials of SMTP_URL (answer {code})"
                 )),
-                None => failed("authentication with the SMTP server failed", &e),
+                None => self.failed("authentication with the SMTP server failed", &e),
             });
         }
         Ok(conn)
