@@ -42,17 +42,30 @@ impl FarEnds {
     }
 
     /// What the last try of a delivery to `destination` says of it: it answered (done, or a permanent refusal of
-    /// this one message), or it failed transiently. A skipped delivery says nothing.
+    /// this one message), or it failed transiently. A skipped delivery says nothing. The section is rebuilt only
+    /// when something shows differently: a far end that answers again, as almost every delivery does, costs a
+    /// lookup.
     pub fn record(&self, destination: &str, attempt: &Attempt) {
-        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
-        let state = states.entry(destination.to_owned()).or_default();
-        match attempt {
-            Attempt::Done(_) | Attempt::Permanent(_) => *state = FarEnd::default(),
-            Attempt::Transient { reason, .. } => {
-                state.failing_since.get_or_insert_with(Utc::now);
-                state.error = Some(text::clean(reason, text::LONG));
-            }
+        let failure = match attempt {
+            Attempt::Done(_) | Attempt::Permanent(_) => None,
+            Attempt::Transient { reason, .. } => Some(text::clean(reason, text::LONG)),
             Attempt::Skipped(_) => return,
+        };
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        match (states.get_mut(destination), failure) {
+            (Some(state), None) if state.failing_since.is_none() => return,
+            (Some(state), None) => *state = FarEnd::default(),
+            (Some(state), Some(error)) => {
+                state.failing_since.get_or_insert_with(Utc::now);
+                state.error = Some(error);
+            }
+            (None, failure) => {
+                let state = FarEnd {
+                    failing_since: failure.as_ref().map(|_| Utc::now()),
+                    error: failure,
+                };
+                states.insert(destination.to_owned(), state);
+            }
         }
         self.show(&states);
     }
