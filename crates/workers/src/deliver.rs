@@ -123,6 +123,12 @@ enum RecordError {
 }
 
 impl RecordError {
+    /// What the batching task answered a request, or that it did not.
+    fn answer<T>(call: Result<Answer<T>, Gone>) -> Result<T, RecordError> {
+        call.map_err(|_| RecordError::Gone)?
+            .map_err(RecordError::Store)
+    }
+
     fn failure(&self) -> Failure {
         match self {
             RecordError::Store(e) => e.failure(),
@@ -257,10 +263,7 @@ where
             owner: Uuid::new_v4(),
         })
         .await;
-    let (failures, first_failed_at) = match claim
-        .map_err(|_| RecordError::Gone)
-        .and_then(|a| a.map_err(RecordError::Store))
-    {
+    let (failures, first_failed_at) = match RecordError::answer(claim) {
         Ok(Claim::Claimed {
             failures,
             first_failed_at,
@@ -317,16 +320,16 @@ where
     };
     let record = || async {
         match &last {
-            Attempt::Done(detail) | Attempt::Skipped(detail) => ledger
-                .completions
-                .call(Completed {
-                    destination: destination.to_owned(),
-                    change_id: id,
-                    detail: text::clean(detail, text::LONG),
-                })
-                .await
-                .map_err(|_| RecordError::Gone)
-                .and_then(|a| a.map_err(RecordError::Store)),
+            Attempt::Done(detail) | Attempt::Skipped(detail) => RecordError::answer(
+                ledger
+                    .completions
+                    .call(Completed {
+                        destination: destination.to_owned(),
+                        change_id: id,
+                        detail: text::clean(detail, text::LONG),
+                    })
+                    .await,
+            ),
             Attempt::Transient { reason, .. } | Attempt::Permanent(reason) => {
                 let parked = matches!(outcome, Outcome::Park { .. });
                 let reason = text::clean(reason, text::LONG);
