@@ -370,6 +370,15 @@ const SMTP_PASSWORD: &str = "smtp-secret-4471";
 /// An SMTP server on 127.0.0.1 speaking TLS as `mode` says with `cert` (for localhost), asking for
 /// [`SMTP_USER`] and [`SMTP_PASSWORD`]; `None`: plain SMTP, still asking for them.
 async fn smtp_server(mode: Option<TlsMode>, cert: &Issued) -> anyhow::Result<SmtpServer> {
+    smtp_server_injecting(mode, cert, b"").await
+}
+
+/// [`smtp_server`], writing `injected` in clear right behind STARTTLS's go-ahead.
+async fn smtp_server_injecting(
+    mode: Option<TlsMode>,
+    cert: &Issued,
+    injected: &[u8],
+) -> anyhow::Result<SmtpServer> {
     let tls = match mode {
         Some(mode) => Some((mode, std::fs::read(&cert.cert)?, std::fs::read(&cert.key)?)),
         None => None,
@@ -379,6 +388,7 @@ async fn smtp_server(mode: Option<TlsMode>, cert: &Issued) -> anyhow::Result<Smt
         Options {
             tls,
             login: Some((SMTP_USER.into(), SMTP_PASSWORD.into())),
+            injected_after_starttls: injected.to_vec(),
             ..Options::default()
         },
     )
@@ -503,19 +513,10 @@ async fn a_wrong_certificate_a_missing_starttls_or_a_wrong_password_hold_emails_
     let plain = smtp_server(None, &cert).await?;
     let wrong_name = smtp_server(Some(TlsMode::Wrapper), &elsewhere).await?;
     let wrong_name_starttls = smtp_server(Some(TlsMode::StartTls), &elsewhere).await?;
-    let injecting = SmtpServer::start_with(
-        "127.0.0.1:0".parse()?,
-        Options {
-            tls: Some((
-                TlsMode::StartTls,
-                std::fs::read(&cert.cert)?,
-                std::fs::read(&cert.key)?,
-            )),
-            login: Some((SMTP_USER.into(), SMTP_PASSWORD.into())),
-            injected_after_starttls: b"250-sim.smtp\r\n250 AUTH PLAIN\r\n235 2.7.0 forged\r\n"
-                .to_vec(),
-            ..Options::default()
-        },
+    let injecting = smtp_server_injecting(
+        Some(TlsMode::StartTls),
+        &cert,
+        b"250-sim.smtp\r\n250 AUTH PLAIN\r\n235 2.7.0 forged\r\n",
     )
     .await?;
     let cases = [
