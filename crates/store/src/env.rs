@@ -51,27 +51,66 @@ pub fn db_settings(default_max: u32) -> Result<DbSettings, SettingsError> {
 
 /// Keeps `health`'s `postgres` component current, and waits (logging) until the schema is migrated.
 pub async fn watch_database(pool: sqlx::PgPool, health: Health, shutdown: CancellationToken) {
+    watch(pool, health, shutdown, false).await
+}
+
+/// [`watch_database`] for a process that writes: a read-only database (a failover to a replica in progress, or
+/// `default_transaction_read_only`) is down for it, since none of its work can be done there.
+pub async fn watch_writable_database(
+    pool: sqlx::PgPool,
+    health: Health,
+    shutdown: CancellationToken,
+) {
+    watch(pool, health, shutdown, true).await
+}
+
+/// What the watch sees of the database, short of an error.
+enum Seen {
+    Ready,
+    NoSchema,
+    ReadOnly,
+}
+
+async fn look(pool: &sqlx::PgPool, writes: bool) -> Result<Seen, crate::StoreError> {
+    if !crate::schema_ready(pool).await? {
+        return Ok(Seen::NoSchema);
+    }
+    if writes && crate::read_only(pool).await? {
+        return Ok(Seen::ReadOnly);
+    }
+    Ok(Seen::Ready)
+}
+
+async fn watch(pool: sqlx::PgPool, health: Health, shutdown: CancellationToken, writes: bool) {
     let mut warned = false;
     loop {
-        match crate::schema_ready(&pool).await {
-            Ok(true) => {
+        match look(&pool, writes).await {
+            Ok(Seen::Ready) => {
                 if warned {
-                    tracing::info!("PostgreSQL is reachable and migrated.");
+                    tracing::info!(
+                        "PostgreSQL is reachable, migrated and takes this process's work."
+                    );
                     warned = false;
                 }
                 health.set("postgres", true);
             }
-            Ok(false) => {
+            Ok(waiting) => {
+                let why = match waiting {
+                    Seen::ReadOnly => {
+                        "the database is read-only (a failover to a replica, or default_transaction_read_only): waiting until it takes writes"
+                    }
+                    _ => {
+                        "the database has no schema yet (or an older one): waiting for the normalizer or `trackctl migrate`"
+                    }
+                };
                 if !warned {
                     tracing::warn!(
-                        "The database has no schema yet (or an older one); waiting for the normalizer or `trackctl migrate`."
+                        reason = why,
+                        "PostgreSQL cannot take this process's work yet; waiting."
                     );
                     warned = true;
                 }
-                health.set_down(
-                    "postgres",
-                    &"the database has no schema yet (or an older one): waiting for the normalizer or `trackctl migrate`",
-                );
+                health.set_down("postgres", &why);
             }
             Err(e) => {
                 if !warned {

@@ -140,6 +140,15 @@ pub async fn schema_ready(pool: &PgPool) -> Result<bool, StoreError> {
     Ok(applied.is_some_and(|v| v >= latest))
 }
 
+/// Whether a new transaction on `pool` would be read-only: a hot standby, or `default_transaction_read_only`.
+pub async fn read_only(pool: &PgPool) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT current_setting('transaction_read_only') = 'on'")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
 /// `(database name, URL of the server's maintenance database)` for a database URL.
 pub fn split_database(url: &str) -> Option<(String, String)> {
     let (base, rest) = url.rsplit_once('/')?;

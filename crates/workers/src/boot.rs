@@ -14,7 +14,7 @@ use tracking_runtime::ops::Health;
 use tracking_store::DbSettings;
 
 pub use tracking_runtime::boot::{main, metrics_addr, serve_ops};
-pub use tracking_store::env::{db_settings, watch_database};
+pub use tracking_store::env::{db_settings, watch_database, watch_writable_database};
 
 /// Who owns the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +51,7 @@ impl Worker {
         if schema == Schema::Migrate && !migrate(&pool, shutdown).await {
             return Ok(None);
         }
-        tokio::spawn(watch_database(
+        tokio::spawn(watch_writable_database(
             pool.clone(),
             health.clone(),
             shutdown.clone(),
