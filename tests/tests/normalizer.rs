@@ -421,3 +421,72 @@ async fn two_updates_of_one_shipment_in_one_batch_keep_their_order_and_dedupe() 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_dated_years_ahead_decides_nothing_and_the_real_ones_after_it_still_do()
+-> anyhow::Result<()> {
+    let env = TestEnv::ready().await?;
+    let amqp = env.amqp().await?;
+    let normalizer = start(&env, &[]).await?;
+    let code = s10("FD", 1);
+    let req = request("F-1", &code, "ana@example.com", "pt-BR", None);
+    let posted = correios_event("PO", "01", "2026-11-20T10:00:00-03:00");
+    // A carrier's typo: an in-transit event dated 2099.
+    let typo = correios_event("RO", "01", "2099-11-21T09:00:00-03:00");
+    let out = correios_event("OEC", "01", "2026-11-23T08:00:00-03:00");
+    // One poll after the other, as the scheduler makes them: the second only once the first is recorded.
+    for (update, events) in [
+        (
+            carrier_update(&code, Some(&req), &[posted.clone(), typo.clone()]),
+            2,
+        ),
+        (carrier_update(&code, None, &[posted, typo, out]), 3),
+    ] {
+        amqp.publish(QUEUE, &serde_json::to_vec(&update)?).await?;
+        eventually(Duration::from_secs(20), "the poll stored", || async {
+            let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tracking_events")
+                .fetch_one(&env.pool)
+                .await?;
+            Ok((stored == events).then_some(()))
+        })
+        .await?;
+    }
+    eventually(
+        Duration::from_secs(20),
+        "out for delivery recorded",
+        || async {
+            let recorded: Vec<(String, String)> =
+                sqlx::query_as("SELECT previous_status, status FROM status_changes ORDER BY seq")
+                    .fetch_all(&env.pool)
+                    .await?;
+            Ok((recorded.len() == 2).then_some(recorded))
+        },
+    )
+    .await
+    .map(|recorded| {
+        assert_eq!(
+            recorded,
+            [
+                ("registered".to_owned(), "posted".to_owned()),
+                ("posted".to_owned(), "out_for_delivery".to_owned()),
+            ],
+            "the 2099 event decided nothing; the real one after it did"
+        )
+    })?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tracking_events")
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(stored, 3, "the future-dated event is kept");
+    eventually(Duration::from_secs(20), "counted", || async {
+        let m = normalizer.metrics().await?;
+        Ok(m.lines()
+            .any(|l| l.starts_with("events_future_dated_total{carrier=\"correios\"} 1"))
+            .then_some(()))
+    })
+    .await?;
+    eventually(Duration::from_secs(20), "emailed", || async {
+        Ok((amqp.count("email.order-status").await? == 2).then_some(()))
+    })
+    .await?;
+    Ok(())
+}

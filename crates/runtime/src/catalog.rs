@@ -134,6 +134,10 @@ pub const METRICS: &[Metric] = &[
         "Carrier events whose code no event table maps, per carrier, code and type.",
     ),
     counter(
+        "events_future_dated_total",
+        "Carrier events dated further ahead than EVENT_FUTURE_TOLERANCE_SECS: stored, deciding no status until their time, per carrier.",
+    ),
+    counter(
         "shipments_not_trackable_total",
         "Tracking codes the carrier says it does not know or cannot track, per carrier.",
     ),

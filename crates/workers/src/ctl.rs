@@ -474,7 +474,8 @@ async fn recompute(code: Option<&str>) -> anyhow::Result<()> {
     let tables = crate::normalizer::event_tables_from_env()?;
     let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
     let code = code.map(|c| c.trim().to_ascii_uppercase());
-    let report = crate::normalizer::recompute(&pool, &tables, code.as_deref()).await?;
+    let policy = crate::policy::PollPolicy::from_env()?;
+    let report = crate::normalizer::recompute(&pool, &tables, &policy, code.as_deref()).await?;
     for c in &report.changes {
         println!(
             "{} {}: {} -> {}  (change {})",

@@ -1,4 +1,5 @@
-//! When to poll a shipment next. Shared by the normalizer (after each poll's result) and the scheduler.
+//! When to poll a shipment next, and which of its events may decide its status now. Shared by the normalizer
+//! (after each poll's result), the scheduler and `trackctl recompute`.
 
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -17,6 +18,11 @@ pub struct PollPolicy {
     pub expire_after: Duration,
     /// `POLL_INTERVAL_MAX_SECS` (default 24 h): the longest gap between polls of a parcel that has gone quiet.
     pub max_interval: Duration,
+    /// `EVENT_FUTURE_TOLERANCE_SECS` (default 6 h): an event dated further than this ahead of the moment its
+    /// shipment's status is decided (a carrier's typo: a year 2099) is stored and counted, but decides nothing
+    /// until its time comes, so the parcel's real later events still change its status. Six hours covers a
+    /// carrier clock or time zone that is off by a few hours.
+    pub future_tolerance: Duration,
 }
 
 /// A quiet parcel is polled at most every `quiet time / QUIET_DIVISOR`: after 2 days without news, every 12 h.
@@ -37,6 +43,7 @@ impl PollPolicy {
             final_poll_after: settings::secs("FINAL_POLL_AFTER_SECS", 86_400)?,
             expire_after: Duration::from_secs_f64(days * 86_400.0),
             max_interval: settings::secs("POLL_INTERVAL_MAX_SECS", 86_400)?,
+            future_tolerance: settings::secs("EVENT_FUTURE_TOLERANCE_SECS", 6 * 3600)?,
         })
     }
 
@@ -53,6 +60,12 @@ impl PollPolicy {
         };
         let slowed = (quiet / QUIET_DIVISOR).min(self.max_interval);
         base.max(slowed)
+    }
+
+    /// The latest event time that may decide a status at `now`.
+    pub fn decidable_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono::Duration::from_std(self.future_tolerance)
+            .unwrap_or(chrono::Duration::hours(6))
     }
 
     /// The next poll time for a shipment in `status` whose last news came at `last_news_at`, with ±10 % jitter
@@ -77,6 +90,7 @@ mod tests {
 
     fn policy() -> PollPolicy {
         PollPolicy {
+            future_tolerance: Duration::from_secs(6 * 3600),
             interval: Duration::from_secs(1000),
             near_delivery: Duration::from_secs(100),
             final_poll_after: Duration::from_secs(5000),

@@ -21,6 +21,8 @@ pub(super) struct ChangeContext {
     pub estimated_delivery: Option<DateTime<FixedOffset>>,
     /// A recomputation from stored events after the event table changed, not news from the carrier.
     pub replay: bool,
+    /// Events dated after this decide nothing yet ([`crate::policy::PollPolicy::decidable_until`]).
+    pub decidable_until: DateTime<Utc>,
 }
 
 /// A change decided, with the stored event that decided it.
@@ -46,6 +48,13 @@ pub(super) enum Note {
         tracking_code: String,
         order_id: String,
         reason: String,
+    },
+    /// An event dated further ahead than the tolerance: stored, deciding nothing until its time.
+    FutureDated {
+        carrier: &'static str,
+        tracking_code: String,
+        code: String,
+        occurred_at: DateTime<FixedOffset>,
     },
 }
 
@@ -79,6 +88,16 @@ impl Note {
                 tracing::warn!(carrier = %carrier, tracking_code = %tracking_code, order_id = %order_id, reason = %reason,
                     "A shipment is not trackable with this carrier account; it is recorded as such (see trackctl shipment show).");
             }
+            Note::FutureDated {
+                carrier,
+                tracking_code,
+                code,
+                occurred_at,
+            } => {
+                metrics::counter!("events_future_dated_total", "carrier" => *carrier).increment(1);
+                tracing::warn!(carrier = %carrier, tracking_code = %tracking_code, code = %code, occurred_at = %occurred_at,
+                    "The carrier dated an event in the future (beyond EVENT_FUTURE_TOLERANCE_SECS); it is stored but decides the status only once its time comes.");
+            }
         }
     }
 }
@@ -108,6 +127,13 @@ pub(super) fn next_change(
     estimated: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Option<Decided> {
+    // An event dated further ahead than the tolerance (a carrier's typo) would stay the newest for years and
+    // hide every real event after it: it waits for its time.
+    let events: Vec<&EventRow> = events
+        .iter()
+        .copied()
+        .filter(|r| r.occurred_at <= context.decidable_until)
+        .collect();
     let rule_events: Vec<RuleEvent> = events
         .iter()
         .map(|r| RuleEvent {
@@ -248,6 +274,14 @@ pub(super) fn shipment_updates(
             let fp = e.fingerprint.as_str();
             if stored_now.contains(fp) && seen.insert(fp) {
                 inserted += 1;
+                if e.event.occurred_at.with_timezone(&Utc) > policy.decidable_until(now) {
+                    notes.push(Note::FutureDated {
+                        carrier,
+                        tracking_code: update.tracking_code.as_str().to_owned(),
+                        code: e.event.code.clone(),
+                        occurred_at: e.event.occurred_at,
+                    });
+                }
                 if e.mapping.is_none() {
                     notes.push(Note::Unmapped {
                         carrier,
@@ -273,6 +307,7 @@ pub(super) fn shipment_updates(
                 source: update.source,
                 estimated_delivery: update.estimated_delivery,
                 replay: false,
+                decidable_until: policy.decidable_until(now),
             };
             if let Some(decided) = next_change(req, &visible, status, &context, estimated, now) {
                 status = decided.change.status;

@@ -1,6 +1,7 @@
 //! `trackctl shipment recompute`: the stored events read again through new code tables.
 
 use super::decide::{self, ChangeContext};
+use crate::policy::PollPolicy;
 use chrono::Utc;
 use sqlx::PgPool;
 use tracking_domain::table::{EventTables, Mapping};
@@ -26,6 +27,7 @@ pub struct RecomputeReport {
 pub async fn recompute(
     pool: &PgPool,
     tables: &EventTables,
+    policy: &PollPolicy,
     only: Option<&str>,
 ) -> anyhow::Result<RecomputeReport> {
     let ids = normalize::shipment_ids(pool, only).await?;
@@ -63,14 +65,15 @@ pub async fn recompute(
         }
         report.events_remapped += remapped;
         if remapped > 0 {
+            let now = Utc::now();
             let context = ChangeContext {
                 source: Source::Carrier,
                 estimated_delivery: None,
                 replay: true,
+                decidable_until: policy.decidable_until(now),
             };
             let events: Vec<&shipments::EventRow> = rows.iter().collect();
             let previous = shipment.status()?;
-            let now = Utc::now();
             if let Some(d) = decide::next_change(
                 &req,
                 &events,
