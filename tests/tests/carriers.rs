@@ -200,7 +200,10 @@ async fn a_renamed_field_turns_the_carrier_broken_within_one_polling_cycle_and_t
     )
     .await?;
     assert_eq!(state, "broken");
-    assert!(counters["unreadable"].as_u64().unwrap() >= 1, "{counters}");
+    assert!(
+        counters["schema_changes"].as_u64().unwrap() >= 1,
+        "{counters}"
+    );
     let (kept, body): (i64, String) = sqlx::query_as(
         "SELECT count(*), min(body) FROM carrier_responses WHERE replayed_at IS NULL",
     )
@@ -548,5 +551,101 @@ async fn an_unrecognised_answer_and_sro_009_concern_their_code_alone_and_sro_009
         text.contains("NOT TRACKABLE with this account") && text.contains("SRO-009"),
         "{text}"
     );
+    Ok(())
+}
+
+/// Three ways a carrier changes its answers for every object at once: the events under another key, every event's
+/// time field renamed, a message format nobody knows. Each turns the carrier broken within seconds, with a sample
+/// of what was not recognised in the reason, the whole answer kept for replay, and no update published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_shape_changed_for_every_object_turns_the_carrier_broken_whatever_the_change()
+-> anyhow::Result<()> {
+    type Change = fn(&CorreiosSim, &[String]);
+    let changes: [(&str, Change, &str); 3] = [
+        (
+            "eventos under another key",
+            |sim, _| sim.rename_object_field(Some(("eventos", "events"))),
+            "neither eventos nor mensagem (its fields: ",
+        ),
+        (
+            "every event's time renamed",
+            |sim, _| sim.rename_event_field(Some(("dtHrCriado", "dataHora"))),
+            "dtHrCriado",
+        ),
+        (
+            "a new mensagem format",
+            |sim, codes| {
+                for code in codes {
+                    sim.script(
+                        code,
+                        Script::Message("Objeto não localizado no fluxo postal.".into()),
+                    );
+                }
+            },
+            "Objeto não localizado no fluxo postal.",
+        ),
+    ];
+    for (n, (what, change, sample)) in changes.into_iter().enumerate() {
+        let env = env().await?;
+        let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+        let codes: Vec<String> = (0..6).map(|i| s10("SC", (n * 10 + i) as u32)).collect();
+        for code in &codes {
+            sim.script(code, Script::Journey(Journey::delivered().all_at_once()));
+        }
+        change(&sim, &codes);
+        let fetcher = start(
+            &env,
+            "fetcher",
+            &with(
+                correios_env(&sim),
+                &[("FETCH_LINGER_MS", "1000"), ("CARRIER_CALL_RETRIES", "0")],
+            ),
+        )
+        .await?;
+        let started = Instant::now();
+        publish_requests(&env, &codes).await?;
+        let health = eventually(Duration::from_secs(30), "correios broken", || async {
+            let (_, h) = fetcher.health().await?;
+            Ok((h["carriers"]["correios"]["state"] == "broken").then_some(h))
+        })
+        .await?;
+        println!("{what}: broken after {} ms", started.elapsed().as_millis());
+        let reason = health["carriers"]["correios"]["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            reason.contains("shape changed")
+                && (reason.contains("were not recognised") || reason.contains("cannot be read")),
+            "{what}: {reason}"
+        );
+        assert!(reason.contains(sample), "{what}: a sample in {reason}");
+        let kept: Vec<String> = eventually(Duration::from_secs(10), "the answer kept", || async {
+            let kept: Vec<String> = sqlx::query_scalar("SELECT body FROM carrier_responses")
+                .fetch_all(&env.pool)
+                .await?;
+            Ok((!kept.is_empty()).then_some(kept))
+        })
+        .await?;
+        assert!(
+            codes.iter().all(|c| kept[0].contains(c.as_str())),
+            "{what}: the whole answer is kept"
+        );
+        eventually(Duration::from_secs(10), "counted", || async {
+            let m = fetcher.metrics().await?;
+            Ok((metric(
+                &m,
+                "carrier_errors_total{carrier=\"correios\",kind=\"schema\"}",
+            ) >= 1.0)
+                .then_some(()))
+        })
+        .await?;
+        let amqp = env.amqp().await?;
+        assert_eq!(
+            amqp.count(EVENTS_QUEUE).await?,
+            0,
+            "{what}: no code's update published"
+        );
+    }
     Ok(())
 }

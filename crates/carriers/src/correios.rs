@@ -14,8 +14,8 @@
 
 use crate::redact::Redactor;
 use crate::{
-    Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture, read_answer,
-    transport, with_retries,
+    Answered, Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture,
+    read_answer, transport, with_retries,
 };
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -158,6 +158,20 @@ fn tipo<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Err
     }
 }
 
+/// The names of an object's fields (at most 10, each cut at 40 characters): what an operator needs to see a
+/// renamed field, without its values.
+pub(crate) fn field_names(raw: &Value) -> String {
+    match raw.as_object() {
+        Some(fields) => fields
+            .keys()
+            .take(10)
+            .map(|k| tracking_domain::text::clean(k, 40))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => "not an object".into(),
+    }
+}
+
 /// What a per-object `mensagem` means. Only SRO-019 refuses a code; anything we do not know concerns that
 /// object alone.
 fn per_object(message: String) -> ObjectResult {
@@ -259,7 +273,7 @@ impl CorreiosClient {
 
     /// Tracks up to 50 codes in one call, retrying transient failures (bounded). Every code asked is in the
     /// answer map, or the call is an error.
-    pub async fn track(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
+    pub async fn track(&self, codes: &[TrackingCode]) -> Result<Answered, FetchError> {
         with_retries(
             Carrier::Correios,
             &self.settings.retry,
@@ -269,7 +283,7 @@ impl CorreiosClient {
         .await
     }
 
-    async fn track_refreshing(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
+    async fn track_refreshing(&self, codes: &[TrackingCode]) -> Result<Answered, FetchError> {
         match self.track_once(codes).await {
             Err(FetchError::Auth(first)) => {
                 tracing::warn!(reason = %first, "Correios refused the token; refreshing it once.");
@@ -280,14 +294,18 @@ impl CorreiosClient {
         }
     }
 
-    /// One call (token included), its errors redacted.
-    async fn track_once(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
-        self.track_once_unredacted(codes)
-            .await
-            .map_err(|e| self.redactor.error(e))
+    /// One call (token included), its errors and its body redacted.
+    async fn track_once(&self, codes: &[TrackingCode]) -> Result<Answered, FetchError> {
+        match self.track_once_unredacted(codes).await {
+            Ok(a) => Ok(Answered {
+                body: self.redactor.body(&a.body),
+                answers: a.answers,
+            }),
+            Err(e) => Err(self.redactor.error(e)),
+        }
     }
 
-    async fn track_once_unredacted(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
+    async fn track_once_unredacted(&self, codes: &[TrackingCode]) -> Result<Answered, FetchError> {
         let token = self.token().await?;
         let mut query: Vec<(&str, &str)> = codes
             .iter()
@@ -320,7 +338,11 @@ impl CorreiosClient {
             }
             other => other?,
         };
-        self.parse_tracking(codes, &text)
+        let answers = self.parse_tracking(codes, &text)?;
+        Ok(Answered {
+            answers,
+            body: text,
+        })
     }
 
     /// Reads a tracking answer. Anything missing or of another shape than API Rastro's is
@@ -338,6 +360,7 @@ impl CorreiosClient {
         let answer: TrackingAnswer =
             serde_json::from_str(text).map_err(|e| malformed(format!("tracking answer: {e}")))?;
         let mut out = HashMap::new();
+        let mut unreadable = Vec::new();
         for raw in answer.objetos {
             let obj: Objeto = serde_json::from_value(raw.clone())
                 .map_err(|e| malformed(format!("tracking answer object: {e}")))?;
@@ -351,25 +374,34 @@ impl CorreiosClient {
                 // A message with an empty `eventos` is the message's answer.
                 (Some(eventos), Some(message)) if eventos.is_empty() => per_object(message),
                 (Some(eventos), _) => {
-                    let mut events = Vec::with_capacity(eventos.len());
-                    for raw_ev in eventos {
-                        events.push(
-                            self.event(raw_ev)
-                                .map_err(|e| malformed(format!("{code}: {e}")))?,
-                        );
-                    }
-                    let estimated_delivery = obj
-                        .dt_prevista
-                        .as_deref()
-                        .and_then(|d| parse_local(d, None, self.settings.time_zone));
-                    ObjectResult::Found {
-                        events,
-                        estimated_delivery,
+                    // An event we cannot read makes its object unrecognised (that code's problem), unless all or
+                    // most objects of the answer are so (`unreadable_events`).
+                    let events: Result<Vec<CarrierEvent>, String> = eventos
+                        .into_iter()
+                        .map(|raw_ev| self.event(raw_ev))
+                        .collect();
+                    match events {
+                        Ok(events) => ObjectResult::Found {
+                            events,
+                            estimated_delivery: obj
+                                .dt_prevista
+                                .as_deref()
+                                .and_then(|d| parse_local(d, None, self.settings.time_zone)),
+                        },
+                        Err(e) => {
+                            let message =
+                                tracking_domain::text::clean(&e, tracking_domain::text::LONG);
+                            unreadable.push((code.clone(), message.clone()));
+                            ObjectResult::Unrecognised { message }
+                        }
                     }
                 }
                 (None, Some(message)) => per_object(message),
                 (None, None) => ObjectResult::Unrecognised {
-                    message: "an object with neither eventos nor mensagem".into(),
+                    message: format!(
+                        "an object with neither eventos nor mensagem (its fields: {})",
+                        field_names(&raw)
+                    ),
                 },
             };
             out.insert(code, result);
@@ -377,6 +409,7 @@ impl CorreiosClient {
         if let Some(missing) = codes.iter().find(|c| !out.contains_key(*c)) {
             return Err(malformed(format!("the answer lacks {missing}")));
         }
+        crate::unreadable_events(out.len(), &unreadable, text)?;
         Ok(out)
     }
 

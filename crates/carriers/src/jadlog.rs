@@ -11,8 +11,8 @@
 use crate::correios::parse_local;
 use crate::redact::Redactor;
 use crate::{
-    Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture, read_answer,
-    transport, with_retries,
+    Answered, Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture,
+    read_answer, transport, with_retries,
 };
 use chrono_tz::Tz;
 use secrecy::{ExposeSecret, SecretString};
@@ -120,7 +120,7 @@ impl JadlogClient {
         self
     }
 
-    pub async fn track(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
+    pub async fn track(&self, codes: &[TrackingCode]) -> Result<Answered, FetchError> {
         with_retries(
             Carrier::Jadlog,
             &self.settings.retry,
@@ -130,14 +130,18 @@ impl JadlogClient {
         .await
     }
 
-    /// One call, its errors redacted.
-    async fn track_once(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
-        self.track_once_unredacted(codes)
-            .await
-            .map_err(|e| self.redactor.error(e))
+    /// One call, its errors and its body redacted.
+    async fn track_once(&self, codes: &[TrackingCode]) -> Result<Answered, FetchError> {
+        match self.track_once_unredacted(codes).await {
+            Ok(a) => Ok(Answered {
+                body: self.redactor.body(&a.body),
+                answers: a.answers,
+            }),
+            Err(e) => Err(self.redactor.error(e)),
+        }
     }
 
-    async fn track_once_unredacted(&self, codes: &[TrackingCode]) -> Result<Answers, FetchError> {
+    async fn track_once_unredacted(&self, codes: &[TrackingCode]) -> Result<Answered, FetchError> {
         let body = json!({ "consulta": codes.iter().map(|c| json!({ "codigo": c.as_str() })).collect::<Vec<_>>() });
         let resp = self
             .http
@@ -151,7 +155,11 @@ impl JadlogClient {
             .await
             .map_err(transport)?;
         let text = read_answer(resp, "tracking call", self.settings.max_body).await?;
-        self.parse_answer(codes, &text)
+        let answers = self.parse_answer(codes, &text)?;
+        Ok(Answered {
+            answers,
+            body: text,
+        })
     }
 
     pub fn parse_answer(&self, codes: &[TrackingCode], text: &str) -> Result<Answers, FetchError> {
@@ -163,6 +171,7 @@ impl JadlogClient {
         let answer: Answer =
             serde_json::from_str(text).map_err(|e| malformed(format!("tracking answer: {e}")))?;
         let mut out = Answers::new();
+        let mut unreadable = Vec::new();
         for raw in answer.consulta {
             let entry: Entry = serde_json::from_value(raw)
                 .map_err(|e| malformed(format!("tracking answer entry: {e}")))?;
@@ -171,13 +180,22 @@ impl JadlogClient {
             };
             let result = match (entry.tracking, entry.erro) {
                 (Some(tracking), _) => {
-                    let mut events = Vec::with_capacity(tracking.eventos.len());
-                    for raw_ev in tracking.eventos {
-                        events.push(
-                            self.event(raw_ev)
-                                .map_err(|e| malformed(format!("{code}: {e}")))?,
-                        );
-                    }
+                    let events: Result<Vec<CarrierEvent>, String> = tracking
+                        .eventos
+                        .into_iter()
+                        .map(|raw_ev| self.event(raw_ev))
+                        .collect();
+                    let events = match events {
+                        Ok(events) => events,
+                        // That code's problem, unless all or most entries are so (`unreadable_events`).
+                        Err(e) => {
+                            let message =
+                                tracking_domain::text::clean(&e, tracking_domain::text::LONG);
+                            unreadable.push((code.clone(), message.clone()));
+                            out.insert(code.clone(), ObjectResult::Unrecognised { message });
+                            continue;
+                        }
+                    };
                     let estimated_delivery = entry
                         .previsao_entrega
                         .as_deref()
@@ -209,6 +227,7 @@ impl JadlogClient {
         if let Some(missing) = codes.iter().find(|c| !out.contains_key(*c)) {
             return Err(malformed(format!("the answer lacks {missing}")));
         }
+        crate::unreadable_events(out.len(), &unreadable, text)?;
         Ok(out)
     }
 

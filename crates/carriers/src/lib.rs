@@ -102,6 +102,11 @@ pub enum FetchError {
         http_status: Option<u16>,
         body: String,
     },
+    /// The answer reads, but most of its objects do not have the shape we know ([`judge_shape`]): the carrier
+    /// changed its answers for everyone, which is the integration breaking, not those codes' problem. `body` is
+    /// the whole answer, kept for replay as a [`FetchError::Malformed`] one is.
+    #[error("carrier answer shape changed: {reason}")]
+    Schema { reason: String, body: String },
 }
 
 impl FetchError {
@@ -112,14 +117,103 @@ impl FetchError {
             FetchError::Timeout(_) => "timeout",
             FetchError::Auth(_) => "auth",
             FetchError::Malformed { .. } => "unreadable",
+            FetchError::Schema { .. } => "schema",
         }
     }
+}
+
+/// An answer is judged by its objects together: when at least this many of them are unrecognised ...
+pub const SCHEMA_MIN_OBJECTS: usize = 3;
+
+/// ... and they are more than half of the answer's objects, the answer's shape changed ([`FetchError::Schema`]).
+/// Fewer, or a minority, concern their own codes alone ([`ObjectResult::Unrecognised`]). The fetcher applies the
+/// same rule over a carrier's recent calls (`CARRIER_HEALTH_WINDOW_SECS`), so that small calls are judged too.
+pub fn shape_changed(objects: usize, unrecognised: usize) -> bool {
+    unrecognised >= SCHEMA_MIN_OBJECTS && unrecognised * 2 > objects
+}
+
+/// Up to three distinct messages of `answers`' unrecognised objects, for an operator's reason.
+pub fn unrecognised_sample<'a>(answers: impl IntoIterator<Item = &'a ObjectResult>) -> String {
+    let mut sample: Vec<&str> = Vec::new();
+    for a in answers {
+        if let ObjectResult::Unrecognised { message } = a
+            && !sample.contains(&message.as_str())
+        {
+            sample.push(message);
+            if sample.len() == 3 {
+                break;
+            }
+        }
+    }
+    sample
+        .iter()
+        .map(|m| snippet(m))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Objects whose events could not be read (`(code, why)`, in the answer's order) among an answer's `objects`:
+/// when they are all of them, or most ([`shape_changed`]), our reading of the answer's structure failed, which is
+/// [`FetchError::Schema`] for the whole call (a single-object answer included: nothing in it reads). Fewer are
+/// their own codes' problem ([`ObjectResult::Unrecognised`]).
+pub fn unreadable_events(
+    objects: usize,
+    failures: &[(TrackingCode, String)],
+    body: &str,
+) -> Result<(), FetchError> {
+    let n = failures.len();
+    if n == 0 || !(n == objects || shape_changed(objects, n)) {
+        return Ok(());
+    }
+    let (code, why) = &failures[0];
+    Err(FetchError::Schema {
+        reason: format!(
+            "{n} of the answer's {objects} objects have events that cannot be read, e.g. {code}: {}",
+            snippet(why)
+        ),
+        body: body.to_owned(),
+    })
+}
+
+/// A kept answer read again (`trackctl carriers replay`): still [`FetchError::Schema`] while most of its objects,
+/// or all of them, are unrecognised by today's parser; else its answers.
+pub fn judge_shape(answers: Answers, body: &str) -> Result<Answers, FetchError> {
+    let unrecognised = answers
+        .values()
+        .filter(|a| matches!(a, ObjectResult::Unrecognised { .. }))
+        .count();
+    let objects = answers.len();
+    if unrecognised == 0 || !(unrecognised == objects || shape_changed(objects, unrecognised)) {
+        return Ok(answers);
+    }
+    Err(FetchError::Schema {
+        reason: format!(
+            "{unrecognised} of the answer's {objects} objects are not recognised, e.g. {}",
+            unrecognised_sample(answers.values())
+        ),
+        body: body.to_owned(),
+    })
 }
 
 /// The answers of one call: every code asked is in it, or the call is an error.
 pub type Answers = HashMap<TrackingCode, ObjectResult>;
 
-pub type TrackFuture<'a> = Pin<Box<dyn Future<Output = Result<Answers, FetchError>> + Send + 'a>>;
+/// What one tracking call answered: each code's result, and the body they were read from, which the fetcher keeps
+/// for replay when it judges the answer's shape changed over the carrier's recent calls. Reads as its [`Answers`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answered {
+    pub answers: Answers,
+    pub body: String,
+}
+
+impl std::ops::Deref for Answered {
+    type Target = Answers;
+    fn deref(&self) -> &Answers {
+        &self.answers
+    }
+}
+
+pub type TrackFuture<'a> = Pin<Box<dyn Future<Output = Result<Answered, FetchError>> + Send + 'a>>;
 
 /// A request budget that a client spends before each call to the carrier (the fetcher's is a token bucket shared
 /// by every fetcher through PostgreSQL).
@@ -163,10 +257,10 @@ pub async fn with_retries<F, Fut>(
     retry: &CallRetry,
     budget: Option<&Arc<dyn Budget>>,
     mut call: F,
-) -> Result<Answers, FetchError>
+) -> Result<Answered, FetchError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Answers, FetchError>>,
+    Fut: Future<Output = Result<Answered, FetchError>>,
 {
     use backon::BackoffBuilder;
     let mut delays = backon::ExponentialBuilder::default()
@@ -360,4 +454,64 @@ pub async fn read_answer(
 /// The start of a body, for messages and logs.
 pub fn snippet(body: &str) -> String {
     body.chars().take(300).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod shape_tests {
+    use super::*;
+
+    fn answers(found: usize, odd: &[&str]) -> Answers {
+        let mut out = Answers::new();
+        for n in 0..found + odd.len() {
+            let digits = format!("{n:08}");
+            let check = tracking_domain::code::s10_check_digit(digits.as_bytes()).unwrap();
+            let code = TrackingCode::parse(&format!("DL{digits}{check}BR")).unwrap();
+            let result = if n >= found {
+                ObjectResult::Unrecognised {
+                    message: odd[n - found].to_owned(),
+                }
+            } else {
+                ObjectResult::Found {
+                    events: Vec::new(),
+                    estimated_delivery: None,
+                }
+            };
+            out.insert(code, result);
+        }
+        out
+    }
+
+    #[test]
+    fn a_few_odd_objects_are_their_codes_problem_and_most_of_an_answer_is_a_changed_shape() {
+        assert!(!shape_changed(1, 1), "one odd object alone");
+        assert!(!shape_changed(2, 2));
+        assert!(!shape_changed(50, 3), "a minority");
+        assert!(!shape_changed(6, 3), "half is not most");
+        assert!(shape_changed(5, 3));
+        assert!(shape_changed(50, 50));
+    }
+
+    #[test]
+    fn a_replayed_answer_is_still_unreadable_while_most_or_all_of_it_is_unrecognised() {
+        assert!(judge_shape(answers(49, &["SRO-042"]), "{}").is_ok());
+        assert!(judge_shape(answers(3, &[]), "{}").is_ok());
+        let Err(FetchError::Schema { reason, body }) = judge_shape(
+            answers(0, &["event: missing field `dtHrCriado`"]),
+            "{\"x\":1}",
+        ) else {
+            panic!("one object, unrecognised");
+        };
+        assert!(reason.contains("dtHrCriado"), "{reason}");
+        assert_eq!(body, "{\"x\":1}");
+        let Err(FetchError::Schema { reason, .. }) = judge_shape(answers(1, &["a", "b", "a"]), "")
+        else {
+            panic!("most");
+        };
+        assert!(reason.starts_with("3 of the answer's 4"), "{reason}");
+        let (_, sample) = reason.split_once("e.g. ").unwrap();
+        let mut sample: Vec<&str> = sample.split("; ").collect();
+        sample.sort_unstable();
+        assert_eq!(sample, ["a", "b"], "distinct messages: {reason}");
+    }
 }

@@ -323,6 +323,10 @@ impl Redactor {
                 http_status,
                 body: self.body(&body),
             },
+            FetchError::Schema { reason, body } => FetchError::Schema {
+                reason: self.reason(&reason),
+                body: self.body(&body),
+            },
         }
     }
 }

@@ -153,7 +153,7 @@ async fn scripted() -> anyhow::Result<(CorreiosSim, CorreiosClient)> {
     Ok((sim, client))
 }
 
-fn found(answers: &tracking_carriers::Answers) -> usize {
+fn found(answers: &tracking_carriers::Answered) -> usize {
     match &answers[&code("DL746686536BR")] {
         ObjectResult::Found { events, .. } => events.len(),
         other => panic!("{other:?}"),
@@ -225,7 +225,7 @@ async fn a_call_that_outlives_the_timeout_is_a_timeout_and_is_retried() -> anyho
 }
 
 #[tokio::test]
-async fn malformed_json_and_a_renamed_field_are_unreadable_and_keep_the_whole_body()
+async fn malformed_json_is_unreadable_and_a_renamed_event_field_is_a_changed_shape()
 -> anyhow::Result<()> {
     let (sim, client) = scripted().await?;
     let cut = r#"{"objetos": [{"codObjeto": "DL746686536BR", "eventos": ["#;
@@ -239,10 +239,11 @@ async fn malformed_json_and_a_renamed_field_are_unreadable_and_keep_the_whole_bo
         }
         other => panic!("{other:?}"),
     }
-    // Schema drift: dtHrCriado now arrives as dataHora.
+    // Schema drift: dtHrCriado now arrives as dataHora. Nothing in this one-object answer reads: the call fails as
+    // a changed shape, naming the field, with the whole answer kept.
     sim.rename_event_field(Some(("dtHrCriado", "dataHora")));
     match client.track(&[code("DL746686536BR")]).await {
-        Err(FetchError::Malformed { reason, body, .. }) => {
+        Err(FetchError::Schema { reason, body }) => {
             assert!(reason.contains("dtHrCriado"), "{reason}");
             assert!(body.contains("dataHora"), "the whole answer is kept");
         }
@@ -406,6 +407,45 @@ async fn gtw_008_refreshes_the_token_whatever_http_status_it_comes_with() -> any
             2,
             "GTW-008 with {status} refreshed the token once"
         );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_object_whose_events_cannot_be_read_is_its_codes_problem_beside_readable_ones()
+-> anyhow::Result<()> {
+    let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+    let client = CorreiosClient::new(settings(&sim, "sim-code", None))?;
+    let good = [code("DL746686536BR"), code("DL746686540BR")];
+    let odd = code("DL746686553BR");
+    let body = serde_json::json!({ "objetos": [
+        { "codObjeto": good[0].as_str(), "eventos": [] },
+        { "codObjeto": good[1].as_str(), "eventos": [] },
+        { "codObjeto": odd.as_str(), "eventos": [{ "codigo": "RO", "descricao": "x", "dataHora": "2026-11-20T10:00:00" }] },
+    ]})
+    .to_string();
+    let codes = [good[0].clone(), good[1].clone(), odd.clone()];
+    let answers = client.parse_tracking(&codes, &body)?;
+    match &answers[&odd] {
+        ObjectResult::Unrecognised { message } => {
+            assert!(message.contains("dtHrCriado"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&answers[&good[0]], ObjectResult::Found { .. }));
+    // Every object unreadable: the answer's shape changed.
+    let body = body.replace(
+        r#""eventos":[]"#,
+        r#""eventos":[{"codigo":"RO","descricao":"x"}]"#,
+    );
+    match client.parse_tracking(&codes, &body) {
+        Err(FetchError::Schema { reason, .. }) => {
+            assert!(
+                reason.starts_with("3 of the answer's 3 objects"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
     }
     Ok(())
 }

@@ -241,6 +241,8 @@ struct Book {
     faults: std::collections::VecDeque<Fault>,
     /// Every event's field `.0` is sent as `.1` (the API changed under us).
     drift: Option<(String, String)>,
+    /// Every object's field `.0` is sent as `.1` (say `eventos` as `events`).
+    object_drift: Option<(String, String)>,
     /// The number of codes of each tracking call answered with 200, in order.
     batches: Vec<usize>,
     /// How the token endpoints answer from now on (`None`: as API Rastro does).
@@ -344,6 +346,11 @@ impl CorreiosSim {
     /// The next tracking calls answer these failures, one each, then normal answers again.
     pub fn fail_next(&self, faults: Vec<Fault>) {
         self.shared.book().faults.extend(faults);
+    }
+
+    /// From now on every object's field `from` is sent as `to` (say `eventos` as `events`); `None` stops it.
+    pub fn rename_object_field(&self, rename: Option<(&str, &str)>) {
+        self.shared.book().object_drift = rename.map(|(a, b)| (a.to_owned(), b.to_owned()));
     }
 
     /// From now on every event's field `from` is sent as `to` (schema drift); `None` stops it.
@@ -792,6 +799,7 @@ async fn track(
         let mut book = shared.book();
         book.batches.push(codes.len());
         let drift = book.drift.clone();
+        let object_drift = book.object_drift.clone();
         let numeric_tipo = book.numeric_tipo;
         // The real API guarantees no order; answering in reverse keeps clients honest.
         for code in codes.iter().rev() {
@@ -818,6 +826,11 @@ async fn track(
                         ev.insert(to.clone(), v);
                     }
                 }
+            }
+            if let (Some((from, to)), Some(fields)) = (&object_drift, object.as_object_mut())
+                && let Some(v) = fields.remove(from)
+            {
+                fields.insert(to.clone(), v);
             }
             objetos.push(object);
             summary.push(format!("{code}: {what}"));

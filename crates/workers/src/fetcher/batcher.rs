@@ -1,7 +1,7 @@
 //! Gathers one carrier's requests into calls: up to the carrier's batch size or the linger time, a bounded number
 //! of calls at once; each request gets its own code's answer back.
 
-use super::health::{CallKind, CarrierHealth};
+use super::health::{CallKind, CarrierHealth, Shape};
 use chrono::Utc;
 use serde_json::json;
 use sqlx::PgPool;
@@ -94,6 +94,25 @@ async fn call(ctx: &BatchContext, batch: Vec<Pending>) {
     metrics::counter!("carrier_calls_total", "carrier" => carrier.as_str()).increment(1);
     metrics::histogram!("carrier_batch_size", "carrier" => carrier.as_str())
         .record(codes.len() as f64);
+    // An answer that reads but whose objects are mostly unrecognised (alone, or with the carrier's newest calls)
+    // is the carrier changing its shape for everyone: a failure of the call, kept for replay, not each code's
+    // problem.
+    let (result, shape) = match result {
+        Ok(answered) => {
+            let shape = Shape::of(&answered);
+            match ctx.health.changed_shape(carrier, &shape) {
+                Some(reason) => (
+                    Err(FetchError::Schema {
+                        reason,
+                        body: answered.body,
+                    }),
+                    shape,
+                ),
+                None => (Ok(answered.answers), shape),
+            }
+        }
+        Err(e) => (Err(e), Shape::default()),
+    };
     match result {
         Ok(mut answers) => {
             let horizon = Utc::now()
@@ -114,7 +133,8 @@ async fn call(ctx: &BatchContext, batch: Vec<Pending>) {
                     _ => false,
                 })
                 .count();
-            ctx.health.record(carrier, CallKind::Ok, None, stale);
+            ctx.health
+                .record(carrier, CallKind::Ok, None, stale, &shape);
             for (code, answer) in &answers {
                 if let ObjectResult::Unrecognised { message } = answer {
                     metrics::counter!("carrier_unrecognised_answers_total", "carrier" => carrier.as_str())
@@ -136,13 +156,18 @@ async fn call(ctx: &BatchContext, batch: Vec<Pending>) {
             answers.clear();
         }
         Err(e) => {
-            ctx.health.record(carrier, CallKind::of(&e), Some(&e), 0);
-            if let FetchError::Malformed {
-                reason,
-                http_status,
-                body,
-            } = &e
-            {
+            ctx.health
+                .record(carrier, CallKind::of(&e), Some(&e), 0, &shape);
+            let unreadable = match &e {
+                FetchError::Malformed {
+                    reason,
+                    http_status,
+                    body,
+                } => Some((reason, *http_status, body)),
+                FetchError::Schema { reason, body } => Some((reason, Some(200), body)),
+                _ => None,
+            };
+            if let Some((reason, http_status, body)) = unreadable {
                 // The client already redacted it; this keeps the table safe whatever a client returns (no
                 // secret-shaped text, no NUL that PostgreSQL refuses, a bounded size).
                 let body = redact::keepable(body);
@@ -157,7 +182,7 @@ async fn call(ctx: &BatchContext, batch: Vec<Pending>) {
                         tracking_store::carrier_responses::Unreadable {
                             carrier: carrier.as_str(),
                             requests: json!(requests),
-                            http_status: *http_status,
+                            http_status,
                             body: &body,
                             error: &reason,
                         },

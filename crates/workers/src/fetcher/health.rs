@@ -18,6 +18,8 @@ pub(super) enum CallKind {
     HttpError,
     Timeout,
     Unreadable,
+    /// The answer read, but most of its objects were unrecognised: the carrier changed its answers' shape.
+    Schema,
 }
 
 impl CallKind {
@@ -27,6 +29,39 @@ impl CallKind {
             FetchError::Timeout(_) => CallKind::Timeout,
             FetchError::Auth(_) => CallKind::Auth,
             FetchError::Malformed { .. } => CallKind::Unreadable,
+            FetchError::Schema { .. } => CallKind::Schema,
+        }
+    }
+}
+
+/// What a call's answer held, for judging the carrier's answers over the window.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Shape {
+    /// Objects (codes) in the answer.
+    pub objects: usize,
+    /// Of those, the ones we did not recognise (`ObjectResult::Unrecognised`).
+    pub unrecognised: usize,
+    /// A few of their messages ([`tracking_carriers::unrecognised_sample`]).
+    pub sample: String,
+}
+
+/// How many of a carrier's newest answered objects a small call is judged with.
+const RECENT_OBJECTS: usize = 10;
+
+impl Shape {
+    pub(super) fn of(answers: &tracking_carriers::Answers) -> Self {
+        let unrecognised = answers
+            .values()
+            .filter(|a| matches!(a, tracking_carriers::ObjectResult::Unrecognised { .. }))
+            .count();
+        Self {
+            objects: answers.len(),
+            unrecognised,
+            sample: if unrecognised > 0 {
+                tracking_carriers::unrecognised_sample(answers.values())
+            } else {
+                String::new()
+            },
         }
     }
 }
@@ -34,8 +69,8 @@ impl CallKind {
 struct Tracked {
     state: State,
     reason: Option<String>,
-    /// Recent calls (time, kind) within the window; stale codes seen (time).
-    calls: VecDeque<(Instant, CallKind)>,
+    /// Recent calls (time, kind, objects answered, of which unrecognised) within the window; stale codes seen.
+    calls: VecDeque<(Instant, CallKind, usize, usize)>,
     stale: VecDeque<Instant>,
     consecutive_failures: usize,
 }
@@ -56,7 +91,10 @@ impl Default for Tracked {
 /// `carrier_state` gauge and the `carrier_health` table, and an error log line when a carrier turns broken.
 ///
 /// - broken: the last call's credentials were refused, or its answer could not be read (a changed API shows on the
-///   first call after the change), or `CARRIER_BROKEN_AFTER_FAILURES` calls in a row failed; no credentials at all.
+///   first call after the change), or most of its objects were unrecognised ([`CallKind::Schema`]), or the last
+///   call had unrecognised objects and so had most objects of the calls within the window (small calls judged
+///   together: `tracking_carriers::shape_changed`), or `CARRIER_BROKEN_AFTER_FAILURES` calls in a row failed; no
+///   credentials at all.
 /// - degraded: a call failed (HTTP error, timeout) within the window, but calls still succeed.
 /// - ok: otherwise.
 #[derive(Clone)]
@@ -107,17 +145,19 @@ impl CarrierHealth {
         kind: CallKind,
         error: Option<&FetchError>,
         stale: usize,
+        shape: &Shape,
     ) {
         let now = Instant::now();
         let (before, after, reason, counters) = {
             let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
             let s = states.entry(carrier).or_default();
-            s.calls.push_back((now, kind));
+            s.calls
+                .push_back((now, kind, shape.objects, shape.unrecognised));
             for _ in 0..stale {
                 s.stale.push_back(now);
             }
             let horizon = now.checked_sub(self.settings.window).unwrap_or(now);
-            while s.calls.front().is_some_and(|(t, _)| *t < horizon) {
+            while s.calls.front().is_some_and(|(t, ..)| *t < horizon) {
                 s.calls.pop_front();
             }
             while s.stale.front().is_some_and(|t| *t < horizon) {
@@ -129,9 +169,11 @@ impl CarrierHealth {
                 s.consecutive_failures + 1
             };
             let before = s.state;
+            let objects: usize = s.calls.iter().map(|c| c.2).sum();
+            let unrecognised: usize = s.calls.iter().map(|c| c.3).sum();
             let (state, reason) = match (kind, error) {
                 (CallKind::Auth, Some(e)) => (State::Broken, Some(format!("authentication: {e}"))),
-                (CallKind::Unreadable, Some(e)) => {
+                (CallKind::Unreadable | CallKind::Schema, Some(e)) => {
                     (State::Broken, Some(format!("unreadable answer: {e}")))
                 }
                 (_, Some(e)) if s.consecutive_failures >= self.settings.broken_after => (
@@ -143,7 +185,7 @@ impl CarrierHealth {
                 ),
                 (_, Some(e)) => (State::Degraded, Some(e.to_string())),
                 _ => {
-                    let failed = s.calls.iter().filter(|(_, k)| *k != CallKind::Ok).count();
+                    let failed = s.calls.iter().filter(|c| c.1 != CallKind::Ok).count();
                     if failed > 0 {
                         (
                             State::Degraded,
@@ -159,7 +201,7 @@ impl CarrierHealth {
             };
             s.state = state;
             s.reason = reason.clone();
-            let count = |k: CallKind| s.calls.iter().filter(|(_, c)| *c == k).count();
+            let count = |k: CallKind| s.calls.iter().filter(|c| c.1 == k).count();
             let counters = json!({
                 "window_secs": self.settings.window.as_secs(),
                 "calls": s.calls.len(),
@@ -167,6 +209,9 @@ impl CarrierHealth {
                 "http_errors": count(CallKind::HttpError),
                 "timeouts": count(CallKind::Timeout),
                 "unreadable": count(CallKind::Unreadable),
+                "schema_changes": count(CallKind::Schema),
+                "objects": objects,
+                "unrecognised_objects": unrecognised,
                 "stale_codes": s.stale.len(),
                 "consecutive_failures": s.consecutive_failures,
             });
@@ -190,6 +235,7 @@ impl CarrierHealth {
             CallKind::HttpError => "http_error",
             CallKind::Timeout => "timeout",
             CallKind::Unreadable => "unreadable",
+            CallKind::Schema => "schema",
         };
         if kind != CallKind::Ok {
             metrics::counter!("carrier_errors_total", "carrier" => carrier.as_str(), "kind" => label).increment(1);
@@ -214,6 +260,51 @@ impl CarrierHealth {
                 }
             });
         }
+    }
+
+    /// Why this call's answer counts as a changed shape, if it does: most of its own objects were unrecognised,
+    /// or, with the carrier's newest calls within the window (back to [`RECENT_OBJECTS`] objects), most of theirs
+    /// ([`tracking_carriers::shape_changed`]). Small calls are thus judged together; a call with no unrecognised
+    /// object never is, so a mended carrier's first good answer goes through.
+    pub(super) fn changed_shape(&self, carrier: Carrier, shape: &Shape) -> Option<String> {
+        if shape.unrecognised == 0 {
+            return None;
+        }
+        let (objects, unrecognised, over) =
+            if tracking_carriers::shape_changed(shape.objects, shape.unrecognised) {
+                (
+                    shape.objects,
+                    shape.unrecognised,
+                    "of the answer's".to_owned(),
+                )
+            } else {
+                let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+                let horizon = Instant::now()
+                    .checked_sub(self.settings.window)
+                    .unwrap_or_else(Instant::now);
+                let (mut objects, mut unrecognised) = (shape.objects, shape.unrecognised);
+                if let Some(s) = states.get(&carrier) {
+                    for (_, _, n, u) in s.calls.iter().rev().take_while(|c| c.0 >= horizon) {
+                        if objects >= RECENT_OBJECTS {
+                            break;
+                        }
+                        objects += n;
+                        unrecognised += u;
+                    }
+                }
+                if !tracking_carriers::shape_changed(objects, unrecognised) {
+                    return None;
+                }
+                (
+                    objects,
+                    unrecognised,
+                    format!("of the last {} s's newest", self.settings.window.as_secs()),
+                )
+            };
+        Some(format!(
+            "{unrecognised} {over} {objects} objects were not recognised, e.g. {}",
+            shape.sample
+        ))
     }
 
     fn show(&self) {

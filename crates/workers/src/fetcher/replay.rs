@@ -41,7 +41,11 @@ pub async fn replay_responses(
         };
         let requests: Vec<TrackingRequest> = serde_json::from_value(requests)?;
         let codes: Vec<_> = requests.iter().map(|r| r.tracking_code.clone()).collect();
-        match client.parse(&codes, &body) {
+        // Judged as the live calls are: an answer whose objects are still mostly unrecognised is still unreadable.
+        match client
+            .parse(&codes, &body)
+            .and_then(|answers| tracking_carriers::judge_shape(answers, &body))
+        {
             Ok(answers) => {
                 for request in requests {
                     let Some(answer) = answers.get(&request.tracking_code).cloned() else {
