@@ -11,9 +11,9 @@
 //! - `API_MAX_CONNECTIONS`: beyond it, nothing more is accepted: new connections wait in the listen backlog
 //!   (and the kernel refuses them once that is full) until one closes;
 //! - `API_MAX_CONNECTIONS_PER_ADDRESS`: one client (one IPv4 address, or one IPv6 /64, see [`client_of`]) holds at
-//!   most this many of them; a further connection from it is answered 429 at once, without reading it, and
-//!   closed. So one client cannot take the slots of the others. The address is the TCP peer's: behind a proxy
-//!   every client is the proxy.
+//!   most this many of them; a further connection from it is closed at once, with a 429 answer if its socket
+//!   takes one without waiting (`refuse`). So one client cannot take the slots of the others. The address is the
+//!   TCP peer's: behind a proxy every client is the proxy.
 //!
 //! Bodies are bounded where they are read (`body::Body`, `API_BODY_TIMEOUT_MS`), whole calls by
 //! `API_REQUEST_TIMEOUT_MS` (`crate::observe`). Each request carries its peer as
