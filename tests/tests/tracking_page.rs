@@ -46,6 +46,8 @@ impl Api {
         let mut settings = vec![
             ("HTTP_ADDR", addr.to_string()),
             ("API_TOKEN", TOKEN.to_owned()),
+            // These tests open the page more often than a customer would: the rate limit has its own test.
+            ("TRACKING_PAGE_BURST", "1000".to_owned()),
         ];
         settings.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
         let worker = Worker::started(env, "tracking-api", &settings).await?;
@@ -53,6 +55,16 @@ impl Api {
             _worker: worker,
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
+        })
+    }
+
+    /// The same, with a client whose connections come from `from` (a 127.0.0.0/8 address).
+    fn from(&self, from: &str) -> anyhow::Result<Api2> {
+        Ok(Api2 {
+            base: self.base.clone(),
+            http: reqwest::Client::builder()
+                .local_address(from.parse::<std::net::IpAddr>()?)
+                .build()?,
         })
     }
 
@@ -83,6 +95,19 @@ impl Api {
         }
         let resp = req.send().await?;
         Ok((resp.status(), resp.headers().clone(), resp.text().await?))
+    }
+}
+
+/// A client of a running [`Api`] from another address.
+struct Api2 {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api2 {
+    async fn status(&self, path: &str) -> anyhow::Result<(StatusCode, reqwest::header::HeaderMap)> {
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
+        Ok((resp.status(), resp.headers().clone()))
     }
 }
 
@@ -668,5 +693,115 @@ async fn the_email_button_opens_the_page_when_tracking_page_url_is_set_and_the_c
         "{page}"
     );
     browser.screenshot(&href, "from-the-email").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_answers_429_to_a_client_beyond_its_rate_and_serves_the_others()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    env.migrate().await?;
+    let api = Api::start(
+        &env,
+        &[
+            ("TRACKING_PAGE_SECRET", PAGE_SECRET.into()),
+            ("TRACKING_PAGE_BURST", "3".into()),
+            ("TRACKING_PAGE_RATE_PER_MINUTE", "1".into()),
+        ],
+    )
+    .await?;
+    let flooder = api.from("127.0.0.1")?;
+    let unknown = format!("/t/{}", token("NO-SUCH-ORDER"));
+    for n in 1..=3 {
+        let (status, _) = flooder.status(&unknown).await?;
+        assert_eq!(status, StatusCode::NOT_FOUND, "page {n} of the burst");
+    }
+    // Beyond the burst: 429 with the "try again" page, wrong token or right one, before anything is read.
+    for path in [unknown.clone(), "/t/junk".into()] {
+        let resp = flooder
+            .http
+            .get(api.url(&path))
+            .header("accept-language", "en")
+            .send()
+            .await?;
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = resp.headers()["retry-after"].to_str()?.parse()?;
+        assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+        assert_eq!(resp.headers()["cache-control"], "no-cache, private");
+        assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
+        let html = resp.text().await?;
+        assert!(html.contains("Tracking unavailable"), "{html}");
+    }
+    // Another client (another loopback address) is not affected, and the /v1 API has no such limit.
+    let other = api.from("127.0.0.2")?;
+    let (status, _) = other.status(&unknown).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = flooder.status("/openapi.json").await?;
+    assert_eq!(status, StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parcel_with_a_long_history_shows_its_newest_events_and_says_there_are_more()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    env.migrate().await?;
+    let api = Api::start(
+        &env,
+        &[
+            ("TRACKING_PAGE_SECRET", PAGE_SECRET.into()),
+            ("TRACKING_PAGE_MAX_EVENTS", "5".into()),
+        ],
+    )
+    .await?;
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email) \
+             VALUES ('correios', $1, 'LONG-1', 'ana@example.com') RETURNING id",
+        )
+        .bind(s10("LG", n))
+        .fetch_one(&env.pool)
+        .await?;
+        ids.push(id);
+    }
+    // 20,000 events an hour apart on the first (inserted newest first), 3 on the second.
+    for (id, count) in [(ids[0], 20_000), (ids[1], 3)] {
+        sqlx::query(
+            "INSERT INTO tracking_events (shipment_id, fingerprint, source, code, description, occurred_at) \
+             SELECT $1, $1 || '-fp-' || n, 'carrier', 'E' || n, 'event number ' || n || '.', \
+                    TIMESTAMPTZ '2024-01-01T10:00:00Z' + make_interval(hours => n) \
+             FROM generate_series($2::int, 1, -1) AS n",
+        )
+        .bind(id)
+        .bind(count)
+        .execute(&env.pool)
+        .await?;
+    }
+    let (status, _, html) = api
+        .page(&format!("/t/{}", token("LONG-1")), Some("en"))
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let (long, short) = html
+        .split_once(&s10("LG", 2))
+        .ok_or_else(|| anyhow::anyhow!("the second shipment is missing: {html}"))?;
+    let events = |part: &str| {
+        part.split("<p class=\"says\">")
+            .skip(1)
+            .filter_map(|p| p.split('<').next())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        events(long),
+        (19_996..=20_000)
+            .rev()
+            .map(|n| format!("event number {n}."))
+            .collect::<Vec<_>>(),
+        "the newest five, newest first"
+    );
+    assert_eq!(long.matches("Older events are not shown here.").count(), 1);
+    assert_eq!(events(short).len(), 3);
+    assert!(!short.contains("Older events are not shown here."));
     Ok(())
 }

@@ -21,6 +21,7 @@ mod handlers;
 pub mod locale;
 pub mod marketplaces;
 pub mod page;
+pub mod rate;
 pub mod serve;
 pub mod tracking;
 
@@ -33,8 +34,9 @@ pub use tracking::Bounds;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::handler::Handler;
+use axum::http::{HeaderValue, header};
 use axum::middleware::{Next, from_fn};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::MethodFilter;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -65,8 +67,11 @@ pub struct Settings {
     pub body_limit: usize,
     /// `API_BODY_TIMEOUT_MS` (default 10000): a body not received in full by then is answered 408.
     pub body_timeout: Duration,
-    /// `API_HEADER_TIMEOUT_MS` (default 10000) and `API_MAX_CONNECTIONS` (default 256).
+    /// `API_HEADER_TIMEOUT_MS` (default 5000), `API_WRITE_TIMEOUT_MS` (default 10000), `API_MAX_CONNECTIONS`
+    /// (default 256) and `API_MAX_CONNECTIONS_PER_ADDRESS` (default 32).
     pub limits: Limits,
+    /// `API_REQUEST_TIMEOUT_MS` (default 15000): a call not answered by then gets 503 (and is abandoned).
+    pub request_timeout: Duration,
     /// `API_TRACKING_MAX_EVENTS` (default 500) and `API_TRACKING_MAX_SHIPMENTS` (default 100).
     pub tracking: Bounds,
     /// `MARKETPLACES_FILE`: the names tracking requests may give in `marketplace.name`.
@@ -74,6 +79,9 @@ pub struct Settings {
     /// `TRACKING_PAGE_SECRET`: the key of the tracking page's tokens (the email publisher signs with the same one).
     /// Without it the page is off: every `/t/{token}` answers the 404 page.
     pub page_key: Option<PageKey>,
+    /// `TRACKING_PAGE_DB_CONNECTIONS`, `TRACKING_PAGE_MAX_EVENTS`, `TRACKING_PAGE_RATE_PER_MINUTE` and
+    /// `TRACKING_PAGE_BURST`: what one anonymous client of the page can cost.
+    pub page_limits: page::PageLimits,
     /// What the page shares with the emails: `STORE_NAME`, the carriers' links (`CORREIOS_TRACKING_URL`,
     /// `JADLOG_TRACKING_URL`) and `CUSTOMER_TIME_ZONE`.
     pub templates: TemplateSettings,
@@ -96,15 +104,27 @@ impl Settings {
             body_limit,
             body_timeout: positive_millis("API_BODY_TIMEOUT_MS", 10_000)?,
             limits: Limits {
-                header_timeout: positive_millis("API_HEADER_TIMEOUT_MS", 10_000)?,
+                header_timeout: positive_millis("API_HEADER_TIMEOUT_MS", 5_000)?,
+                write_timeout: positive_millis("API_WRITE_TIMEOUT_MS", 10_000)?,
                 max_connections: at_least_one("API_MAX_CONNECTIONS", 256)?,
+                max_per_client: at_least_one("API_MAX_CONNECTIONS_PER_ADDRESS", 32)?,
             },
+            request_timeout: positive_millis("API_REQUEST_TIMEOUT_MS", 15_000)?,
             tracking: Bounds {
                 max_events: at_least_one("API_TRACKING_MAX_EVENTS", 500)?,
                 max_shipments: at_least_one("API_TRACKING_MAX_SHIPMENTS", 100)?,
             },
             marketplaces: KnownMarketplaces::from_env()?,
             page_key: tracking_email::env::page_key()?,
+            page_limits: page::PageLimits {
+                db_connections: u32::try_from(at_least_one("TRACKING_PAGE_DB_CONNECTIONS", 2)?)
+                    .map_err(|_| {
+                        SettingsError::new("TRACKING_PAGE_DB_CONNECTIONS", "is too large")
+                    })?,
+                max_events: at_least_one("TRACKING_PAGE_MAX_EVENTS", 50)?,
+                rate_per_minute: at_least_one("TRACKING_PAGE_RATE_PER_MINUTE", 30)?,
+                burst: at_least_one("TRACKING_PAGE_BURST", 10)?,
+            },
             templates: tracking_email::env::template_settings()?,
             amqp: AmqpSettings::from_env()?,
             db: tracking_store::env::db_settings(tracking_store::env::WORKER_POOL_SIZE)?,
@@ -137,9 +157,13 @@ pub struct AppState {
 struct Inner {
     token_digest: [u8; 32],
     pool: PgPool,
+    /// The tracking page's own small pool (`TRACKING_PAGE_DB_CONNECTIONS`): the open internet's page views
+    /// cannot take the connections the API's callers need.
+    page_pool: PgPool,
     publisher: Publisher,
     body_limit: usize,
     body_timeout: Duration,
+    request_timeout: Duration,
     tracking: Bounds,
     marketplaces: KnownMarketplaces,
     page: page::Page,
@@ -149,6 +173,7 @@ impl AppState {
     pub fn new(
         settings: &Settings,
         pool: PgPool,
+        page_pool: PgPool,
         publisher: Publisher,
         renderer: Renderer,
     ) -> Self {
@@ -156,12 +181,14 @@ impl AppState {
             inner: Arc::new(Inner {
                 token_digest: auth::digest(settings.token.expose_secret()),
                 pool,
+                page_pool,
                 publisher,
                 body_limit: settings.body_limit,
                 body_timeout: settings.body_timeout,
+                request_timeout: settings.request_timeout,
                 tracking: settings.tracking,
                 marketplaces: settings.marketplaces.clone(),
-                page: page::Page::new(settings.page_key.clone(), renderer),
+                page: page::Page::new(settings.page_key.clone(), settings.page_limits, renderer),
             }),
         }
     }
@@ -171,6 +198,8 @@ impl AppState {
 struct Routes {
     router: Router<AppState>,
     served: Vec<(&'static str, &'static str)>,
+    /// `API_REQUEST_TIMEOUT_MS`.
+    deadline: Duration,
 }
 
 impl Routes {
@@ -184,9 +213,10 @@ impl Routes {
         } else {
             MethodFilter::POST
         };
+        let deadline = self.deadline;
         let route =
             axum::routing::on(filter, handler).layer(from_fn(move |req: Request, next: Next| {
-                observe(path, req, next)
+                observe(path, deadline, req, next)
             }));
         self.router = self.router.route(path, route);
         self.served.push((method, path));
@@ -194,10 +224,11 @@ impl Routes {
     }
 }
 
-fn build() -> Routes {
+fn build(deadline: Duration) -> Routes {
     Routes {
         router: Router::new(),
         served: Vec::new(),
+        deadline,
     }
     .add(
         "post",
@@ -226,13 +257,13 @@ fn build() -> Routes {
 
 /// Every `(method, path)` the router serves, methods in lower case and paths as in the OpenAPI document.
 pub fn routes() -> Vec<(&'static str, &'static str)> {
-    build().served
+    build(Duration::from_secs(1)).served
 }
 
 /// The application: the routes, JSON answers for unknown routes and methods, and the body limit.
 pub fn app(state: AppState) -> Router {
     let limit = state.inner.body_limit;
-    build()
+    build(state.inner.request_timeout)
         .router
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
@@ -240,11 +271,29 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Counts and times each call by route (the path template, so tracking codes do not become labels).
-async fn observe(route: &'static str, req: Request, next: Next) -> Response {
+/// Counts and times each call by route (the path template, so tracking codes do not become labels), and answers
+/// 503 for a call not answered within `deadline` (`API_REQUEST_TIMEOUT_MS`): its handler is dropped where it
+/// waits (a database query, a publish), and the connection is closed after the answer.
+async fn observe(route: &'static str, deadline: Duration, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let response = next.run(req).await;
+    let response = match tokio::time::timeout(deadline, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(%method, route, deadline_ms = deadline.as_millis() as u64,
+                "A call was not answered within API_REQUEST_TIMEOUT_MS: abandoned (503).");
+            let mut response = ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "not answered within API_REQUEST_TIMEOUT_MS; try again later",
+            )
+            .into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            // Its body may be half read: the connection cannot carry another request.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    };
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     metrics::counter!("api_requests_total", "route" => route, "method" => method.to_string(), "status" => status.to_string())
@@ -257,15 +306,17 @@ async fn observe(route: &'static str, req: Request, next: Next) -> Response {
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let health = Health::new(&["rabbitmq", "postgres"]);
     boot::serve_ops(DEFAULT_METRICS_ADDR, health.clone(), shutdown.clone()).await?;
-    let listener = tokio::net::TcpListener::bind(settings.http_addr)
-        .await
-        .map_err(|e| {
-            SettingsError::new(
-                "HTTP_ADDR",
-                format!("cannot listen on {}: {e}", settings.http_addr),
-            )
-        })?;
+    let listener = serve::listen(settings.http_addr).map_err(|e| {
+        SettingsError::new(
+            "HTTP_ADDR",
+            format!("cannot listen on {}: {e}", settings.http_addr),
+        )
+    })?;
     let pool = tracking_store::pool(&settings.db)?;
+    let page_pool = tracking_store::pool(&DbSettings {
+        max_connections: settings.page_limits.db_connections,
+        ..settings.db.clone()
+    })?;
     tokio::spawn(tracking_store::env::watch_database(
         pool.clone(),
         health.clone(),
@@ -280,12 +331,21 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         shutdown.clone(),
     ));
     let renderer = Renderer::new(settings.templates.clone())?;
-    let state = AppState::new(&settings, pool.clone(), publisher.clone(), renderer);
+    let state = AppState::new(
+        &settings,
+        pool.clone(),
+        page_pool.clone(),
+        publisher.clone(),
+        renderer,
+    );
     let bound = listener.local_addr()?;
     tracing::info!(%bound, body_limit = settings.body_limit,
         body_timeout_ms = settings.body_timeout.as_millis() as u64,
         header_timeout_ms = settings.limits.header_timeout.as_millis() as u64,
+        write_timeout_ms = settings.limits.write_timeout.as_millis() as u64,
+        request_timeout_ms = settings.request_timeout.as_millis() as u64,
         max_connections = settings.limits.max_connections,
+        max_connections_per_address = settings.limits.max_per_client,
         tracking_max_events = settings.tracking.max_events,
         tracking_max_shipments = settings.tracking.max_shipments,
         marketplaces = settings.marketplaces.len(),
@@ -302,6 +362,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
     publisher.close().await;
     pool.close().await;
+    page_pool.close().await;
     Ok(())
 }
 

@@ -6,19 +6,42 @@
 //! not. Every answer is HTML that must not be cached stale or embedded: `Cache-Control: no-cache, private`, a
 //! `Content-Security-Policy` that allows no script (only the page's own style, by hash), `nosniff`, and
 //! `Referrer-Policy: no-referrer` (the token is in the URL: it must not leak to the carrier's site).
+//!
+//! The page is for the open internet, so what one client can cost is bounded: each client (its TCP peer,
+//! [`crate::serve::client_of`]) gets `TRACKING_PAGE_BURST` pages at once and `TRACKING_PAGE_RATE_PER_MINUTE` after
+//! that ([`RateLimit`]; beyond, 429 with `Retry-After`, before any token is checked or row read); the page reads
+//! through its own pool of `TRACKING_PAGE_DB_CONNECTIONS` (the API's callers keep theirs), and only the newest
+//! `TRACKING_PAGE_MAX_EVENTS` events of each of the newest `API_TRACKING_MAX_SHIPMENTS` shipments
+//! ([`views::order_page`]).
 
 use crate::AppState;
 use crate::locale;
-use crate::tracking::newest;
+use crate::rate::RateLimit;
+use crate::serve::client_of;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::time::Instant;
 use tracking_domain::{Locale, PageKey};
 use tracking_email::{ErrorPage, OrderPage, PAGE_CSS, PageEvent, PageShipment, Renderer};
-use tracking_store::views::{self, ShipmentHistory};
+use tracking_store::views::{self, PageHistory};
+
+/// What one anonymous client of the page can cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimits {
+    /// `TRACKING_PAGE_DB_CONNECTIONS` (default 2): the page's own database pool.
+    pub db_connections: u32,
+    /// `TRACKING_PAGE_MAX_EVENTS` (default 50): the newest events read and shown per shipment.
+    pub max_events: usize,
+    /// `TRACKING_PAGE_RATE_PER_MINUTE` (default 30): pages per client and minute, once its burst is spent.
+    pub rate_per_minute: usize,
+    /// `TRACKING_PAGE_BURST` (default 10): pages a client may ask for at once.
+    pub burst: usize,
+}
 
 /// What the page needs beyond the API's state.
 pub struct Page {
@@ -27,10 +50,12 @@ pub struct Page {
     pub renderer: Renderer,
     /// The `Content-Security-Policy` header: no script, no frame, only the page's style (by its hash).
     csp: HeaderValue,
+    limits: PageLimits,
+    rate: RateLimit,
 }
 
 impl Page {
-    pub fn new(key: Option<PageKey>, renderer: Renderer) -> Self {
+    pub fn new(key: Option<PageKey>, limits: PageLimits, renderer: Renderer) -> Self {
         let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(PAGE_CSS));
         let csp = format!(
             "default-src 'none'; style-src 'sha256-{hash}'; img-src 'self' data:; base-uri 'none'; \
@@ -41,6 +66,8 @@ impl Page {
             renderer,
             csp: HeaderValue::from_str(&csp)
                 .unwrap_or(HeaderValue::from_static("default-src 'none'")),
+            limits,
+            rate: RateLimit::new(limits.rate_per_minute, limits.burst),
         }
     }
 }
@@ -52,6 +79,7 @@ fn count(result: &'static str) {
 /// `GET /t/{token}`.
 pub async fn tracking_page(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     token: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -64,6 +92,22 @@ pub async fn tracking_page(
                 .and_then(|v| v.to_str().ok()),
         )
     });
+    if let Err(wait) = page.rate.take(client_of(peer.ip()), Instant::now()) {
+        // Neither the address nor the token is logged: both are the customer's.
+        tracing::debug!("Tracking page asked for beyond TRACKING_PAGE_RATE_PER_MINUTE (429).");
+        count("rate_limited");
+        let mut response = error_page(
+            page,
+            ErrorPage::Unavailable,
+            chosen.unwrap_or_default(),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
+    }
     let order_id = match (&page.key, token) {
         (Some(key), Ok(Path(token))) => key.verify(&token),
         _ => None,
@@ -73,16 +117,26 @@ pub async fn tracking_page(
         tracing::info!("Tracking page asked for with a token that does not verify (404).");
         return not_found(page, chosen);
     };
-    let history = match views::order_history(&state.inner.pool, order_id.as_str()).await {
+    let history = match views::order_page(
+        &state.inner.page_pool,
+        order_id.as_str(),
+        state.inner.tracking.max_shipments,
+        page.limits.max_events,
+    )
+    .await
+    {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "The tracking page could not read the order (503).");
             count("unavailable");
-            return error_page(page, ErrorPage::Unavailable, chosen.unwrap_or_default());
+            return error_page(
+                page,
+                ErrorPage::Unavailable,
+                chosen.unwrap_or_default(),
+                StatusCode::SERVICE_UNAVAILABLE,
+            );
         }
     };
-    let bounds = state.inner.tracking;
-    let history = newest(history, bounds.max_shipments).items;
     let stored = history
         .iter()
         .find_map(|h| Locale::parse(&h.shipment.customer_locale).ok());
@@ -90,10 +144,7 @@ pub async fn tracking_page(
         .iter()
         .rev()
         .find_map(|h| tracking_email::first_name(h.shipment.customer_name.as_deref()));
-    let shipments: Vec<PageShipment> = history
-        .into_iter()
-        .filter_map(|h| shipment(h, bounds.max_events))
-        .collect();
+    let shipments: Vec<PageShipment> = history.into_iter().filter_map(shipment).collect();
     if shipments.is_empty() {
         tracing::info!(%order_id, "Tracking page asked for an order without shipments (404).");
         return not_found(page, chosen);
@@ -112,13 +163,18 @@ pub async fn tracking_page(
         Err(e) => {
             tracing::error!(error = %e, order_id = %order.order_id, "The tracking page could not be rendered (503).");
             count("unavailable");
-            error_page(page, ErrorPage::Unavailable, locale)
+            error_page(
+                page,
+                ErrorPage::Unavailable,
+                locale,
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
         }
     }
 }
 
-/// One shipment as the page shows it, its newest `max_events` events; `None` for a row that cannot be read.
-fn shipment(h: ShipmentHistory, max_events: usize) -> Option<PageShipment> {
+/// One shipment as the page shows it; `None` for a row that cannot be read.
+fn shipment(h: PageHistory) -> Option<PageShipment> {
     let s = h.shipment;
     let (Ok(carrier), Ok(status)) = (s.carrier.known(), s.status.known()) else {
         tracing::warn!(
@@ -127,8 +183,8 @@ fn shipment(h: ShipmentHistory, max_events: usize) -> Option<PageShipment> {
         );
         return None;
     };
-    let events = newest(h.events, max_events)
-        .items
+    let events = h
+        .events
         .into_iter()
         .map(|e| PageEvent {
             occurred_at: e.occurred_at,
@@ -145,20 +201,23 @@ fn shipment(h: ShipmentHistory, max_events: usize) -> Option<PageShipment> {
         status,
         estimated_delivery: s.estimated_delivery,
         events,
+        older_events: h.older_events,
     })
 }
 
 /// The page for a wrong, altered or unknown token: the same whatever the reason.
 fn not_found(page: &Page, locale: Option<Locale>) -> Response {
     count("not_found");
-    error_page(page, ErrorPage::NotFound, locale.unwrap_or_default())
+    error_page(
+        page,
+        ErrorPage::NotFound,
+        locale.unwrap_or_default(),
+        StatusCode::NOT_FOUND,
+    )
 }
 
-fn error_page(page: &Page, which: ErrorPage, locale: Locale) -> Response {
-    let status = match which {
-        ErrorPage::NotFound => StatusCode::NOT_FOUND,
-        ErrorPage::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-    };
+/// `which` page with `status`: the "try again" page serves 503 (the database) and 429 (too many pages) alike.
+fn error_page(page: &Page, which: ErrorPage, locale: Locale, status: StatusCode) -> Response {
     let html = page.renderer.error_page(which, locale).unwrap_or_else(|e| {
         tracing::error!(error = %e, "The tracking page's error page could not be rendered.");
         format!("<!DOCTYPE html><title>{status}</title><p>{status}</p>")

@@ -61,6 +61,7 @@ pub(crate) struct PageWords {
     pub current_status: String,
     pub history: String,
     pub no_events: String,
+    pub older_events: String,
     pub manual: String,
     pub carrier_link: String,
     pub language: String,

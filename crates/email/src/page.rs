@@ -39,6 +39,8 @@ pub struct PageShipment {
     pub estimated_delivery: Option<DateTime<Utc>>,
     /// Oldest first (the page shows them newest first).
     pub events: Vec<PageEvent>,
+    /// Whether the shipment has older events than `events` (the page says so under the timeline).
+    pub older_events: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +99,7 @@ struct ShipmentView {
     carrier_url: Option<Value>,
     carrier_link: String,
     events: Vec<EventView>,
+    older_events: bool,
 }
 
 #[derive(Serialize)]
@@ -171,6 +174,7 @@ impl Renderer {
                     .map(|url| Value::from_safe_string(escape_attribute(&url))),
                 carrier_link: words.carrier_link.replace("{carrier}", carrier_name),
                 events,
+                older_events: s.older_events,
             });
         }
         let greeting = match &page.first_name {
@@ -252,6 +256,7 @@ impl Renderer {
                         state: Some("SP".into()),
                         manual: true,
                     }],
+                    older_events: true,
                 })
                 .collect(),
         };
@@ -261,6 +266,7 @@ impl Renderer {
             s.carrier = Carrier::Jadlog;
             s.estimated_delivery = None;
             s.events.clear();
+            s.older_events = false;
         }
         for locale in Locale::ALL {
             self.page(&full, locale)?;

@@ -44,6 +44,7 @@ fn order() -> OrderPage {
                         true,
                     ),
                 ],
+                older_events: false,
             },
             PageShipment {
                 carrier: Carrier::Jadlog,
@@ -51,6 +52,7 @@ fn order() -> OrderPage {
                 status: Status::InTransit,
                 estimated_delivery: Some("2026-04-03T12:00:00Z".parse::<DateTime<Utc>>().unwrap()),
                 events: vec![],
+                older_events: false,
             },
         ],
     }
@@ -135,5 +137,30 @@ fn the_not_found_page_says_nothing_about_the_order() -> TestResult {
         r.error_page(ErrorPage::Unavailable, Locale::Es)?
             .contains("Seguimiento no disponible")
     );
+    Ok(())
+}
+
+#[test]
+fn a_shipment_with_older_events_than_shown_says_so_in_every_locale() -> TestResult {
+    let r = renderer();
+    let mut page = order();
+    for (locale, words) in [
+        (
+            Locale::PtBr,
+            "Os eventos mais antigos não são mostrados aqui.",
+        ),
+        (Locale::Es, "Los eventos más antiguos no se muestran aquí."),
+        (Locale::En, "Older events are not shown here."),
+    ] {
+        page.shipments[0].older_events = false;
+        assert!(!r.page(&page, locale)?.contains(words), "{locale:?}");
+        page.shipments[0].older_events = true;
+        let html = r.page(&page, locale)?;
+        let note = format!("<p class=\"more\">{words}</p>");
+        assert_eq!(html.matches(&note).count(), 1, "{locale:?}: {html}");
+        // Under the shipment's timeline, not the other shipment's.
+        let at = html.find(&note).unwrap_or_default();
+        assert!(html[..at].contains("DL746686536BR") && !html[..at].contains("10084500001234"));
+    }
     Ok(())
 }

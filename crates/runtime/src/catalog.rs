@@ -206,8 +206,13 @@ pub const METRICS: &[Metric] = &[
         "HTTP connections tracking-api holds open now.",
     ),
     counter(
+        "api_connections_refused_total",
+        "Connections tracking-api answered 429 and closed at once: their client already held \
+         API_MAX_CONNECTIONS_PER_ADDRESS.",
+    ),
+    counter(
         "tracking_page_total",
-        "Tracking pages served, per result (shown, not_found, unavailable).",
+        "Tracking pages served, per result (shown, not_found, unavailable, rate_limited).",
     ),
 ];
 

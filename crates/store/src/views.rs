@@ -1,7 +1,7 @@
 //! Read-only views for people: an order's shipments with their whole history (`tracking-api`'s
-//! `GET /v1/orders/{order_id}/tracking`) and the carriers' health as the fetchers last reported it
-//! (`GET /v1/carriers/health`, `trackctl carriers health`), and the carrier event codes nobody mapped
-//! (`trackctl events unmapped`).
+//! `GET /v1/orders/{order_id}/tracking`), the newest of it for the public tracking page ([`order_page`]), the
+//! carriers' health as the fetchers last reported it (`GET /v1/carriers/health`, `trackctl carriers health`), and
+//! the carrier event codes nobody mapped (`trackctl events unmapped`).
 
 use crate::StoreError;
 use crate::shipments::{self, ShipmentRow};
@@ -94,6 +94,24 @@ fn with_offset(at: DateTime<Utc>, offset_secs: i32) -> DateTime<FixedOffset> {
     FixedOffset::east_opt(offset_secs).map_or_else(|| at.fixed_offset(), |o| at.with_timezone(&o))
 }
 
+fn history_event(r: EventRecord) -> HistoryEvent {
+    HistoryEvent {
+        occurred_at: with_offset(r.occurred_at, r.utc_offset_secs),
+        source: r.source,
+        code: r.code,
+        kind: r.kind,
+        description: r.description,
+        detail: r.detail,
+        city: r.city,
+        state: r.state,
+        unit: r.unit,
+        status: r.status,
+        reason: r.reason,
+        reverses: r.reverses,
+        received_at: r.received_at,
+    }
+}
+
 /// The order's shipments (empty when the order is unknown), each with its events and status changes.
 pub async fn order_history(
     pool: &PgPool,
@@ -116,21 +134,7 @@ pub async fn order_history(
         .fetch_all(pool)
         .await?
         .into_iter()
-        .map(|r| HistoryEvent {
-            occurred_at: with_offset(r.occurred_at, r.utc_offset_secs),
-            source: r.source,
-            code: r.code,
-            kind: r.kind,
-            description: r.description,
-            detail: r.detail,
-            city: r.city,
-            state: r.state,
-            unit: r.unit,
-            status: r.status,
-            reason: r.reason,
-            reverses: r.reverses,
-            received_at: r.received_at,
-        })
+        .map(history_event)
         .collect();
         let changes = sqlx::query_as::<_, ChangeRecord>(
             "SELECT change_id, previous_status, status, occurred_at, payload->>'occurred_at' AS published_offset, \
@@ -164,6 +168,63 @@ pub async fn order_history(
             carrier_message,
             events,
             changes,
+        });
+    }
+    Ok(out)
+}
+
+/// One shipment as the public tracking page reads it.
+#[derive(Debug, Clone)]
+pub struct PageHistory {
+    pub shipment: ShipmentRow,
+    /// Its newest events, oldest first by carrier time (ties by arrival).
+    pub events: Vec<HistoryEvent>,
+    /// Whether it has older events than these.
+    pub older_events: bool,
+}
+
+/// The order's newest `max_shipments` shipments (oldest first, empty when the order is unknown), each with its
+/// newest `max_events` events, for the public tracking page. Whatever the length of a history, it reads at most
+/// `max_shipments` shipment rows and `max_events + 1` event rows per shipment (the extra one only says there are
+/// older events), through the `(shipment_id, occurred_at)` index; no status changes.
+pub async fn order_page(
+    pool: &PgPool,
+    order_id: &str,
+    max_shipments: usize,
+    max_events: usize,
+) -> Result<Vec<PageHistory>, StoreError> {
+    let limit = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let sql = format!(
+        "SELECT {} FROM shipments WHERE order_id = $1 ORDER BY id DESC LIMIT $2",
+        shipments::SHIPMENT_COLUMNS
+    );
+    let mut found = sqlx::query_as::<_, ShipmentRow>(&sql)
+        .bind(order_id)
+        .bind(limit(max_shipments))
+        .fetch_all(pool)
+        .await?;
+    found.reverse();
+    let mut out = Vec::with_capacity(found.len());
+    for shipment in found {
+        let mut events: Vec<HistoryEvent> = sqlx::query_as::<_, EventRecord>(
+            "SELECT source, code, kind, description, detail, city, state, unit, occurred_at, utc_offset_secs, \
+                 status, reason, reverses, received_at \
+             FROM tracking_events WHERE shipment_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT $2",
+        )
+        .bind(shipment.id)
+        .bind(limit(max_events.saturating_add(1)))
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(history_event)
+        .collect();
+        let older_events = events.len() > max_events;
+        events.truncate(max_events);
+        events.reverse();
+        out.push(PageHistory {
+            shipment,
+            events,
+            older_events,
         });
     }
     Ok(out)
