@@ -85,7 +85,11 @@ impl RabbitNode {
             .arg(script())
             .arg("ctl")
             .arg(&self.dir)
-            .arg(if raised { "mq-alarm-on" } else { "mq-alarm-off" })
+            .arg(if raised {
+                "mq-alarm-on"
+            } else {
+                "mq-alarm-off"
+            })
             .output()?;
         if !out.status.success() {
             bail!(

@@ -750,7 +750,10 @@ fn kubernetes_manifests_are_complete() {
                 assert_eq!(metrics_port["containerPort"], port, "{what}");
                 // Readiness follows the dependencies (/health); liveness only the process's own loop
                 // (/health/live), so that a database or broker outage restarts nothing.
-                for (probe, path) in [("readinessProbe", "/health"), ("livenessProbe", "/health/live")] {
+                for (probe, path) in [
+                    ("readinessProbe", "/health"),
+                    ("livenessProbe", "/health/live"),
+                ] {
                     let get = &c[probe]["httpGet"];
                     assert_eq!(get["path"], path, "{what}: {probe}");
                     assert!(

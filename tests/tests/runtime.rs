@@ -306,7 +306,10 @@ struct RetryOnce {
 
 impl Handler for RetryOnce {
     async fn handle(&self, msg: Incoming) -> Outcome {
-        self.seen.lock().unwrap().push((msg.attempt, msg.redelivered));
+        self.seen
+            .lock()
+            .unwrap()
+            .push((msg.attempt, msg.redelivered));
         if msg.attempt == 1 {
             Outcome::Retry {
                 after: Duration::from_millis(300),
@@ -362,7 +365,13 @@ async fn a_blocked_broker_is_a_reported_outage_that_nothing_hangs_on() -> anyhow
             let resp = http
                 .post(format!("http://{addr}/v1/tracking-requests"))
                 .bearer_auth(token)
-                .json(&request(order, "DL746686536BR", "ana@example.com", "pt-BR", None))
+                .json(&request(
+                    order,
+                    "DL746686536BR",
+                    "ana@example.com",
+                    "pt-BR",
+                    None,
+                ))
                 .send()
                 .await?;
             let status = resp.status().as_u16();
@@ -408,7 +417,11 @@ async fn a_blocked_broker_is_a_reported_outage_that_nothing_hangs_on() -> anyhow
         "{health}"
     );
     let live = reqwest::get(format!("http://{}/health/live", api.metrics_addr)).await?;
-    assert_eq!(live.status().as_u16(), 200, "liveness does not follow the broker");
+    assert_eq!(
+        live.status().as_u16(),
+        200,
+        "liveness does not follow the broker"
+    );
     let metrics = api.metrics().await?;
     assert!(
         metrics.contains("amqp_publisher_blocked{connection=\"tracking-api-publish\"} 1")
@@ -434,10 +447,14 @@ async fn a_blocked_broker_is_a_reported_outage_that_nothing_hangs_on() -> anyhow
         shutdown.clone(),
     ));
     let h = health.clone();
-    eventually(Duration::from_secs(15), "the consumer to see the block", || {
-        let blocked = h.is_blocked("rabbitmq");
-        async move { Ok(blocked.then_some(())) }
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the consumer to see the block",
+        || {
+            let blocked = h.is_blocked("rabbitmq");
+            async move { Ok(blocked.then_some(())) }
+        },
+    )
     .await?;
     assert!(!health.is_ok());
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -450,7 +467,10 @@ async fn a_blocked_broker_is_a_reported_outage_that_nothing_hangs_on() -> anyhow
     tokio::task::block_in_place(|| node.memory_alarm(false))?;
     let cleared = Instant::now();
     api.wait_healthy(Duration::from_secs(15)).await?;
-    eprintln!("tracking-api healthy {:?} after the alarm cleared", cleared.elapsed());
+    eprintln!(
+        "tracking-api healthy {:?} after the alarm cleared",
+        cleared.elapsed()
+    );
     let (status, _, body, took) = post("after-alarm").await?;
     assert_eq!(status, 202, "{body}");
     eprintln!("POST after the alarm: 202 after {took:?}");

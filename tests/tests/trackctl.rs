@@ -456,7 +456,9 @@ async fn a_message_parked_by_the_broker_at_the_delivery_limit_says_why() -> anyh
     assert!(ok, "{out}");
     assert!(
         out.contains("reason: returned to tracking.requests unsettled more than")
-            && out.contains("x-death: [{count=1, exchange=, queue=tracking.requests, reason=delivery_limit,"),
+            && out.contains(
+                "x-death: [{count=1, exchange=, queue=tracking.requests, reason=delivery_limit,"
+            ),
         "{out}"
     );
     Ok(())

@@ -16,8 +16,8 @@ use tracking_domain::{
     Carrier, CarrierEvent, CarrierUpdate, FieldError, Location, OrderId, Source, Status,
     TrackingCode, TrackingRequest,
 };
-use tracking_runtime::amqp::{Outgoing, PublishError};
 use tracking_runtime::amqp::topology::{CARRIER_EVENTS, TRACKING_REQUESTS};
+use tracking_runtime::amqp::{Outgoing, PublishError};
 use tracking_store::shipments::{self, ShipmentRow};
 use tracking_store::views;
 

@@ -161,10 +161,7 @@ impl Health {
             .collect();
         for (k, reason) in &s.blocked {
             components.insert((*k).to_owned(), json!("blocked"));
-            errors.insert(
-                (*k).to_owned(),
-                json!(format!("broker blocked: {reason}")),
-            );
+            errors.insert((*k).to_owned(), json!(format!("broker blocked: {reason}")));
         }
         body.insert("components".into(), Value::Object(components));
         if !errors.is_empty() {

@@ -612,7 +612,10 @@ fn render(value: &AMQPValue) -> String {
         AMQPValue::Timestamp(t) => i64::try_from(*t)
             .ok()
             .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-            .map_or_else(|| t.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+            .map_or_else(
+                || t.to_string(),
+                |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            ),
         AMQPValue::FieldArray(items) => format!(
             "[{}]",
             items

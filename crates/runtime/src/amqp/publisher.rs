@@ -309,7 +309,8 @@ impl Publisher {
     pub async fn close(&self) {
         let open = self.inner.conn.lock().await.take();
         if let Some(open) = open {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, open.conn.close(200, "shutdown".into())).await;
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, open.conn.close(200, "shutdown".into())).await;
         }
     }
 }
@@ -317,9 +318,8 @@ impl Publisher {
 impl Report {
     /// Reports the blocked state on `/health` and `amqp_publisher_blocked`, and logs its changes.
     fn set_blocked(&self, reason: Option<&str>) {
-        metrics::gauge!("amqp_publisher_blocked", "connection" => self.name.clone()).set(
-            if reason.is_some() { 1.0 } else { 0.0 },
-        );
+        metrics::gauge!("amqp_publisher_blocked", "connection" => self.name.clone())
+            .set(if reason.is_some() { 1.0 } else { 0.0 });
         if let Some((health, component)) = self.health.get() {
             health.set_blocked(component, reason);
         }
