@@ -511,3 +511,38 @@ async fn a_blocked_broker_is_a_reported_outage_that_nothing_hangs_on() -> anyhow
     drop(api);
     Ok(())
 }
+
+/// Issue 18.9: liveness follows the process, not its dependencies. With PostgreSQL unreachable `/health` is 503
+/// (readiness) while `/health/live` stays 200, so the liveness probe restarts nothing during a database outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_stays_up_while_a_dependency_is_down() -> anyhow::Result<()> {
+    use tracking_tests::{Worker, free_addr};
+
+    let env = TestEnv::new().await?;
+    let nowhere = format!("postgres://postgres@{}/nothing", free_addr());
+    let api = Worker::spawn(
+        &env,
+        "tracking-api",
+        &[
+            ("HTTP_ADDR", free_addr().to_string()),
+            ("API_TOKEN", "api-token-for-tests-0123456789".to_owned()),
+            ("DATABASE_URL", nowhere),
+        ],
+    )?;
+    let health = eventually(
+        Duration::from_secs(30),
+        "/health to report postgres down",
+        || async {
+            let Ok((code, body)) = api.health().await else {
+                return Ok(None);
+            };
+            Ok((code == 503 && body["components"]["postgres"] == "down").then_some(body))
+        },
+    )
+    .await?;
+    let live = reqwest::get(format!("http://{}/health/live", api.metrics_addr)).await?;
+    assert_eq!(live.status().as_u16(), 200, "{health}");
+    let body: serde_json::Value = live.json().await?;
+    assert_eq!(body["status"], "alive");
+    Ok(())
+}
