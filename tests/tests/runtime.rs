@@ -546,3 +546,94 @@ async fn liveness_stays_up_while_a_dependency_is_down() -> anyhow::Result<()> {
     assert_eq!(body["status"], "alive");
     Ok(())
 }
+
+/// Issue 18.6, the fetcher: its carrier update refused by a blocked broker holds the tracking request (no attempt,
+/// no return to the queue) and asks the carrier nothing more until the block lifts; then the update goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_broker_holds_the_fetchers_request_without_calling_the_carrier_again()
+-> anyhow::Result<()> {
+    use tracking_runtime::amqp::topology::TRACKING_REQUESTS;
+    use tracking_sim::correios::{CorreiosSim, Journey, Script, SimConfig};
+    use tracking_tests::rabbit_node::RabbitNode;
+    use tracking_tests::{EnvOptions, Worker, correios_env, request};
+
+    let parent = tracking_tests::target_dir()
+        .join("test-logs")
+        .join(format!("blocked-{}", uuid::Uuid::new_v4().simple()));
+    let node = tokio::task::block_in_place(|| RabbitNode::start(&parent))?;
+    let env = TestEnv::with(EnvOptions {
+        amqp_url: Some(node.amqp_url.clone()),
+        ..EnvOptions::default()
+    })
+    .await?;
+    env.migrate().await?;
+    let amqp = env.amqp().await?;
+    amqp.declare(&[Duration::from_millis(200), Duration::from_secs(1)])
+        .await?;
+    let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+    let code = "DL746686536BR";
+    sim.script(code, Script::Journey(Journey::delivered().all_at_once()));
+    let body = serde_json::to_vec(&request(
+        "blocked-fetch",
+        code,
+        "ana@example.com",
+        "pt-BR",
+        None,
+    ))?;
+    amqp.publish(TRACKING_REQUESTS, &body).await?;
+
+    tokio::task::block_in_place(|| node.memory_alarm(true))?;
+    let mut settings = correios_env(&sim);
+    settings.push(("FETCH_LINGER_MS", "0".into()));
+    settings.push(("UNAVAILABLE_RETRY_MAX_MS", "500".into()));
+    // Not waited healthy: it takes the request at once and is blocked before /health could say 200.
+    let fetcher = Worker::spawn(&env, "fetcher", &settings)?;
+    let health = eventually(
+        Duration::from_secs(20),
+        "the fetcher to report the block",
+        || async {
+            let (code, body) = fetcher.health().await?;
+            Ok((code == 503 && body["components"]["rabbitmq"] == "blocked").then_some(body))
+        },
+    )
+    .await?;
+    eprintln!("fetcher /health while blocked: {health}");
+    let calls = sim.tracking_calls();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(calls, 1, "one carrier call before the block was known");
+    assert_eq!(
+        sim.tracking_calls(),
+        calls,
+        "no carrier call while the broker blocks"
+    );
+    let metrics = fetcher.metrics().await?;
+    assert!(
+        !metrics.contains("messages_total{queue=\"tracking.requests\""),
+        "nothing settled (no retry, no park) while blocked: {metrics}"
+    );
+
+    tokio::task::block_in_place(|| node.memory_alarm(false))?;
+    eventually(Duration::from_secs(20), "the carrier update", || async {
+        Ok((amqp.count(NORMALIZER_QUEUE).await? >= 1).then_some(()))
+    })
+    .await?;
+    let metrics = eventually(Duration::from_secs(10), "the request acked", || async {
+        let m = fetcher.metrics().await?;
+        Ok(
+            m.contains("messages_total{queue=\"tracking.requests\",outcome=\"acked\"} 1")
+                .then_some(m),
+        )
+    })
+    .await?;
+    assert!(
+        !metrics.contains("outcome=\"retried\"") && !metrics.contains("outcome=\"parked\""),
+        "{metrics}"
+    );
+    let updates = amqp.count(NORMALIZER_QUEUE).await?;
+    eprintln!(
+        "after the alarm: {} carrier calls, {updates} carrier update(s) queued",
+        sim.tracking_calls()
+    );
+    assert_eq!(amqp.count(TRACKING_REQUESTS).await?, 0);
+    Ok(())
+}
