@@ -8,7 +8,8 @@
 #   scripts/chaos.sh mq-up DIR             a RabbitMQ node alone (tests/src/rabbit_node.rs, TLS with MQ_TLS_DIR); down DIR
 #   scripts/chaos.sh pg-up DIR             a PostgreSQL cluster alone (tests/tests/tls.rs, its own certificate with PG_TLS_DIR)
 #   scripts/chaos.sh ctl DIR ACTION        what the harness calls: pg-stop, pg-start, mq-stop, mq-start, mq-queues
-#                                          (and mq-connections: JSON of each connection's TLS, client certificate and properties)
+#                                          (and mq-connections: JSON of each connection's TLS, client certificate and properties;
+#                                          mq-alarm-on / mq-alarm-off: a memory alarm on that node, raised and cleared)
 #
 # Needs root (or passwordless sudo): pg_createcluster and a RabbitMQ node run as the rabbitmq user.
 set -euo pipefail
@@ -214,6 +215,9 @@ case "${1:-run}" in
       mq-start) mq_start ;;
       mq-queues) mq rabbitmqctl -q -n "$MQNODE" list_queues name messages --no-table-headers ;;
       mq-connections) mq rabbitmqctl -q -n "$MQNODE" list_connections ssl peer_cert_subject client_properties --formatter json ;;
+      # A memory alarm on this run's node only (tests/tests/runtime.rs): every publishing connection is blocked.
+      mq-alarm-on) mq rabbitmqctl -q -n "$MQNODE" set_vm_memory_high_watermark 0 ;;
+      mq-alarm-off) mq rabbitmqctl -q -n "$MQNODE" set_vm_memory_high_watermark 0.4 ;;
       *) echo "unknown action $3" >&2; exit 2 ;;
     esac
     ;;

@@ -19,6 +19,11 @@ fn script() -> PathBuf {
 }
 
 impl RabbitNode {
+    /// A node with a plain AMQP listener (`amqp://`), its files in a new directory under `parent`.
+    pub fn start(parent: &Path) -> anyhow::Result<RabbitNode> {
+        Self::up(parent, None)
+    }
+
     /// A node whose only listener is TLS, with the server certificate and CA in `tls_dir` (`ca.pem`,
     /// `server.pem`, `server.key`); with `verify_peer`, it requires a client certificate the CA signed. Its files
     /// go in a new directory under `parent`, whose random name also names the node.
@@ -27,6 +32,10 @@ impl RabbitNode {
         tls_dir: &Path,
         verify_peer: bool,
     ) -> anyhow::Result<RabbitNode> {
+        Self::up(parent, Some((tls_dir, verify_peer)))
+    }
+
+    fn up(parent: &Path, tls: Option<(&Path, bool)>) -> anyhow::Result<RabbitNode> {
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let dir = &parent.join(format!("mq{id}"));
         std::fs::create_dir_all(dir)?;
@@ -35,14 +44,13 @@ impl RabbitNode {
             dir: dir.to_owned(),
             amqp_url: String::new(),
         };
-        let out = Command::new("bash")
-            .arg(script())
-            .arg("mq-up")
-            .arg(dir)
-            .env("MQ_TLS_DIR", tls_dir)
-            .env("MQ_VERIFY_PEER", if verify_peer { "1" } else { "0" })
-            .output()
-            .context("running scripts/chaos.sh mq-up")?;
+        let mut up = Command::new("bash");
+        up.arg(script()).arg("mq-up").arg(dir);
+        if let Some((tls_dir, verify_peer)) = tls {
+            up.env("MQ_TLS_DIR", tls_dir)
+                .env("MQ_VERIFY_PEER", if verify_peer { "1" } else { "0" });
+        }
+        let out = up.output().context("running scripts/chaos.sh mq-up")?;
         if !out.status.success() {
             bail!(
                 "the RabbitMQ node did not start: {}{}",
@@ -68,6 +76,29 @@ impl RabbitNode {
             .next()?
             .parse()
             .ok()
+    }
+
+    /// Raises (`true`) or clears a memory alarm on this node (`set_vm_memory_high_watermark` 0, then 0.4): while
+    /// it is raised the node blocks every connection that publishes.
+    pub fn memory_alarm(&self, raised: bool) -> anyhow::Result<()> {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("ctl")
+            .arg(&self.dir)
+            .arg(if raised {
+                "mq-alarm-on"
+            } else {
+                "mq-alarm-off"
+            })
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "setting the node's memory watermark failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     /// The node's client connections as it reports them: `ssl`, `peer_cert_subject` (the client certificate) and

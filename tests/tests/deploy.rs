@@ -6,7 +6,7 @@
 //! - `definitions.json` declares exactly the queues (with their arguments), exchanges and bindings that
 //!   `tracking_runtime::amqp::topology` declares, and each user's permission patterns admit what that worker does
 //!   (including declaring the whole topology) and exclude the other workers' queues and exchanges;
-//! - the Kubernetes Deployments have probes on `/health` and resources, and every KEDA `ScaledObject` scales an
+//! - the Kubernetes Deployments have a readiness probe on `/health`, a liveness probe on `/health/live`, and resources, and every KEDA `ScaledObject` scales an
 //!   existing Deployment on the queue that Deployment consumes;
 //! - the metric catalog (`tracking_runtime::catalog`) lists exactly the metrics the crates' sources emit, and the
 //!   Grafana dashboard is well formed and queries only those (histograms by their buckets), RabbitMQ's, or
@@ -748,9 +748,14 @@ fn kubernetes_manifests_are_complete() {
                     .find(|p| p["name"] == "metrics")
                     .unwrap_or_else(|| panic!("{what}: no metrics port"));
                 assert_eq!(metrics_port["containerPort"], port, "{what}");
-                for probe in ["readinessProbe", "livenessProbe"] {
+                // Readiness follows the dependencies (/health); liveness only the process's own loop
+                // (/health/live), so that a database or broker outage restarts nothing.
+                for (probe, path) in [
+                    ("readinessProbe", "/health"),
+                    ("livenessProbe", "/health/live"),
+                ] {
                     let get = &c[probe]["httpGet"];
-                    assert_eq!(get["path"], "/health", "{what}: {probe}");
+                    assert_eq!(get["path"], path, "{what}: {probe}");
                     assert!(
                         get["port"] == "metrics" || get["port"] == port,
                         "{what}: {probe} port"

@@ -297,3 +297,343 @@ async fn migrations_apply_to_an_empty_database_and_again_harmlessly() -> anyhow:
     );
     Ok(())
 }
+
+/// A handler that asks for a retry on the first attempt and records each delivery's attempt and redelivered flag.
+#[derive(Default, Clone)]
+struct RetryOnce {
+    seen: Arc<Mutex<Vec<(u32, bool)>>>,
+}
+
+impl Handler for RetryOnce {
+    async fn handle(&self, msg: Incoming) -> Outcome {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((msg.attempt, msg.redelivered));
+        if msg.attempt == 1 {
+            Outcome::Retry {
+                after: Duration::from_millis(300),
+                reason: "not yet".into(),
+            }
+        } else {
+            Outcome::Ack
+        }
+    }
+}
+
+/// Issue 18.6: a memory alarm on a RabbitMQ node of the test's own (never the shared one). tracking-api answers 503
+/// at once with Retry-After and says `blocked` on `/health`, a consumer holds the message whose retry copy the
+/// broker refuses (no return to the queue, no attempt spent), and both resume when the alarm clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_broker_is_a_reported_outage_that_nothing_hangs_on() -> anyhow::Result<()> {
+    use tracking_runtime::amqp::topology::TRACKING_REQUESTS;
+    use tracking_tests::rabbit_node::RabbitNode;
+    use tracking_tests::{EnvOptions, Worker, free_addr, request};
+
+    let parent = tracking_tests::target_dir()
+        .join("test-logs")
+        .join(format!("blocked-{}", uuid::Uuid::new_v4().simple()));
+    let node = tokio::task::block_in_place(|| RabbitNode::start(&parent))?;
+    let env = TestEnv::with(EnvOptions {
+        amqp_url: Some(node.amqp_url.clone()),
+        ..EnvOptions::default()
+    })
+    .await?;
+    env.migrate().await?;
+    let delays = [Duration::from_millis(200), Duration::from_secs(1)];
+    let amqp = env.amqp().await?;
+    amqp.declare(&delays).await?;
+
+    let addr = free_addr();
+    let token = "api-token-for-tests-0123456789";
+    let mut api = Worker::spawn(
+        &env,
+        "tracking-api",
+        &[
+            ("HTTP_ADDR", addr.to_string()),
+            ("API_TOKEN", token.to_owned()),
+        ],
+    )?;
+    api.wait_healthy(Duration::from_secs(60)).await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()?;
+    let post = |order: &'static str| {
+        let http = http.clone();
+        async move {
+            let started = Instant::now();
+            let resp = http
+                .post(format!("http://{addr}/v1/tracking-requests"))
+                .bearer_auth(token)
+                .json(&request(
+                    order,
+                    "DL746686536BR",
+                    "ana@example.com",
+                    "pt-BR",
+                    None,
+                ))
+                .send()
+                .await?;
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            let body: serde_json::Value = resp.json().await?;
+            anyhow::Ok((status, retry_after, body, started.elapsed()))
+        }
+    };
+    let (status, ..) = post("before-alarm").await?;
+    assert_eq!(status, 202);
+    // For the consumer below: a message that asks for a retry, queued before the alarm.
+    amqp.publish(NORMALIZER_QUEUE, b"retry-once").await?;
+
+    tokio::task::block_in_place(|| node.memory_alarm(true))?;
+    let (status, retry_after, body, took) = post("during-alarm-1").await?;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(retry_after.as_deref(), Some("30"));
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("broker blocked: "), "{error}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the first publish after the alarm answered after {took:?}"
+    );
+    eprintln!("first POST during the alarm: 503 after {took:?}");
+    let (status, _, _, took) = post("during-alarm-2").await?;
+    assert_eq!(status, 503);
+    assert!(
+        took < Duration::from_secs(1),
+        "a publish on a blocked connection answered after {took:?}"
+    );
+    eprintln!("second POST during the alarm: 503 after {took:?}");
+    let (code, health) = api.health().await?;
+    assert_eq!(code, 503, "{health}");
+    assert_eq!(health["components"]["rabbitmq"], "blocked", "{health}");
+    assert!(
+        health["errors"]["rabbitmq"]
+            .as_str()
+            .unwrap()
+            .starts_with("broker blocked: "),
+        "{health}"
+    );
+    let live = reqwest::get(format!("http://{}/health/live", api.metrics_addr)).await?;
+    assert_eq!(
+        live.status().as_u16(),
+        200,
+        "liveness does not follow the broker"
+    );
+    let metrics = api.metrics().await?;
+    assert!(
+        metrics.contains("amqp_publisher_blocked{connection=\"tracking-api-publish\"} 1")
+            && metrics.contains("health_component_up{component=\"rabbitmq\"} 0"),
+        "{metrics}"
+    );
+
+    // A consumer whose retry copy the broker refuses: it holds the delivery, nothing goes back to the queue.
+    let mut settings = env.amqp_settings.clone();
+    settings.retry_delays = vec![Duration::from_millis(300)];
+    settings.unavailable_max_delay = Duration::from_millis(500);
+    let handler = RetryOnce::default();
+    let health = Health::new(&["rabbitmq"]);
+    let publisher = Publisher::new(settings.clone(), "test");
+    publisher.report_to(health.clone(), "rabbitmq");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_consumer(
+        settings,
+        NORMALIZER_QUEUE,
+        publisher,
+        Arc::new(handler.clone()),
+        health.clone(),
+        shutdown.clone(),
+    ));
+    let h = health.clone();
+    eventually(
+        Duration::from_secs(15),
+        "the consumer to see the block",
+        || {
+            let blocked = h.is_blocked("rabbitmq");
+            async move { Ok(blocked.then_some(())) }
+        },
+    )
+    .await?;
+    assert!(!health.is_ok());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        *handler.seen.lock().unwrap(),
+        [(1, false)],
+        "the held delivery was not handed back and delivered again"
+    );
+
+    tokio::task::block_in_place(|| node.memory_alarm(false))?;
+    let cleared = Instant::now();
+    api.wait_healthy(Duration::from_secs(15)).await?;
+    eprintln!(
+        "tracking-api healthy {:?} after the alarm cleared",
+        cleared.elapsed()
+    );
+    let (status, _, body, took) = post("after-alarm").await?;
+    assert_eq!(status, 202, "{body}");
+    eprintln!("POST after the alarm: 202 after {took:?}");
+    let seen = handler.seen.clone();
+    eventually(Duration::from_secs(15), "the second attempt", || {
+        let n = seen.lock().unwrap().len();
+        async move { Ok((n >= 2).then_some(())) }
+    })
+    .await?;
+    assert_eq!(
+        *handler.seen.lock().unwrap(),
+        [(1, false), (2, false)],
+        "one attempt spent, through the delay queue, never returned to the queue"
+    );
+    assert!(health.is_ok(), "{:?}", health.report());
+    shutdown.cancel();
+    task.await?;
+
+    let amqp = env.amqp().await?;
+    let queued: Vec<String> = amqp
+        .drain(TRACKING_REQUESTS)
+        .await?
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.body).unwrap()["order_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    eprintln!("queued on tracking.requests: {queued:?}");
+    assert!(queued.contains(&"before-alarm".to_owned()), "{queued:?}");
+    assert!(queued.contains(&"after-alarm".to_owned()), "{queued:?}");
+    assert!(
+        !queued.contains(&"during-alarm-2".to_owned()),
+        "a publish refused at once is not sent later: {queued:?}"
+    );
+    drop(api);
+    Ok(())
+}
+
+/// Issue 18.9: liveness follows the process, not its dependencies. With PostgreSQL unreachable `/health` is 503
+/// (readiness) while `/health/live` stays 200, so the liveness probe restarts nothing during a database outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_stays_up_while_a_dependency_is_down() -> anyhow::Result<()> {
+    use tracking_tests::{Worker, free_addr};
+
+    let env = TestEnv::new().await?;
+    let nowhere = format!("postgres://postgres@{}/nothing", free_addr());
+    let api = Worker::spawn(
+        &env,
+        "tracking-api",
+        &[
+            ("HTTP_ADDR", free_addr().to_string()),
+            ("API_TOKEN", "api-token-for-tests-0123456789".to_owned()),
+            ("DATABASE_URL", nowhere),
+        ],
+    )?;
+    let health = eventually(
+        Duration::from_secs(30),
+        "/health to report postgres down",
+        || async {
+            let Ok((code, body)) = api.health().await else {
+                return Ok(None);
+            };
+            Ok((code == 503 && body["components"]["postgres"] == "down").then_some(body))
+        },
+    )
+    .await?;
+    let live = reqwest::get(format!("http://{}/health/live", api.metrics_addr)).await?;
+    assert_eq!(live.status().as_u16(), 200, "{health}");
+    let body: serde_json::Value = live.json().await?;
+    assert_eq!(body["status"], "alive");
+    Ok(())
+}
+
+/// Issue 18.6, the fetcher: its carrier update refused by a blocked broker holds the tracking request (no attempt,
+/// no return to the queue) and asks the carrier nothing more until the block lifts; then the update goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_broker_holds_the_fetchers_request_without_calling_the_carrier_again()
+-> anyhow::Result<()> {
+    use tracking_runtime::amqp::topology::TRACKING_REQUESTS;
+    use tracking_sim::correios::{CorreiosSim, Journey, Script, SimConfig};
+    use tracking_tests::rabbit_node::RabbitNode;
+    use tracking_tests::{EnvOptions, Worker, correios_env, request};
+
+    let parent = tracking_tests::target_dir()
+        .join("test-logs")
+        .join(format!("blocked-{}", uuid::Uuid::new_v4().simple()));
+    let node = tokio::task::block_in_place(|| RabbitNode::start(&parent))?;
+    let env = TestEnv::with(EnvOptions {
+        amqp_url: Some(node.amqp_url.clone()),
+        ..EnvOptions::default()
+    })
+    .await?;
+    env.migrate().await?;
+    let amqp = env.amqp().await?;
+    amqp.declare(&[Duration::from_millis(200), Duration::from_secs(1)])
+        .await?;
+    let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+    let code = "DL746686536BR";
+    sim.script(code, Script::Journey(Journey::delivered().all_at_once()));
+    let body = serde_json::to_vec(&request(
+        "blocked-fetch",
+        code,
+        "ana@example.com",
+        "pt-BR",
+        None,
+    ))?;
+    amqp.publish(TRACKING_REQUESTS, &body).await?;
+
+    tokio::task::block_in_place(|| node.memory_alarm(true))?;
+    let mut settings = correios_env(&sim);
+    settings.push(("FETCH_LINGER_MS", "0".into()));
+    settings.push(("UNAVAILABLE_RETRY_MAX_MS", "500".into()));
+    // Not waited healthy: it takes the request at once and is blocked before /health could say 200.
+    let fetcher = Worker::spawn(&env, "fetcher", &settings)?;
+    let health = eventually(
+        Duration::from_secs(20),
+        "the fetcher to report the block",
+        || async {
+            let (code, body) = fetcher.health().await?;
+            Ok((code == 503 && body["components"]["rabbitmq"] == "blocked").then_some(body))
+        },
+    )
+    .await?;
+    eprintln!("fetcher /health while blocked: {health}");
+    let calls = sim.tracking_calls();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(calls, 1, "one carrier call before the block was known");
+    assert_eq!(
+        sim.tracking_calls(),
+        calls,
+        "no carrier call while the broker blocks"
+    );
+    let metrics = fetcher.metrics().await?;
+    assert!(
+        !metrics.contains("messages_total{queue=\"tracking.requests\""),
+        "nothing settled (no retry, no park) while blocked: {metrics}"
+    );
+
+    tokio::task::block_in_place(|| node.memory_alarm(false))?;
+    eventually(Duration::from_secs(20), "the carrier update", || async {
+        Ok((amqp.count(NORMALIZER_QUEUE).await? >= 1).then_some(()))
+    })
+    .await?;
+    let metrics = eventually(Duration::from_secs(10), "the request acked", || async {
+        let m = fetcher.metrics().await?;
+        Ok(
+            m.contains("messages_total{queue=\"tracking.requests\",outcome=\"acked\"} 1")
+                .then_some(m),
+        )
+    })
+    .await?;
+    assert!(
+        !metrics.contains("outcome=\"retried\"") && !metrics.contains("outcome=\"parked\""),
+        "{metrics}"
+    );
+    let updates = amqp.count(NORMALIZER_QUEUE).await?;
+    eprintln!(
+        "after the alarm: {} carrier calls, {updates} carrier update(s) queued",
+        sim.tracking_calls()
+    );
+    assert_eq!(amqp.count(TRACKING_REQUESTS).await?, 0);
+    Ok(())
+}

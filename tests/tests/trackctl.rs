@@ -382,3 +382,84 @@ async fn carriers_health_prints_the_fetchers_reports_and_unknown_for_the_rest() 
     assert!(out.contains("jadlog     unknown"), "{out}");
     Ok(())
 }
+
+/// Issue 18.9: a message returned to its queue again and again (a worker killed, restarted or timed out by the broker
+/// while holding it) is parked by the broker itself at the queue's delivery limit, without `x-park-reason`;
+/// `trackctl dead list` and `dead show` still say why, from RabbitMQ's `x-death`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_parked_by_the_broker_at_the_delivery_limit_says_why() -> anyhow::Result<()> {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+    use tracking_runtime::amqp::topology::{DELIVERY_LIMIT, TRACKING_REQUESTS, dead_queue};
+
+    let env = TestEnv::new().await?;
+    let amqp = env.amqp().await?;
+    amqp.declare(&[Duration::from_millis(200), Duration::from_secs(1)])
+        .await?;
+    let body = serde_json::to_vec(&request(
+        "limit-1",
+        "DL746686536BR",
+        "ana@example.com",
+        "pt-BR",
+        None,
+    ))?;
+    amqp.publish(TRACKING_REQUESTS, &body).await?;
+
+    // What a worker that dies while holding the message does to it, as often as the broker allows.
+    let conn = tracking_runtime::amqp::connect(&env.amqp_settings, "test-returns").await?;
+    let ch = conn.create_channel().await?;
+    let mut returns = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        match ch
+            .basic_get(TRACKING_REQUESTS.into(), BasicGetOptions::default())
+            .await?
+        {
+            Some(msg) => {
+                msg.delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await?;
+                returns += 1;
+            }
+            None if amqp.count(&dead_queue(TRACKING_REQUESTS)).await? == 1 => break,
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    eprintln!("returned {returns} times before the broker parked it");
+    assert!(
+        returns >= DELIVERY_LIMIT,
+        "parked after {returns} returns only"
+    );
+    assert_eq!(amqp.count(&dead_queue(TRACKING_REQUESTS)).await?, 1);
+    let _ = conn.close(200, "bye".into()).await;
+
+    let (ok, out) = trackctl(&env, &["dead", "list", "tracking.requests"], None)?;
+    eprintln!("{out}");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("1 parked message")
+            && out.contains(&format!(
+                "reason: returned to tracking.requests unsettled more than {DELIVERY_LIMIT} times (its delivery limit): parked by the broker, not a worker"
+            )),
+        "{out}"
+    );
+    tracking_tests::eventually(
+        Duration::from_secs(5),
+        "the listed message parked again",
+        || async { Ok((amqp.count("tracking.requests.dead").await? == 1).then_some(())) },
+    )
+    .await?;
+    let (ok, out) = trackctl(&env, &["dead", "show", "tracking.requests", "1"], None)?;
+    eprintln!("{out}");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("reason: returned to tracking.requests unsettled more than")
+            && out.contains(
+                "x-death: [{count=1, exchange=, queue=tracking.requests, reason=delivery_limit,"
+            ),
+        "{out}"
+    );
+    Ok(())
+}

@@ -11,6 +11,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub error: String,
     pub details: Vec<Value>,
+    /// `Retry-After` in seconds, for a 503 whose cause is expected to last (the broker blocked, unreachable).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -19,6 +21,7 @@ impl ApiError {
             status,
             error: error.into(),
             details: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -31,7 +34,14 @@ impl ApiError {
                 .iter()
                 .map(|f| json!({ "field": f.field, "message": f.message }))
                 .collect(),
+            retry_after: None,
         }
+    }
+
+    /// Adds `Retry-After: {secs}`.
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn with_detail(mut self, detail: Value) -> Self {
@@ -61,6 +71,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let unauthorized = self.status == StatusCode::UNAUTHORIZED;
         let timed_out = self.status == StatusCode::REQUEST_TIMEOUT;
+        let retry_after = self.retry_after;
         let mut response = (
             self.status,
             Json(json!({ "error": self.error, "details": self.details })),
@@ -71,6 +82,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"tracking-api\""),
             );
+        }
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if timed_out {
             // The rest of the body may still come: the connection cannot carry another request.

@@ -16,8 +16,8 @@ use tracking_domain::{
     Carrier, CarrierEvent, CarrierUpdate, FieldError, Location, OrderId, Source, Status,
     TrackingCode, TrackingRequest,
 };
-use tracking_runtime::amqp::Outgoing;
 use tracking_runtime::amqp::topology::{CARRIER_EVENTS, TRACKING_REQUESTS};
+use tracking_runtime::amqp::{Outgoing, PublishError};
 use tracking_store::shipments::{self, ShipmentRow};
 use tracking_store::views;
 
@@ -37,12 +37,23 @@ fn path_param(p: Result<Path<String>, PathRejection>, name: &str) -> Result<Stri
     })
 }
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
+/// `Retry-After` when RabbitMQ blocks publishing (a resource alarm lasts until an operator or the broker clears it).
+pub const BLOCKED_RETRY_AFTER_SECS: u32 = 30;
+/// `Retry-After` when a publish failed otherwise (the broker unreachable, no confirm in time).
+pub const PUBLISH_RETRY_AFTER_SECS: u32 = 5;
+
+fn unavailable(what: &str, e: PublishError) -> ApiError {
     tracing::warn!(error = %e, "{what}");
+    let after = if e.is_blocked() {
+        BLOCKED_RETRY_AFTER_SECS
+    } else {
+        PUBLISH_RETRY_AFTER_SECS
+    };
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         format!("{what}: {e}; try again (repeating the call is harmless)"),
     )
+    .retry_after(after)
 }
 
 /// `POST /v1/tracking-requests`: validated as the fetcher would, and its marketplace known, then queued on

@@ -323,6 +323,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         shutdown.clone(),
     ));
     let publisher = Publisher::new(settings.amqp.clone(), "tracking-api");
+    publisher.report_to(health.clone(), "rabbitmq");
     tokio::spawn(watch_publisher(
         publisher.clone(),
         health,

@@ -70,6 +70,11 @@ pub const METRICS: &[Metric] = &[
         "health_component_up",
         "Whether a component /health reports on is up (1) or down (0): rabbitmq, postgres, progress, ticks.",
     ),
+    // Every publisher (workers, tracking-api).
+    gauge(
+        "amqp_publisher_blocked",
+        "1 while RabbitMQ blocks the publishing connection (a memory or disk alarm: publishes fail), else 0.",
+    ),
     // Every queue worker (the runtime's consumer).
     counter(
         "messages_total",

@@ -7,6 +7,14 @@
 //!
 //! Each component is also the gauge `health_component_up{component}` (1 up, 0 down) on `/metrics`, so that
 //! Prometheus sees what `/health` says: the alert rules (`deploy/prometheus/alerts.yml`) fire on it.
+//!
+//! A component can also be `blocked` ([`Health::set_blocked`]): RabbitMQ refuses this process's publishes (a memory
+//! or disk alarm). It counts as down (503), shows as `"blocked"` with the broker's reason under `errors`, and is
+//! independent of the connection's own up/down, so that the connection coming back does not hide the block.
+//!
+//! `GET /health/live` is the liveness check: 200 while this process's async runtime runs its own timer loop (the
+//! upkeep tick of [`serve`]), whatever its dependencies say; 503 when that tick is late. Kubernetes restarts on it,
+//! and keeps `/health` (dependencies) for readiness: a database outage must not restart every pod in a loop.
 
 use crate::catalog;
 use axum::Router;
@@ -33,6 +41,8 @@ struct HealthState {
     components: BTreeMap<&'static str, bool>,
     /// Why a component is down, when known; cleared when it comes up.
     errors: BTreeMap<&'static str, String>,
+    /// Components blocked by the far end (the broker's reason), shown as `blocked` whatever their up/down.
+    blocked: BTreeMap<&'static str, String>,
     sections: Map<String, Value>,
 }
 
@@ -47,13 +57,15 @@ impl Health {
     }
 
     pub fn set(&self, component: &'static str, up: bool) {
+        let mut shown = up;
         if let Ok(mut s) = self.inner.lock() {
             s.components.insert(component, up);
             if up {
                 s.errors.remove(component);
             }
+            shown = up && !s.blocked.contains_key(component);
         }
-        gauge(component, up);
+        gauge(component, shown);
     }
 
     /// The component is down, and why (shown under `errors` until it is up again). The text must hold no secret.
@@ -65,12 +77,39 @@ impl Health {
         gauge(component, false);
     }
 
+    /// The component is blocked (`Some(reason)`: RabbitMQ refuses publishes) or no longer (`None`). While blocked
+    /// it counts as down and shows as `"blocked"`, with the reason under `errors`; its up/down is kept apart.
+    pub fn set_blocked(&self, component: &'static str, reason: Option<&str>) {
+        let up = if let Ok(mut s) = self.inner.lock() {
+            match reason {
+                Some(r) => {
+                    s.blocked.insert(component, r.to_owned());
+                }
+                None => {
+                    s.blocked.remove(component);
+                }
+            }
+            reason.is_none() && s.components.get(component).copied().unwrap_or(true)
+        } else {
+            false
+        };
+        gauge(component, up);
+    }
+
+    /// Whether the component is blocked now.
+    pub fn is_blocked(&self, component: &str) -> bool {
+        self.inner
+            .lock()
+            .map(|s| s.blocked.contains_key(component))
+            .unwrap_or(false)
+    }
+
     /// Sets every component's gauge again: components set before the recorder was installed (by
     /// [`metrics_handle`], when the ops server starts) were recorded nowhere.
     fn publish(&self) {
         if let Ok(s) = self.inner.lock() {
             for (component, up) in &s.components {
-                gauge(component, *up);
+                gauge(component, *up && !s.blocked.contains_key(component));
             }
         }
     }
@@ -82,18 +121,21 @@ impl Health {
         }
     }
 
-    /// Whether one component is up (a component never set counts as up).
+    /// Whether one component is up (a component never set counts as up; a blocked one is not up).
     pub fn is_up(&self, component: &str) -> bool {
         self.inner
             .lock()
-            .map(|s| s.components.get(component).copied().unwrap_or(true))
+            .map(|s| {
+                s.components.get(component).copied().unwrap_or(true)
+                    && !s.blocked.contains_key(component)
+            })
             .unwrap_or(false)
     }
 
     pub fn is_ok(&self) -> bool {
         self.inner
             .lock()
-            .map(|s| s.components.values().all(|up| *up))
+            .map(|s| s.components.values().all(|up| *up) && s.blocked.is_empty())
             .unwrap_or(false)
     }
 
@@ -101,24 +143,28 @@ impl Health {
         let Ok(s) = self.inner.lock() else {
             return (false, json!({"status": "unavailable"}));
         };
-        let ok = s.components.values().all(|up| *up);
+        let ok = s.components.values().all(|up| *up) && s.blocked.is_empty();
         let mut body = Map::new();
         body.insert(
             "status".into(),
             json!(if ok { "ok" } else { "unavailable" }),
         );
-        let components: Map<String, Value> = s
+        let mut components: Map<String, Value> = s
             .components
             .iter()
             .map(|(k, v)| ((*k).to_owned(), json!(if *v { "up" } else { "down" })))
             .collect();
+        let mut errors: Map<String, Value> = s
+            .errors
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        for (k, reason) in &s.blocked {
+            components.insert((*k).to_owned(), json!("blocked"));
+            errors.insert((*k).to_owned(), json!(format!("broker blocked: {reason}")));
+        }
         body.insert("components".into(), Value::Object(components));
-        if !s.errors.is_empty() {
-            let errors: Map<String, Value> = s
-                .errors
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), json!(v)))
-                .collect();
+        if !errors.is_empty() {
             body.insert("errors".into(), Value::Object(errors));
         }
         for (k, v) in &s.sections {
@@ -167,6 +213,42 @@ struct OpsState {
     metrics: PrometheusHandle,
 }
 
+/// The last upkeep tick of [`serve`]'s own loop (milliseconds since [`START`]); `/health/live` fails when it is
+/// older than [`LIVE_AFTER`].
+static LAST_TICK_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static START: OnceLock<std::time::Instant> = OnceLock::new();
+/// How often the upkeep loop ticks.
+const TICK: Duration = Duration::from_secs(5);
+/// How late the upkeep tick may be before `/health/live` answers 503: six ticks.
+pub const LIVE_AFTER: Duration = Duration::from_secs(30);
+
+fn since_start() -> Duration {
+    START.get_or_init(std::time::Instant::now).elapsed()
+}
+
+fn ticked() {
+    let ms = u64::try_from(since_start().as_millis()).unwrap_or(u64::MAX);
+    LAST_TICK_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `GET /health/live`: whether this process's runtime still runs its loops, and nothing about its dependencies.
+async fn live() -> Response {
+    let last = Duration::from_millis(LAST_TICK_MS.load(std::sync::atomic::Ordering::Relaxed));
+    let late = since_start().saturating_sub(last);
+    if late <= LIVE_AFTER {
+        (StatusCode::OK, axum::Json(json!({"status": "alive"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "status": "stuck",
+                "error": format!("the process's upkeep loop last ran {}s ago", late.as_secs()),
+            })),
+        )
+            .into_response()
+    }
+}
+
 async fn health(State(s): State<OpsState>) -> Response {
     let (ok, body) = s.health.report();
     let code = if ok {
@@ -191,6 +273,7 @@ pub fn router(health_state: Health) -> Router {
     health_state.publish();
     Router::new()
         .route("/health", get(health))
+        .route("/health/live", get(live))
         .route("/metrics", get(metrics_page))
         .with_state(OpsState {
             health: health_state,
@@ -208,11 +291,15 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let handle = metrics_handle();
     let upkeep_stop = shutdown.clone();
+    ticked();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
-                _ = tick.tick() => handle.run_upkeep(),
+                _ = tick.tick() => {
+                    handle.run_upkeep();
+                    ticked();
+                }
                 _ = upkeep_stop.cancelled() => break,
             }
         }

@@ -56,10 +56,12 @@ impl Worker {
             health.clone(),
             shutdown.clone(),
         ));
+        let publisher = Publisher::new(amqp.clone(), name);
+        publisher.report_to(health.clone(), "rabbitmq");
         Ok(Some(Self {
             health,
             pool,
-            publisher: Publisher::new(amqp.clone(), name),
+            publisher,
         }))
     }
 

@@ -122,7 +122,8 @@ pub enum ShipmentCommand {
 
 #[derive(Subcommand)]
 pub enum DeadCommand {
-    /// List parked messages with their reason (they stay parked).
+    /// List parked messages with their reason (they stay parked); a message the broker parked at the queue's
+    /// delivery limit says so.
     List {
         /// A work queue (`tracking.requests`) or its parking queue (`tracking.requests.dead`).
         queue: String,
@@ -597,12 +598,91 @@ async fn show(code: &str) -> anyhow::Result<()> {
 }
 
 fn header(headers: &FieldTable, key: &str) -> String {
-    match headers.inner().get(key) {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        Some(AMQPValue::LongLongInt(n)) => n.to_string(),
-        Some(other) => format!("{other:?}"),
-        None => String::new(),
+    headers.inner().get(key).map(render).unwrap_or_default()
+}
+
+/// A header value as text: strings and numbers as they are, tables as `{key=value, ...}` and arrays as `[...]`
+/// (RabbitMQ's `x-death`), timestamps in UTC.
+fn render(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::Timestamp(t) => i64::try_from(*t)
+            .ok()
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            .map_or_else(
+                || t.to_string(),
+                |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            ),
+        AMQPValue::FieldArray(items) => format!(
+            "[{}]",
+            items
+                .as_slice()
+                .iter()
+                .map(render)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        AMQPValue::FieldTable(t) => {
+            let mut entries: Vec<String> = t
+                .inner()
+                .iter()
+                .map(|(k, v)| format!("{}={}", k.as_str(), render(v)))
+                .collect();
+            entries.sort();
+            format!("{{{}}}", entries.join(", "))
+        }
+        other => format!("{other:?}"),
     }
+}
+
+/// The `x-death` entries of a message (RabbitMQ's record of each dead-lettering): (reason, queue, count).
+fn deaths(headers: &FieldTable) -> Vec<(String, String, i64)> {
+    let Some(AMQPValue::FieldArray(entries)) = headers.inner().get("x-death") else {
+        return Vec::new();
+    };
+    entries
+        .as_slice()
+        .iter()
+        .filter_map(|e| match e {
+            AMQPValue::FieldTable(t) => Some((
+                header(t, "reason"),
+                header(t, "queue"),
+                match t.inner().get("count") {
+                    Some(AMQPValue::LongLongInt(n)) => *n,
+                    Some(AMQPValue::LongInt(n)) => i64::from(*n),
+                    _ => 1,
+                },
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Why a message is parked: the worker's `x-park-reason`, or, for a message the broker dead-lettered itself (no
+/// worker settled it), RabbitMQ's reason from `x-death`: `delivery_limit` when it was delivered
+/// [`topology::DELIVERY_LIMIT`] times without being settled (each crash, restart or consumer timeout while a worker
+/// held it returns it and counts one).
+pub fn park_reason(headers: &FieldTable) -> String {
+    let parked = header(headers, "x-park-reason");
+    if !parked.is_empty() {
+        return parked;
+    }
+    let deaths = deaths(headers);
+    if let Some((_, queue, _)) = deaths.iter().find(|(r, _, _)| r == "delivery_limit") {
+        return format!(
+            "returned to {queue} unsettled more than {} times (its delivery limit): parked by the broker, not a \
+             worker; each worker crash, restart or consumer timeout while a worker held it counts one",
+            topology::DELIVERY_LIMIT
+        );
+    }
+    if let Some((reason, queue, _)) = deaths.iter().find(|(r, _, _)| r != "expired") {
+        return format!("dead-lettered by the broker from {queue} ({reason})");
+    }
+    "(none given)".into()
 }
 
 /// Takes up to `limit` messages from `queue` without acking them: the caller hands them back.
@@ -666,7 +746,7 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
                     "#{}  id {id}  attempts {}  reason: {}\n    {}",
                     n + 1,
                     header(&headers, "x-attempts"),
-                    header(&headers, "x-park-reason"),
+                    park_reason(&headers),
                     body
                 );
             }
@@ -684,6 +764,7 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
                     text.push_str(&format!("message id: {id}\n"));
                 }
                 let headers = d.properties.headers().clone().unwrap_or_default();
+                text.push_str(&format!("reason: {}\n", park_reason(&headers)));
                 let mut names: Vec<_> = headers
                     .inner()
                     .keys()

@@ -12,7 +12,9 @@
 //!   whatever was not acked goes back to the queue.
 //! - Unavailable is not invalid: a handler that answers [`Outcome::Unavailable`] (its database is down, say) keeps
 //!   its message and tries it again with capped backoff, spending no attempt, while the loop takes no new
-//!   deliveries and `/health` shows the dependency down; a ten-minute outage parks nothing.
+//!   deliveries and `/health` shows the dependency down; a ten-minute outage parks nothing. A blocked broker
+//!   (RabbitMQ refusing publishes during a resource alarm) is such an outage: a retry or park copy waits for the
+//!   block to lift, and the delivery is held meanwhile (not handed back, no attempt spent).
 //! - Liveness: with messages held or ready in the queue and nothing settled for `stall_after`, `/health`'s
 //!   `progress` component goes down (and `consumer_stalled` to 1); a consumer stream that stopped yielding while
 //!   messages wait is reopened.
@@ -398,11 +400,13 @@ async fn handle_while_available<H: Handler>(
     shutdown: &CancellationToken,
 ) -> Option<Outcome> {
     let mut failures = 0u32;
+    let mut held_for = None;
     let outcome = loop {
         let outcome = handle_once(ctx, msg.clone()).await;
         let Outcome::Unavailable { dependency, reason } = &outcome else {
             break Some(outcome);
         };
+        held_for = Some(*dependency);
         if failures == 0 {
             ctx.waiting.send_modify(|n| *n += 1);
             tracing::warn!(dependency, reason = %reason, "A dependency is unavailable; holding the message and taking no new ones until it answers.");
@@ -418,6 +422,10 @@ async fn handle_while_available<H: Handler>(
     if failures > 0 {
         ctx.waiting.send_modify(|n| *n = n.saturating_sub(1));
         if outcome.is_some() {
+            if let Some(dependency) = held_for {
+                // It answered: up again (for the broker a publish went through, which nothing else would report).
+                ctx.health.set(dependency, true);
+            }
             tracing::info!(
                 tries = failures + 1,
                 "The dependency answers again; the held message went on."
@@ -552,8 +560,11 @@ pub(super) async fn settle(
             .message_id()
             .as_ref()
             .map(|s| s.as_str().to_owned());
+        // `publish_through_block`: while RabbitMQ blocks publishing (a resource alarm) the copy waits, and the
+        // delivery with it, rather than going back to the queue at once (each return counts toward the queue's
+        // delivery limit) or being sent twice. A shutdown meanwhile closes the channel, which hands it back.
         let published = publisher
-            .publish(Outgoing {
+            .publish_through_block(Outgoing {
                 exchange: "",
                 routing_key: &target,
                 body: &delivery.data,

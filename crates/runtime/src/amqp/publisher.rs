@@ -1,14 +1,25 @@
 //! A publisher that only reports success once the broker confirmed the message into every target queue.
 //! A nack, a returned (unroutable) message or a missing confirm within the timeout is an error, and the
 //! connection is dropped and reopened on the next publish.
+//!
+//! A blocked broker (a memory or disk alarm: `connection.blocked`) is watched per connection. While it lasts every
+//! publish fails at once with [`PublishError::Blocked`] ("broker blocked: <reason>"), and a publish already waiting
+//! for its confirm when the block comes fails then too; the connection is kept (it cannot even be closed while
+//! blocked: the client may not write), `/health` shows the component `blocked` (when a [`Health`] was given) and
+//! `amqp_publisher_blocked{connection}` is 1. `connection.unblocked` ends it. RabbitMQ blocks a connection (and
+//! says so) when it publishes during an alarm, so the first publish after the alarm is the one that finds out.
 
 use super::{AmqpSettings, ConnectError, connect, topology};
+use crate::ops::Health;
+use futures_util::StreamExt;
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
-use std::sync::Arc;
-use tokio::sync::Mutex;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::{Mutex, watch};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -18,6 +29,9 @@ pub enum PublishError {
     Publish(lapin::Error),
     #[error("the broker did not confirm the message within {0:?}")]
     Timeout(std::time::Duration),
+    /// RabbitMQ refuses this connection's publishes (its reason, e.g. a memory alarm) until the alarm clears.
+    #[error("broker blocked: {0} (RabbitMQ refuses publishes until its alarm clears)")]
+    Blocked(String),
     #[error("the broker refused the message (nack)")]
     Nacked,
     #[error(
@@ -51,6 +65,13 @@ impl<'a> Outgoing<'a> {
     }
 }
 
+impl PublishError {
+    /// Whether RabbitMQ blocked the publish: an outage to wait out, not the message's failure.
+    pub fn is_blocked(&self) -> bool {
+        matches!(self, PublishError::Blocked(_))
+    }
+}
+
 #[derive(Clone)]
 pub struct Publisher {
     inner: Arc<Inner>,
@@ -59,8 +80,31 @@ pub struct Publisher {
 struct Inner {
     settings: AmqpSettings,
     name: String,
-    conn: Mutex<Option<(Connection, Channel)>>,
+    conn: Mutex<Option<Open>>,
+    report: Arc<Report>,
 }
+
+/// Where a publisher's blocked state is reported (shared with its connections' watch tasks, which must not keep
+/// the publisher alive).
+struct Report {
+    /// The connection's name, the `connection` label of `amqp_publisher_blocked`.
+    name: String,
+    /// `/health`'s component, set once by [`Publisher::report_to`].
+    health: OnceLock<(Health, &'static str)>,
+}
+
+/// One open connection, its confirming channel, and its blocked state (`Some(reason)` while blocked), kept by a
+/// task that reads the connection's events until the connection is replaced.
+struct Open {
+    conn: Connection,
+    channel: Channel,
+    blocked: watch::Receiver<Option<String>>,
+    _watch: DropGuard,
+}
+
+/// How long closing a failed connection may take before it is left to the broker (a blocked connection cannot
+/// send its close).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Publisher {
     /// A publisher that connects on first use (and again after any failure).
@@ -70,7 +114,24 @@ impl Publisher {
                 settings,
                 name: format!("{name}-publish"),
                 conn: Mutex::new(None),
+                report: Arc::new(Report {
+                    name: format!("{name}-publish"),
+                    health: OnceLock::new(),
+                }),
             }),
+        }
+    }
+
+    /// Reports the broker blocking this publisher on `health`'s `component` (shown `blocked`, 503) until it lifts.
+    pub fn report_to(&self, health: Health, component: &'static str) {
+        let _ = self.inner.report.health.set((health, component));
+    }
+
+    /// Why the broker blocks this publisher's connection now, if it does.
+    pub fn blocked(&self) -> Option<String> {
+        match self.inner.conn.try_lock() {
+            Ok(guard) => guard.as_ref().and_then(|o| o.blocked.borrow().clone()),
+            Err(_) => None,
         }
     }
 
@@ -85,23 +146,35 @@ impl Publisher {
         match self.inner.conn.try_lock() {
             Ok(guard) => guard
                 .as_ref()
-                .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected()),
+                .is_some_and(|o| o.conn.status().connected() && o.channel.status().connected()),
             Err(_) => true,
         }
     }
 
-    async fn channel(&self) -> Result<Channel, PublishError> {
+    async fn channel(&self) -> Result<(Channel, watch::Receiver<Option<String>>), PublishError> {
         let mut guard = self.inner.conn.lock().await;
-        if let Some((conn, ch)) = guard.as_ref()
-            && conn.status().connected()
-            && ch.status().connected()
+        if let Some(open) = guard.as_ref()
+            && open.conn.status().connected()
+            && open.channel.status().connected()
         {
-            return Ok(ch.clone());
+            return Ok((open.channel.clone(), open.blocked.clone()));
         }
-        *guard = None;
+        if let Some(old) = guard.take() {
+            self.inner.report.set_blocked(None);
+            close_soon(old.conn, "publisher reconnecting");
+        }
         let conn = connect(&self.inner.settings, &self.inner.name)
             .await
             .map_err(PublishError::Connect)?;
+        // Listening before anything is published: lapin drops events nobody listens to.
+        let (blocked_tx, blocked) = watch::channel(None);
+        let stop = CancellationToken::new();
+        tokio::spawn(watch_blocked(
+            conn.events_listener(),
+            blocked_tx,
+            self.inner.report.clone(),
+            stop.clone(),
+        ));
         let lost = |e: lapin::Error| PublishError::Connect(e.into());
         let ch = conn.create_channel().await.map_err(lost)?;
         topology::declare(&ch, &self.inner.settings.retry_delays)
@@ -110,22 +183,61 @@ impl Publisher {
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(lost)?;
-        *guard = Some((conn, ch.clone()));
-        Ok(ch)
+        *guard = Some(Open {
+            conn,
+            channel: ch.clone(),
+            blocked: blocked.clone(),
+            _watch: stop.drop_guard(),
+        });
+        Ok((ch, blocked))
     }
 
+    /// Drops the connection of `failed` (the next publish opens a new one); its close is not waited for.
     async fn reset(&self, failed: &Channel) {
-        let mut guard = self.inner.conn.lock().await;
-        if guard.as_ref().is_some_and(|(_, ch)| ch.id() == failed.id())
-            && let Some((conn, _)) = guard.take()
-        {
-            let _ = conn.close(200, "publisher reset".into()).await;
+        let old = {
+            let mut guard = self.inner.conn.lock().await;
+            if guard
+                .as_ref()
+                .is_some_and(|o| o.channel.id() == failed.id())
+            {
+                guard.take()
+            } else {
+                None
+            }
+        };
+        if let Some(old) = old {
+            self.inner.report.set_blocked(None);
+            close_soon(old.conn, "publisher reset");
         }
     }
 
-    /// Publishes and waits for the broker's confirm.
+    /// Publishes and waits for the broker's confirm, at most `PUBLISH_TIMEOUT_MS`; fails at once (with
+    /// [`PublishError::Blocked`]) while the broker blocks the connection, also when the block comes during the wait.
+    /// A publish cut short that way was handed to the broker: it may still be queued once the block lifts.
     pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
-        let channel = self.channel().await?;
+        self.send(msg, false).await
+    }
+
+    /// Publishes like [`Publisher::publish`], but waits a block out instead of failing: the message is sent once
+    /// the block lifts, and a confirm delayed by a block is waited for (`PUBLISH_TIMEOUT_MS` counts again from the
+    /// unblock). For a copy that must be neither lost nor doubled while the caller holds its delivery (a consumer's
+    /// retry and park copies). Unbounded while the block lasts: the caller's shutdown must not depend on it.
+    pub async fn publish_through_block(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
+        self.send(msg, true).await
+    }
+
+    async fn send(&self, msg: Outgoing<'_>, hold: bool) -> Result<(), PublishError> {
+        let (channel, mut blocked) = self.channel().await?;
+        let now_blocked = blocked.borrow().clone();
+        if let Some(reason) = now_blocked {
+            if !hold {
+                return Err(PublishError::Blocked(reason));
+            }
+            if !unblocked(&mut blocked).await {
+                // The connection's watch ended (the connection went away): the caller tries again.
+                return Err(PublishError::Blocked(reason));
+            }
+        }
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(ShortString::from("application/json"))
@@ -138,7 +250,7 @@ impl Publisher {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let result = tokio::time::timeout(timeout, async {
+        let publish = async {
             let confirm = channel
                 .basic_publish(
                     msg.exchange.into(),
@@ -150,10 +262,33 @@ impl Publisher {
                 .await
                 .map_err(PublishError::Publish)?;
             confirm.await.map_err(PublishError::Publish)
-        })
-        .await;
+        };
+        let mut publish = std::pin::pin!(publish);
+        let mut block_comes = blocked.clone();
+        let result = loop {
+            tokio::select! {
+                r = tokio::time::timeout(timeout, &mut publish) => match r {
+                    Ok(r) => break Ok(r),
+                    Err(elapsed) => {
+                        let now_blocked = blocked.borrow().is_some();
+                        // Blocked while waiting: the confirm comes after the block; wait for both.
+                        if hold && now_blocked && unblocked(&mut blocked).await {
+                            continue;
+                        }
+                        break Err(elapsed);
+                    }
+                },
+                // The block came while this publish waited: the broker holds it unread until the alarm clears.
+                Some(reason) = block(&mut block_comes), if !hold => {
+                    return Err(PublishError::Blocked(reason));
+                }
+            }
+        };
         let outcome = match result {
-            Err(_) => Err(PublishError::Timeout(timeout)),
+            Err(_) => match blocked.borrow().clone() {
+                Some(reason) => return Err(PublishError::Blocked(reason)),
+                None => Err(PublishError::Timeout(timeout)),
+            },
             Ok(Err(e)) => Err(e),
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(_)))) => {
@@ -172,9 +307,78 @@ impl Publisher {
     }
 
     pub async fn close(&self) {
-        if let Some((conn, _)) = self.inner.conn.lock().await.take() {
-            let _ = conn.close(200, "shutdown".into()).await;
+        let open = self.inner.conn.lock().await.take();
+        if let Some(open) = open {
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, open.conn.close(200, "shutdown".into())).await;
         }
+    }
+}
+
+impl Report {
+    /// Reports the blocked state on `/health` and `amqp_publisher_blocked`, and logs its changes.
+    fn set_blocked(&self, reason: Option<&str>) {
+        metrics::gauge!("amqp_publisher_blocked", "connection" => self.name.clone())
+            .set(if reason.is_some() { 1.0 } else { 0.0 });
+        if let Some((health, component)) = self.health.get() {
+            health.set_blocked(component, reason);
+        }
+    }
+}
+
+/// Waits until the connection is no longer blocked; `false` when its watch ended (the connection is gone).
+async fn unblocked(rx: &mut watch::Receiver<Option<String>>) -> bool {
+    rx.wait_for(Option::is_none).await.is_ok()
+}
+
+/// Waits until the connection is blocked, and says why; `None` when its watch ended.
+async fn block(rx: &mut watch::Receiver<Option<String>>) -> Option<String> {
+    match rx.wait_for(Option::is_some).await {
+        Ok(reason) => reason.clone(),
+        Err(_) => None,
+    }
+}
+
+/// Closes a connection in the background, giving up after [`CLOSE_TIMEOUT`]: nothing waits on it.
+fn close_soon(conn: Connection, why: &'static str) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, why.into())).await;
+    });
+}
+
+/// Follows one connection's `connection.blocked` / `connection.unblocked` until `stop` (the connection replaced)
+/// or the connection's end.
+async fn watch_blocked(
+    events: impl futures_util::Stream<Item = lapin::Event> + Send + 'static,
+    tx: watch::Sender<Option<String>>,
+    inner: Arc<Report>,
+    stop: CancellationToken,
+) {
+    let mut events = std::pin::pin!(events);
+    loop {
+        let event = tokio::select! {
+            e = events.next() => e,
+            _ = stop.cancelled() => break,
+        };
+        match event {
+            None => break,
+            Some(lapin::Event::ConnectionBlocked(reason)) => {
+                let reason: String = reason.chars().take(200).collect();
+                tracing::error!(connection = %inner.name, reason = %reason,
+                    "RabbitMQ blocked publishing on this connection (a resource alarm); publishes fail until it lifts.");
+                inner.set_blocked(Some(&reason));
+                tx.send_replace(Some(reason));
+            }
+            Some(lapin::Event::ConnectionUnblocked) => {
+                tracing::info!(connection = %inner.name, "RabbitMQ unblocked publishing on this connection.");
+                inner.set_blocked(None);
+                tx.send_replace(None);
+            }
+            Some(_) => {}
+        }
+    }
+    if tx.borrow().is_some() {
+        inner.set_blocked(None);
     }
 }
 

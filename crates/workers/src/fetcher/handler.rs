@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use tracking_carriers::{FetchError, ObjectResult};
 use tracking_domain::{Carrier, CarrierUpdate, Source, TrackingRequest};
 use tracking_runtime::amqp::topology::CARRIER_EVENTS;
-use tracking_runtime::amqp::{Handler, Incoming, Outcome, Outgoing, Publisher};
+use tracking_runtime::amqp::{Handler, Incoming, Outcome, Outgoing, PublishError, Publisher};
 
 pub struct Fetcher {
     pub(super) batchers: HashMap<Carrier, Batcher>,
@@ -84,6 +84,13 @@ impl Handler for Fetcher {
                 None,
             );
         };
+        // While RabbitMQ blocks publishing, the carrier's answer could not be passed on: do not spend a call on it.
+        if let Some(reason) = self.publisher.blocked() {
+            return Outcome::Unavailable {
+                dependency: "rabbitmq",
+                reason: format!("broker blocked: {reason}"),
+            };
+        }
         let (tx, rx) = oneshot::channel();
         if batcher
             .tx
@@ -113,6 +120,17 @@ impl Handler for Fetcher {
         };
         match publish_update(&self.publisher, &update).await {
             Ok(()) => Outcome::Ack,
+            // RabbitMQ refuses publishes (a resource alarm): an outage, not this request's failure. Held, no
+            // attempt spent; the carrier is asked again once the block lifts.
+            Err(e)
+                if e.downcast_ref::<PublishError>()
+                    .is_some_and(PublishError::is_blocked) =>
+            {
+                Outcome::Unavailable {
+                    dependency: "rabbitmq",
+                    reason: format!("publishing the carrier's events: {e}"),
+                }
+            }
             Err(e) => Outcome::Retry {
                 after: Duration::from_secs(1),
                 reason: format!("publishing the carrier's events: {e}"),
