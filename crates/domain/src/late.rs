@@ -53,6 +53,10 @@ mod tests {
         assert_eq!(LateNotice::from_body(&body).unwrap().unwrap().notice_id, id);
         assert!(LateNotice::from_body(br#"{"change_id": "x", "status": "posted"}"#).is_none());
         assert!(LateNotice::from_body(b"not json").is_none());
-        assert!(LateNotice::from_body(br#"{"kind": "late_notice"}"#).unwrap().is_err());
+        assert!(
+            LateNotice::from_body(br#"{"kind": "late_notice"}"#)
+                .unwrap()
+                .is_err()
+        );
     }
 }
