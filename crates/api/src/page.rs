@@ -127,6 +127,7 @@ fn shipment(h: ShipmentHistory, max_events: usize) -> Option<PageShipment> {
         );
         return None;
     };
+    let (late_since, stalled_since) = (s.late(), s.stalled());
     let events = newest(h.events, max_events)
         .items
         .into_iter()
@@ -144,6 +145,8 @@ fn shipment(h: ShipmentHistory, max_events: usize) -> Option<PageShipment> {
         tracking_code: s.tracking_code,
         status,
         estimated_delivery: s.estimated_delivery,
+        late_since,
+        stalled_since,
         events,
     })
 }
