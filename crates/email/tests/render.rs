@@ -422,9 +422,15 @@ fn the_late_email_in_every_locale_matches_its_snapshot() -> TestResult {
             Locale::En => "Apr 2, 2026",
         };
         assert!(email.text.contains(date), "{locale:?}: {}", email.text);
-        assert!(email.html.replace("&#x2f;", "/").contains(date), "{locale:?}");
+        assert!(
+            email.html.replace("&#x2f;", "/").contains(date),
+            "{locale:?}"
+        );
         let actual = format!("Subject: {}\n\n{}", email.subject, email.text);
-        failures.extend(check_snapshot(&format!("late.{}", locale.as_str()), &actual));
+        failures.extend(check_snapshot(
+            &format!("late.{}", locale.as_str()),
+            &actual,
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
