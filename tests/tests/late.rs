@@ -133,7 +133,7 @@ fn decoded(value: &str) -> String {
         };
         // Whitespace between two encoded words is not part of the text.
         let encoded = text.is_some();
-        if !out.is_empty() && !(encoded && last_encoded) {
+        if !out.is_empty() && (!encoded || !last_encoded) {
             out.push(' ');
         }
         out.push_str(text.as_deref().unwrap_or(word));
