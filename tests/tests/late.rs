@@ -283,8 +283,27 @@ async fn with_late_emails_off_a_late_parcel_is_marked_and_nobody_is_emailed() ->
 {
     let env = TestEnv::ready().await?;
     let smtp = SmtpServer::start("127.0.0.1:0".parse()?, &[]).await?;
-    let code = s10("LB", 1);
-    insert(&env, &[row(code.clone(), "in_transit", "pt-BR", Some(48))]).await?;
+    let (code, before) = (s10("LB", 1), s10("LB", 2));
+    insert(
+        &env,
+        &[
+            row(code.clone(), "in_transit", "pt-BR", Some(48)),
+            row(before.clone(), "in_transit", "en", Some(48)),
+        ],
+    )
+    .await?;
+    // A notice recorded while late emails were on, not yet published when they were turned off.
+    sqlx::query("UPDATE shipments SET late_since = estimated_delivery WHERE tracking_code = $1")
+        .bind(&before)
+        .execute(&env.pool)
+        .await?;
+    sqlx::query(
+        "INSERT INTO late_notices (shipment_id, notice_id, promised_at) \
+         SELECT id, gen_random_uuid(), estimated_delivery FROM shipments WHERE tracking_code = $1",
+    )
+    .bind(&before)
+    .execute(&env.pool)
+    .await?;
     let _scheduler = scheduler(&env, &[("LATE_EMAILS", "false".to_owned())]).await?;
     let _email = email_publisher(&env, &smtp).await?;
     eventually(
@@ -294,7 +313,12 @@ async fn with_late_emails_off_a_late_parcel_is_marked_and_nobody_is_emailed() ->
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(notices(&env).await?, 0);
+    assert_eq!(notices(&env).await?, 1, "only the one recorded before");
+    let published: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM late_notices WHERE published_at IS NOT NULL")
+            .fetch_one(&env.pool)
+            .await?;
+    assert_eq!(published, 0);
     assert_eq!(smtp.received_count(), 0);
     Ok(())
 }

@@ -50,7 +50,7 @@ pub struct LateSettings {
     /// carrier news for this long is stalled.
     pub stale_after: Duration,
     /// `LATE_EMAILS` (default true): whether a shipment that becomes late records one "your parcel is late" email.
-    /// Off, shipments are still marked and listed, and no notice is recorded.
+    /// Off, shipments are still marked and listed, no notice is recorded, and none recorded before is published.
     pub emails: bool,
     /// Shipments marked per transaction (`SCHEDULER_BATCH`).
     pub batch: i64,
@@ -391,7 +391,10 @@ pub async fn late_scan(
         }
     }
     metrics::counter!("late_notices_total").increment(report.notices as u64);
-    report.published = publish_notices(pool, publisher, settings.batch).await?;
+    // Off, not even a notice recorded before is sent.
+    if settings.emails {
+        report.published = publish_notices(pool, publisher, settings.batch).await?;
+    }
     let mut conn = pool.acquire().await?;
     let counts = late::counts(&mut conn).await?;
     for carrier in tracking_domain::Carrier::ALL {
