@@ -213,6 +213,11 @@ async fn a_late_parcel_gets_one_late_email_in_its_locale_through_rescans_restart
         .collect();
     assert_eq!(ids.len(), 3);
     assert_eq!(notices(&env).await?, 3);
+    // Notices go to the email queue only: the marketplace publisher's queue never holds one.
+    assert_eq!(
+        env.amqp().await?.count("marketplace.order-status").await?,
+        0
+    );
     for quiet in [&delivered, &ahead, &in_grace, &pickup] {
         assert_eq!(late_since(&env, quiet).await?, None, "{quiet} is not late");
     }
@@ -319,6 +324,19 @@ async fn with_late_emails_off_a_late_parcel_is_marked_and_nobody_is_emailed() ->
             .fetch_one(&env.pool)
             .await?;
     assert_eq!(published, 0);
+    assert_eq!(smtp.received_count(), 0);
+
+    // A notice nobody recorded (forged, or erased since) is parked, and nobody is emailed.
+    let amqp = env.amqp().await?;
+    let forged = serde_json::json!({"kind": "late_notice", "notice_id": uuid::Uuid::new_v4()});
+    amqp.publish("email.order-status", &serde_json::to_vec(&forged)?)
+        .await?;
+    eventually(
+        Duration::from_secs(20),
+        "the forged notice parked",
+        || async { Ok((amqp.count("email.order-status.dead").await? == 1).then_some(())) },
+    )
+    .await?;
     assert_eq!(smtp.received_count(), 0);
     Ok(())
 }
