@@ -384,6 +384,10 @@ pub async fn order_tracking(
                 "status_reason": s.status_reason,
                 "status_at": s.status_at,
                 "estimated_delivery": s.estimated_delivery,
+                "late": s.late().is_some(),
+                "late_since": s.late(),
+                "stalled": s.stalled().is_some(),
+                "stalled_since": s.stalled(),
                 "carrier_message": h.carrier_message,
                 "not_trackable": s.not_trackable_reason.as_ref().map(|reason| json!({
                     "reason": reason,

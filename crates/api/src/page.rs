@@ -183,6 +183,7 @@ fn shipment(h: PageHistory) -> Option<PageShipment> {
         );
         return None;
     };
+    let (late_since, stalled_since) = (s.late(), s.stalled());
     let events = h
         .events
         .into_iter()
@@ -200,6 +201,8 @@ fn shipment(h: PageHistory) -> Option<PageShipment> {
         tracking_code: s.tracking_code,
         status,
         estimated_delivery: s.estimated_delivery,
+        late_since,
+        stalled_since,
         events,
         older_events: h.older_events,
     })

@@ -18,6 +18,7 @@ pub mod carrier_state;
 pub mod change;
 pub mod code;
 pub mod event;
+pub mod late;
 pub mod page_token;
 pub mod request;
 pub mod rules;
@@ -29,6 +30,7 @@ pub use carrier_state::CarrierState;
 pub use change::{ChangeEvent, StatusChange};
 pub use code::{Carrier, TrackingCode};
 pub use event::{CarrierEvent, CarrierUpdate, Location, Source};
+pub use late::LateNotice;
 pub use page_token::{PageKey, PageLinks};
 pub use request::{
     Customer, EmailAddress, FieldError, InvalidRequest, Locale, MarketplaceRef, OrderId,

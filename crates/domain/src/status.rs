@@ -62,6 +62,25 @@ impl Status {
         matches!(self, Status::Delivered | Status::Returned)
     }
 
+    /// Whether a promised delivery date that passed makes a parcel in this status late: it is still on its way
+    /// to the customer. Not once it is delivered, waits at a pickup point, heads back or expired.
+    pub fn can_be_late(self) -> bool {
+        matches!(
+            self,
+            Status::Registered
+                | Status::Posted
+                | Status::InTransit
+                | Status::OutForDelivery
+                | Status::DeliveryFailed
+                | Status::Exception
+        )
+    }
+
+    /// Whether a parcel in this status is expected to have carrier news: any but delivered, returned and expired.
+    pub fn can_stall(self) -> bool {
+        !self.is_final() && self != Status::Expired
+    }
+
     /// The statuses a customer is emailed about by default (product.md: posted, out for delivery,
     /// failed attempt, awaiting pickup, delivered, being returned, exception).
     pub fn notifies_customer_by_default(self) -> bool {

@@ -17,6 +17,8 @@ pub(crate) struct Catalog {
     pub reasons: HashMap<String, String>,
     /// Keyed by status name (`posted`, `out_for_delivery`, ...).
     pub status: BTreeMap<String, StatusTexts>,
+    /// The "your parcel is late" email: the promised date (`estimated_delivery`) passed without delivery.
+    pub late: StatusTexts,
     /// Every status's name (the tracking page's current status and timeline), keyed by status name.
     pub status_names: BTreeMap<String, String>,
     /// The tracking page's words.
@@ -70,6 +72,10 @@ pub(crate) struct PageWords {
     pub not_found_text: String,
     pub unavailable_title: String,
     pub unavailable_text: String,
+    /// A late shipment's line, `{date}` the promised date.
+    pub late: String,
+    /// A stalled shipment's line, `{date}` the last carrier news.
+    pub stalled: String,
 }
 
 /// The templates for one status.

@@ -44,4 +44,4 @@ mod stream;
 
 pub use mailer::{Mailer, MailerConfigError, MailerSettings, SendError};
 pub use page::{ErrorPage, OrderPage, PAGE_CSS, PageEvent, PageShipment, first_name};
-pub use render::{RenderError, RenderedEmail, Renderer, TemplateSettings};
+pub use render::{LateEmail, RenderError, RenderedEmail, Renderer, TemplateSettings};

@@ -37,6 +37,10 @@ pub struct PageShipment {
     pub status: Status,
     /// The carrier's estimate; shown while the parcel is still on its way.
     pub estimated_delivery: Option<DateTime<Utc>>,
+    /// The promised date that passed without delivery, while the shipment is late.
+    pub late_since: Option<DateTime<Utc>>,
+    /// The last carrier news, while the shipment is stalled (no news for `CARRIER_STALE_AFTER_HOURS`).
+    pub stalled_since: Option<DateTime<Utc>>,
     /// Oldest first (the page shows them newest first).
     pub events: Vec<PageEvent>,
     /// Whether the shipment has older events than `events` (the page says so under the timeline).
@@ -96,6 +100,10 @@ struct ShipmentView {
     carrier_name: &'static str,
     estimated_delivery: Option<String>,
     estimated_delivery_iso: Option<String>,
+    /// "Late: delivery was expected by …", while it is late.
+    late: Option<String>,
+    /// "No news from the carrier since …", while it is stalled.
+    stalled: Option<String>,
     carrier_url: Option<Value>,
     carrier_link: String,
     events: Vec<EventView>,
@@ -154,7 +162,16 @@ impl Renderer {
                 .filter(|_| shows_estimate(s.status))
                 .map(|at| at.fixed_offset());
             let carrier_name = carrier_name(s.carrier);
+            let sentence = |words: &str, at: Option<DateTime<Utc>>| {
+                at.map(|at| {
+                    format_time(locale, &at.fixed_offset(), tz, &data.date_format)
+                        .map(|date| words.replace("{date}", &date))
+                })
+                .transpose()
+            };
             shipments.push(ShipmentView {
+                late: sentence(&words.late, s.late_since)?,
+                stalled: sentence(&words.stalled, s.stalled_since)?,
                 title: words
                     .package
                     .replace("{n}", &(i + 1).to_string())
@@ -248,6 +265,8 @@ impl Renderer {
                     tracking_code: "AA123456785BR".into(),
                     status,
                     estimated_delivery: Some(at.to_utc()),
+                    late_since: Some(at.to_utc()),
+                    stalled_since: Some(at.to_utc()),
                     events: vec![PageEvent {
                         occurred_at: at,
                         status: Some(status),
@@ -265,6 +284,8 @@ impl Renderer {
         for s in &mut bare.shipments {
             s.carrier = Carrier::Jadlog;
             s.estimated_delivery = None;
+            s.late_since = None;
+            s.stalled_since = None;
             s.events.clear();
             s.older_events = false;
         }

@@ -7,7 +7,9 @@ use minijinja::{Environment, UndefinedBehavior, Value, context};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use tracking_domain::{Carrier, Locale, PageLinks, Status, StatusChange};
+use tracking_domain::{
+    Carrier, Customer, Locale, OrderId, PageLinks, Status, StatusChange, TrackingCode,
+};
 
 /// The two layouts every email is poured into. The `.html` name turns on minijinja's HTML auto-escaping.
 const LAYOUT_HTML: (&str, &str) = ("layout.html", include_str!("../templates/layout.html"));
@@ -56,6 +58,21 @@ impl Default for TemplateSettings {
             tracking_page: None,
         }
     }
+}
+
+/// The template part name of the late email (`[late]` in the catalogs).
+const LATE: &str = "late";
+
+/// What a "your parcel is late" email says: whose parcel, where it stands, and the promised date that passed.
+#[derive(Debug, Clone)]
+pub struct LateEmail<'a> {
+    pub order_id: &'a OrderId,
+    pub tracking_code: &'a TrackingCode,
+    pub carrier: Carrier,
+    /// Its status now (still on its way).
+    pub status: Status,
+    pub customer: &'a Customer,
+    pub promised: DateTime<FixedOffset>,
 }
 
 /// A rendered email, ready for [`crate::Mailer::send`].
@@ -131,7 +148,8 @@ struct Fields<'a> {
     carrier_name: &'static str,
     status: &'static str,
     place: Option<String>,
-    occurred_at: String,
+    /// When the change happened; none in a late notice (which is about a date that passed).
+    occurred_at: Option<String>,
     estimated_delivery: Option<String>,
     carrier_says: Option<&'a str>,
     reason: Option<&'a str>,
@@ -257,6 +275,8 @@ impl Renderer {
                     ),
                 });
             }
+            templates.push(("late/subject".to_owned(), catalog.late.subject.clone()));
+            templates.push(("late/body".to_owned(), catalog.late.body.clone()));
             for (part, source) in templates {
                 let name = template_name(locale, &part);
                 env.add_template_owned(name.clone(), source)
@@ -321,12 +341,12 @@ impl Renderer {
             carrier_name: carrier_name(change.carrier),
             status: change.status.as_str(),
             place,
-            occurred_at: format_time(
+            occurred_at: Some(format_time(
                 locale,
                 &change.occurred_at,
                 self.settings.time_zone,
                 &data.datetime_format,
-            )?,
+            )?),
             estimated_delivery,
             carrier_says: non_empty(Some(change.event.description.as_str())),
             reason,
@@ -338,7 +358,42 @@ impl Renderer {
             },
             t: &data.labels,
         };
-        self.render_fields(locale, change.status, &fields).map(Some)
+        self.render_fields(locale, change.status.as_str(), &fields)
+            .map(Some)
+    }
+
+    /// Renders the "your parcel is late" email: the parcel is still `status` and `promised` (the carrier's
+    /// estimate) has passed. Templates `[late]` of each locale's catalog.
+    pub fn render_late(&self, late: &LateEmail<'_>) -> Result<RenderedEmail, RenderError> {
+        let locale = late.customer.locale;
+        let data = self.locale(locale)?;
+        let fields = Fields {
+            store: &self.settings.store_name,
+            locale: locale.as_str(),
+            name: non_empty(late.customer.name.as_deref()),
+            order_id: late.order_id.as_str(),
+            tracking_code: late.tracking_code.as_str(),
+            carrier: late.carrier.as_str(),
+            carrier_name: carrier_name(late.carrier),
+            status: late.status.as_str(),
+            place: None,
+            occurred_at: None,
+            estimated_delivery: Some(format_time(
+                locale,
+                &late.promised,
+                self.settings.time_zone,
+                &data.date_format,
+            )?),
+            carrier_says: None,
+            reason: None,
+            reason_text: None,
+            tracking_url: match &self.settings.tracking_page {
+                Some(page) => Some(page.url(late.order_id)),
+                None => self.carrier_url(late.carrier, late.tracking_code.as_str()),
+            },
+            t: &data.labels,
+        };
+        self.render_fields(locale, LATE, &fields)
     }
 
     /// The carrier's own page for a parcel, when the carrier has a pattern.
@@ -368,19 +423,20 @@ impl Renderer {
             })
     }
 
+    /// Renders the email `kind` (a status name, or `late`) with `fields`.
     fn render_fields(
         &self,
         locale: Locale,
-        status: Status,
+        kind: &str,
         fields: &Fields<'_>,
     ) -> Result<RenderedEmail, RenderError> {
         let ctx = Value::from_serialize(fields);
         let part = |p: &str| self.render_template(&template_name(locale, p), &ctx);
-        let subject = part(&format!("{status}/subject"))?
+        let subject = part(&format!("{kind}/subject"))?
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
-        let body = part(&format!("{status}/body"))?.trim().to_owned();
+        let body = part(&format!("{kind}/body"))?.trim().to_owned();
         let greeting = part("greeting")?.trim().to_owned();
         let signature = part("signature")?.trim().to_owned();
         let footer = part("footer")?.trim().to_owned();
@@ -441,7 +497,7 @@ impl Renderer {
                         carrier_name: carrier_name(Carrier::Correios),
                         status: status.as_str(),
                         place: full.then(|| "CAMPINAS/SP".to_owned()),
-                        occurred_at: "-".into(),
+                        occurred_at: Some("-".into()),
                         estimated_delivery: full.then(|| "-".to_owned()),
                         carrier_says: full.then_some("-"),
                         reason,
@@ -449,7 +505,16 @@ impl Renderer {
                         tracking_url: full.then(|| "https://example.com/".to_owned()),
                         t: &data.labels,
                     };
-                    self.render_fields(locale, status, &fields)?;
+                    self.render_fields(locale, status.as_str(), &fields)?;
+                    if reason.is_none() || reason == Some("customs") {
+                        let late = Fields {
+                            occurred_at: None,
+                            reason: None,
+                            reason_text: None,
+                            ..fields
+                        };
+                        self.render_fields(locale, LATE, &late)?;
+                    }
                 }
             }
             let sample = DateTime::<FixedOffset>::default();

@@ -29,6 +29,8 @@ fn order() -> OrderPage {
                 tracking_code: "DL746686536BR".into(),
                 status: Status::Delivered,
                 estimated_delivery: Some("2026-04-02T12:00:00Z".parse::<DateTime<Utc>>().unwrap()),
+                late_since: None,
+                stalled_since: None,
                 events: vec![
                     event(
                         "2026-03-26T10:00:00-03:00",
@@ -51,6 +53,8 @@ fn order() -> OrderPage {
                 tracking_code: "10084500001234".into(),
                 status: Status::InTransit,
                 estimated_delivery: Some("2026-04-03T12:00:00Z".parse::<DateTime<Utc>>().unwrap()),
+                late_since: None,
+                stalled_since: None,
                 events: vec![],
                 older_events: false,
             },
@@ -161,6 +165,45 @@ fn a_shipment_with_older_events_than_shown_says_so_in_every_locale() -> TestResu
         // Under the shipment's timeline, not the other shipment's.
         let at = html.find(&note).unwrap_or_default();
         assert!(html[..at].contains("DL746686536BR") && !html[..at].contains("10084500001234"));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_late_or_stalled_shipment_says_so_in_every_locale() -> TestResult {
+    let r = renderer();
+    let plain = r.page(&order(), Locale::En)?;
+    assert!(!plain.contains("class=\"notice"), "{plain}");
+    let mut late = order();
+    late.shipments[1].late_since = Some("2026-04-03T12:00:00Z".parse::<DateTime<Utc>>()?);
+    late.shipments[1].stalled_since = Some("2026-03-30T12:00:00Z".parse::<DateTime<Utc>>()?);
+    for (locale, late_line, stalled_line) in [
+        (
+            Locale::PtBr,
+            "Atrasado: a entrega estava prevista para 03/04/2026.",
+            "Sem novidades da transportadora desde 30/03/2026.",
+        ),
+        (
+            Locale::Es,
+            "Retrasado: la entrega estaba prevista para el 03/04/2026.",
+            "Sin novedades del transportista desde el 30/03/2026.",
+        ),
+        (
+            Locale::En,
+            "Late: delivery was expected by Apr 3, 2026.",
+            "No news from the carrier since Mar 30, 2026.",
+        ),
+    ] {
+        // minijinja escapes `/` too.
+        let html = r.page(&late, locale)?.replace("&#x2f;", "/");
+        assert!(
+            html.contains(&format!("<p class=\"notice late\">{late_line}</p>")),
+            "{html}"
+        );
+        assert!(
+            html.contains(&format!("<p class=\"notice stalled\">{stalled_line}</p>")),
+            "{html}"
+        );
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use tracking_domain::{
     Carrier, ChangeEvent, Customer, EmailAddress, Locale, Location, OrderId, Source, Status,
     StatusChange, TrackingCode,
 };
-use tracking_email::{RenderError, Renderer, TemplateSettings};
+use tracking_email::{LateEmail, RenderError, Renderer, TemplateSettings};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -399,4 +399,39 @@ fn with_a_tracking_page_every_email_links_the_order_page_instead_of_the_carrier(
 
 fn renderer_without_page() -> Renderer {
     renderer()
+}
+
+#[test]
+fn the_late_email_in_every_locale_matches_its_snapshot() -> TestResult {
+    let renderer = renderer();
+    let mut failures = Vec::new();
+    for locale in Locale::ALL {
+        let c = change(Status::InTransit, locale);
+        let email = renderer.render_late(&LateEmail {
+            order_id: &c.order_id,
+            tracking_code: &c.tracking_code,
+            carrier: c.carrier,
+            status: Status::InTransit,
+            customer: &c.customer,
+            promised: DateTime::parse_from_rfc3339("2026-04-02T23:59:59-03:00")?,
+        })?;
+        // The promised date is in it, in the locale's format, and nothing about an event.
+        let date = match locale {
+            Locale::PtBr => "02/04/2026",
+            Locale::Es => "02/04/2026",
+            Locale::En => "Apr 2, 2026",
+        };
+        assert!(email.text.contains(date), "{locale:?}: {}", email.text);
+        assert!(
+            email.html.replace("&#x2f;", "/").contains(date),
+            "{locale:?}"
+        );
+        let actual = format!("Subject: {}\n\n{}", email.subject, email.text);
+        failures.extend(check_snapshot(
+            &format!("late.{}", locale.as_str()),
+            &actual,
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
 }

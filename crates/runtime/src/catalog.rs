@@ -175,6 +175,10 @@ pub const METRICS: &[Metric] = &[
         "rows_quarantined_total",
         "Stored rows that could not be read back and were set aside, per table.",
     ),
+    counter(
+        "late_emails_total",
+        "Late notices the email publisher handled, per result (sent, duplicate, not_late, failed, ...).",
+    ),
     // The scheduler.
     counter(
         "scheduled_polls_total",
@@ -191,6 +195,22 @@ pub const METRICS: &[Metric] = &[
     gauge(
         "scheduler_last_tick_timestamp_seconds",
         "Unix time of the scheduler's last successful tick.",
+    ),
+    gauge(
+        "shipments_open",
+        "Shipments still followed (not finished, not quarantined), per carrier, as of the last late scan.",
+    ),
+    gauge(
+        "shipments_late",
+        "Shipments whose promised date passed by LATE_GRACE_HOURS without delivery, per carrier.",
+    ),
+    gauge(
+        "shipments_stalled",
+        "Shipments with no carrier event for CARRIER_STALE_AFTER_HOURS, per carrier.",
+    ),
+    counter(
+        "late_notices_total",
+        "Late notices (one \"your parcel is late\" email each) the scheduler recorded.",
     ),
     // tracking-api.
     counter(

@@ -15,6 +15,7 @@ pub mod changes;
 pub mod deliveries;
 pub mod env;
 pub mod failure;
+pub mod late;
 pub mod normalize;
 pub mod shipments;
 pub mod text;

@@ -202,6 +202,15 @@ pub async fn record_changes(
     .await?)
 }
 
+/// The statuses in which a shipment can be late: a move to any other lifts the mark.
+fn late_statuses() -> Vec<String> {
+    tracking_domain::Status::ALL
+        .into_iter()
+        .filter(|s| s.can_be_late())
+        .map(|s| s.as_str().to_owned())
+        .collect()
+}
+
 /// What a batch of polls (or manual events) leaves on one shipment.
 #[derive(Debug, Clone)]
 pub struct PollResult {
@@ -237,6 +246,9 @@ pub async fn update_after_poll(
              last_polled_at = CASE WHEN u.polled THEN now() ELSE s.last_polled_at END, \
              last_news_at = CASE WHEN u.news THEN now() ELSE s.last_news_at END, \
              estimated_delivery = COALESCE(u.estimated_delivery, s.estimated_delivery), \
+             late_since = CASE WHEN (u.set_status AND u.status <> ALL($12)) OR u.estimated_delivery > s.late_since \
+                 THEN NULL ELSE s.late_since END, \
+             stalled_since = CASE WHEN u.news THEN NULL ELSE s.stalled_since END, \
              carrier_message = u.carrier_message, next_poll_at = u.next_poll_at, \
              not_trackable_reason = CASE WHEN u.polled THEN u.not_trackable_reason ELSE s.not_trackable_reason END, \
              not_trackable_at = CASE WHEN NOT u.polled THEN s.not_trackable_at WHEN u.not_trackable_reason IS NULL THEN NULL \
@@ -289,6 +301,7 @@ pub async fn update_after_poll(
             .map(|r| r.not_trackable_reason.clone())
             .collect::<Vec<_>>(),
     )
+    .bind(late_statuses())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -303,12 +316,14 @@ pub async fn set_status(
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE shipments SET status = $2, status_reason = $3, status_at = $4, finished_at = NULL, updated_at = now() WHERE id = $1",
+        "UPDATE shipments SET status = $2, status_reason = $3, status_at = $4, finished_at = NULL, \
+             late_since = CASE WHEN $2 = ANY($5) THEN late_since END, updated_at = now() WHERE id = $1",
     )
     .bind(shipment_id)
     .bind(status)
     .bind(reason)
     .bind(at)
+    .bind(late_statuses())
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -34,15 +34,32 @@ pub struct ShipmentRow {
     pub not_trackable_reason: Option<String>,
     /// Since when the carrier has answered so.
     pub not_trackable_at: Option<DateTime<Utc>>,
+    /// The promised date that passed without delivery, while the shipment is late (see [`crate::late`]).
+    pub late_since: Option<DateTime<Utc>>,
+    /// The last carrier news before the shipment went quiet for `CARRIER_STALE_AFTER_HOURS`, while it is stalled.
+    pub stalled_since: Option<DateTime<Utc>>,
 }
 
 pub const SHIPMENT_COLUMNS: &str = "id, carrier, tracking_code, order_id, customer_email, customer_name, customer_locale, \
      marketplace_name, marketplace_order_id, invoice_number, status, status_reason, status_at, estimated_delivery, \
-     last_news_at, next_poll_at, finished_at, quarantine_reason, not_trackable_reason, not_trackable_at";
+     last_news_at, next_poll_at, finished_at, quarantine_reason, not_trackable_reason, not_trackable_at, late_since, \
+     stalled_since";
 
 impl ShipmentRow {
     pub fn status(&self) -> Result<Status, StoreError> {
         self.status.known()
+    }
+
+    /// Marked late by the scheduler and still on its way (see [`crate::late`]): the promised date that passed.
+    pub fn late(&self) -> Option<DateTime<Utc>> {
+        self.late_since
+            .filter(|_| self.finished_at.is_none() && self.status().is_ok_and(Status::can_be_late))
+    }
+
+    /// Marked stalled by the scheduler and still expected to move: the last carrier news.
+    pub fn stalled(&self) -> Option<DateTime<Utc>> {
+        self.stalled_since
+            .filter(|_| self.finished_at.is_none() && self.status().is_ok_and(Status::can_stall))
     }
 
     /// The tracking request this shipment was registered with (its latest order context).

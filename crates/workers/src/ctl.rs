@@ -25,6 +25,8 @@ const EXAMPLES: &str = "Examples:
   trackctl publish --csv requests.csv           (header: order_id,tracking_code,email,name,locale,carrier,marketplace,marketplace_order_id,invoice_number)
   trackctl shipment show DL746686536BR
   trackctl shipment recompute --all     (after the event-code table changed: records and publishes only new changes)
+  trackctl shipments late --carrier correios --since 7d   (late parcels: promised date passed without delivery)
+  trackctl shipments late --stalled             (parcels with no carrier event for CARRIER_STALE_AFTER_HOURS)
   trackctl dead list tracking.requests
   trackctl dead show email.order-status 1
   trackctl dead replay email.order-status --limit 10
@@ -43,6 +45,9 @@ pub enum Command {
     /// Shipments.
     #[command(subcommand)]
     Shipment(ShipmentCommand),
+    /// Lists of shipments.
+    #[command(subcommand)]
+    Shipments(ShipmentsCommand),
     /// Parked messages (`Q.dead`).
     #[command(subcommand)]
     Dead(DeadCommand),
@@ -121,6 +126,30 @@ pub enum ShipmentCommand {
 }
 
 #[derive(Subcommand)]
+pub enum ShipmentsCommand {
+    /// Shipments the scheduler marked late (the carrier's promised date passed by LATE_GRACE_HOURS without
+    /// delivery), the longest-waiting first; with --stalled, those with no carrier event for
+    /// CARRIER_STALE_AFTER_HOURS instead.
+    Late(LateArgs),
+}
+
+#[derive(clap::Args)]
+pub struct LateArgs {
+    /// Only this carrier's (correios, jadlog).
+    #[arg(long)]
+    pub carrier: Option<String>,
+    /// Only those whose promised date (with --stalled: last carrier news) is at or after this: a date
+    /// (2026-12-01), an RFC 3339 time, or a span back from now (48h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// List stalled shipments instead of late ones.
+    #[arg(long)]
+    pub stalled: bool,
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+}
+
+#[derive(Subcommand)]
 pub enum DeadCommand {
     /// List parked messages with their reason (they stay parked); a message the broker parked at the queue's
     /// delivery limit says so.
@@ -179,6 +208,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Shipment(ShipmentCommand::Recompute { tracking_code, .. }) => {
             recompute(tracking_code.as_deref()).await
         }
+        Command::Shipments(ShipmentsCommand::Late(args)) => late_list(args).await,
         Command::Dead(cmd) => dead(cmd).await,
         Command::Carriers(CarriersCommand::Health) => carriers_health().await,
         Command::Carriers(CarriersCommand::Replay) => carriers_replay().await,
@@ -514,6 +544,7 @@ async fn show(code: &str) -> anyhow::Result<()> {
         bail!("no shipment with tracking code {code}");
     }
     for s in found {
+        let (late, stalled) = (s.late(), s.stalled());
         println!(
             "{} {}  status {}{}",
             s.carrier,
@@ -541,6 +572,25 @@ async fn show(code: &str) -> anyhow::Result<()> {
         if let Some(reason) = &s.quarantine_reason {
             println!(
                 "  QUARANTINED (not polled; a valid tracking request for it lifts this): {reason}"
+            );
+        }
+        if let Some(promised) = late {
+            println!("  LATE: promised by {promised}, not delivered");
+        }
+        if let Some(news) = stalled {
+            println!("  STALLED: no carrier event since {news}");
+        }
+        if let Some(n) = tracking_store::late::notice_of(&pool, s.id).await? {
+            println!(
+                "  late email: notice {} recorded {}{}  email={}",
+                n.notice_id,
+                n.created_at,
+                if n.published {
+                    ""
+                } else {
+                    " (not yet published)"
+                },
+                n.email.as_deref().unwrap_or("not yet taken")
             );
         }
         println!(
@@ -594,6 +644,91 @@ async fn show(code: &str) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `--since`: a date, an RFC 3339 time, or a span back from now (`48h`, `7d`).
+fn parse_since(
+    text: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let t = text.trim();
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Ok(at.to_utc());
+    }
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return Ok(day.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    let span = |digits: &str, unit_hours: i64| -> Option<chrono::DateTime<chrono::Utc>> {
+        let n: i64 = digits.parse().ok()?;
+        now.checked_sub_signed(chrono::Duration::try_hours(n.checked_mul(unit_hours)?)?)
+    };
+    let back = match t.char_indices().last() {
+        Some((i, 'h')) => span(&t[..i], 1),
+        Some((i, 'd')) => span(&t[..i], 24),
+        _ => None,
+    };
+    back.with_context(|| {
+        format!("--since {t:?}: expected a date (2026-12-01), an RFC 3339 time or a span (48h, 7d)")
+    })
+}
+
+async fn late_list(args: LateArgs) -> anyhow::Result<()> {
+    let carrier = match &args.carrier {
+        Some(c) => Some(
+            c.trim()
+                .to_ascii_lowercase()
+                .parse::<tracking_domain::Carrier>()
+                .map_err(|e| anyhow::anyhow!("--carrier: {e}"))?,
+        ),
+        None => None,
+    };
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, chrono::Utc::now()))
+        .transpose()?;
+    if args.limit < 1 {
+        bail!("--limit must be at least 1");
+    }
+    let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
+    let mark = if args.stalled {
+        tracking_store::late::Mark::Stalled
+    } else {
+        tracking_store::late::Mark::Late
+    };
+    let rows =
+        tracking_store::late::list(&pool, mark, carrier.map(|c| c.as_str()), since, args.limit)
+            .await?;
+    let what = if args.stalled { "stalled" } else { "late" };
+    if rows.is_empty() {
+        println!("No {what} shipments.");
+        return Ok(());
+    }
+    for s in &rows {
+        let (label, at) = if args.stalled {
+            ("last news", s.stalled_since)
+        } else {
+            ("promised by", s.late_since)
+        };
+        println!(
+            "{} {}  {}  order {}  {label} {}",
+            s.carrier,
+            s.tracking_code,
+            s.status,
+            s.order_id,
+            at.map(|a| a.to_rfc3339()).unwrap_or_default()
+        );
+    }
+    println!(
+        "{} {what} shipment(s){}.",
+        rows.len(),
+        if rows.len() as i64 == args.limit {
+            " (the limit; --limit shows more)"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 

@@ -7,6 +7,11 @@
 //! fails while a connection is opened (TLS, refused credentials) are retried in process, then with backoff through
 //! the delay queues; a 5xx answer to the email itself (e.g. 550 an unknown mailbox) parks the change in
 //! `email.order-status.dead` with the server's answer.
+//!
+//! The same queue carries the scheduler's late notices (`{"kind": "late_notice", "notice_id": ...}`, see
+//! [`tracking_domain::late`]): each is sent once, as the "your parcel is late" email in the customer's language, from
+//! the notice the scheduler recorded and the shipment's current order context; a shipment that is no longer late
+//! when the notice is handled (delivered meanwhile, a later promise) gets no email.
 
 use crate::boot::{self, Schema, Worker};
 use crate::deliver::{self, Attempt, RetryPolicy};
@@ -15,8 +20,10 @@ use crate::trusted::{self, Trusted};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracking_domain::Status;
-use tracking_email::{Mailer, MailerConfigError, MailerSettings, Renderer, TemplateSettings};
+use tracking_domain::{LateNotice, Status};
+use tracking_email::{
+    LateEmail, Mailer, MailerConfigError, MailerSettings, RenderedEmail, Renderer, TemplateSettings,
+};
 use tracking_marketplaces::Marketplaces;
 use tracking_runtime::amqp::topology::EMAIL_QUEUE;
 use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome};
@@ -142,6 +149,9 @@ fn count(result: &'static str) {
 
 impl Handler for EmailPublisher {
     async fn handle(&self, msg: Incoming) -> Outcome {
+        if let Some(notice) = LateNotice::from_body(&msg.body) {
+            return self.late(notice).await;
+        }
         let Trusted {
             change,
             superseded_by,
@@ -220,6 +230,120 @@ impl Handler for EmailPublisher {
             }
             "skipped" => {
                 tracing::info!(change_id = %change.change_id, superseded_by = ?superseded_by, "Email not sent: a later change superseded it while it waited.")
+            }
+            _ => {}
+        }
+        delivered.outcome
+    }
+}
+
+fn count_late(result: &'static str) {
+    metrics::counter!("late_emails_total", "result" => result).increment(1);
+}
+
+impl EmailPublisher {
+    /// A late notice: sent once (keyed by its notice id) when it was recorded and the shipment is still late.
+    async fn late(&self, notice: Result<LateNotice, String>) -> Outcome {
+        let notice = match notice {
+            Ok(n) => n,
+            Err(reason) => return Outcome::Park { reason },
+        };
+        let id = notice.notice_id;
+        let recorded = match tracking_store::late::notice(&self.pool, id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                metrics::counter!("changes_refused_total", "reason" => "not_recorded").increment(1);
+                tracing::warn!(notice_id = %id, "A late notice that was never recorded arrived; parking it.");
+                return Outcome::Park {
+                    reason: format!(
+                        "late notice {id} is not recorded in late_notices: only notices the scheduler recorded are sent"
+                    ),
+                };
+            }
+            Err(e) => return crate::db_outcome(&e),
+        };
+        if !recorded.still_late() {
+            count_late("not_late");
+            tracing::info!(notice_id = %id, tracking_code = %recorded.shipment.tracking_code,
+                "Late email not sent: the shipment is no longer late.");
+            return Outcome::Ack;
+        }
+        let (request, status) = match recorded
+            .shipment
+            .request()
+            .and_then(|r| recorded.shipment.status().map(|s| (r, s)))
+        {
+            Ok(read) => read,
+            Err(e) => {
+                return Outcome::Park {
+                    reason: format!("the late notice's shipment cannot be read: {e}"),
+                };
+            }
+        };
+        if let Some(mp) = request
+            .marketplace
+            .as_ref()
+            .and_then(|m| self.marketplaces.get(&m.name))
+            && !mp.email_customers
+        {
+            count_late("marketplace_emails");
+            return Outcome::Ack;
+        }
+        let email: RenderedEmail = match self.renderer.render_late(&LateEmail {
+            order_id: &request.order_id,
+            tracking_code: &request.tracking_code,
+            carrier: request.carrier,
+            status,
+            customer: &request.customer,
+            promised: recorded.promised_at.fixed_offset(),
+        }) {
+            Ok(e) => e,
+            Err(e) => {
+                return Outcome::Park {
+                    reason: format!("cannot render the late email: {e}"),
+                };
+            }
+        };
+        let message_id = self.mailer.message_id(id);
+        let delivered = deliver::once(
+            &self.ledger,
+            DESTINATION,
+            id,
+            &self.retry,
+            "the SMTP server",
+            None,
+            || async {
+                match self
+                    .mailer
+                    .send(
+                        &request.customer.email,
+                        request.customer.name.as_deref(),
+                        &email,
+                        &message_id,
+                    )
+                    .await
+                {
+                    Ok(()) => Attempt::Done(message_id.clone()),
+                    Err(e) if e.is_transient() => Attempt::Transient {
+                        reason: e.to_string(),
+                        after: None,
+                    },
+                    Err(e) => Attempt::Permanent(e.to_string()),
+                }
+            },
+        )
+        .await;
+        count_late(match delivered.result {
+            "delivered" => "sent",
+            other => other,
+        });
+        match delivered.result {
+            "delivered" => {
+                tracing::info!(notice_id = %id, to = %request.customer.email.masked(),
+                locale = request.customer.locale.as_str(), tries = delivered.tries, "Late email accepted by the SMTP server.")
+            }
+            "duplicate" => {
+                tracing::info!(notice_id = %id, "Late email already sent for this notice; nothing to do.")
             }
             _ => {}
         }

@@ -6,6 +6,8 @@
 //! - Delivered or returned: this is the final poll (for late events); the shipment is marked finished.
 //! - No news for `EXPIRE_AFTER_DAYS`: the shipment is marked `expired`, the change is recorded in the outbox
 //!   (the normalizer's relay publishes it), a warning is logged and `shipments_expired_total` counted; polling stops.
+//!
+//! Every `LATE_SCAN_INTERVAL_MS` it also scans for late and stalled shipments ([`late_scan`]).
 
 use crate::boot::{self, Schema, Worker};
 use crate::policy::PollPolicy;
@@ -13,11 +15,13 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracking_domain::LateNotice;
 use tracking_domain::{ChangeEvent, Location, Source, Status, StatusChange};
-use tracking_runtime::amqp::topology::TRACKING_REQUESTS;
+use tracking_runtime::amqp::topology::{EMAIL_QUEUE, TRACKING_REQUESTS};
 use tracking_runtime::amqp::{AmqpSettings, Outgoing, Publisher};
 use tracking_runtime::ops::Health;
 use tracking_runtime::settings::{self, SettingsError};
+use tracking_store::late;
 use tracking_store::shipments::{self, ShipmentRow};
 
 pub struct Settings {
@@ -31,6 +35,37 @@ pub struct Settings {
     /// `SCHEDULER_STALL_AFTER_SECS` (default 300): with no successful tick for this long, `/health`'s `ticks`
     /// component is down (503) and an error is logged.
     pub stall_after: Duration,
+    pub late: LateSettings,
+}
+
+/// Late and stalled shipments ([`late_scan`]).
+#[derive(Debug, Clone)]
+pub struct LateSettings {
+    /// `LATE_SCAN_INTERVAL_MS` (default 60000): how often the scan runs (and the `shipments_late` gauges move).
+    pub interval: Duration,
+    /// `LATE_GRACE_HOURS` (default 24): how long after the carrier's promised date an undelivered shipment is late.
+    /// Correios promises a day, not an hour: a day of grace makes the whole promised day count.
+    pub grace: Duration,
+    /// `CARRIER_STALE_AFTER_HOURS` (default 120, shared with the fetcher's carrier health): a shipment with no
+    /// carrier news for this long is stalled.
+    pub stale_after: Duration,
+    /// `LATE_EMAILS` (default true): whether a shipment that becomes late records one "your parcel is late" email.
+    /// Off, shipments are still marked and listed, no notice is recorded, and none recorded before is published.
+    pub emails: bool,
+    /// Shipments marked per transaction (`SCHEDULER_BATCH`).
+    pub batch: i64,
+}
+
+impl LateSettings {
+    pub fn from_env(batch: i64) -> Result<Self, SettingsError> {
+        Ok(Self {
+            interval: settings::millis("LATE_SCAN_INTERVAL_MS", 60_000)?,
+            grace: settings::secs("LATE_GRACE_HOURS", 24)?.saturating_mul(3600),
+            stale_after: settings::secs("CARRIER_STALE_AFTER_HOURS", 120)?.saturating_mul(3600),
+            emails: settings::parse("LATE_EMAILS", true)?,
+            batch,
+        })
+    }
 }
 
 impl Settings {
@@ -46,6 +81,7 @@ impl Settings {
             tick: settings::millis("SCHEDULER_TICK_MS", 1000)?,
             batch,
             stall_after: settings::secs("SCHEDULER_STALL_AFTER_SECS", 300)?,
+            late: LateSettings::from_env(batch)?,
         })
     }
 }
@@ -74,6 +110,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         "Scheduling polls."
     );
     let mut liveness = Liveness::new(settings.stall_after);
+    let mut next_late_scan = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(settings.tick) => {}
@@ -113,6 +150,26 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 metrics::counter!("scheduler_tick_failures_total").increment(1);
                 health.set("rabbitmq", publisher.is_connected());
                 tracing::warn!(error = %e, "A scheduler tick failed; the shipments stay due.");
+            }
+        }
+        if std::time::Instant::now() >= next_late_scan {
+            next_late_scan = std::time::Instant::now() + settings.late.interval;
+            match late_scan(pool, publisher, &settings.late, Utc::now()).await {
+                Ok(report) if report != LateReport::default() => {
+                    tracing::info!(
+                        late = report.late,
+                        stalled = report.stalled,
+                        cleared = report.cleared,
+                        notices = report.notices,
+                        published = report.published,
+                        "Scanned for late and stalled shipments."
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    metrics::counter!("scheduler_tick_failures_total").increment(1);
+                    tracing::warn!(error = %e, "The late-shipment scan failed; it runs again at the next interval.");
+                }
             }
         }
     }
@@ -271,4 +328,101 @@ async fn expire(
     tracing::warn!(order_id = %s.order_id, tracking_code = %s.tracking_code, last_news_at = %s.last_news_at,
         "Shipment expired: no carrier update for too long; polling stopped.");
     Ok(())
+}
+
+/// What one late scan did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LateReport {
+    /// Shipments newly marked late.
+    pub late: usize,
+    /// Shipments newly marked stalled.
+    pub stalled: u64,
+    /// Marks lifted (delivered, a later promise, news since).
+    pub cleared: u64,
+    /// Late notices recorded.
+    pub notices: usize,
+    /// Late notices published to the email queue.
+    pub published: usize,
+}
+
+/// At most this many batches per scan, so that a backlog (the first scan after deploying) is worked off over a
+/// few scans instead of holding the scheduler.
+const LATE_BATCHES_PER_SCAN: usize = 20;
+
+/// One late scan: marks late and stalled shipments in bounded batches (each its own transaction; several
+/// schedulers skip each other's rows), records at most one late notice per shipment in the transaction that marks
+/// it, publishes the recorded notices to `email.order-status` (with confirms, marked published in the same
+/// transaction: a notice whose publish fails stays unpublished and is tried at the next scan; one published twice
+/// is sent once, keyed by its id), lifts marks that no longer hold, and sets the gauges.
+pub async fn late_scan(
+    pool: &PgPool,
+    publisher: &Publisher,
+    settings: &LateSettings,
+    now: DateTime<Utc>,
+) -> anyhow::Result<LateReport> {
+    let mut report = LateReport::default();
+    let promised_before = now - chrono::Duration::from_std(settings.grace)?;
+    let news_before = now - chrono::Duration::from_std(settings.stale_after)?;
+    let batch = usize::try_from(settings.batch).unwrap_or(usize::MAX);
+    for _ in 0..LATE_BATCHES_PER_SCAN {
+        let mut tx = pool.begin().await?;
+        let marked = late::mark_late(&mut tx, promised_before, settings.batch).await?;
+        if settings.emails {
+            for s in &marked {
+                if let Some(promised) = s.late_since
+                    && late::record_notice(&mut tx, s.id, promised).await?
+                {
+                    report.notices += 1;
+                }
+            }
+        }
+        let stalled = late::mark_stalled(&mut tx, news_before, settings.batch).await?;
+        let cleared = late::clear(&mut tx, promised_before, news_before, settings.batch).await?;
+        tx.commit().await?;
+        report.late += marked.len();
+        report.stalled += stalled;
+        report.cleared += cleared;
+        let full = |n: usize| n >= batch;
+        if !full(marked.len())
+            && !full(usize::try_from(stalled).unwrap_or(usize::MAX))
+            && !full(usize::try_from(cleared).unwrap_or(usize::MAX))
+        {
+            break;
+        }
+    }
+    metrics::counter!("late_notices_total").increment(report.notices as u64);
+    // Off, not even a notice recorded before is sent.
+    if settings.emails {
+        report.published = publish_notices(pool, publisher, settings.batch).await?;
+    }
+    let mut conn = pool.acquire().await?;
+    let counts = late::counts(&mut conn).await?;
+    for carrier in tracking_domain::Carrier::ALL {
+        let c = counts.iter().find(|c| c.carrier == carrier.as_str());
+        let get = |f: fn(&late::CarrierCounts) -> i64| c.map_or(0.0, |c| f(c) as f64);
+        let name = carrier.as_str();
+        metrics::gauge!("shipments_open", "carrier" => name).set(get(|c| c.open));
+        metrics::gauge!("shipments_late", "carrier" => name).set(get(|c| c.late));
+        metrics::gauge!("shipments_stalled", "carrier" => name).set(get(|c| c.stalled));
+    }
+    Ok(report)
+}
+
+/// Publishes up to `limit` recorded late notices to the email queue through the default exchange.
+async fn publish_notices(
+    pool: &PgPool,
+    publisher: &Publisher,
+    limit: i64,
+) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let ids = late::take_unpublished_notices(&mut tx, limit).await?;
+    for id in &ids {
+        let body = serde_json::to_vec(&LateNotice::new(*id))?;
+        let mut msg = Outgoing::json("", EMAIL_QUEUE, &body);
+        msg.message_id = Some(id.to_string());
+        publisher.publish(msg).await?;
+        late::mark_notice_published(&mut tx, *id).await?;
+    }
+    tx.commit().await?;
+    Ok(ids.len())
 }
