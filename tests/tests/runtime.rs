@@ -270,6 +270,7 @@ async fn migrations_apply_to_an_empty_database_and_again_harmlessly() -> anyhow:
             "carrier_health",
             "carrier_responses",
             "deliveries",
+            "late_notices",
             "shipments",
             "status_changes",
             "tracking_events"
