@@ -630,6 +630,8 @@ async fn claims_made_together_each_get_their_own_answer_and_a_refused_one_refuse
         queue_max: Duration::from_secs(10),
         retry_for: Duration::from_secs(3600),
         lease,
+        lease_wait_in_process: Duration::from_secs(10),
+        tiers: vec![Duration::from_secs(1), Duration::from_secs(10)],
         record_retry_for: Duration::from_secs(5),
     };
     let ledger = Ledger::start(
@@ -642,7 +644,11 @@ async fn claims_made_together_each_get_their_own_answer_and_a_refused_one_refuse
         let (ledger, policy) = (&ledger, &policy);
         async move {
             let destination = if i == 7 { "email\0bad" } else { "email" };
-            deliver::once(ledger, destination, *id, policy, "test", None, || async {
+            let to = deliver::To {
+                what: "test",
+                bulkhead: None,
+            };
+            deliver::once(ledger, destination, *id, policy, to, None, || async {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 Attempt::Done(format!("sent {i}"))
             })

@@ -63,6 +63,10 @@ pub struct Marketplace {
     /// Calls per second to this marketplace from one publisher process (default 10).
     #[serde(default = "ten")]
     pub rate_per_second: f64,
+    /// Calls in flight at once to this marketplace from one publisher process (default: the publisher's
+    /// `MARKETPLACE_MAX_IN_FLIGHT`, 8): a marketplace that hangs holds at most this many of its consumer slots.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -125,6 +129,12 @@ impl Marketplaces {
                     m.name,
                     RATE_PER_SECOND.start(),
                     RATE_PER_SECOND.end()
+                ));
+            }
+            if m.max_in_flight == Some(0) {
+                return Err(format!(
+                    "marketplace {:?}: max_in_flight must be at least 1",
+                    m.name
                 ));
             }
             let url = m.kind.url();
@@ -380,6 +390,7 @@ kind = "webhook"
 url = "https://hooks.acme.example/tracking"
 secret = "0123456789abcdef0123"
 rate_per_second = 5
+max_in_flight = 4
 
 [[marketplace]]
 name = "minha-loja-vtex"
@@ -399,6 +410,8 @@ access_token = "x"
         .unwrap();
         assert_eq!(m.len(), 3);
         assert!(m.get("acme").unwrap().email_customers);
+        assert_eq!(m.get("acme").unwrap().max_in_flight, Some(4));
+        assert_eq!(m.get("meli").unwrap().max_in_flight, None);
         assert!(!m.get("minha-loja-vtex").unwrap().email_customers);
         assert!(matches!(m.get("meli").unwrap().kind, Kind::Mercadolivre(_)));
         assert!(!format!("{:?}", m.get("acme")).contains("0123456789abcdef0123"));
@@ -451,6 +464,12 @@ access_token = "APP_USR-0123456789-meli"
             Marketplaces::parse(short)
                 .unwrap_err()
                 .contains("at least 16")
+        );
+        let none = "[[marketplace]]\nname='a'\nkind='webhook'\nurl='http://x'\nsecret='0123456789abcdef'\nmax_in_flight=0";
+        assert!(
+            Marketplaces::parse(none)
+                .unwrap_err()
+                .contains("max_in_flight")
         );
         let twice = "[[marketplace]]\nname='a'\nkind='webhook'\nurl='http://x'\nsecret='0123456789abcdef'\n".repeat(2);
         assert!(Marketplaces::parse(&twice).unwrap_err().contains("twice"));

@@ -10,6 +10,7 @@
 //!   call and answering scripted statuses (with `Retry-After`) on demand.
 //! - [`jadlog`]: Jadlog's tracking call with a static token and scripted events.
 //! - [`smtp`]: a small SMTP server that keeps what it accepts and refuses chosen recipients with 550.
+//! - [`silent`]: a TCP server that accepts every connection and never answers (a hanging far end).
 //! - [`witness`]: an HTTP server that records every request it gets (any method, any path) and answers 200: the
 //!   place a redirect would lead to, to show that nothing reached it.
 //!
@@ -18,6 +19,7 @@
 pub mod correios;
 pub mod jadlog;
 pub mod marketplace;
+pub mod silent;
 pub mod smtp;
 pub mod witness;
 

@@ -30,6 +30,15 @@ pub async fn recorded(pool: &PgPool, change_id: Uuid) -> Result<Option<Recorded>
     .await?)
 }
 
+/// An earlier change of an order that holds its later ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Pending {
+    pub change_id: Uuid,
+    /// Its delivery failed at the far end and waits for a retry (the marketplace fails): the later changes
+    /// wait long; otherwise it is on its way (queued, or being sent) and they wait short.
+    pub failing: bool,
+}
+
 /// The first change of order `order_id` (relayed to `marketplace`) recorded before `change_id`, within `within`,
 /// that `destination` has neither done nor parked: the marketplace must get the order's changes in order.
 pub async fn earlier_pending(
@@ -39,9 +48,9 @@ pub async fn earlier_pending(
     marketplace: &str,
     change_id: Uuid,
     within: Duration,
-) -> Result<Option<Uuid>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT sc.change_id FROM status_changes sc \
+) -> Result<Option<Pending>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT sc.change_id, COALESCE(d.state = 'failed', false) AS failing FROM status_changes sc \
          JOIN shipments s ON s.id = sc.shipment_id \
          LEFT JOIN deliveries d ON d.destination = $1 AND d.change_id = sc.change_id \
          WHERE s.order_id = $2 AND s.marketplace_name = $3 \
@@ -56,6 +65,39 @@ pub async fn earlier_pending(
     .bind(change_id)
     .bind(within.as_secs_f64())
     .fetch_optional(pool)
+    .await?)
+}
+
+/// The recorded payloads of order `order_id`'s changes (relayed to `marketplace`) recorded after `change_id`,
+/// within `within`, that `destination` has neither done nor parked, oldest first, at most `limit`: the changes
+/// that waited behind it, which its relayer relays at once instead of leaving them to their next return.
+pub async fn later_pending(
+    pool: &PgPool,
+    destination: &str,
+    order_id: &str,
+    marketplace: &str,
+    change_id: Uuid,
+    within: Duration,
+    limit: i64,
+) -> Result<Vec<serde_json::Value>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT sc.payload FROM status_changes sc \
+         JOIN shipments s ON s.id = sc.shipment_id \
+         LEFT JOIN deliveries d ON d.destination = $1 AND d.change_id = sc.change_id \
+         WHERE s.order_id = $2 AND s.marketplace_name = $3 \
+           AND sc.seq > (SELECT seq FROM status_changes WHERE change_id = $4) \
+           AND sc.created_at > now() - make_interval(secs => $5) \
+           AND sc.published_at IS NOT NULL \
+           AND (d.state IS NULL OR d.state NOT IN ('done', 'parked')) \
+         ORDER BY sc.seq LIMIT $6",
+    )
+    .bind(destination)
+    .bind(order_id)
+    .bind(marketplace)
+    .bind(change_id)
+    .bind(within.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
     .await?)
 }
 

@@ -161,6 +161,40 @@ pub async fn claim_many(
         .collect())
 }
 
+/// A claim its holder still works on: `(destination, change_id)` under `owner`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub destination: String,
+    pub change_id: Uuid,
+    pub owner: Uuid,
+}
+
+/// Extends the lease of every claim in `held` still owned by its owner to `lease` from now, in one statement (the
+/// holder's heartbeat). Returns how many were extended: a claim taken over (its lease had expired) or finished is
+/// left alone.
+pub async fn extend_leases(
+    pool: &PgPool,
+    held: &[Held],
+    lease: Duration,
+) -> Result<u64, StoreError> {
+    let destinations: Vec<&str> = held.iter().map(|h| h.destination.as_str()).collect();
+    let ids: Vec<Uuid> = held.iter().map(|h| h.change_id).collect();
+    let owners: Vec<Uuid> = held.iter().map(|h| h.owner).collect();
+    Ok(sqlx::query(
+        "UPDATE deliveries d SET lease_until = now() + make_interval(secs => $4) \
+         FROM unnest($1::text[], $2::uuid[], $3::uuid[]) AS t(destination, change_id, owner) \
+         WHERE d.destination = t.destination AND d.change_id = t.change_id AND d.owner = t.owner \
+           AND d.state <> 'done'",
+    )
+    .bind(&destinations)
+    .bind(&ids)
+    .bind(&owners)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 /// One outcome to record as done (or skipped): `detail` is kept (a Message-ID, an HTTP status, why it was
 /// skipped).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,12 +1,19 @@
 //! Delivering one status change to one destination (an email, a marketplace call) once, with bounded retries:
 //! first in this process, then through the delay queues for as long as the far end's retry window lasts.
 //!
-//! 1. Claim `(destination, id)` in `deliveries` with a short committed lease: no database connection is held
-//!    while the far end is called. A change already done is acked; one leased by another worker waits. The claims
-//!    of every handler of the process that are waiting at the same moment are made in one statement ([`Ledger`]).
+//! 0. Enter the far end's bulkhead ([`crate::bulkhead`]): a far end whose places are all taken by calls that hang,
+//!    or that fails, sends the change back through the delay queues at once instead of holding a consumer slot.
+//! 1. Claim `(destination, id)` in `deliveries` with a short committed lease (`DELIVERY_LEASE_SECS`, 30 s) that
+//!    the process extends while it works (every third of the lease, all its claims in one statement): no database
+//!    connection is held while the far end is called. A change already done is acked. One leased by another
+//!    worker is tried again when that lease ends: waited for in process when it ends within
+//!    `DELIVERY_LEASE_WAIT_IN_PROCESS_MS`, else through the longest delay tier that ends before it (it comes back
+//!    early and waits for the rest), never a tier after it. The claims of every handler of the process that are
+//!    waiting at the same moment are made in one statement ([`Ledger`]).
 //! 2. Call the far end: a transient failure is retried in process (`RETRY_IN_PROCESS` times, from
 //!    `RETRY_IN_PROCESS_BASE_MS`, doubling, jittered; a `Retry-After` up to `RETRY_IN_PROCESS_MAX_WAIT_MS` is
-//!    honoured in process).
+//!    honoured in process), unless the try itself took longer than `RETRY_IN_PROCESS_MAX_WAIT_MS` (a timeout): a
+//!    far end that hangs is waited out in the delay queues, not in process.
 //! 3. Record the outcome in one short statement (the successes waiting together in one statement, as the claims).
 //!    If the database is unavailable just then, the record (never the send) is retried until it answers: a
 //!    database outage doubles nothing.
@@ -16,18 +23,20 @@
 //! parked only once `PUBLISHER_RETRY_FOR_SECS` (48 h) have passed since its first failure. A permanent refusal is
 //! parked at once with the far end's answer.
 
+use crate::bulkhead::{Bulkhead, Full};
 use crate::far_ends::FarEnds;
 use crate::{backoff, db_outcome};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 use tracking_domain::text;
-use tracking_runtime::amqp::Outcome;
+use tracking_runtime::amqp::{Outcome, tier_at_most};
 use tracking_runtime::coalesce::{Coalescer, Gone};
 use tracking_runtime::settings::{self, SettingsError};
-use tracking_store::deliveries::{self, Claim, ClaimRequest, Completed};
+use tracking_store::deliveries::{self, Claim, ClaimRequest, Completed, Held};
 use tracking_store::{Failure, StoreError};
 use uuid::Uuid;
 
@@ -48,13 +57,35 @@ pub struct Ledger {
     claims: Coalescer<ClaimRequest, Answer<Claim>>,
     completions: Coalescer<Completed, Answer<()>>,
     far_ends: FarEnds,
+    /// The claims this process holds now, by (destination, change), with their owner: the heartbeat extends
+    /// their leases.
+    held: Arc<Mutex<HashMap<(String, Uuid), Uuid>>>,
+}
+
+/// A claim this process holds: its lease is extended by the heartbeat until the guard is dropped (the outcome
+/// recorded, or given up).
+struct Holding {
+    held: Arc<Mutex<HashMap<(String, Uuid), Uuid>>>,
+    key: (String, Uuid),
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
 }
 
 impl Ledger {
-    /// Starts the two batching tasks; they stop when the last clone of the ledger is dropped.
+    /// Starts the two batching tasks and the heartbeat; they stop when the last clone of the ledger is dropped.
     pub fn start(pool: sqlx::PgPool, lease: Duration, far_ends: FarEnds) -> Ledger {
+        let held = Arc::default();
+        tokio::spawn(heartbeat(pool.clone(), lease, Arc::downgrade(&held)));
         Ledger {
             far_ends,
+            held,
             claims: batching(&pool, move |pool, batch: Vec<ClaimRequest>| async move {
                 deliveries::claim_many(&pool, &batch, lease).await
             }),
@@ -63,6 +94,51 @@ impl Ledger {
                 Ok(vec![(); batch.len()])
             }),
             pool,
+        }
+    }
+}
+
+/// Extends the leases of every claim the process holds, every third of the lease, in one statement: a claim
+/// is held as long as its holder works on it (a send, its in-process retries, a record waiting for the database),
+/// and a holder that died stops extending it, so its changes are taken over one lease after its death.
+async fn heartbeat(
+    pool: sqlx::PgPool,
+    lease: Duration,
+    held: Weak<Mutex<HashMap<(String, Uuid), Uuid>>>,
+) {
+    let every = (lease / 3).max(Duration::from_millis(100));
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(held) = held.upgrade() else { return };
+        let claims: Vec<Held> = held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|((destination, change_id), owner)| Held {
+                destination: destination.clone(),
+                change_id: *change_id,
+                owner: *owner,
+            })
+            .collect();
+        drop(held);
+        if claims.is_empty() {
+            continue;
+        }
+        match deliveries::extend_leases(&pool, &claims, lease).await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!(
+                    claims = claims.len(),
+                    "Extending the leases of this process's claims again."
+                );
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, claims = claims.len(), "Could not extend the leases of this process's claims; trying again at the next beat.");
+            }
+            Err(_) => {}
         }
     }
 }
@@ -168,7 +244,8 @@ pub struct RetryPolicy {
     pub in_process: usize,
     /// `RETRY_IN_PROCESS_BASE_MS` (default 250): the first in-process delay, doubling, with jitter.
     pub in_process_base: Duration,
-    /// `RETRY_IN_PROCESS_MAX_WAIT_MS` (default 5000): the longest in-process wait; a longer `Retry-After` goes to the queues.
+    /// `RETRY_IN_PROCESS_MAX_WAIT_MS` (default 5000): the longest in-process wait; a longer `Retry-After` goes to
+    /// the queues, and a try that took longer than this (a timeout) is not retried in process.
     pub in_process_max_wait: Duration,
     /// The destination's first delay through the queues, doubling per failure up to `queue_max`.
     pub queue_base: Duration,
@@ -176,15 +253,21 @@ pub struct RetryPolicy {
     pub queue_max: Duration,
     /// `PUBLISHER_RETRY_FOR_SECS` (default 172800, 48 h): how long after its first failure a change is still retried.
     pub retry_for: Duration,
-    /// `DELIVERY_LEASE_SECS` (default 300): how long a claim holds; longer than a send with its in-process retries.
+    /// `DELIVERY_LEASE_SECS` (default 30): how long a claim holds unless its holder extends it (it does every third
+    /// of the lease while it works); a dead holder's changes are taken over this long after its last beat.
     pub lease: Duration,
+    /// `DELIVERY_LEASE_WAIT_IN_PROCESS_MS` (default 10000): a change leased by another worker whose lease ends
+    /// within this is waited for in process (its slot held); a longer one goes through the delay queues.
+    pub lease_wait_in_process: Duration,
+    /// The delay tiers (`RETRY_DELAYS_MS`): a change waiting for a lease goes through the longest that ends before it.
+    pub tiers: Vec<Duration>,
     /// `DELIVERY_RECORD_RETRY_SECS` (default 3600): how long recording an outcome is retried while the database
     /// is unavailable, before the message goes back (and, once the lease expired, may be sent again).
     pub record_retry_for: Duration,
 }
 
 impl RetryPolicy {
-    pub fn from_env(queue_base: Duration) -> Result<Self, SettingsError> {
+    pub fn from_env(queue_base: Duration, tiers: &[Duration]) -> Result<Self, SettingsError> {
         let policy = Self {
             in_process: settings::parse("RETRY_IN_PROCESS", 2usize)?,
             in_process_base: settings::millis("RETRY_IN_PROCESS_BASE_MS", 250)?,
@@ -192,7 +275,9 @@ impl RetryPolicy {
             queue_base,
             queue_max: settings::millis("PUBLISHER_RETRY_MAX_DELAY_MS", 600_000)?,
             retry_for: settings::secs("PUBLISHER_RETRY_FOR_SECS", 172_800)?,
-            lease: settings::secs("DELIVERY_LEASE_SECS", 300)?,
+            lease: settings::secs("DELIVERY_LEASE_SECS", 30)?,
+            lease_wait_in_process: settings::millis("DELIVERY_LEASE_WAIT_IN_PROCESS_MS", 10_000)?,
+            tiers: tiers.to_vec(),
             record_retry_for: settings::secs("DELIVERY_RECORD_RETRY_SECS", 3600)?,
         };
         if policy.lease < Duration::from_secs(1) {
@@ -208,20 +293,58 @@ impl RetryPolicy {
     pub fn queue_delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
         backoff(failures, self.queue_base, self.queue_max).max(retry_after.unwrap_or_default())
     }
+
+    /// How a change found leased by another worker for `remaining` more waits: `None` in process (the lease
+    /// ends soon), else through the longest delay tier that ends before the lease (or the lease itself when
+    /// every tier is longer).
+    pub fn lease_wait(&self, remaining: Duration) -> Option<Duration> {
+        if remaining <= self.lease_wait_in_process {
+            return None;
+        }
+        Some(tier_at_most(&self.tiers, remaining).unwrap_or(remaining))
+    }
+}
+
+/// Where a delivery goes: the name its reasons use, and the bulkhead its calls go through (none for an outcome
+/// decided without a call).
+#[derive(Clone, Copy)]
+pub struct To<'a> {
+    pub what: &'a str,
+    pub bulkhead: Option<&'a Arc<Bulkhead>>,
 }
 
 /// How a delivery ended, for the caller's log line and metric.
 #[derive(Debug)]
 pub struct Delivered {
     pub outcome: Outcome,
-    /// `delivered`, `skipped`, `duplicate`, `leased` (another worker holds it), `failed` (retried later),
-    /// `refused` (parked) or `database`.
+    /// `delivered`, `skipped`, `duplicate`, `leased` (another worker holds it), `busy` (the far end's bulkhead
+    /// is full: waits in the delay queues), `failed` (retried later), `refused` (parked) or `database`.
     pub result: &'static str,
     /// How many tries this delivery made now (0 when it was a duplicate).
     pub tries: usize,
 }
 
 impl Delivered {
+    /// No place in the far end's bulkhead: the change waits in the delay queues, counting no attempt.
+    fn deferred(bulkhead: &Bulkhead, full: Full, policy: &RetryPolicy, what: &str) -> Self {
+        let after = Bulkhead::deferral(full, policy.queue_base, policy.queue_max);
+        let why = match full {
+            Full::Busy => "by calls that have not ended",
+            Full::Failing(_) => "while it fails",
+        };
+        Delivered {
+            outcome: Outcome::Wait {
+                after,
+                reason: format!(
+                    "{what}: its {} places for calls in flight are taken {why}",
+                    bulkhead.max_in_flight()
+                ),
+            },
+            result: "busy",
+            tries: 0,
+        }
+    }
+
     fn database(e: &RecordError) -> Self {
         let outcome = match e {
             RecordError::Store(e) => db_outcome(e),
@@ -239,15 +362,16 @@ impl Delivered {
 }
 
 /// Claims `(destination, id)`, runs `effect` until it is done, skipped, permanent, or out of in-process retries,
-/// and records the outcome. `what` names the destination in retry and park reasons. `skip_if_waited`: a change
-/// that already failed before (it waited in the delay queues) is recorded as skipped with this reason instead of
-/// being sent late (an email whose status a later change superseded).
+/// and records the outcome. `to.what` names the destination in retry and park reasons; the effect runs holding a
+/// place in `to.bulkhead`. `skip_if_waited`: a change that already failed before (it waited in the delay queues)
+/// is recorded as skipped with this reason instead of being sent late (an email whose status a later change
+/// superseded).
 pub async fn once<F, Fut>(
     ledger: &Ledger,
     destination: &str,
     id: Uuid,
     policy: &RetryPolicy,
-    what: &str,
+    to: To<'_>,
     skip_if_waited: Option<String>,
     mut effect: F,
 ) -> Delivered
@@ -255,43 +379,91 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Attempt>,
 {
-    let claim = ledger
-        .claims
-        .call(ClaimRequest {
-            destination: destination.to_owned(),
-            change_id: id,
-            owner: Uuid::new_v4(),
-        })
-        .await;
-    let (failures, first_failed_at) = match RecordError::answer(claim) {
-        Ok(Claim::Claimed {
-            failures,
-            first_failed_at,
-        }) => (failures, first_failed_at),
-        Ok(Claim::Done) => {
-            return Delivered {
-                outcome: Outcome::Ack,
-                result: "duplicate",
-                tries: 0,
-            };
+    let what = to.what;
+    let mut waited_in_process = false;
+    let (place, _holding, failures, first_failed_at) = loop {
+        let place = match to.bulkhead {
+            Some(bulkhead) => match bulkhead.enter().await {
+                Ok(place) => Some(place),
+                Err(full) => return Delivered::deferred(bulkhead, full, policy, what),
+            },
+            None => None,
+        };
+        let owner = Uuid::new_v4();
+        let claim = ledger
+            .claims
+            .call(ClaimRequest {
+                destination: destination.to_owned(),
+                change_id: id,
+                owner,
+            })
+            .await;
+        match RecordError::answer(claim) {
+            Ok(Claim::Claimed {
+                failures,
+                first_failed_at,
+            }) => {
+                let key = (destination.to_owned(), id);
+                ledger
+                    .held
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key.clone(), owner);
+                let holding = Holding {
+                    held: ledger.held.clone(),
+                    key,
+                };
+                break (place, holding, failures, first_failed_at);
+            }
+            Ok(Claim::Done) => {
+                return Delivered {
+                    outcome: Outcome::Ack,
+                    result: "duplicate",
+                    tries: 0,
+                };
+            }
+            Ok(Claim::Leased { remaining }) => {
+                // The place is not held while waiting: the holder may need it.
+                drop(place);
+                match policy.lease_wait(remaining) {
+                    None if !waited_in_process => {
+                        waited_in_process = true;
+                        let margin = Duration::from_millis(100 + fastrand::u64(0..200));
+                        tokio::time::sleep(remaining + margin).await;
+                    }
+                    wait => {
+                        let after = wait.unwrap_or(remaining).max(Duration::from_millis(1));
+                        return Delivered {
+                            outcome: Outcome::Wait {
+                                after,
+                                reason: format!(
+                                    "{what}: another worker is delivering this change (its lease ends in {} s)",
+                                    remaining.as_secs()
+                                ),
+                            },
+                            result: "leased",
+                            tries: 0,
+                        };
+                    }
+                }
+            }
+            Err(e) => return Delivered::database(&e),
         }
-        Ok(Claim::Leased { remaining }) => {
-            return Delivered {
-                outcome: Outcome::Wait {
-                    after: remaining.max(Duration::from_secs(1)),
-                    reason: format!("{what}: another worker is delivering this change"),
-                },
-                result: "leased",
-                tries: 0,
-            };
-        }
-        Err(e) => return Delivered::database(&e),
     };
     let (last, tries) = match skip_if_waited {
         Some(why) if failures > 0 => (Attempt::Skipped(why), 0),
         _ => try_in_process(policy, destination, &mut effect).await,
     };
+    // The far end is done with: its place is free while the outcome is recorded.
+    drop(place);
     ledger.far_ends.record(destination, &last);
+    if let Some(bulkhead) = to.bulkhead {
+        bulkhead.record(match &last {
+            Attempt::Transient { .. } => Some(true),
+            Attempt::Done(_) | Attempt::Permanent(_) => Some(false),
+            Attempt::Skipped(_) => None,
+        });
+    }
     let failures = u32::try_from(failures).unwrap_or(0).saturating_add(1);
     let (outcome, result) = match &last {
         Attempt::Done(_) => (Outcome::Ack, "delivered"),
@@ -372,10 +544,16 @@ where
     let mut tries = 0;
     loop {
         tries += 1;
+        let started = tokio::time::Instant::now();
         let result = effect().await;
         let Attempt::Transient { reason, after } = &result else {
             return (result, tries);
         };
+        // A try that failed slowly (a timeout) is not made again in process: a far end that hangs would hold the
+        // slot for every try. It is waited out in the delay queues.
+        if started.elapsed() >= policy.in_process_max_wait {
+            return (result, tries);
+        }
         let Some(delay) = delays.next() else {
             return (result, tries);
         };

@@ -6,7 +6,9 @@
 //! redelivered change finds it done and sends nothing. SMTP 4xx, refused connections, timeouts and everything that
 //! fails while a connection is opened (TLS, refused credentials) are retried in process, then with backoff through
 //! the delay queues; a 5xx answer to the email itself (e.g. 550 an unknown mailbox) parks the change in
-//! `email.order-status.dead` with the server's answer.
+//! `email.order-status.dead` with the server's answer. At most `SMTP_MAX_IN_FLIGHT` sends are in flight at once
+//! ([`crate::bulkhead`]): an SMTP server that hangs holds that many of the consumer's slots, and the other changes
+//! wait in the delay queues.
 //!
 //! The same queue carries the scheduler's late notices (`{"kind": "late_notice", "notice_id": ...}`, see
 //! [`tracking_domain::late`]): each is sent once, as the "your parcel is late" email in the customer's language, from
@@ -14,7 +16,8 @@
 //! when the notice is handled (delivered meanwhile, a later promise) gets no email.
 
 use crate::boot::{self, Schema, Worker};
-use crate::deliver::{self, Attempt, RetryPolicy};
+use crate::bulkhead::Bulkhead;
+use crate::deliver::{self, Attempt, RetryPolicy, To};
 use crate::far_ends::FarEnds;
 use crate::trusted::{self, Trusted};
 use std::collections::HashSet;
@@ -44,6 +47,15 @@ pub struct Settings {
     /// `EMAIL_RETRY_BASE_MS` (default 2000): first queue delay after a transient SMTP failure, doubling per
     /// attempt; and the in-process retry settings.
     pub retry: RetryPolicy,
+    /// `SMTP_MAX_IN_FLIGHT` (default 16): sends in flight at once to the SMTP server, out of `PREFETCH`.
+    pub max_in_flight: usize,
+    /// `FAR_END_WAIT_MS` (default 1000): how long a change waits in process for a place while the far end answers.
+    pub far_end_wait: std::time::Duration,
+}
+
+/// `FAR_END_WAIT_MS`, shared by both publishers.
+pub fn far_end_wait_from_env() -> Result<std::time::Duration, SettingsError> {
+    settings::millis("FAR_END_WAIT_MS", 1_000)
 }
 
 pub fn marketplaces_from_env() -> Result<Marketplaces, SettingsError> {
@@ -57,7 +69,17 @@ pub fn marketplaces_from_env() -> Result<Marketplaces, SettingsError> {
 impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
         let amqp = AmqpSettings::from_env()?;
-        let retry = RetryPolicy::from_env(settings::millis("EMAIL_RETRY_BASE_MS", 2_000)?)?;
+        let retry = RetryPolicy::from_env(
+            settings::millis("EMAIL_RETRY_BASE_MS", 2_000)?,
+            &amqp.retry_delays,
+        )?;
+        let max_in_flight = settings::parse("SMTP_MAX_IN_FLIGHT", 16usize)?;
+        if max_in_flight == 0 {
+            return Err(SettingsError::new(
+                "SMTP_MAX_IN_FLIGHT",
+                "must be at least 1",
+            ));
+        }
         let smtp_url = settings::required("SMTP_URL")?;
         let from = settings::required("EMAIL_FROM")?;
         let statuses = match settings::var("EMAIL_STATUSES") {
@@ -91,6 +113,8 @@ impl Settings {
             statuses,
             marketplaces: marketplaces_from_env()?,
             retry,
+            max_in_flight,
+            far_end_wait: far_end_wait_from_env()?,
         })
     }
 }
@@ -122,6 +146,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ),
         mailer,
         renderer,
+        bulkhead: Bulkhead::new(DESTINATION, settings.max_in_flight, settings.far_end_wait),
         statuses: settings.statuses,
         marketplaces: settings.marketplaces,
         retry: settings.retry,
@@ -138,6 +163,7 @@ pub struct EmailPublisher {
     ledger: deliver::Ledger,
     mailer: Mailer,
     renderer: Renderer,
+    bulkhead: Arc<Bulkhead>,
     statuses: HashSet<Status>,
     marketplaces: Marketplaces,
     retry: RetryPolicy,
@@ -193,7 +219,10 @@ impl Handler for EmailPublisher {
             DESTINATION,
             change.change_id,
             &self.retry,
-            "the SMTP server",
+            To {
+                what: "the SMTP server",
+                bulkhead: Some(&self.bulkhead),
+            },
             skip_if_waited,
             || async {
                 match self

@@ -13,6 +13,7 @@
 //! and shutdown.
 
 pub mod boot;
+pub mod bulkhead;
 mod csv;
 pub mod ctl;
 pub mod deliver;

@@ -4,16 +4,21 @@
 //! Per change: no marketplace → acked. An unknown marketplace name → parked with that reason (fix the
 //! configuration, then replay). An earlier change of the same order not yet relayed (or parked) → the change waits
 //! (`Outcome::Wait`, no attempt counted) and comes back: a marketplace never gets an order's later change first.
-//! Otherwise the marketplace's adapter plans the calls, and each is made once through [`crate::deliver::once`]
-//! (claimed in `deliveries`, paced by the marketplace's `rate_per_second`, retried in process then through the delay
-//! queues on 408, 429 honouring `Retry-After`, 5xx and transport errors, parked with the answer on other 4xx).
+//! Its waits back off (`MARKETPLACE_ORDER_WAIT_MS` doubling per wait up to `MARKETPLACE_ORDER_WAIT_CAP_MS`, or up
+//! to `PUBLISHER_RETRY_MAX_DELAY_MS` while the earlier change's marketplace fails), and the relayer of the earlier
+//! change relays the order's later changes right after it, in process, so a change seldom waits for its own
+//! return. Otherwise the marketplace's adapter plans the calls, and each is made once through
+//! [`crate::deliver::once`] (through the marketplace's bulkhead of `max_in_flight` calls, claimed in `deliveries`,
+//! paced by the marketplace's `rate_per_second`, retried in process then through the delay queues on 408, 429
+//! honouring `Retry-After`, 5xx and transport errors, parked with the answer on other 4xx).
 
 use crate::boot::{self, Schema, Worker};
-use crate::db_outcome;
-use crate::deliver::{self, Attempt, RetryPolicy};
-use crate::email_publisher::marketplaces_from_env;
+use crate::bulkhead::{Bulkhead, Bulkheads};
+use crate::deliver::{self, Attempt, RetryPolicy, To};
+use crate::email_publisher::{far_end_wait_from_env, marketplaces_from_env};
 use crate::far_ends::FarEnds;
 use crate::trusted;
+use crate::{backoff, db_outcome};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,18 +40,40 @@ pub struct Settings {
     pub max_body: usize,
     /// `MARKETPLACE_RETRY_BASE_MS` (default 2000) and the in-process retry settings.
     pub retry: RetryPolicy,
-    /// `MARKETPLACE_ORDER_WAIT_MS` (default 1000): how long a change waits for an earlier one of its order.
+    /// `MARKETPLACE_ORDER_WAIT_MS` (default 1000): how long a change first waits for an earlier one of its order;
+    /// doubling at each wait.
     pub order_wait: Duration,
+    /// `MARKETPLACE_ORDER_WAIT_CAP_MS` (default 60000): the longest of those waits while the earlier change is on
+    /// its way (queued or being sent); while its marketplace fails, `PUBLISHER_RETRY_MAX_DELAY_MS`.
+    pub order_wait_cap: Duration,
     /// `MARKETPLACE_ORDER_WAIT_MAX_SECS` (default 3600): earlier changes older than this no longer hold later ones.
     pub order_wait_max: Duration,
+    /// `MARKETPLACE_MAX_IN_FLIGHT` (default 8): calls in flight at once to a marketplace whose entry in the
+    /// marketplaces file sets no `max_in_flight`.
+    pub max_in_flight: usize,
+    /// `FAR_END_WAIT_MS` (default 1000): how long a change waits in process for a place while the far end answers.
+    pub far_end_wait: Duration,
 }
 
 impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
         let amqp = AmqpSettings::from_env()?;
+        let max_in_flight = settings::parse("MARKETPLACE_MAX_IN_FLIGHT", 8usize)?;
+        if max_in_flight == 0 {
+            return Err(SettingsError::new(
+                "MARKETPLACE_MAX_IN_FLIGHT",
+                "must be at least 1",
+            ));
+        }
         Ok(Self {
             db: boot::db_settings(tracking_store::env::WORKER_POOL_SIZE)?,
-            retry: RetryPolicy::from_env(settings::millis("MARKETPLACE_RETRY_BASE_MS", 2_000)?)?,
+            retry: RetryPolicy::from_env(
+                settings::millis("MARKETPLACE_RETRY_BASE_MS", 2_000)?,
+                &amqp.retry_delays,
+            )?,
+            max_in_flight,
+            far_end_wait: far_end_wait_from_env()?,
+            order_wait_cap: settings::millis("MARKETPLACE_ORDER_WAIT_CAP_MS", 60_000)?,
             amqp,
             marketplaces: marketplaces_from_env()?,
             timeout: settings::millis("MARKETPLACE_TIMEOUT_MS", 15_000)?,
@@ -83,6 +110,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .iter()
         .map(|m| (m.name.clone(), Pace::new(m.rate_per_second)))
         .collect();
+    let mut bulkheads = Bulkheads::default();
+    for m in settings.marketplaces.iter() {
+        let bulkhead = Bulkhead::new(
+            &format!("marketplace:{}", m.name),
+            m.max_in_flight.unwrap_or(settings.max_in_flight),
+            settings.far_end_wait,
+        );
+        bulkheads.insert(&m.name, bulkhead);
+    }
     let handler = Arc::new(MarketplacePublisher {
         pool: worker.pool.clone(),
         ledger: deliver::Ledger::start(
@@ -93,8 +129,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         relay: Relay::new(settings.timeout, settings.max_body)?,
         marketplaces: settings.marketplaces,
         paces,
+        bulkheads,
         retry: settings.retry,
         order_wait: settings.order_wait,
+        order_wait_cap: settings.order_wait_cap,
         order_wait_max: settings.order_wait_max,
     });
     worker
@@ -110,10 +148,16 @@ pub struct MarketplacePublisher {
     relay: Relay,
     marketplaces: Marketplaces,
     paces: HashMap<String, Pace>,
+    /// One per marketplace, by name.
+    bulkheads: Bulkheads,
     retry: RetryPolicy,
     order_wait: Duration,
+    order_wait_cap: Duration,
     order_wait_max: Duration,
 }
+
+/// How many of an order's later changes the relayer of an earlier one relays right after it, at most.
+const CHASE: i64 = 16;
 
 fn count(marketplace: &str, result: &'static str) {
     metrics::counter!("marketplace_calls_total", "marketplace" => marketplace.to_owned(), "result" => result).increment(1);
@@ -128,6 +172,55 @@ impl Handler for MarketplacePublisher {
             Ok(t) => t.change,
             Err(outcome) => return outcome,
         };
+        let outcome = self.relay(&change, msg.waits).await;
+        if outcome == Outcome::Ack {
+            self.chase(&change).await;
+        }
+        outcome
+    }
+}
+
+impl MarketplacePublisher {
+    /// Relays the order's later changes that wait behind `change`, now relayed, oldest first, until one cannot
+    /// go yet: they need not wait for their own messages' return (which then find them done). Their outcomes
+    /// are not this message's: whatever does not go now goes when its own message comes back.
+    async fn chase(&self, change: &StatusChange) {
+        let Some(target) = &change.marketplace else {
+            return;
+        };
+        let destination = format!("marketplace:{}", target.name);
+        let later = match tracking_store::changes::later_pending(
+            &self.pool,
+            &destination,
+            change.order_id.as_str(),
+            &target.name,
+            change.change_id,
+            self.order_wait_max,
+            CHASE,
+        )
+        .await
+        {
+            Ok(later) => later,
+            Err(e) => {
+                tracing::debug!(error = %e, "Could not look for the order's later changes; they go on their own.");
+                return;
+            }
+        };
+        for payload in later {
+            let Ok(next) = serde_json::from_value::<StatusChange>(payload) else {
+                return;
+            };
+            // A change still waiting for this one counts as waited once: its wait was logged already.
+            if self.relay(&next, 1).await != Outcome::Ack {
+                return;
+            }
+            tracing::info!(change_id = %next.change_id, after = %change.change_id,
+                "Relayed an order's later change right after its earlier one.");
+        }
+    }
+
+    /// Relays one recorded change (`waits`: how many times its message waited already).
+    async fn relay(&self, change: &StatusChange, waits: u32) -> Outcome {
         let Some(target) = &change.marketplace else {
             return Outcome::Ack;
         };
@@ -140,19 +233,29 @@ impl Handler for MarketplacePublisher {
             };
         };
         let destination = format!("marketplace:{}", marketplace.name);
-        match self.earlier_pending(&destination, &change).await {
+        match self.earlier_pending(&destination, change).await {
             Ok(Some(earlier)) => {
                 count(&marketplace.name, "waiting");
+                // Back off: the earlier change's relayer relays this one right after it (`chase`), so coming
+                // back is the fallback, not the way. Longer while its marketplace fails.
+                let cap = if earlier.failing {
+                    self.retry.queue_max
+                } else {
+                    self.order_wait_cap
+                };
                 return Outcome::Wait {
-                    after: self.order_wait,
-                    reason: format!("the order's earlier change {earlier} is not relayed yet"),
+                    after: backoff(waits.saturating_add(1), self.order_wait, cap),
+                    reason: format!(
+                        "the order's earlier change {} is not relayed yet",
+                        earlier.change_id
+                    ),
                 };
             }
             Ok(None) => {}
             Err(e) => return db_outcome(&e),
         }
         // The adapter sees the recorded change, re-serialized, never the message's own bytes.
-        let body = match serde_json::to_vec(&change) {
+        let body = match serde_json::to_vec(change) {
             Ok(b) => b,
             Err(e) => {
                 return Outcome::Park {
@@ -160,23 +263,24 @@ impl Handler for MarketplacePublisher {
                 };
             }
         };
-        let plan = marketplace.kind.adapter().plan(&change, &body);
+        let plan = marketplace.kind.adapter().plan(change, &body);
         let calls = match plan {
             Ok(Plan::Calls(calls)) => calls,
             // Nothing to send (recorded as done), or a change this marketplace cannot take (parked).
             Ok(Plan::Skip(why)) => {
                 let attempt = Attempt::Skipped(format!("skipped: {why}"));
                 return self
-                    .record(marketplace, &destination, &change, attempt)
+                    .record(marketplace, &destination, change, attempt)
                     .await;
             }
             Err(refusal) => {
                 let attempt = Attempt::Permanent(refusal);
                 return self
-                    .record(marketplace, &destination, &change, attempt)
+                    .record(marketplace, &destination, change, attempt)
                     .await;
             }
         };
+        let bulkhead = self.bulkheads.get(&marketplace.name);
         for call in &calls {
             let (dest, id) = match call.once {
                 Once::PerChange => (destination.clone(), change.change_id),
@@ -193,7 +297,10 @@ impl Handler for MarketplacePublisher {
                 &dest,
                 id,
                 &self.retry,
-                &marketplace.name,
+                To {
+                    what: &marketplace.name,
+                    bulkhead,
+                },
                 None,
                 || self.call(marketplace, call),
             )
@@ -209,9 +316,7 @@ impl Handler for MarketplacePublisher {
         }
         Outcome::Ack
     }
-}
 
-impl MarketplacePublisher {
     /// Records an outcome decided without a call.
     async fn record(
         &self,
@@ -225,7 +330,10 @@ impl MarketplacePublisher {
             destination,
             change.change_id,
             &self.retry,
-            &marketplace.name,
+            To {
+                what: &marketplace.name,
+                bulkhead: None,
+            },
             None,
             || async { result.clone() },
         )
@@ -254,7 +362,7 @@ impl MarketplacePublisher {
         &self,
         destination: &str,
         change: &StatusChange,
-    ) -> Result<Option<uuid::Uuid>, tracking_store::StoreError> {
+    ) -> Result<Option<tracking_store::changes::Pending>, tracking_store::StoreError> {
         let Some(target) = &change.marketplace else {
             return Ok(None);
         };

@@ -13,7 +13,10 @@
 //! `CHAOS_KILL_EVERY_MS` (2000-6000: the random pause between kills), `CHAOS_MQ_DOWN_SECS` (20),
 //! `CHAOS_PG_DOWN_SECS` (60), `CHAOS_MAX_WAIT_SECS` (1200: the bound on waiting for the pipeline to drain once the
 //! chaos is over), `CHAOS_STALL_SECS` (300: give up earlier when nothing moved at all for this long),
-//! `CHAOS_DELIVERY_LEASE_SECS` (60: the publishers' `DELIVERY_LEASE_SECS`).
+//! `CHAOS_DELIVERY_LEASE_SECS` (unset: the publishers' default `DELIVERY_LEASE_SECS`), `CHAOS_SETTLE_TARGET_SECS`
+//! (120: every email and call must be done this long after the last fault), `CHAOS_RETURNS_TARGET_PER_MIN` (6: no
+//! message may come back through the delay queues more often in any minute). The workers otherwise run at their
+//! defaults, the delay tiers included (1 s, 10 s, 60 s, 600 s).
 //!
 //! Expected: one email per recorded status change whose status notifies by default, one marketplace call per
 //! recorded change (every parcel has the webhook marketplace `acme`), read from `status_changes` at the end. Received:
@@ -53,8 +56,8 @@ const EMAIL_PUBLISHER: &str = "email-publisher";
 const MARKETPLACE_PUBLISHER: &str = "marketplace-publisher";
 const MARKETPLACE: &str = "acme";
 const SECRET: &str = "chaos-webhook-secret-0123456789";
-/// The default tiers without the 10-minute one, so that the run ends within its bound.
-const RETRY_DELAYS_MS: [u64; 3] = [1_000, 10_000, 60_000];
+/// The default tiers, 10-minute one included: a change sent there by a crash shows as a late settle.
+const RETRY_DELAYS_MS: [u64; 4] = tracking_runtime::amqp::DEFAULT_RETRY_DELAYS_MS;
 /// How long after a kill its worker is started again (a supervisor's restart).
 const RESTART_AFTER: Duration = Duration::from_secs(1);
 
@@ -79,6 +82,8 @@ struct Settings {
     pg_down: Duration,
     max_wait: Duration,
     stall: Duration,
+    settle_target: Duration,
+    returns_target: usize,
 }
 
 impl Settings {
@@ -109,6 +114,8 @@ impl Settings {
             pg_down: Duration::from_secs(env_or("CHAOS_PG_DOWN_SECS", 60)?),
             max_wait: Duration::from_secs(env_or("CHAOS_MAX_WAIT_SECS", 1200)?),
             stall: Duration::from_secs(env_or("CHAOS_STALL_SECS", 300)?),
+            settle_target: Duration::from_secs(env_or("CHAOS_SETTLE_TARGET_SECS", 120)?),
+            returns_target: env_or("CHAOS_RETURNS_TARGET_PER_MIN", 6)?,
         })
     }
 }
@@ -606,6 +613,132 @@ fn tally(
     t
 }
 
+/// How soon after the last fault the expected deliveries were done.
+struct Settle {
+    /// From the last fault to the first arrival of the last one to arrive (zero when all were done before it).
+    after: Duration,
+    /// How many first arrived more than the target after the last fault.
+    late: usize,
+}
+
+impl Settle {
+    fn shown(&self) -> String {
+        format!("{:.1} s", self.after.as_secs_f64())
+    }
+}
+
+fn settle(
+    expected: &HashSet<Uuid>,
+    arrivals: &HashMap<Uuid, Vec<Instant>>,
+    last_fault: Instant,
+    target: Duration,
+) -> Settle {
+    let firsts: Vec<Instant> = expected
+        .iter()
+        .filter_map(|id| arrivals.get(id)?.iter().min().copied())
+        .collect();
+    Settle {
+        after: firsts
+            .iter()
+            .map(|t| t.saturating_duration_since(last_fault))
+            .max()
+            .unwrap_or_default(),
+        late: firsts
+            .iter()
+            .filter(|t| t.saturating_duration_since(last_fault) > target)
+            .count(),
+    }
+}
+
+/// Each message's returns through the delay queues, from the workers' logs.
+#[derive(Default)]
+struct Returns {
+    total: usize,
+    messages: usize,
+    /// The most returns of one message within any 60 s.
+    max_per_minute: usize,
+    worst: Option<(String, String)>,
+    /// The most returns of all messages within one second.
+    peak_per_second: usize,
+    by_queue: BTreeMap<String, usize>,
+    per_minute: Vec<usize>,
+}
+
+impl Returns {
+    fn over(&self, target: usize) -> usize {
+        self.per_minute.iter().filter(|n| **n > target).count()
+    }
+}
+
+/// The value of `key=` in a log line, up to a space, `}` or `:`.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(key)? + key.len();
+    let rest = &line[start..];
+    let end = rest.find([' ', '}', ':']).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// Reads every `logs/*.log` for the consume loop's "Retrying later." and "Waiting again." lines (a message sent
+/// to a delay queue), by queue and message id.
+fn returns_from_logs(dir: &std::path::Path) -> Returns {
+    let mut by_message: HashMap<(String, String), Vec<chrono::DateTime<chrono::Utc>>> =
+        HashMap::new();
+    let files = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(file.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            if !(line.contains("Retrying later.") || line.contains("Waiting again.")) {
+                continue;
+            }
+            let Some(at) = line
+                .split_whitespace()
+                .next()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            else {
+                continue;
+            };
+            let (Some(queue), Some(id)) = (field(line, "queue="), field(line, "message_id="))
+            else {
+                continue;
+            };
+            by_message
+                .entry((queue.to_owned(), id.to_owned()))
+                .or_default()
+                .push(at.with_timezone(&chrono::Utc));
+        }
+    }
+    let mut r = Returns {
+        messages: by_message.len(),
+        ..Returns::default()
+    };
+    let mut per_second: HashMap<i64, usize> = HashMap::new();
+    for ((queue, id), mut times) in by_message {
+        times.sort();
+        r.total += times.len();
+        *r.by_queue.entry(queue.clone()).or_default() += times.len();
+        for t in &times {
+            *per_second.entry(t.timestamp()).or_default() += 1;
+        }
+        let mut most = 0;
+        let mut from = 0;
+        for to in 0..times.len() {
+            while times[to] - times[from] >= chrono::Duration::seconds(60) {
+                from += 1;
+            }
+            most = most.max(to - from + 1);
+        }
+        r.per_minute.push(most);
+        if most > r.max_per_minute {
+            r.max_per_minute = most;
+            r.worst = Some((queue, id));
+        }
+    }
+    r.peak_per_second = per_second.values().copied().max().unwrap_or(0);
+    r
+}
+
 fn message_id_change(value: &str) -> Option<Uuid> {
     let inner = value.trim().trim_start_matches('<').trim_end_matches('>');
     inner.split('@').next()?.parse().ok()
@@ -657,13 +790,21 @@ async fn run(settings: Arc<Settings>, clock: Clock) -> anyhow::Result<i32> {
         ),
     )?;
 
-    let lease_secs: u64 = env_or("CHAOS_DELIVERY_LEASE_SECS", 60)?;
-    let retry_delays = RETRY_DELAYS_MS.map(|d| d.to_string()).join(",");
-    let worker_env: Vec<(String, String)> = [
+    let lease_secs: Option<u64> = std::env::var("CHAOS_DELIVERY_LEASE_SECS")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.parse())
+        .transpose()
+        .context("CHAOS_DELIVERY_LEASE_SECS must be a number")?;
+    let mut worker_env: Vec<(String, String)> = [
         ("AMQP_URL", settings.amqp_url.clone()),
         ("DATABASE_URL", settings.database_url.clone()),
-        ("RUST_LOG", "info,lapin=warn".to_owned()),
-        ("RETRY_DELAYS_MS", retry_delays),
+        // The consumer's debug lines log every return through the delay queues ("Waiting again."), which the
+        // report counts per message.
+        (
+            "RUST_LOG",
+            "info,lapin=warn,tracking_runtime::amqp::consumer=debug".to_owned(),
+        ),
         ("SHUTDOWN_GRACE_MS", "5000".to_owned()),
         // Fast polling (as the end-to-end tests): a parcel's four events come one per poll.
         ("POLL_INTERVAL_SECS", "1".to_owned()),
@@ -680,12 +821,13 @@ async fn run(settings: Arc<Settings>, clock: Clock) -> anyhow::Result<i32> {
         ("SMTP_URL", smtp.url()),
         ("EMAIL_FROM", "Loja Caos <rastreio@loja.example>".to_owned()),
         ("MARKETPLACES_FILE", marketplaces.display().to_string()),
-        // A claim cut by a kill is taken over after a minute rather than the default five.
-        ("DELIVERY_LEASE_SECS", lease_secs.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    if let Some(secs) = lease_secs {
+        worker_env.push(("DELIVERY_LEASE_SECS".to_owned(), secs.to_string()));
+    }
 
     let bin = settings.dir.join("bin");
     let mut procs: Vec<Proc> = WORKERS
@@ -1000,6 +1142,26 @@ async fn report(
         &db_down,
     );
 
+    // The last fault: the last kill, or the end of the last outage.
+    let last_fault = kills
+        .iter()
+        .map(|k| k.at)
+        .chain(
+            outages
+                .iter()
+                .map(|o| clock.start + Duration::from_secs_f64(o.answering)),
+        )
+        .max()
+        .unwrap_or(clock.start);
+    let es = settle(
+        &expected_emails,
+        &emails,
+        last_fault,
+        settings.settle_target,
+    );
+    let ms = settle(&expected_calls, &calls, last_fault, settings.settle_target);
+    let returns = returns_from_logs(&settings.dir.join("logs"));
+
     let (conn, _ch) = amqp(&settings.amqp_url).await?;
     let mut dead = Vec::new();
     for q in topology::WORK_QUEUES {
@@ -1101,6 +1263,43 @@ async fn report(
         w,
         "| without a readable id | {unreadable_emails} | {unreadable_calls} |"
     )?;
+    writeln!(
+        w,
+        "| last one done, after the last fault | {} | {} |",
+        es.shown(),
+        ms.shown()
+    )?;
+    writeln!(
+        w,
+        "| done more than {} s after the last fault | {} | {} |",
+        settings.settle_target.as_secs(),
+        es.late,
+        ms.late
+    )?;
+    writeln!(w)?;
+    writeln!(
+        w,
+        "The last fault at {:.1} s (the last kill or outage end). Returns through the delay queues (waits and retries, \
+         from the workers' logs): {} in all, of {} messages; the most of one message in any 60 s: {}{}; the busiest \
+         second: {}; messages over {} in a minute: {}.",
+        last_fault
+            .saturating_duration_since(clock.start)
+            .as_secs_f64(),
+        returns.total,
+        returns.messages,
+        returns.max_per_minute,
+        returns
+            .worst
+            .as_ref()
+            .map(|(q, id)| format!(" ({q} {id})"))
+            .unwrap_or_default(),
+        returns.peak_per_second,
+        settings.returns_target,
+        returns.over(settings.returns_target),
+    )?;
+    for (queue, n) in &returns.by_queue {
+        writeln!(w, "- {queue}: {n} returns")?;
+    }
     writeln!(w)?;
     writeln!(
         w,
@@ -1169,7 +1368,7 @@ async fn report(
     }
     writeln!(w)?;
     let line = format!(
-        "chaos: parcels={} lost_emails={} doubled_emails={} lost_calls={} doubled_calls={} parked={} kills={} publisher_kills={} doubles_unexplained={} skipped={} wall_secs={:.0}{}",
+        "chaos: parcels={} lost_emails={} doubled_emails={} lost_calls={} doubled_calls={} parked={} kills={} publisher_kills={} doubles_unexplained={} skipped={} settle_emails_secs={:.0} settle_calls_secs={:.0} max_returns_per_min={} wall_secs={:.0}{}",
         settings.parcels,
         e.lost.len(),
         e.doubled,
@@ -1180,6 +1379,9 @@ async fn report(
         publisher_kills,
         (e.doubled - e.doubles_explained) + (m.doubled - m.doubles_explained),
         e.skipped + m.skipped,
+        es.after.as_secs_f64(),
+        ms.after.as_secs_f64(),
+        returns.max_per_minute,
         clock.secs(),
         if timed_out { " timed_out=1" } else { "" }
     );
@@ -1216,6 +1418,8 @@ async fn report(
         || !m.lost.is_empty()
         || parked > 0
         || unexplained > 0
-        || e.unexpected + m.unexpected > 0;
+        || e.unexpected + m.unexpected > 0
+        || es.late + ms.late > 0
+        || returns.max_per_minute > settings.returns_target;
     Ok(i32::from(failed))
 }

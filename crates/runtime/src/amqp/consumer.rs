@@ -79,6 +79,9 @@ pub struct Incoming {
     pub body: Vec<u8>,
     /// 1 for the first attempt; counts retries through the delay queues.
     pub attempt: u32,
+    /// How many times this message waited already (`Outcome::Wait`, counted in the `x-waits` header): a handler
+    /// backs off with it, and logs a wait once rather than at each return.
+    pub waits: u32,
     pub redelivered: bool,
     pub message_id: Option<String>,
     pub routing_key: String,
@@ -89,6 +92,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 pub const ATTEMPTS_HEADER: &str = "x-attempts";
+pub const WAITS_HEADER: &str = "x-waits";
 pub const PARK_REASON_HEADER: &str = "x-park-reason";
 pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
 pub const LAST_ERROR_HEADER: &str = "x-last-error";
@@ -445,6 +449,7 @@ pub(super) fn incoming(queue: &str, delivery: &Delivery) -> Incoming {
         queue: queue.to_owned(),
         body: delivery.data.clone(),
         attempt,
+        waits: header_u32(headers, WAITS_HEADER).unwrap_or(0),
         redelivered: delivery.redelivered,
         message_id: delivery
             .properties
@@ -486,6 +491,22 @@ async fn process<H: Handler>(ctx: &Ctx<H>, delivery: Delivery, shutdown: &Cancel
     .await
 }
 
+/// The delay tier a retry or a wait of `after` goes through: the smallest tier at least `after` (it never comes
+/// back early), else the longest.
+pub fn tier_at_least(tiers: &[Duration], after: Duration) -> Option<Duration> {
+    tiers
+        .iter()
+        .copied()
+        .find(|d| *d >= after)
+        .or_else(|| tiers.last().copied())
+}
+
+/// The longest delay tier that ends by `before`, for a wait that must not come back late (it comes back early
+/// and waits again for the rest); `None` when even the shortest tier is longer.
+pub fn tier_at_most(tiers: &[Duration], before: Duration) -> Option<Duration> {
+    tiers.iter().copied().filter(|d| *d <= before).max()
+}
+
 /// Settles one delivery: the copy its outcome asks for (delay queue or `Q.dead`, with confirms), then the ack.
 /// When the copy cannot be published the delivery is returned to the queue, never dropped.
 pub(super) async fn settle(
@@ -503,15 +524,16 @@ pub(super) async fn settle(
         Outcome::Retry { after, reason }
         | Outcome::Wait { after, reason }
         | Outcome::RetryUncounted { after, reason } => {
-            let delay = settings
-                .retry_delays
-                .iter()
-                .copied()
-                .find(|d| d >= after)
-                .or_else(|| settings.retry_delays.last().copied());
-            match delay {
+            match tier_at_least(&settings.retry_delays, *after) {
                 Some(d) => {
-                    tracing::info!(reason = %reason, delay_ms = d.as_millis() as u64, "Retrying later.");
+                    let waits = header_u32(delivery.properties.headers().as_ref(), WAITS_HEADER);
+                    // A message that waits again (behind an earlier change, for a lease) was logged when it began
+                    // to wait: once per message, not once per return.
+                    if matches!(outcome, Outcome::Wait { .. }) && waits.is_some_and(|w| w > 0) {
+                        tracing::debug!(reason = %reason, delay_ms = d.as_millis() as u64, waits, "Waiting again.");
+                    } else {
+                        tracing::info!(reason = %reason, delay_ms = d.as_millis() as u64, "Retrying later.");
+                    }
                     Some((topology::retry_queue(queue, d), reason.clone(), false))
                 }
                 None => Some((
@@ -541,6 +563,13 @@ pub(super) async fn settle(
             ShortString::from(ATTEMPTS_HEADER),
             AMQPValue::LongLongInt(i64::from(attempts)),
         );
+        if matches!(outcome, Outcome::Wait { .. }) {
+            let waits = header_u32(Some(&headers), WAITS_HEADER).unwrap_or(0);
+            headers.insert(
+                ShortString::from(WAITS_HEADER),
+                AMQPValue::LongLongInt(i64::from(waits.saturating_add(1))),
+            );
+        }
         headers.insert(
             ShortString::from(ORIGINAL_QUEUE_HEADER),
             AMQPValue::LongString(LongString::from(queue)),

@@ -9,7 +9,7 @@ mod publisher;
 pub mod topology;
 
 pub use batch::{BatchHandler, BatchSettings, run_batch_consumer};
-pub use consumer::{Handler, Incoming, Outcome, run_consumer};
+pub use consumer::{Handler, Incoming, Outcome, run_consumer, tier_at_least, tier_at_most};
 pub use publisher::{Outgoing, PublishError, Publisher, watch_publisher};
 
 use crate::settings::{self, SettingsError};
