@@ -163,6 +163,14 @@ pub const METRICS: &[Metric] = &[
         "marketplace_calls_total",
         "Status changes handled by the marketplace publisher, per marketplace and result.",
     ),
+    gauge(
+        "far_end_in_flight",
+        "Calls in flight to a far end (email, marketplace:{name}) from this publisher: places taken in its bulkhead.",
+    ),
+    counter(
+        "far_end_deferred_total",
+        "Changes sent back to the delay queues because their far end's bulkhead was full, per far end and why (busy, failing).",
+    ),
     counter(
         "delivery_record_retries_total",
         "Times a publisher retried recording a send the far end had already accepted.",

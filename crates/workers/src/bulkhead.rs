@@ -195,13 +195,13 @@ impl Bulkheads {
 mod tests {
     use super::*;
 
-    /// Real time, in steps of 200 ms: a wait shows as the time it took, within a loaded machine's slack.
+    /// Real time: a wait shows as the time it took, within a loaded machine's slack (half the bulkhead's wait).
     #[tokio::test]
     async fn a_full_bulkhead_waits_for_a_quick_far_end_and_not_for_a_slow_or_failing_one() {
-        let wait = Duration::from_millis(400);
+        let wait = Duration::from_secs(1);
         let within = |took: Duration, expected: Duration| {
             assert!(
-                took >= expected && took < expected + Duration::from_millis(150),
+                took >= expected && took < expected + Duration::from_millis(500),
                 "took {took:?}, expected {expected:?}"
             );
         };
@@ -236,7 +236,7 @@ mod tests {
         let cap = Duration::from_secs(600);
         let deferral = Bulkhead::deferral(why, base, cap);
         assert!(
-            deferral >= Duration::from_millis(300) && deferral < Duration::from_secs(1),
+            deferral >= Duration::from_millis(300) && deferral < Duration::from_secs(2),
             "{deferral:?}"
         );
         assert_eq!(
