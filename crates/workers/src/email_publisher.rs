@@ -339,7 +339,10 @@ impl EmailPublisher {
             DESTINATION,
             id,
             &self.retry,
-            "the SMTP server",
+            To {
+                what: "the SMTP server",
+                bulkhead: Some(&self.bulkhead),
+            },
             None,
             || async {
                 match self
