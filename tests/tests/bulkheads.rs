@@ -286,7 +286,7 @@ async fn a_claim_is_extended_while_its_holder_works() -> anyhow::Result<()> {
         change_id: id,
         owner: Uuid::new_v4(),
     };
-    let answer = claim_many(&env.pool, &[other.clone()], lease).await?;
+    let answer = claim_many(&env.pool, std::slice::from_ref(&other), lease).await?;
     assert!(
         matches!(answer[..], [Claim::Leased { .. }]),
         "2.5 s into a send under a 1 s lease, the claim is still held: {answer:?}"
