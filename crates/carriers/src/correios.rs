@@ -296,13 +296,8 @@ impl CorreiosClient {
 
     /// One call (token included), its errors and its body redacted.
     async fn track_once(&self, codes: &[TrackingCode]) -> Result<Answered, FetchError> {
-        match self.track_once_unredacted(codes).await {
-            Ok(a) => Ok(Answered {
-                body: self.redactor.body(&a.body),
-                answers: a.answers,
-            }),
-            Err(e) => Err(self.redactor.error(e)),
-        }
+        self.redactor
+            .answered(self.track_once_unredacted(codes).await)
     }
 
     async fn track_once_unredacted(&self, codes: &[TrackingCode]) -> Result<Answered, FetchError> {

@@ -302,6 +302,20 @@ impl Redactor {
     }
 
     /// The same error with every reason and body redacted: what a client returns, so nothing downstream (logs,
+    /// A call's result with its body or its error redacted ([`Redactor::body`], [`Redactor::error`]).
+    pub fn answered(
+        &self,
+        result: Result<crate::Answered, FetchError>,
+    ) -> Result<crate::Answered, FetchError> {
+        match result {
+            Ok(a) => Ok(crate::Answered {
+                body: self.body(&a.body),
+                answers: a.answers,
+            }),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
     /// health, `carrier_responses`, dead-letter reasons) ever sees a secret.
     pub fn error(&self, e: FetchError) -> FetchError {
         match e {

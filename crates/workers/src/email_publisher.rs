@@ -224,25 +224,7 @@ impl Handler for EmailPublisher {
                 bulkhead: Some(&self.bulkhead),
             },
             skip_if_waited,
-            || async {
-                match self
-                    .mailer
-                    .send(
-                        &change.customer.email,
-                        change.customer.name.as_deref(),
-                        &email,
-                        &message_id,
-                    )
-                    .await
-                {
-                    Ok(()) => Attempt::Done(message_id.clone()),
-                    Err(e) if e.is_transient() => Attempt::Transient {
-                        reason: e.to_string(),
-                        after: None,
-                    },
-                    Err(e) => Attempt::Permanent(e.to_string()),
-                }
-            },
+            || self.attempt(&change.customer, &email, &message_id),
         )
         .await;
         count(match delivered.result {
@@ -271,6 +253,27 @@ fn count_late(result: &'static str) {
 }
 
 impl EmailPublisher {
+    /// One try at sending `email` to `customer`: done with its Message-ID, or the SMTP failure by kind.
+    async fn attempt(
+        &self,
+        customer: &tracking_domain::Customer,
+        email: &RenderedEmail,
+        message_id: &str,
+    ) -> Attempt {
+        match self
+            .mailer
+            .send(&customer.email, customer.name.as_deref(), email, message_id)
+            .await
+        {
+            Ok(()) => Attempt::Done(message_id.to_owned()),
+            Err(e) if e.is_transient() => Attempt::Transient {
+                reason: e.to_string(),
+                after: None,
+            },
+            Err(e) => Attempt::Permanent(e.to_string()),
+        }
+    }
+
     /// A late notice: sent once (keyed by its notice id) when it was recorded and the shipment is still late.
     async fn late(&self, notice: Result<LateNotice, String>) -> Outcome {
         let notice = match notice {
@@ -344,25 +347,7 @@ impl EmailPublisher {
                 bulkhead: Some(&self.bulkhead),
             },
             None,
-            || async {
-                match self
-                    .mailer
-                    .send(
-                        &request.customer.email,
-                        request.customer.name.as_deref(),
-                        &email,
-                        &message_id,
-                    )
-                    .await
-                {
-                    Ok(()) => Attempt::Done(message_id.clone()),
-                    Err(e) if e.is_transient() => Attempt::Transient {
-                        reason: e.to_string(),
-                        after: None,
-                    },
-                    Err(e) => Attempt::Permanent(e.to_string()),
-                }
-            },
+            || self.attempt(&request.customer, &email, &message_id),
         )
         .await;
         count_late(match delivered.result {
