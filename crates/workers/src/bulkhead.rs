@@ -2,7 +2,8 @@
 //! on calls in flight, so a far end that hangs holds at most its own bound of the consumer's shared slots
 //! (`PREFETCH`), never all of them.
 //!
-//! A delivery enters its far end's bulkhead before it claims the change ([`Bulkhead::enter`]):
+//! A delivery enters its far end's bulkhead once it claimed the change, for the far end's call alone
+//! ([`Bulkhead::enter`]):
 //! - a free place: it goes on, and holds the place until its tries are over;
 //! - no free place while the far end answers: it waits for one up to `FAR_END_WAIT_MS` (a far end that is only
 //!   busy frees places quickly);

@@ -1,15 +1,16 @@
 //! Delivering one status change to one destination (an email, a marketplace call) once, with bounded retries:
 //! first in this process, then through the delay queues for as long as the far end's retry window lasts.
 //!
-//! 0. Enter the far end's bulkhead ([`crate::bulkhead`]): a far end whose places are all taken by calls that hang,
-//!    or that fails, sends the change back through the delay queues at once instead of holding a consumer slot.
 //! 1. Claim `(destination, id)` in `deliveries` with a short committed lease (`DELIVERY_LEASE_SECS`, 30 s) that
 //!    the process extends while it works (every third of the lease, all its claims in one statement): no database
 //!    connection is held while the far end is called. A change already done is acked. One leased by another
 //!    worker is tried again when that lease ends: waited for in process when it ends within
 //!    `DELIVERY_LEASE_WAIT_IN_PROCESS_MS`, else through the longest delay tier that ends before it (it comes back
 //!    early and waits for the rest), never a tier after it. The claims of every handler of the process that are
-//!    waiting at the same moment are made in one statement ([`Ledger`]).
+//!    waiting at the same moment are made in one statement ([`Ledger`]). Then take a place in the far end's
+//!    bulkhead ([`crate::bulkhead`]): a far end whose places are all taken by calls that hang, or that fails,
+//!    sends the change back through the delay queues at once (the claim given back) instead of holding a
+//!    consumer slot.
 //! 2. Call the far end: a transient failure is retried in process (`RETRY_IN_PROCESS` times, from
 //!    `RETRY_IN_PROCESS_BASE_MS`, doubling, jittered; a `Retry-After` up to `RETRY_IN_PROCESS_MAX_WAIT_MS` is
 //!    honoured in process), unless the try itself took longer than `RETRY_IN_PROCESS_MAX_WAIT_MS` (a timeout): a
@@ -382,13 +383,6 @@ where
     let what = to.what;
     let mut waited_in_process = false;
     let (place, _holding, failures, first_failed_at) = loop {
-        let place = match to.bulkhead {
-            Some(bulkhead) => match bulkhead.enter().await {
-                Ok(place) => Some(place),
-                Err(full) => return Delivered::deferred(bulkhead, full, policy, what),
-            },
-            None => None,
-        };
         let owner = Uuid::new_v4();
         let claim = ledger
             .claims
@@ -403,6 +397,22 @@ where
                 failures,
                 first_failed_at,
             }) => {
+                // The place covers the far end's call alone (not the claim, which waits for the database).
+                let place = match to.bulkhead {
+                    Some(bulkhead) => match bulkhead.enter().await {
+                        Ok(place) => Some(place),
+                        Err(full) => {
+                            // Given back at once; if the database does not take it, it expires with its lease.
+                            if let Err(e) =
+                                deliveries::release(&ledger.pool, destination, id, owner).await
+                            {
+                                tracing::debug!(error = %e, %id, "Could not give a claim back; it expires with its lease.");
+                            }
+                            return Delivered::deferred(bulkhead, full, policy, what);
+                        }
+                    },
+                    None => None,
+                };
                 let key = (destination.to_owned(), id);
                 ledger
                     .held
@@ -422,31 +432,27 @@ where
                     tries: 0,
                 };
             }
-            Ok(Claim::Leased { remaining }) => {
-                // The place is not held while waiting: the holder may need it.
-                drop(place);
-                match policy.lease_wait(remaining) {
-                    None if !waited_in_process => {
-                        waited_in_process = true;
-                        let margin = Duration::from_millis(100 + fastrand::u64(0..200));
-                        tokio::time::sleep(remaining + margin).await;
-                    }
-                    wait => {
-                        let after = wait.unwrap_or(remaining).max(Duration::from_millis(1));
-                        return Delivered {
-                            outcome: Outcome::Wait {
-                                after,
-                                reason: format!(
-                                    "{what}: another worker is delivering this change (its lease ends in {} s)",
-                                    remaining.as_secs()
-                                ),
-                            },
-                            result: "leased",
-                            tries: 0,
-                        };
-                    }
+            Ok(Claim::Leased { remaining }) => match policy.lease_wait(remaining) {
+                None if !waited_in_process => {
+                    waited_in_process = true;
+                    let margin = Duration::from_millis(100 + fastrand::u64(0..200));
+                    tokio::time::sleep(remaining + margin).await;
                 }
-            }
+                wait => {
+                    let after = wait.unwrap_or(remaining).max(Duration::from_millis(1));
+                    return Delivered {
+                        outcome: Outcome::Wait {
+                            after,
+                            reason: format!(
+                                "{what}: another worker is delivering this change (its lease ends in {} s)",
+                                remaining.as_secs()
+                            ),
+                        },
+                        result: "leased",
+                        tries: 0,
+                    };
+                }
+            },
             Err(e) => return Delivered::database(&e),
         }
     };
