@@ -126,6 +126,7 @@ async fn publish_manual(
     let update = CarrierUpdate {
         carrier,
         tracking_code: code.clone(),
+        store: Default::default(),
         source: Source::Manual,
         request: None,
         fetched_at: Utc::now(),

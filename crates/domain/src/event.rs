@@ -151,6 +151,10 @@ impl CarrierEvent {
 pub struct CarrierUpdate {
     pub carrier: Carrier,
     pub tracking_code: TrackingCode,
+    /// The store whose carrier account made the call (or whose operator recorded a manual event): the parcel
+    /// is that store's shipment of the code.
+    #[serde(default)]
+    pub store: crate::store::StoreName,
     pub source: Source,
     /// The request that caused this poll: the order context the normalizer stores with the shipment.
     /// Absent for manual events on a shipment we already know.

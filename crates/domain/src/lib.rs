@@ -9,6 +9,7 @@
 //! - [`table`]: carrier event codes → canonical status, loaded from a data file.
 //! - [`rules`]: which status a shipment is in, given its events.
 //! - [`page_token`]: the signed token that names an order in the customer's tracking page link.
+//! - [`store`]: the store (shop) an order belongs to.
 //! - [`text`]: what text we refuse (people's) and what we clean (carriers'), on every path in.
 //!
 //! Nothing here does I/O; every type that crosses a queue is serde-serializable and
@@ -23,11 +24,12 @@ pub mod page_token;
 pub mod request;
 pub mod rules;
 pub mod status;
+pub mod store;
 pub mod table;
 pub mod text;
 
 pub use carrier_state::CarrierState;
-pub use change::{ChangeEvent, StatusChange};
+pub use change::{ChangeEvent, OrderProgress, OrderStatus, StatusChange};
 pub use code::{Carrier, TrackingCode};
 pub use event::{CarrierEvent, CarrierUpdate, Location, Source};
 pub use late::LateNotice;
@@ -37,3 +39,4 @@ pub use request::{
     TrackingRequest,
 };
 pub use status::Status;
+pub use store::StoreName;

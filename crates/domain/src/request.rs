@@ -1,6 +1,7 @@
 //! The tracking request (contract.md), validated field by field so that every wrong field is named at once.
 
 use crate::code::{Carrier, TrackingCode};
+use crate::store::StoreName;
 use crate::text;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -166,6 +167,9 @@ pub struct TrackingRequest {
     pub marketplace: Option<MarketplaceRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invoice_number: Option<String>,
+    /// The store of the stores file the order belongs to ([`StoreName::DEFAULT`] when the request names none).
+    #[serde(default)]
+    pub store: StoreName,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -368,6 +372,13 @@ impl TrackingRequest {
         let invoice_number = f
             .text("invoice_number", false, text::SHORT)
             .map(str::to_owned);
+        let store = match f.string("store", false) {
+            Some(s) => StoreName::parse(s).unwrap_or_else(|m| {
+                f.err("store", m);
+                StoreName::default()
+            }),
+            None => StoreName::default(),
+        };
 
         match (order_id, code, carrier, email) {
             (Some(order_id), Some(tracking_code), Some(carrier), Some(email))
@@ -384,6 +395,7 @@ impl TrackingRequest {
                     },
                     marketplace,
                     invoice_number,
+                    store,
                 })
             }
             _ => Err(InvalidRequest::Fields(f.errors)),
@@ -407,6 +419,21 @@ mod tests {
             "invoice_number": "00012345",
             "something_new": 1
         })
+    }
+
+    #[test]
+    fn a_request_names_its_store_or_gets_the_default_one() {
+        let req = TrackingRequest::from_value(&full()).unwrap();
+        assert!(req.store.is_default());
+        let mut v = full();
+        v["store"] = json!("loja-a");
+        let req = TrackingRequest::from_value(&v).unwrap();
+        assert_eq!(req.store.as_str(), "loja-a");
+        let again = TrackingRequest::parse(&serde_json::to_vec(&req).unwrap()).unwrap();
+        assert_eq!(again.store.as_str(), "loja-a");
+        v["store"] = json!("Loja A");
+        let err = TrackingRequest::from_value(&v).unwrap_err();
+        assert_eq!(err.details()[0].field, "store");
     }
 
     #[test]

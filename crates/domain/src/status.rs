@@ -76,6 +76,20 @@ impl Status {
         )
     }
 
+    /// How far along its way a parcel in this status is, for an order's least advanced parcel
+    /// ([`crate::change::OrderProgress`]): registered before posted before moving before at the door before
+    /// arrived (delivered, returned, expired: nothing more to come).
+    pub fn progress_rank(self) -> u8 {
+        match self {
+            Status::Registered => 0,
+            Status::Posted => 1,
+            Status::InTransit | Status::Exception | Status::Returning => 2,
+            Status::DeliveryFailed | Status::AwaitingPickup => 3,
+            Status::OutForDelivery => 4,
+            Status::Delivered | Status::Returned | Status::Expired => 5,
+        }
+    }
+
     /// Whether a parcel in this status is expected to have carrier news: any but delivered, returned and expired.
     pub fn can_stall(self) -> bool {
         !self.is_final() && self != Status::Expired

@@ -90,6 +90,8 @@ fn change(status: Status, locale: Locale) -> StatusChange {
         estimated_delivery: Some(
             DateTime::parse_from_rfc3339("2026-04-02T23:59:59-03:00").unwrap(),
         ),
+        store: Default::default(),
+        order: None,
     }
 }
 

@@ -320,6 +320,8 @@ async fn expire(
         marketplace: req.marketplace,
         invoice_number: req.invoice_number,
         estimated_delivery: s.estimated_delivery.map(|d| d.fixed_offset()),
+        store: req.store.clone(),
+        order: None,
     };
     tracking_store::changes::insert(&mut *tx, s.id, &change, &serde_json::to_value(&change)?)
         .await?;

@@ -43,6 +43,7 @@ impl Handler for Forward {
                     let update = CarrierUpdate {
                         carrier: req.carrier,
                         tracking_code: req.tracking_code.clone(),
+                        store: req.store.clone(),
                         source: Source::Carrier,
                         request: Some(req),
                         fetched_at: chrono::Utc::now(),

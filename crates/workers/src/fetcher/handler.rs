@@ -40,6 +40,7 @@ pub fn update_for(request: TrackingRequest, answer: ObjectResult) -> Result<Carr
     Ok(CarrierUpdate {
         carrier: request.carrier,
         tracking_code: request.tracking_code.clone(),
+        store: request.store.clone(),
         source: Source::Carrier,
         request: Some(request),
         fetched_at: Utc::now(),

@@ -229,6 +229,8 @@ fn change_for(
         estimated_delivery: context
             .estimated_delivery
             .or_else(|| estimated.map(|d| d.fixed_offset())),
+        store: req.store.clone(),
+        order: None,
     }
 }
 
