@@ -214,22 +214,30 @@ impl TestEnv {
     pub async fn record_change(&self, change: &Value) -> anyhow::Result<()> {
         let text = |v: &Value| v.as_str().map(str::to_owned);
         let shipment_id: i64 = sqlx::query_scalar(
-            "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, marketplace_name, marketplace_order_id) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (carrier, tracking_code) DO UPDATE SET order_id = EXCLUDED.order_id, \
-                 marketplace_name = EXCLUDED.marketplace_name, marketplace_order_id = EXCLUDED.marketplace_order_id \
+            "INSERT INTO shipments (carrier, tracking_code) VALUES ($1, $2) \
+             ON CONFLICT (store, carrier, tracking_code) WHERE retired_at IS NULL DO UPDATE SET updated_at = now() \
              RETURNING id",
         )
         .bind(text(&change["carrier"]))
         .bind(text(&change["tracking_code"]))
-        .bind(text(&change["order_id"]))
-        .bind(text(&change["customer"]["email"]))
-        .bind(text(&change["marketplace"]["name"]))
-        .bind(text(&change["marketplace"]["order_id"]))
         .fetch_one(&self.pool)
         .await?;
+        let order_ref = add_order(
+            &self.pool,
+            shipment_id,
+            &Order {
+                order_id: text(&change["order_id"]).unwrap_or_default(),
+                email: text(&change["customer"]["email"]).unwrap_or_default(),
+                marketplace: text(&change["marketplace"]["name"])
+                    .zip(text(&change["marketplace"]["order_id"])),
+                ..Order::default()
+            },
+        )
+        .await?;
         sqlx::query(
-            "INSERT INTO status_changes (change_id, shipment_id, status, previous_status, occurred_at, payload, published_at) \
-             VALUES ($1::text::uuid, $2, $3, $4, $5::text::timestamptz, $6, now())",
+            "INSERT INTO status_changes (change_id, shipment_id, status, previous_status, occurred_at, payload, published_at, \
+                 order_ref) \
+             VALUES ($1::text::uuid, $2, $3, $4, $5::text::timestamptz, $6, now(), $7)",
         )
         .bind(text(&change["change_id"]))
         .bind(shipment_id)
@@ -237,6 +245,7 @@ impl TestEnv {
         .bind(text(&change["previous_status"]))
         .bind(text(&change["occurred_at"]))
         .bind(change)
+        .bind(order_ref)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -871,6 +880,81 @@ pub fn status_change(
 }
 
 /// The n-th valid Correios S10 code of a series: `{prefix}{8 digits}{check digit}BR`.
+/// An order as a test writes it beside a shipment it inserts by hand (default store, `pt-BR`).
+#[derive(Debug, Clone)]
+pub struct Order {
+    pub order_id: String,
+    pub email: String,
+    pub name: Option<String>,
+    pub locale: String,
+    pub marketplace: Option<(String, String)>,
+}
+
+impl Default for Order {
+    fn default() -> Self {
+        Self {
+            order_id: "1".into(),
+            email: "ana@example.com".into(),
+            name: None,
+            locale: "pt-BR".into(),
+            marketplace: None,
+        }
+    }
+}
+
+impl Order {
+    pub fn new(order_id: &str, email: &str) -> Self {
+        Self {
+            order_id: order_id.into(),
+            email: email.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Registers `order` (or updates its context) and links it to shipment `shipment_id`, as the normalizer does for
+/// a tracking request; the order's id in `orders`.
+pub async fn add_order(pool: &PgPool, shipment_id: i64, order: &Order) -> anyhow::Result<i64> {
+    let order_ref: i64 = sqlx::query_scalar(
+        "INSERT INTO orders (order_id, customer_email, customer_name, customer_locale, marketplace_name, \
+             marketplace_order_id) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (store, order_id) DO UPDATE SET customer_email = EXCLUDED.customer_email, \
+             marketplace_name = EXCLUDED.marketplace_name, marketplace_order_id = EXCLUDED.marketplace_order_id \
+         RETURNING id",
+    )
+    .bind(&order.order_id)
+    .bind(&order.email)
+    .bind(&order.name)
+    .bind(&order.locale)
+    .bind(order.marketplace.as_ref().map(|m| m.0.clone()))
+    .bind(order.marketplace.as_ref().map(|m| m.1.clone()))
+    .fetch_one(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO order_parcels (order_ref, shipment_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(order_ref)
+    .bind(shipment_id)
+    .execute(pool)
+    .await?;
+    Ok(order_ref)
+}
+
+/// Gives every shipment without an order the order `order-{tracking_code}` of `email` (shipments a test inserted
+/// by hand in bulk).
+pub async fn add_orders_by_code(pool: &PgPool, email: &str) -> anyhow::Result<()> {
+    let ids: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, tracking_code FROM shipments s \
+         WHERE NOT EXISTS (SELECT 1 FROM order_parcels op WHERE op.shipment_id = s.id) ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (id, code) in ids {
+        add_order(pool, id, &Order::new(&format!("order-{code}"), email)).await?;
+    }
+    Ok(())
+}
+
 pub fn s10(prefix: &str, n: u32) -> String {
     let digits = format!("{:08}", n % 100_000_000);
     let check = tracking_domain::code::s10_check_digit(digits.as_bytes()).unwrap();

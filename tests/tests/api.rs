@@ -494,12 +494,17 @@ async fn control_characters_in_text_fields_get_422_naming_the_field_and_publish_
     let amqp = env.amqp().await?;
     let code = s10("CC", 1);
     // A registered shipment, so that an accepted event would be published.
-    sqlx::query(
-        "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email) \
-         VALUES ('correios', $1, 'CC-1', 'ana@example.com')",
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO shipments (carrier, tracking_code) VALUES ('correios', $1) RETURNING id",
     )
     .bind(&code)
-    .execute(&env.pool)
+    .fetch_one(&env.pool)
+    .await?;
+    tracking_tests::add_order(
+        &env.pool,
+        id,
+        &tracking_tests::Order::new("CC-1", "ana@example.com"),
+    )
     .await?;
     let events = format!("/v1/shipments/{code}/events");
     let at = "2025-11-24T16:05:00-03:00";

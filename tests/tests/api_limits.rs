@@ -285,11 +285,16 @@ async fn order_tracking_answers_the_newest_events_and_shipments_within_the_bound
     let mut ids = Vec::new();
     for n in 1..=3 {
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email) \
-             VALUES ('correios', $1, 'BIG-1', 'ana@example.com') RETURNING id",
+            "INSERT INTO shipments (carrier, tracking_code) VALUES ('correios', $1) RETURNING id",
         )
         .bind(s10("BG", n))
         .fetch_one(&env.pool)
+        .await?;
+        tracking_tests::add_order(
+            &env.pool,
+            id,
+            &tracking_tests::Order::new("BIG-1", "ana@example.com"),
+        )
         .await?;
         ids.push(id);
     }

@@ -127,24 +127,41 @@ async fn a_stored_row_that_cannot_be_read_is_quarantined_and_polling_goes_on() -
     let env = TestEnv::ready().await?;
     // Rows written by hand (or by another version): an empty order id and an invalid email; a status and a
     // carrier this version does not know (read as `Stored::Unknown`, never a failed scan of the others).
-    sqlx::query(
-        "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, next_poll_at) VALUES \
-         ('correios', $1, '', 'not-an-email', now() - interval '1 minute'), \
-         ('correios', $2, 'OK-1', 'ana@example.com', now() - interval '1 minute'), \
-         ('pigeon', $3, 'P-1', 'ana@example.com', now() - interval '1 minute')",
-    )
-    .bind(s10("DL", 3))
-    .bind(s10("DL", 4))
-    .bind(s10("DL", 5))
-    .execute(&env.pool)
-    .await?;
-    sqlx::query(
-        "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, status, next_poll_at) VALUES \
-         ('correios', $1, 'T-1', 'ana@example.com', 'teleported', now() - interval '1 minute')",
-    )
-    .bind(s10("DL", 6))
-    .execute(&env.pool)
-    .await?;
+    for (carrier, code, status, order, email) in [
+        ("correios", s10("DL", 3), "registered", "", "not-an-email"),
+        (
+            "correios",
+            s10("DL", 4),
+            "registered",
+            "OK-1",
+            "ana@example.com",
+        ),
+        (
+            "pigeon",
+            s10("DL", 5),
+            "registered",
+            "P-1",
+            "ana@example.com",
+        ),
+        (
+            "correios",
+            s10("DL", 6),
+            "teleported",
+            "T-1",
+            "ana@example.com",
+        ),
+    ] {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO shipments (carrier, tracking_code, status, next_poll_at) \
+             VALUES ($1, $2, $3, now() - interval '1 minute') RETURNING id",
+        )
+        .bind(carrier)
+        .bind(&code)
+        .bind(status)
+        .fetch_one(&env.pool)
+        .await?;
+        tracking_tests::add_order(&env.pool, id, &tracking_tests::Order::new(order, email)).await?;
+    }
     let scheduler = Worker::started(
         &env,
         "scheduler",
@@ -871,11 +888,16 @@ async fn an_old_stored_event_with_a_line_break_still_gives_a_change_that_is_sent
     let code = s10("DN", 1);
     // Written by an older version, which stored carrier text as it came.
     let shipment_id: i64 = sqlx::query_scalar(
-        "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email) \
-         VALUES ('correios', $1, 'OLD-1', 'ana@example.com') RETURNING id",
+        "INSERT INTO shipments (carrier, tracking_code) VALUES ('correios', $1) RETURNING id",
     )
     .bind(&code)
     .fetch_one(&env.pool)
+    .await?;
+    tracking_tests::add_order(
+        &env.pool,
+        shipment_id,
+        &tracking_tests::Order::new("OLD-1", "ana@example.com"),
+    )
     .await?;
     sqlx::query(
         "INSERT INTO tracking_events (shipment_id, fingerprint, source, code, kind, description, city, occurred_at, status) \

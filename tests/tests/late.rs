@@ -41,20 +41,26 @@ fn row<'a>(code: String, status: &'a str, locale: &'a str, promised: Option<i64>
 /// Stores the shipments (order `order-{code}`, customer `{code}@example.com`), none due for a poll.
 async fn insert(env: &TestEnv, rows: &[Row<'_>]) -> anyhow::Result<()> {
     for r in rows {
-        sqlx::query(
-            "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, customer_name, customer_locale, \
-                 status, estimated_delivery, last_news_at, next_poll_at) \
-             VALUES ($1, $2, 'order-' || $2, lower($2) || '@example.com', 'Ana Souza', $3, $4, \
-                 now() - make_interval(hours => $5::int), now() - make_interval(hours => $6::int), now() + interval '1 day')",
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO shipments (carrier, tracking_code, status, estimated_delivery, last_news_at, next_poll_at) \
+             VALUES ($1, $2, $3, now() - make_interval(hours => $4::int), now() - make_interval(hours => $5::int), \
+                 now() + interval '1 day') RETURNING id",
         )
         .bind(r.carrier)
         .bind(&r.code)
-        .bind(r.locale)
         .bind(r.status)
         .bind(r.promised_hours_ago.map(|h| h as i32))
         .bind(r.news_hours_ago as i32)
-        .execute(&env.pool)
+        .fetch_one(&env.pool)
         .await?;
+        let order = tracking_tests::Order {
+            order_id: format!("order-{}", r.code),
+            email: format!("{}@example.com", r.code.to_lowercase()),
+            name: Some("Ana Souza".into()),
+            locale: r.locale.into(),
+            marketplace: None,
+        };
+        tracking_tests::add_order(&env.pool, id, &order).await?;
     }
     Ok(())
 }

@@ -418,9 +418,17 @@ async fn the_outbox_relay_publishes_a_change_that_was_recorded_but_not_published
         "source": "carrier", "event": {"code": "BDE", "type": "01", "description": "Objeto entregue", "location": {}},
         "customer": {"email": "ana@example.com", "locale": "pt-BR"}
     });
-    sqlx::query("INSERT INTO shipments (carrier, tracking_code, order_id, customer_email) VALUES ('correios', 'DL746686536BR', '77', 'ana@example.com')")
-        .execute(&env.pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO shipments (carrier, tracking_code) VALUES ('correios', 'DL746686536BR')",
+    )
+    .execute(&env.pool)
+    .await?;
+    tracking_tests::add_order(
+        &env.pool,
+        1,
+        &tracking_tests::Order::new("77", "ana@example.com"),
+    )
+    .await?;
     sqlx::query(
         "INSERT INTO status_changes (change_id, shipment_id, status, previous_status, occurred_at, payload, created_at) \
          VALUES ($1, 1, 'delivered', 'out_for_delivery', now(), $2, now() - interval '1 minute')",

@@ -271,17 +271,21 @@ async fn migrations_apply_to_an_empty_database_and_again_harmlessly() -> anyhow:
             "carrier_responses",
             "deliveries",
             "late_notices",
+            "order_parcels",
+            "orders",
             "shipments",
             "status_changes",
             "tracking_events"
         ]
     );
-    // Events are unique by fingerprint.
-    sqlx::query("INSERT INTO shipments (carrier, tracking_code, order_id, customer_email) VALUES ('correios', 'DL746686536BR', '1', 'a@b.co')")
-        .execute(&env.pool)
-        .await?;
+    // Events are unique by fingerprint within their shipment.
+    sqlx::query(
+        "INSERT INTO shipments (carrier, tracking_code) VALUES ('correios', 'DL746686536BR')",
+    )
+    .execute(&env.pool)
+    .await?;
     let insert = "INSERT INTO tracking_events (shipment_id, fingerprint, source, code, description, occurred_at) \
-                  VALUES (1, 'fp', 'carrier', 'PO', 'x', now()) ON CONFLICT (fingerprint) DO NOTHING";
+                  VALUES (1, 'fp', 'carrier', 'PO', 'x', now()) ON CONFLICT (shipment_id, fingerprint) DO NOTHING";
     assert_eq!(
         sqlx::query(insert)
             .execute(&env.pool)

@@ -16,8 +16,8 @@ async fn insert(env: &TestEnv, rows: &[(String, &str, i64)]) -> anyhow::Result<(
     let statuses: Vec<String> = rows.iter().map(|r| r.1.to_owned()).collect();
     let quiet: Vec<i64> = rows.iter().map(|r| r.2).collect();
     sqlx::query(
-        "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, status, last_news_at, next_poll_at) \
-         SELECT 'correios', c, 'order-' || c, 'ana@example.com', s, now() - make_interval(secs => q), now() - interval '1 minute' \
+        "INSERT INTO shipments (carrier, tracking_code, status, last_news_at, next_poll_at) \
+         SELECT 'correios', c, s, now() - make_interval(secs => q), now() - interval '1 minute' \
          FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS t(c, s, q)",
     )
     .bind(&codes)
@@ -25,6 +25,7 @@ async fn insert(env: &TestEnv, rows: &[(String, &str, i64)]) -> anyhow::Result<(
     .bind(&quiet)
     .execute(&env.pool)
     .await?;
+    tracking_tests::add_orders_by_code(&env.pool, "ana@example.com").await?;
     Ok(())
 }
 

@@ -484,7 +484,12 @@ async fn a_tampered_token_and_an_unknown_order_get_the_same_404_and_the_page_hol
     );
     change["customer"]["name"] = "Ana Maria Souza".into();
     env.record_change(&change).await?;
-    sqlx::query("UPDATE shipments SET customer_name = 'Ana Maria Souza', status = 'out_for_delivery', invoice_number = 'NF-991' WHERE tracking_code = $1")
+    sqlx::query("UPDATE orders SET customer_name = 'Ana Maria Souza', invoice_number = 'NF-991' WHERE id IN \
+        (SELECT order_ref FROM order_parcels op JOIN shipments s ON s.id = op.shipment_id WHERE s.tracking_code = $1)")
+        .bind(&code)
+        .execute(&env.pool)
+        .await?;
+    sqlx::query("UPDATE shipments SET status = 'out_for_delivery' WHERE tracking_code = $1")
         .bind(&code)
         .execute(&env.pool)
         .await?;
@@ -659,7 +664,12 @@ async fn the_email_button_opens_the_page_when_tracking_page_url_is_set_and_the_c
         None,
     );
     env.record_change(&second).await?;
-    sqlx::query("UPDATE shipments SET status = 'delivered', customer_name = 'Ana Souza' WHERE tracking_code = $1")
+    sqlx::query("UPDATE shipments SET status = 'delivered' WHERE tracking_code = $1")
+        .bind(&code)
+        .execute(&env.pool)
+        .await?;
+    sqlx::query("UPDATE orders SET customer_name = 'Ana Souza' WHERE id IN \
+        (SELECT order_ref FROM order_parcels op JOIN shipments s ON s.id = op.shipment_id WHERE s.tracking_code = $1)")
         .bind(&code)
         .execute(&env.pool)
         .await?;
@@ -757,11 +767,16 @@ async fn a_parcel_with_a_long_history_shows_its_newest_events_and_says_there_are
     let mut ids = Vec::new();
     for n in 1..=2 {
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email) \
-             VALUES ('correios', $1, 'LONG-1', 'ana@example.com') RETURNING id",
+            "INSERT INTO shipments (carrier, tracking_code) VALUES ('correios', $1) RETURNING id",
         )
         .bind(s10("LG", n))
         .fetch_one(&env.pool)
+        .await?;
+        tracking_tests::add_order(
+            &env.pool,
+            id,
+            &tracking_tests::Order::new("LONG-1", "ana@example.com"),
+        )
         .await?;
         ids.push(id);
     }

@@ -126,7 +126,7 @@ async fn publish_manual(
     let update = CarrierUpdate {
         carrier,
         tracking_code: code.clone(),
-        store: Default::default(),
+        store: shipment.store().map_err(|e| corrupt(e.to_string()))?,
         source: Source::Manual,
         request: None,
         fetched_at: Utc::now(),
@@ -171,9 +171,13 @@ pub async fn create_manual_event(
     let event = ManualEvent::from_map(&map, Utc::now())
         .map_err(|errors| ApiError::fields(invalid("event", &errors), &errors))?;
     let found = match TrackingCode::parse(&code) {
-        Ok(c) => shipments::by_code(&state.inner.pool, c.as_str())
+        Ok(c) => shipments::by_code(&state.inner.pool, c.as_str(), None)
             .await
-            .map_err(ApiError::database)?,
+            .map_err(ApiError::database)?
+            .into_iter()
+            .map(|w| w.shipment)
+            .filter(|s| s.retired_at.is_none())
+            .collect(),
         Err(_) => Vec::new(),
     };
     if found.is_empty() {
@@ -221,9 +225,18 @@ fn invalid(what: &str, errors: &[FieldError]) -> String {
 
 async fn order_shipments(state: &AppState, order_id: &str) -> Result<Vec<ShipmentRow>, ApiError> {
     let found = match OrderId::parse(order_id) {
-        Ok(id) => shipments::by_order(&state.inner.pool, id.as_str())
-            .await
-            .map_err(ApiError::database)?,
+        Ok(id) => {
+            let mut found: Vec<ShipmentRow> =
+                shipments::by_order(&state.inner.pool, id.as_str(), None)
+                    .await
+                    .map_err(ApiError::database)?
+                    .into_iter()
+                    .map(|f| f.shipment)
+                    .collect();
+            found.sort_by_key(|s| s.id);
+            found.dedup_by_key(|s| s.id);
+            found
+        }
         Err(_) => Vec::new(),
     };
     if found.is_empty() {
@@ -313,7 +326,7 @@ pub async fn order_tracking(
 ) -> Result<Json<Value>, ApiError> {
     let order_id = path_param(order_id, "order_id")?;
     let history = match OrderId::parse(&order_id) {
-        Ok(id) => views::order_history(&state.inner.pool, id.as_str())
+        Ok(id) => views::order_history(&state.inner.pool, id.as_str(), None)
             .await
             .map_err(ApiError::database)?,
         Err(_) => Vec::new(),
@@ -323,6 +336,12 @@ pub async fn order_tracking(
             "no shipment of order {order_id:?} is registered"
         )));
     }
+    let progress = tracking_domain::OrderProgress::of(
+        &history
+            .iter()
+            .filter_map(|h| h.shipment.status().ok())
+            .collect::<Vec<_>>(),
+    );
     let bounds = state.inner.tracking;
     let history = newest(history, bounds.max_shipments);
     let (shipments_total, shipments_truncated) = (history.total, history.truncated());
@@ -379,6 +398,7 @@ pub async fn order_tracking(
                 })
                 .collect();
             json!({
+                "store": s.store,
                 "carrier": s.carrier.as_str(),
                 "tracking_code": s.tracking_code,
                 "status": s.status.as_str(),
@@ -406,6 +426,7 @@ pub async fn order_tracking(
         .collect();
     Ok(Json(json!({
         "order_id": order_id,
+        "order": progress,
         "shipments": shipments,
         "shipments_total": shipments_total,
         "shipments_truncated": shipments_truncated,

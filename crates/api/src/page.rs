@@ -120,6 +120,7 @@ pub async fn tracking_page(
     let history = match views::order_page(
         &state.inner.page_pool,
         order_id.as_str(),
+        tracking_domain::StoreName::DEFAULT,
         state.inner.tracking.max_shipments,
         page.limits.max_events,
     )
@@ -139,11 +140,11 @@ pub async fn tracking_page(
     };
     let stored = history
         .iter()
-        .find_map(|h| Locale::parse(&h.shipment.customer_locale).ok());
+        .find_map(|h| Locale::parse(&h.order.customer_locale).ok());
     let first_name = history
         .iter()
         .rev()
-        .find_map(|h| tracking_email::first_name(h.shipment.customer_name.as_deref()));
+        .find_map(|h| tracking_email::first_name(h.order.customer_name.as_deref()));
     let shipments: Vec<PageShipment> = history.into_iter().filter_map(shipment).collect();
     if shipments.is_empty() {
         tracing::info!(%order_id, "Tracking page asked for an order without shipments (404).");

@@ -152,7 +152,12 @@ impl StatusChange {
     /// The id of a shipment's change as one of its orders receives it: the shipment's first order keeps the
     /// change's own id (so changes recorded before parcels could be shared keep theirs), each further order gets
     /// an id of its own, as stable as the change's.
-    pub fn id_for_order(change_id: Uuid, first_order: bool, store: &StoreName, order: &OrderId) -> Uuid {
+    pub fn id_for_order(
+        change_id: Uuid,
+        first_order: bool,
+        store: &StoreName,
+        order: &OrderId,
+    ) -> Uuid {
         if first_order {
             return change_id;
         }
@@ -209,12 +214,15 @@ mod tests {
         let p = OrderProgress::of(&[OutForDelivery, Posted]);
         assert_eq!(p.status, OrderStatus::Parcel(Posted));
         assert_eq!(serde_json::to_value(p).unwrap()["status"], "posted");
-        let back: OrderProgress =
-            serde_json::from_value(serde_json::json!({"parcels": 2, "delivered": 1, "status": "partially_delivered"}))
-                .unwrap();
+        let back: OrderProgress = serde_json::from_value(
+            serde_json::json!({"parcels": 2, "delivered": 1, "status": "partially_delivered"}),
+        )
+        .unwrap();
         assert_eq!(back.status, OrderStatus::PartiallyDelivered);
-        let back: OrderProgress =
-            serde_json::from_value(serde_json::json!({"parcels": 2, "delivered": 0, "status": "in_transit"})).unwrap();
+        let back: OrderProgress = serde_json::from_value(
+            serde_json::json!({"parcels": 2, "delivered": 0, "status": "in_transit"}),
+        )
+        .unwrap();
         assert_eq!(back.status, OrderStatus::Parcel(InTransit));
     }
 }

@@ -18,7 +18,9 @@ impl StoreName {
     pub fn parse(s: &str) -> Result<Self, String> {
         let valid = !s.is_empty()
             && s.len() <= 64
-            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
             && s.bytes().all(|b| {
                 b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
             });

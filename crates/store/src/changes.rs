@@ -1,10 +1,9 @@
 //! Status changes as the publishers read them back: a message on `order.status` is only a pointer, and the
 //! change the database recorded is what gets sent.
 
-use crate::{StoreError, Stored, Text};
-use sqlx::{PgConnection, PgPool};
+use crate::{StoreError, Stored};
+use sqlx::PgPool;
 use std::time::Duration;
-use tracking_domain::StatusChange;
 use uuid::Uuid;
 
 /// A recorded change, as stored.
@@ -12,7 +11,7 @@ use uuid::Uuid;
 pub struct Recorded {
     /// The message as the normalizer (or scheduler) recorded it.
     pub payload: serde_json::Value,
-    /// The status of the newest later change of the same shipment, if any.
+    /// The status of the newest later change of the same shipment for the same order, if any.
     pub superseded_by: Option<String>,
 }
 
@@ -21,7 +20,8 @@ pub async fn recorded(pool: &PgPool, change_id: Uuid) -> Result<Option<Recorded>
     Ok(sqlx::query_as::<_, Recorded>(
         "SELECT sc.payload, \
              (SELECT later.status FROM status_changes later \
-              WHERE later.shipment_id = sc.shipment_id AND later.seq > sc.seq \
+              WHERE later.shipment_id = sc.shipment_id AND later.order_ref IS NOT DISTINCT FROM sc.order_ref \
+                AND later.seq > sc.seq \
               ORDER BY later.seq DESC LIMIT 1) AS superseded_by \
          FROM status_changes sc WHERE sc.change_id = $1",
     )
@@ -51,9 +51,9 @@ pub async fn earlier_pending(
 ) -> Result<Option<Pending>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT sc.change_id, COALESCE(d.state = 'failed', false) AS failing FROM status_changes sc \
-         JOIN shipments s ON s.id = sc.shipment_id \
+         JOIN orders o ON o.id = sc.order_ref \
          LEFT JOIN deliveries d ON d.destination = $1 AND d.change_id = sc.change_id \
-         WHERE s.order_id = $2 AND s.marketplace_name = $3 \
+         WHERE o.order_id = $2 AND o.marketplace_name = $3 \
            AND sc.seq < (SELECT seq FROM status_changes WHERE change_id = $4) \
            AND sc.created_at > now() - make_interval(secs => $5) \
            AND (d.state IS NULL OR d.state NOT IN ('done', 'parked')) \
@@ -82,9 +82,9 @@ pub async fn later_pending(
 ) -> Result<Vec<serde_json::Value>, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT sc.payload FROM status_changes sc \
-         JOIN shipments s ON s.id = sc.shipment_id \
+         JOIN orders o ON o.id = sc.order_ref \
          LEFT JOIN deliveries d ON d.destination = $1 AND d.change_id = sc.change_id \
-         WHERE s.order_id = $2 AND s.marketplace_name = $3 \
+         WHERE o.order_id = $2 AND o.marketplace_name = $3 \
            AND sc.seq > (SELECT seq FROM status_changes WHERE change_id = $4) \
            AND sc.created_at > now() - make_interval(secs => $5) \
            AND sc.published_at IS NOT NULL \
@@ -99,29 +99,6 @@ pub async fn later_pending(
     .bind(limit)
     .fetch_all(pool)
     .await?)
-}
-
-/// Records `change` of shipment `shipment_id` in the outbox (`status_changes`) with `payload`, the message to
-/// publish; a change already recorded (same `change_id`) is left as it is. The normalizer's relay publishes it.
-pub async fn insert(
-    conn: &mut PgConnection,
-    shipment_id: i64,
-    change: &StatusChange,
-    payload: &serde_json::Value,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO status_changes (change_id, shipment_id, status, previous_status, occurred_at, payload) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (change_id) DO NOTHING",
-    )
-    .bind(change.change_id)
-    .bind(shipment_id)
-    .bind(Text(change.status))
-    .bind(Text(change.previous_status))
-    .bind(change.occurred_at)
-    .bind(payload)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// A recorded change as `trackctl shipment show` lists it.

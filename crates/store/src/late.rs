@@ -168,12 +168,14 @@ pub async fn mark_notice_published(
     Ok(())
 }
 
-/// A recorded notice with its shipment as it is now.
+/// A recorded notice with its shipment as it is now, and the shipment's orders (the first first).
 #[derive(Debug, Clone, FromRow)]
 pub struct RecordedNotice {
     #[sqlx(flatten)]
     pub shipment: ShipmentRow,
     pub promised_at: DateTime<Utc>,
+    #[sqlx(skip)]
+    pub orders: Vec<crate::orders::OrderRow>,
 }
 
 impl RecordedNotice {
@@ -196,10 +198,20 @@ pub async fn notice(pool: &PgPool, notice_id: Uuid) -> Result<Option<RecordedNot
         "SELECT {columns}, n.promised_at FROM late_notices n JOIN shipments s ON s.id = n.shipment_id \
          WHERE n.notice_id = $1"
     );
-    Ok(sqlx::query_as::<_, RecordedNotice>(&sql)
+    let Some(mut found) = sqlx::query_as::<_, RecordedNotice>(&sql)
         .bind(notice_id)
         .fetch_optional(pool)
-        .await?)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut conn = pool.acquire().await?;
+    found.orders = crate::orders::of_parcels(&mut conn, &[found.shipment.id])
+        .await?
+        .into_iter()
+        .map(|p| p.order)
+        .collect();
+    Ok(Some(found))
 }
 
 /// A shipment's late notice as `trackctl shipment show` lists it.

@@ -1,72 +1,85 @@
 //! The normalizer's statements: a batch of carrier updates written with set-based statements (arrays through
 //! `UNNEST`) in one transaction, the outbox of status changes, and the recomputation after a code-table change.
 //!
-//! Lock order: every transaction that locks several shipments locks them sorted by `(carrier, tracking_code)`,
-//! existing rows first in one statement ([`lock_sorted`]), then the rows it registers ([`register_sorted`]), so
-//! two batches sharing shipments wait for each other instead of deadlocking.
+//! Lock order: every transaction that locks several shipments locks them sorted by
+//! `(store, carrier, tracking_code, id)`, existing rows (with the other parcels of their orders) first in one
+//! statement ([`lock_sorted`]), then the rows it registers ([`register_sorted`]), then the orders it registers
+//! (sorted by `(store, order_id)`), so two batches sharing shipments or orders wait for each other instead of
+//! deadlocking.
 
 use crate::StoreError;
 use crate::shipments::{EventRow, SHIPMENT_COLUMNS, ShipmentRow};
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgPool};
 use std::time::Duration;
-use tracking_domain::TrackingRequest;
 use uuid::Uuid;
 
-/// Locks the existing shipments among `keys` (`(carrier, tracking_code)`), in sorted order, for the rest of the
-/// transaction, and returns them. Keys without a row are left out.
+/// A shipment's key: `(store, carrier, tracking_code)`; a live shipment is unique by it.
+pub type ShipmentKey = (String, String, String);
+
+/// Locks the live shipments among `keys` and every other parcel of their orders (an order's progress is read
+/// from its parcels' statuses, so they must not move under it), in one statement sorted by
+/// `(store, carrier, tracking_code, id)`, for the rest of the transaction, and returns them. Keys without a row
+/// are left out; retired parcels of the orders are among the siblings.
 pub async fn lock_sorted(
     conn: &mut PgConnection,
-    keys: &[(String, String)],
+    keys: &[ShipmentKey],
 ) -> Result<Vec<ShipmentRow>, StoreError> {
-    let (carriers, codes): (Vec<&str>, Vec<&str>) =
-        keys.iter().map(|(c, t)| (c.as_str(), t.as_str())).unzip();
+    let stores: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    let carriers: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let codes: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
     let sql = format!(
-        "SELECT {SHIPMENT_COLUMNS} FROM shipments \
-         WHERE (carrier, tracking_code) IN (SELECT * FROM UNNEST($1::text[], $2::text[])) \
-         ORDER BY carrier, tracking_code FOR UPDATE"
+        "WITH batch AS (SELECT s.id FROM shipments s \
+             WHERE (s.store, s.carrier, s.tracking_code) IN (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
+               AND s.retired_at IS NULL), \
+         siblings AS (SELECT other.shipment_id AS id FROM order_parcels mine \
+             JOIN order_parcels other ON other.order_ref = mine.order_ref WHERE mine.shipment_id IN (SELECT id FROM batch)) \
+         SELECT {SHIPMENT_COLUMNS} FROM shipments \
+         WHERE id IN (SELECT id FROM batch UNION SELECT id FROM siblings) \
+         ORDER BY store, carrier, tracking_code, id FOR UPDATE"
     );
     Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
+        .bind(stores)
         .bind(carriers)
         .bind(codes)
         .fetch_all(&mut *conn)
         .await?)
 }
 
-/// Registers each request's shipment, or updates its order context (an invoice number is kept when the request
-/// has none), in sorted order; the rows stay locked for the rest of the transaction. One request per shipment.
+/// Retires shipments whose code came back for a new parcel: they keep their history and orders, and no longer
+/// hold the code.
+pub async fn retire(conn: &mut PgConnection, shipment_ids: &[i64]) -> Result<(), StoreError> {
+    if shipment_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE shipments SET retired_at = now(), updated_at = now() WHERE id = ANY($1)")
+        .bind(shipment_ids)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Registers a live shipment for each key that has none (lifting the quarantine of one that has), in sorted
+/// order; the rows stay locked for the rest of the transaction.
 pub async fn register_sorted(
     conn: &mut PgConnection,
-    requests: &[&TrackingRequest],
+    keys: &[ShipmentKey],
 ) -> Result<Vec<ShipmentRow>, StoreError> {
-    let col = |f: &dyn Fn(&TrackingRequest) -> Option<String>| {
-        requests.iter().map(|r| f(r)).collect::<Vec<_>>()
-    };
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
     let sql = format!(
-        "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, customer_name, customer_locale, \
-             marketplace_name, marketplace_order_id, invoice_number) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-             $8::text[], $9::text[]) AS r(carrier, tracking_code, order_id, customer_email, customer_name, \
-             customer_locale, marketplace_name, marketplace_order_id, invoice_number) \
-         ORDER BY carrier, tracking_code \
-         ON CONFLICT (carrier, tracking_code) DO UPDATE SET \
-             order_id = EXCLUDED.order_id, customer_email = EXCLUDED.customer_email, \
-             customer_name = EXCLUDED.customer_name, customer_locale = EXCLUDED.customer_locale, \
-             marketplace_name = EXCLUDED.marketplace_name, marketplace_order_id = EXCLUDED.marketplace_order_id, \
-             invoice_number = COALESCE(EXCLUDED.invoice_number, shipments.invoice_number), \
+        "INSERT INTO shipments (store, carrier, tracking_code) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) AS r(store, carrier, tracking_code) \
+         ORDER BY store, carrier, tracking_code \
+         ON CONFLICT (store, carrier, tracking_code) WHERE retired_at IS NULL DO UPDATE SET \
              quarantined_at = NULL, quarantine_reason = NULL, updated_at = now() \
          RETURNING {SHIPMENT_COLUMNS}"
     );
     Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
-        .bind(col(&|r| Some(r.carrier.as_str().to_owned())))
-        .bind(col(&|r| Some(r.tracking_code.as_str().to_owned())))
-        .bind(col(&|r| Some(r.order_id.as_str().to_owned())))
-        .bind(col(&|r| Some(r.customer.email.as_str().to_owned())))
-        .bind(col(&|r| r.customer.name.clone()))
-        .bind(col(&|r| Some(r.customer.locale.as_str().to_owned())))
-        .bind(col(&|r| r.marketplace.as_ref().map(|m| m.name.clone())))
-        .bind(col(&|r| r.marketplace.as_ref().map(|m| m.order_id.clone())))
-        .bind(col(&|r| r.invoice_number.clone()))
+        .bind(keys.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.2.as_str()).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?)
 }
@@ -93,7 +106,7 @@ pub struct NewEvent {
 }
 
 /// Stores the events in one statement, in the given order (their ids follow it); an event whose fingerprint is
-/// already stored adds nothing. Returns the fingerprints stored now.
+/// already stored on its shipment adds nothing. Returns the fingerprints stored now.
 pub async fn insert_events(
     conn: &mut PgConnection,
     events: &[NewEvent],
@@ -112,7 +125,7 @@ pub async fn insert_events(
              WITH ORDINALITY AS e(shipment_id, source, fingerprint, code, kind, description, detail, city, state, unit, \
              occurred_at, utc_offset_secs, status, reason, reverses, raw, n) \
          ORDER BY n \
-         ON CONFLICT (fingerprint) DO NOTHING RETURNING fingerprint",
+         ON CONFLICT (shipment_id, fingerprint) DO NOTHING RETURNING fingerprint",
     )
     .bind(events.iter().map(|e| e.shipment_id).collect::<Vec<_>>())
     .bind(col(&|e| Some(e.source.to_owned())))
@@ -162,6 +175,8 @@ pub async fn events_of(
 pub struct NewChange {
     pub change_id: Uuid,
     pub shipment_id: i64,
+    /// The order of the parcel this change is for (its payload is what that order gets).
+    pub order_ref: Option<i64>,
     pub event_id: Option<i64>,
     pub status: String,
     pub previous_status: String,
@@ -179,10 +194,13 @@ pub async fn record_changes(
         return Ok(Vec::new());
     }
     Ok(sqlx::query_scalar(
-        "INSERT INTO status_changes (change_id, shipment_id, event_id, status, previous_status, occurred_at, payload) \
-         SELECT change_id, shipment_id, event_id, status, previous_status, occurred_at, payload \
-         FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::timestamptz[], $7::jsonb[]) \
-             WITH ORDINALITY AS c(change_id, shipment_id, event_id, status, previous_status, occurred_at, payload, n) \
+        "INSERT INTO status_changes (change_id, shipment_id, order_ref, event_id, status, previous_status, occurred_at, \
+             payload) \
+         SELECT change_id, shipment_id, order_ref, event_id, status, previous_status, occurred_at, payload \
+         FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::timestamptz[], $7::jsonb[], \
+             $8::int8[]) \
+             WITH ORDINALITY AS c(change_id, shipment_id, event_id, status, previous_status, occurred_at, payload, \
+             order_ref, n) \
          ORDER BY n \
          ON CONFLICT (change_id) DO NOTHING RETURNING change_id",
     )
@@ -198,6 +216,7 @@ pub async fn record_changes(
     )
     .bind(changes.iter().map(|c| c.occurred_at).collect::<Vec<_>>())
     .bind(changes.iter().map(|c| c.payload.clone()).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.order_ref).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?)
 }
@@ -369,29 +388,18 @@ pub async fn take_unpublished(
     .await?)
 }
 
-/// The ids of every shipment, or of those with `tracking_code` when given.
-pub async fn shipment_ids(
+/// The keys of every live shipment, or of those with `tracking_code` when given.
+pub async fn shipment_keys(
     pool: &PgPool,
     tracking_code: Option<&str>,
-) -> Result<Vec<i64>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT id FROM shipments WHERE $1::text IS NULL OR tracking_code = $1 ORDER BY id",
+) -> Result<Vec<ShipmentKey>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT store, carrier, tracking_code FROM shipments \
+         WHERE retired_at IS NULL AND ($1::text IS NULL OR tracking_code = $1) ORDER BY id",
     )
     .bind(tracking_code)
     .fetch_all(pool)
     .await?)
-}
-
-/// Locks one shipment by id for the rest of the transaction.
-pub async fn lock_by_id(
-    conn: &mut PgConnection,
-    shipment_id: i64,
-) -> Result<Option<ShipmentRow>, StoreError> {
-    let sql = format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE id = $1 FOR UPDATE");
-    Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
-        .bind(shipment_id)
-        .fetch_optional(&mut *conn)
-        .await?)
 }
 
 /// Stores an event's new mapping after the code table changed.
@@ -410,4 +418,24 @@ pub async fn remap_event(
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// The latest change recorded for the first order of each parcel in `shipment_ids`: `(shipment_id, event_id,
+/// payload)`. An order that joins a parcel later starts from it.
+pub async fn latest_changes_of_first_orders(
+    conn: &mut PgConnection,
+    shipment_ids: &[i64],
+) -> Result<Vec<(i64, Option<i64>, serde_json::Value)>, StoreError> {
+    if shipment_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as(
+        "SELECT DISTINCT ON (sc.shipment_id) sc.shipment_id, sc.event_id, sc.payload FROM status_changes sc \
+         WHERE sc.shipment_id = ANY($1) AND sc.order_ref = (SELECT op.order_ref FROM order_parcels op \
+             WHERE op.shipment_id = sc.shipment_id ORDER BY op.link_seq LIMIT 1) \
+         ORDER BY sc.shipment_id, sc.seq DESC",
+    )
+    .bind(shipment_ids)
+    .fetch_all(&mut *conn)
+    .await?)
 }

@@ -1,26 +1,21 @@
-//! Shipments and their order context.
+//! Shipments: a carrier's parcels, each of one store, carrying one or more orders ([`crate::orders`]).
 
+use crate::orders::{
+    FIRST_ORDER_COLUMNS, FIRST_ORDER_JOIN, ORDER_COLUMNS, OrderRow, ShipmentOrder, WithOrder,
+};
 use crate::{StoreError, Stored};
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgPool};
-use tracking_domain::{
-    Carrier, Customer, EmailAddress, Locale, MarketplaceRef, OrderId, Status, TrackingCode,
-    TrackingRequest,
-};
+use tracking_domain::{Carrier, Status, StoreName, TrackingCode, TrackingRequest};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct ShipmentRow {
     pub id: i64,
+    /// The store whose parcel it is (its carrier account polls it).
+    pub store: String,
     /// Kept even when unknown to this version: such a row is quarantined, never a failed scan.
     pub carrier: Stored<Carrier>,
     pub tracking_code: String,
-    pub order_id: String,
-    pub customer_email: String,
-    pub customer_name: Option<String>,
-    pub customer_locale: String,
-    pub marketplace_name: Option<String>,
-    pub marketplace_order_id: Option<String>,
-    pub invoice_number: Option<String>,
     pub status: Stored<Status>,
     pub status_reason: Option<String>,
     pub status_at: Option<DateTime<Utc>>,
@@ -38,16 +33,42 @@ pub struct ShipmentRow {
     pub late_since: Option<DateTime<Utc>>,
     /// The last carrier news before the shipment went quiet for `CARRIER_STALE_AFTER_HOURS`, while it is stalled.
     pub stalled_since: Option<DateTime<Utc>>,
+    /// Set when the code came back for a new parcel (`RECYCLE_AFTER_DAYS`): this old parcel keeps its history
+    /// and its orders, and a newer shipment holds the code.
+    pub retired_at: Option<DateTime<Utc>>,
 }
 
-pub const SHIPMENT_COLUMNS: &str = "id, carrier, tracking_code, order_id, customer_email, customer_name, customer_locale, \
-     marketplace_name, marketplace_order_id, invoice_number, status, status_reason, status_at, estimated_delivery, \
-     last_news_at, next_poll_at, finished_at, quarantine_reason, not_trackable_reason, not_trackable_at, late_since, \
-     stalled_since";
+pub const SHIPMENT_COLUMNS: &str = "id, store, carrier, tracking_code, status, status_reason, status_at, \
+     estimated_delivery, last_news_at, next_poll_at, finished_at, quarantine_reason, not_trackable_reason, \
+     not_trackable_at, late_since, stalled_since, retired_at";
+
+/// [`SHIPMENT_COLUMNS`] qualified by the alias `s`, for joins.
+pub fn shipment_columns_of(alias: &str) -> String {
+    SHIPMENT_COLUMNS
+        .split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 impl ShipmentRow {
     pub fn status(&self) -> Result<Status, StoreError> {
         self.status.known()
+    }
+
+    /// The store, as the domain names it.
+    pub fn store(&self) -> Result<StoreName, StoreError> {
+        StoreName::parse(&self.store)
+            .map_err(|e| StoreError::Corrupt(format!("shipment {}: store: {e}", self.id)))
+    }
+
+    /// `(store, carrier, tracking_code)`: what a live shipment is unique by.
+    pub fn key(&self) -> (String, String, String) {
+        (
+            self.store.clone(),
+            self.carrier.as_str().to_owned(),
+            self.tracking_code.clone(),
+        )
     }
 
     /// Marked late by the scheduler and still on its way (see [`crate::late`]): the promised date that passed.
@@ -62,82 +83,35 @@ impl ShipmentRow {
             .filter(|_| self.finished_at.is_none() && self.status().is_ok_and(Status::can_stall))
     }
 
-    /// The tracking request this shipment was registered with (its latest order context).
-    pub fn request(&self) -> Result<TrackingRequest, StoreError> {
+    /// The tracking request of this parcel for `order` (one of its orders): what a poll carries and what a
+    /// change for that order says.
+    pub fn request_for(&self, order: &OrderRow) -> Result<TrackingRequest, StoreError> {
         let corrupt = |what: &str, e: String| {
             StoreError::Corrupt(format!("shipment {}: {what}: {e}", self.id))
         };
-        Ok(TrackingRequest {
-            order_id: OrderId::parse(&self.order_id).map_err(|e| corrupt("order_id", e))?,
-            tracking_code: TrackingCode::parse(&self.tracking_code)
-                .map_err(|e| corrupt("tracking_code", e.to_string()))?,
-            carrier: self
-                .carrier
-                .known()
-                .map_err(|e| corrupt("carrier", e.to_string()))?,
-            customer: Customer {
-                email: EmailAddress::parse(&self.customer_email)
-                    .map_err(|e| corrupt("customer_email", e))?,
-                name: self.customer_name.clone(),
-                locale: Locale::parse(&self.customer_locale)
-                    .map_err(|e| corrupt("customer_locale", e))?,
-            },
-            marketplace: match (&self.marketplace_name, &self.marketplace_order_id) {
-                (Some(name), Some(order_id)) => Some(MarketplaceRef {
-                    name: name.clone(),
-                    order_id: order_id.clone(),
-                }),
-                _ => None,
-            },
-            invoice_number: self.invoice_number.clone(),
-        })
+        let code = TrackingCode::parse(&self.tracking_code)
+            .map_err(|e| corrupt("tracking_code", e.to_string()))?;
+        let carrier = self
+            .carrier
+            .known()
+            .map_err(|e| corrupt("carrier", e.to_string()))?;
+        order.request(self.store()?, carrier, code)
     }
 }
 
-/// Registers the shipment, or updates its order context when the request brings new data, and locks its row
-/// for the rest of the transaction (several normalizers may handle the same shipment at once).
-pub async fn upsert_and_lock(
-    conn: &mut PgConnection,
-    req: &TrackingRequest,
-) -> Result<ShipmentRow, StoreError> {
-    let sql = format!(
-        "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, customer_name, customer_locale, \
-             marketplace_name, marketplace_order_id, invoice_number) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-         ON CONFLICT (carrier, tracking_code) DO UPDATE SET \
-             order_id = EXCLUDED.order_id, customer_email = EXCLUDED.customer_email, \
-             customer_name = EXCLUDED.customer_name, customer_locale = EXCLUDED.customer_locale, \
-             marketplace_name = EXCLUDED.marketplace_name, marketplace_order_id = EXCLUDED.marketplace_order_id, \
-             invoice_number = COALESCE(EXCLUDED.invoice_number, shipments.invoice_number), \
-             quarantined_at = NULL, quarantine_reason = NULL, updated_at = now() \
-         RETURNING {SHIPMENT_COLUMNS}"
-    );
-    let row = sqlx::query_as::<_, ShipmentRow>(&sql)
-        .bind(req.carrier.as_str())
-        .bind(req.tracking_code.as_str())
-        .bind(req.order_id.as_str())
-        .bind(req.customer.email.as_str())
-        .bind(req.customer.name.as_deref())
-        .bind(req.customer.locale.as_str())
-        .bind(req.marketplace.as_ref().map(|m| m.name.as_str()))
-        .bind(req.marketplace.as_ref().map(|m| m.order_id.as_str()))
-        .bind(req.invoice_number.as_deref())
-        .fetch_one(&mut *conn)
-        .await?;
-    // INSERT … ON CONFLICT DO UPDATE already holds the row lock until commit.
-    Ok(row)
-}
-
-/// Locks a known shipment's row for the rest of the transaction.
+/// Locks a known live shipment's row for the rest of the transaction.
 pub async fn lock(
     conn: &mut PgConnection,
+    store: &StoreName,
     carrier: Carrier,
     code: &TrackingCode,
 ) -> Result<Option<ShipmentRow>, StoreError> {
     let sql = format!(
-        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE carrier = $1 AND tracking_code = $2 FOR UPDATE"
+        "SELECT {SHIPMENT_COLUMNS} FROM shipments \
+         WHERE store = $1 AND carrier = $2 AND tracking_code = $3 AND retired_at IS NULL FOR UPDATE"
     );
     Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
+        .bind(store.as_str())
         .bind(carrier.as_str())
         .bind(code.as_str())
         .fetch_optional(&mut *conn)
@@ -165,18 +139,21 @@ pub async fn quarantine(
 /// (served by the partial index `shipments_due`). Public for the benchmark that times it.
 pub fn due_scan_sql() -> String {
     format!(
-        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE finished_at IS NULL AND quarantined_at IS NULL AND next_poll_at <= $1 \
-         ORDER BY next_poll_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+        "SELECT {}, {FIRST_ORDER_COLUMNS} FROM shipments s {FIRST_ORDER_JOIN} \
+         WHERE s.finished_at IS NULL AND s.quarantined_at IS NULL AND s.next_poll_at <= $1 \
+         ORDER BY s.next_poll_at LIMIT $2 FOR UPDATE OF s SKIP LOCKED",
+        shipment_columns_of("s")
     )
 }
 
-/// Up to `limit` shipments due at `now`, locked for the rest of the transaction ([`due_scan_sql`]).
+/// Up to `limit` shipments due at `now`, each with its first order (a poll names it), locked for the rest of
+/// the transaction ([`due_scan_sql`]). A shipment without any order (written by hand) has `order: None`.
 pub async fn due(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     limit: i64,
-) -> Result<Vec<ShipmentRow>, StoreError> {
-    Ok(sqlx::query_as::<_, ShipmentRow>(&due_scan_sql())
+) -> Result<Vec<WithOrder>, StoreError> {
+    Ok(sqlx::query_as::<_, WithOrder>(&due_scan_sql())
         .bind(now)
         .bind(limit)
         .fetch_all(&mut *conn)
@@ -218,19 +195,41 @@ pub async fn expired(
     Ok(())
 }
 
-pub async fn by_order(pool: &PgPool, order_id: &str) -> Result<Vec<ShipmentRow>, StoreError> {
-    let sql = format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE order_id = $1 ORDER BY id");
-    Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
+/// The parcels of the orders `order_id` (of `store`, or of every store when `None`), each with that order,
+/// by order then parcel.
+pub async fn by_order(
+    pool: &PgPool,
+    order_id: &str,
+    store: Option<&str>,
+) -> Result<Vec<ShipmentOrder>, StoreError> {
+    let sql = format!(
+        "SELECT {}, op.link_seq, {ORDER_COLUMNS} FROM orders o \
+         JOIN order_parcels op ON op.order_ref = o.id JOIN shipments s ON s.id = op.shipment_id \
+         WHERE o.order_id = $1 AND ($2::text IS NULL OR o.store = $2) ORDER BY o.id, s.id",
+        shipment_columns_of("s")
+    );
+    Ok(sqlx::query_as::<_, ShipmentOrder>(&sql)
         .bind(order_id)
+        .bind(store)
         .fetch_all(pool)
         .await?)
 }
 
-pub async fn by_code(pool: &PgPool, code: &str) -> Result<Vec<ShipmentRow>, StoreError> {
-    let sql =
-        format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE tracking_code = $1 ORDER BY id");
-    Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
+/// The shipments of `code` (live and retired, of `store` or of every store when `None`), each with its first
+/// order when it has one, oldest first.
+pub async fn by_code(
+    pool: &PgPool,
+    code: &str,
+    store: Option<&str>,
+) -> Result<Vec<WithOrder>, StoreError> {
+    let sql = format!(
+        "SELECT {}, {FIRST_ORDER_COLUMNS} FROM shipments s {FIRST_ORDER_JOIN} \
+         WHERE s.tracking_code = $1 AND ($2::text IS NULL OR s.store = $2) ORDER BY s.id",
+        shipment_columns_of("s")
+    );
+    Ok(sqlx::query_as::<_, WithOrder>(&sql)
         .bind(code)
+        .bind(store)
         .fetch_all(pool)
         .await?)
 }

@@ -4,6 +4,7 @@
 //! the carrier event codes nobody mapped (`trackctl events unmapped`).
 
 use crate::StoreError;
+use crate::orders::OrderRow;
 use crate::shipments::{self, ShipmentRow};
 use chrono::{DateTime, FixedOffset, Utc};
 use sqlx::{FromRow, PgPool};
@@ -50,6 +51,8 @@ pub struct HistoryChange {
 #[derive(Debug, Clone)]
 pub struct ShipmentHistory {
     pub shipment: ShipmentRow,
+    /// The order this parcel is listed for (one parcel may carry several orders).
+    pub order: OrderRow,
     /// The carrier's per-object message from the last poll without events (e.g. `SRO-020`).
     pub carrier_message: Option<String>,
     /// Oldest first by carrier time (ties by arrival).
@@ -112,13 +115,16 @@ fn history_event(r: EventRecord) -> HistoryEvent {
     }
 }
 
-/// The order's shipments (empty when the order is unknown), each with its events and status changes.
+/// The order's shipments (empty when the order is unknown; the orders of that id in every store when `store` is
+/// `None`), each with its events and the status changes recorded for that order.
 pub async fn order_history(
     pool: &PgPool,
     order_id: &str,
+    store: Option<&str>,
 ) -> Result<Vec<ShipmentHistory>, StoreError> {
     let mut out = Vec::new();
-    for shipment in shipments::by_order(pool, order_id).await? {
+    for found in shipments::by_order(pool, order_id, store).await? {
+        let (shipment, order) = (found.shipment, found.order);
         let carrier_message: Option<String> =
             sqlx::query_scalar("SELECT carrier_message FROM shipments WHERE id = $1")
                 .bind(shipment.id)
@@ -140,9 +146,10 @@ pub async fn order_history(
             "SELECT change_id, previous_status, status, occurred_at, payload->>'occurred_at' AS published_offset, \
                  payload->>'source' AS source, payload->>'reason' AS reason, payload->'event' AS event, created_at, \
                  published_at IS NOT NULL AS published \
-             FROM status_changes WHERE shipment_id = $1 ORDER BY seq",
+             FROM status_changes WHERE shipment_id = $1 AND (order_ref = $2 OR order_ref IS NULL) ORDER BY seq",
         )
         .bind(shipment.id)
+        .bind(order.order_ref)
         .fetch_all(pool)
         .await?
         .into_iter()
@@ -165,6 +172,7 @@ pub async fn order_history(
         .collect();
         out.push(ShipmentHistory {
             shipment,
+            order,
             carrier_message,
             events,
             changes,
@@ -177,6 +185,8 @@ pub async fn order_history(
 #[derive(Debug, Clone)]
 pub struct PageHistory {
     pub shipment: ShipmentRow,
+    /// The order the page is for.
+    pub order: OrderRow,
     /// Its newest events, oldest first by carrier time (ties by arrival).
     pub events: Vec<HistoryEvent>,
     /// Whether it has older events than these.
@@ -190,22 +200,30 @@ pub struct PageHistory {
 pub async fn order_page(
     pool: &PgPool,
     order_id: &str,
+    store: &str,
     max_shipments: usize,
     max_events: usize,
 ) -> Result<Vec<PageHistory>, StoreError> {
     let limit = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     let sql = format!(
-        "SELECT {} FROM shipments WHERE order_id = $1 ORDER BY id DESC LIMIT $2",
-        shipments::SHIPMENT_COLUMNS
+        "SELECT {}, op.link_seq, {} FROM orders o JOIN order_parcels op ON op.order_ref = o.id \
+         JOIN shipments s ON s.id = op.shipment_id WHERE o.order_id = $1 AND o.store = $2 \
+         ORDER BY s.id DESC LIMIT $3",
+        shipments::shipment_columns_of("s"),
+        crate::orders::ORDER_COLUMNS
     );
-    let mut found = sqlx::query_as::<_, ShipmentRow>(&sql)
+    let mut found = sqlx::query_as::<_, crate::orders::ShipmentOrder>(&sql)
         .bind(order_id)
+        .bind(store)
         .bind(limit(max_shipments))
         .fetch_all(pool)
         .await?;
     found.reverse();
     let mut out = Vec::with_capacity(found.len());
-    for shipment in found {
+    for crate::orders::ShipmentOrder {
+        shipment, order, ..
+    } in found
+    {
         let mut events: Vec<HistoryEvent> = sqlx::query_as::<_, EventRecord>(
             "SELECT source, code, kind, description, detail, city, state, unit, occurred_at, utc_offset_secs, \
                  status, reason, reverses, received_at \
@@ -223,6 +241,7 @@ pub async fn order_page(
         events.reverse();
         out.push(PageHistory {
             shipment,
+            order,
             events,
             older_events,
         });

@@ -539,27 +539,37 @@ async fn recompute(code: Option<&str>) -> anyhow::Result<()> {
 
 async fn show(code: &str) -> anyhow::Result<()> {
     let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
-    let found = shipments::by_code(&pool, &code.trim().to_ascii_uppercase()).await?;
+    let found = shipments::by_code(&pool, &code.trim().to_ascii_uppercase(), None).await?;
     if found.is_empty() {
         bail!("no shipment with tracking code {code}");
     }
-    for s in found {
+    for found in found {
+        let s = found.shipment;
         let (late, stalled) = (s.late(), s.stalled());
         println!(
-            "{} {}  status {}{}",
+            "{} {}  store {}  status {}{}{}",
             s.carrier,
             s.tracking_code,
+            s.store,
             s.status,
             s.status_reason
+                .as_deref()
                 .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+            s.retired_at
+                .map(|at| format!("  RETIRED {at} (the code was recycled for a newer parcel)"))
                 .unwrap_or_default()
         );
-        println!(
-            "  order {}  customer {}  locale {}",
-            s.order_id, s.customer_email, s.customer_locale
-        );
-        if let (Some(m), Some(o)) = (&s.marketplace_name, &s.marketplace_order_id) {
-            println!("  marketplace {m} order {o}");
+        let mut conn = pool.acquire().await?;
+        for po in tracking_store::orders::of_parcels(&mut conn, &[s.id]).await? {
+            let o = po.order;
+            println!(
+                "  order {}  customer {}  locale {}",
+                o.order_id, o.customer_email, o.customer_locale
+            );
+            if let (Some(m), Some(mo)) = (&o.marketplace_name, &o.marketplace_order_id) {
+                println!("    marketplace {m} order {mo}");
+            }
         }
         if let Some(reason) = &s.not_trackable_reason {
             println!(
@@ -600,7 +610,6 @@ async fn show(code: &str) -> anyhow::Result<()> {
                 .map(|f| format!("  finished {f}"))
                 .unwrap_or_default()
         );
-        let mut conn = pool.acquire().await?;
         println!("  events:");
         for e in shipments::events(&mut conn, s.id).await? {
             println!(
@@ -712,11 +721,11 @@ async fn late_list(args: LateArgs) -> anyhow::Result<()> {
             ("promised by", s.late_since)
         };
         println!(
-            "{} {}  {}  order {}  {label} {}",
+            "{} {}  {}  store {}  {label} {}",
             s.carrier,
             s.tracking_code,
             s.status,
-            s.order_id,
+            s.store,
             at.map(|a| a.to_rfc3339()).unwrap_or_default()
         );
     }

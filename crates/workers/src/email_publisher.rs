@@ -23,7 +23,7 @@ use crate::trusted::{self, Trusted};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracking_domain::{LateNotice, Status};
+use tracking_domain::{LateNotice, Status, StatusChange};
 use tracking_email::{
     LateEmail, Mailer, MailerConfigError, MailerSettings, RenderedEmail, Renderer, TemplateSettings,
 };
@@ -300,18 +300,45 @@ impl EmailPublisher {
                 "Late email not sent: the shipment is no longer late.");
             return Outcome::Ack;
         }
-        let (request, status) = match recorded
-            .shipment
-            .request()
-            .and_then(|r| recorded.shipment.status().map(|s| (r, s)))
-        {
-            Ok(read) => read,
+        let status = match recorded.shipment.status() {
+            Ok(s) => s,
             Err(e) => {
                 return Outcome::Park {
                     reason: format!("the late notice's shipment cannot be read: {e}"),
                 };
             }
         };
+        // Every order the parcel carries gets the notice, each under an id of its own (the first order's is the
+        // notice's), so each is sent once whatever happens to the others.
+        for (i, order) in recorded.orders.iter().enumerate() {
+            let request = match recorded.shipment.request_for(order) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Outcome::Park {
+                        reason: format!("the late notice's order cannot be read: {e}"),
+                    };
+                }
+            };
+            let order_notice =
+                StatusChange::id_for_order(id, i == 0, &request.store, &request.order_id);
+            let outcome = self
+                .late_for_order(order_notice, &request, status, &recorded)
+                .await;
+            if !matches!(outcome, Outcome::Ack) {
+                return outcome;
+            }
+        }
+        Outcome::Ack
+    }
+
+    /// The late email of one order of the notice's parcel, sent once under `id`.
+    async fn late_for_order(
+        &self,
+        id: uuid::Uuid,
+        request: &tracking_domain::TrackingRequest,
+        status: tracking_domain::Status,
+        recorded: &tracking_store::late::RecordedNotice,
+    ) -> Outcome {
         if let Some(mp) = request
             .marketplace
             .as_ref()

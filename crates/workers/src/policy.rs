@@ -23,6 +23,11 @@ pub struct PollPolicy {
     /// until its time comes, so the parcel's real later events still change its status. Six hours covers a
     /// carrier clock or time zone that is off by a few hours.
     pub future_tolerance: Duration,
+    /// `RECYCLE_AFTER_DAYS` (default 90): a code requested for an order its parcel does not carry, this long
+    /// after that parcel finished (delivered, returned, expired), is a new parcel: carriers reuse codes (Correios
+    /// S10 ranges come round again), and a new order's parcel must not take the old history or write to the old
+    /// customer. Within this time the order joins the parcel (one box for several orders). Fractions allowed.
+    pub recycle_after: Duration,
 }
 
 /// A quiet parcel is polled at most every `quiet time / QUIET_DIVISOR`: after 2 days without news, every 12 h.
@@ -44,7 +49,24 @@ impl PollPolicy {
             expire_after: Duration::from_secs_f64(days * 86_400.0),
             max_interval: settings::secs("POLL_INTERVAL_MAX_SECS", 86_400)?,
             future_tolerance: settings::secs("EVENT_FUTURE_TOLERANCE_SECS", 6 * 3600)?,
+            recycle_after: {
+                let days = settings::parse("RECYCLE_AFTER_DAYS", 90.0f64)?;
+                if !days.is_finite() || days < 0.0 {
+                    return Err(SettingsError::new(
+                        "RECYCLE_AFTER_DAYS",
+                        "must be a number of days, 0 or more",
+                    ));
+                }
+                Duration::from_secs_f64(days * 86_400.0)
+            },
         })
+    }
+
+    /// Whether a request for an order that the live parcel of its code does not carry starts a new parcel: the
+    /// parcel finished at `finished_at` more than [`Self::recycle_after`] before `now`. A parcel still on its way,
+    /// or finished recently, takes the order as one more it carries.
+    pub fn recycles(&self, finished_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+        finished_at.is_some_and(|f| (now - f).to_std().is_ok_and(|ago| ago > self.recycle_after))
     }
 
     /// The delay before the next poll of a shipment in `status` that has had no news for `quiet`.
@@ -96,7 +118,21 @@ mod tests {
             final_poll_after: Duration::from_secs(5000),
             expire_after: Duration::from_secs(86_400),
             max_interval: Duration::from_secs(10_000),
+            recycle_after: Duration::from_secs(90 * 86_400),
         }
+    }
+
+    #[test]
+    fn only_a_parcel_finished_longer_ago_than_the_window_is_recycled() {
+        let p = policy();
+        let now = Utc::now();
+        assert!(
+            !p.recycles(None, now),
+            "a parcel on its way is never recycled"
+        );
+        assert!(!p.recycles(Some(now - chrono::Duration::days(89)), now));
+        assert!(p.recycles(Some(now - chrono::Duration::days(91)), now));
+        assert!(!p.recycles(Some(now + chrono::Duration::days(1)), now));
     }
 
     #[test]

@@ -10,9 +10,11 @@
 //! Every `LATE_SCAN_INTERVAL_MS` it also scans for late and stalled shipments ([`late_scan`]).
 
 use crate::boot::{self, Schema, Worker};
+use crate::normalizer::fanout;
 use crate::policy::PollPolicy;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracking_domain::LateNotice;
@@ -22,6 +24,8 @@ use tracking_runtime::amqp::{AmqpSettings, Outgoing, Publisher};
 use tracking_runtime::ops::Health;
 use tracking_runtime::settings::{self, SettingsError};
 use tracking_store::late;
+use tracking_store::normalize;
+use tracking_store::orders::{self, ParcelOrder, WithOrder};
 use tracking_store::shipments::{self, ShipmentRow};
 
 pub struct Settings {
@@ -237,18 +241,19 @@ pub async fn tick(
     let due = shipments::due(&mut tx, now, batch).await?;
     let expire_before =
         now - chrono::Duration::from_std(policy.expire_after).unwrap_or(chrono::Duration::days(30));
-    for s in due {
+    for found in due {
+        let s = &found.shipment;
         // A row that cannot be read back is quarantined, never a reason to stop the batch.
-        let (status, request) = match s.status().and_then(|st| s.request().map(|r| (st, r))) {
+        let (status, request) = match s.status().and_then(|st| found.request().map(|r| (st, r))) {
             Ok(read) => read,
             Err(e) => {
-                quarantine(&mut tx, &s, &e.to_string()).await?;
+                quarantine(&mut tx, s, &e.to_string()).await?;
                 report.quarantined += 1;
                 continue;
             }
         };
         if !status.is_final() && s.last_news_at < expire_before {
-            expire(&mut tx, &s, status, now).await?;
+            expire(&mut tx, &found, status, now).await?;
             report.expired += 1;
             continue;
         }
@@ -289,11 +294,12 @@ async fn quarantine(
 
 async fn expire(
     tx: &mut sqlx::PgConnection,
-    s: &ShipmentRow,
+    found: &WithOrder,
     previous: Status,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    let req = s.request()?;
+    let s = &found.shipment;
+    let req = found.request()?;
     let change = StatusChange {
         change_id: StatusChange::id_for(
             req.carrier,
@@ -302,7 +308,7 @@ async fn expire(
             Status::Expired,
             &format!("expired-after-{}", s.last_news_at.timestamp()),
         ),
-        order_id: req.order_id,
+        order_id: req.order_id.clone(),
         tracking_code: req.tracking_code.clone(),
         carrier: req.carrier,
         status: Status::Expired,
@@ -323,11 +329,18 @@ async fn expire(
         store: req.store.clone(),
         order: None,
     };
-    tracking_store::changes::insert(&mut *tx, s.id, &change, &serde_json::to_value(&change)?)
-        .await?;
+    // Every order the parcel carries gets the change.
+    let mut orders_of: HashMap<i64, Vec<ParcelOrder>> = HashMap::new();
+    orders_of.insert(s.id, orders::of_parcels(&mut *tx, &[s.id]).await?);
+    let copies = fanout::copies(&mut *tx, &[(s.id, &change, None)], &orders_of).await?;
+    let rows = copies
+        .iter()
+        .map(fanout::new_change)
+        .collect::<Result<Vec<_>, _>>()?;
+    normalize::record_changes(&mut *tx, &rows).await?;
     shipments::expired(&mut *tx, s.id, now).await?;
     metrics::counter!("shipments_expired_total", "carrier" => req.carrier.as_str()).increment(1);
-    tracing::warn!(order_id = %s.order_id, tracking_code = %s.tracking_code, last_news_at = %s.last_news_at,
+    tracing::warn!(order_id = %req.order_id, tracking_code = %s.tracking_code, last_news_at = %s.last_news_at,
         "Shipment expired: no carrier update for too long; polling stopped.");
     Ok(())
 }

@@ -324,8 +324,8 @@ async fn stages(
     /// An email's order id, its normalizer's transaction start, its change's `published_at`, its claim.
     type Traced = (String, DateTime<Utc>, Option<DateTime<Utc>>, DateTime<Utc>);
     let rows: Vec<Traced> = sqlx::query_as(
-        "SELECT s.order_id, sc.created_at, sc.published_at, d.created_at FROM status_changes sc \
-         JOIN shipments s ON s.id = sc.shipment_id \
+        "SELECT o.order_id, sc.created_at, sc.published_at, d.created_at FROM status_changes sc \
+         JOIN orders o ON o.id = sc.order_ref \
          JOIN deliveries d ON d.change_id = sc.change_id AND d.destination = 'email'",
     )
     .fetch_all(&env.pool)
@@ -389,12 +389,25 @@ async fn scheduler(rows: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     // Codes need not be valid here: the scan reads rows, it does not parse them.
     sqlx::query(
-        "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, status, next_poll_at, last_news_at) \
-         SELECT 'correios', 'SC' || lpad(i::text, 9, '0') || 'BR', 'order-' || i, 'ana@example.com', 'in_transit', \
+        "INSERT INTO shipments (carrier, tracking_code, status, next_poll_at, last_news_at) \
+         SELECT 'correios', 'SC' || lpad(i::text, 9, '0') || 'BR', 'in_transit', \
                 CASE WHEN i % 100 = 0 THEN now() - interval '1 minute' ELSE now() + (i % 14400) * interval '1 second' END, now() \
          FROM generate_series(1, $1) AS i",
     )
     .bind(rows as i64)
+    .execute(&env.pool)
+    .await?;
+    // Each with its order, as a tracking request leaves it (the due scan reads a parcel's first order).
+    sqlx::query(
+        "INSERT INTO orders (order_id, customer_email) SELECT 'order-' || i, 'ana@example.com' FROM generate_series(1, $1) AS i",
+    )
+    .bind(rows as i64)
+    .execute(&env.pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO order_parcels (order_ref, shipment_id) \
+         SELECT o.id, s.id FROM shipments s JOIN orders o ON o.order_id = 'order-' || ltrim(substr(s.tracking_code, 3, 9), '0')",
+    )
     .execute(&env.pool)
     .await?;
     sqlx::query("ANALYZE shipments").execute(&env.pool).await?;

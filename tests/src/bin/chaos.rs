@@ -1062,7 +1062,7 @@ async fn report(
     outage_error: Option<String>,
 ) -> anyhow::Result<i32> {
     let changes: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
-        "SELECT c.change_id, c.status, s.marketplace_name FROM status_changes c JOIN shipments s ON s.id = c.shipment_id",
+        "SELECT c.change_id, c.status, o.marketplace_name FROM status_changes c JOIN orders o ON o.id = c.order_ref",
     )
     .fetch_all(pool)
     .await?;

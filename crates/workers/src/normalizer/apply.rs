@@ -1,16 +1,19 @@
 //! One transaction for a batch of prepared updates: lock their shipments in a fixed order (registering those
-//! a request names), store every new event in one statement, decide each shipment's changes, record them in the
-//! outbox in one statement, update the shipments in one statement, commit.
+//! a request names, with their orders), store every new event in one statement, decide each shipment's changes,
+//! record one copy per order the parcel carries in the outbox in one statement, update the shipments in one
+//! statement, commit.
 
-use super::decide::{self, Note};
+use super::decide::{self, Decided, Note};
+use super::fanout;
 use super::prepare::Prepared;
 use crate::policy::PollPolicy;
-use chrono::Utc;
-use sqlx::PgPool;
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tracking_domain::{StatusChange, TrackingRequest};
 use tracking_store::StoreError;
-use tracking_store::normalize::{self, NewChange, NewEvent};
+use tracking_store::normalize::{self, NewEvent, ShipmentKey};
+use tracking_store::orders::{self, ParcelOrder};
 use tracking_store::shipments::{EventRow, ShipmentRow};
 
 /// What a committed batch did.
@@ -33,44 +36,34 @@ pub(super) async fn apply(
 ) -> Result<Applied, StoreError> {
     let now = Utc::now();
     // Each shipment's updates, in the batch's order; shipments sorted by key (the lock order).
-    let mut by_key: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    let mut by_key: BTreeMap<ShipmentKey, Vec<usize>> = BTreeMap::new();
     for (i, p) in items.iter().enumerate() {
         by_key.entry(p.key()).or_default().push(i);
     }
-    // One request per shipment: the last one's context, and the last invoice number given (as applying the
-    // requests one after the other would leave it).
-    let mut requests: Vec<TrackingRequest> = Vec::new();
-    for indexes in by_key.values() {
-        let mut merged: Option<TrackingRequest> = None;
-        for &i in indexes {
-            if let Some(req) = &items[i].update.request {
-                let invoice = req
-                    .invoice_number
-                    .clone()
-                    .or_else(|| merged.as_ref().and_then(|m| m.invoice_number.clone()));
-                let mut r = req.clone();
-                r.invoice_number = invoice;
-                merged = Some(r);
-            }
-        }
-        requests.extend(merged);
-    }
+    let requests = merged_requests(items, &by_key);
 
     let mut tx = pool.begin().await?;
-    let keys: Vec<(String, String)> = by_key.keys().cloned().collect();
-    let mut rows: HashMap<(String, String), ShipmentRow> = normalize::lock_sorted(&mut tx, &keys)
+    let keys: Vec<ShipmentKey> = by_key.keys().cloned().collect();
+    // The batch's live shipments; the other parcels of their orders are locked too (an order's progress).
+    let mut rows: HashMap<ShipmentKey, ShipmentRow> = normalize::lock_sorted(&mut tx, &keys)
         .await?
         .into_iter()
-        .map(|r| ((r.carrier.as_str().to_owned(), r.tracking_code.clone()), r))
+        .filter(|r| r.retired_at.is_none() && by_key.contains_key(&r.key()))
+        .map(|r| (r.key(), r))
         .collect();
-    if !requests.is_empty() {
-        let refs: Vec<&TrackingRequest> = requests.iter().collect();
-        for r in normalize::register_sorted(&mut tx, &refs).await? {
-            rows.insert((r.carrier.as_str().to_owned(), r.tracking_code.clone()), r);
-        }
-    }
+    let joined = if requests.is_empty() {
+        HashSet::new()
+    } else {
+        register(&mut tx, policy, now, &requests, &mut rows).await?
+    };
 
-    // Shipments that cannot take their updates: not registered, or a row that cannot be read back.
+    // Shipments that cannot take their updates: not registered, without an order, or a row that cannot be
+    // read back. Each ready one with the request of its first order (what its changes are decided with).
+    let ids: Vec<i64> = rows.values().map(|r| r.id).collect();
+    let mut orders_of: HashMap<i64, Vec<ParcelOrder>> = HashMap::new();
+    for po in orders::of_parcels(&mut tx, &ids).await? {
+        orders_of.entry(po.shipment_id).or_default().push(po);
+    }
     let mut parked: Vec<Option<String>> = vec![None; items.len()];
     let mut ready: Vec<(
         &ShipmentRow,
@@ -81,11 +74,18 @@ pub(super) async fn apply(
     for (key, indexes) in &by_key {
         let Some(row) = rows.get(key) else {
             for &i in indexes {
-                parked[i] = Some(format!("no shipment {} {} is registered", key.0, key.1));
+                parked[i] = Some(format!(
+                    "no shipment {} {} is registered for store {}",
+                    key.1, key.2, key.0
+                ));
             }
             continue;
         };
-        match (row.request(), row.status()) {
+        let first = orders_of
+            .get(&row.id)
+            .and_then(|o| o.first())
+            .ok_or_else(|| StoreError::Corrupt(format!("shipment {} has no order", row.id)));
+        match (first.and_then(|o| row.request_for(&o.order)), row.status()) {
             (Ok(req), Ok(status)) => ready.push((row, req, status, indexes)),
             (Err(e), _) | (_, Err(e)) => {
                 for &i in indexes {
@@ -183,29 +183,36 @@ pub(super) async fn apply(
         notes.extend(outcome.notes);
     }
 
+    // Each change goes to every order the parcel carries, with that order's progress over its parcels.
+    let shipment_of_change: HashMap<ShipmentKey, i64> =
+        ready.iter().map(|(row, ..)| (row.key(), row.id)).collect();
+    let decided: Vec<(i64, Decided)> = decided
+        .into_iter()
+        .filter_map(|d| {
+            let key = (
+                d.change.store.as_str().to_owned(),
+                d.change.carrier.as_str().to_owned(),
+                d.change.tracking_code.as_str().to_owned(),
+            );
+            shipment_of_change.get(&key).map(|&id| (id, d))
+        })
+        .collect();
+    let decided: Vec<(i64, &StatusChange, Option<i64>)> = decided
+        .iter()
+        .map(|(id, d)| (*id, &d.change, d.event_id))
+        .collect();
+    // Orders that joined a parcel with a history start from where it stands, before the batch's own changes.
+    let mut copies = fanout::catch_up(&mut tx, &joined, &orders_of).await?;
+    copies.extend(fanout::copies(&mut tx, &decided, &orders_of).await?);
+
     // The outbox, in one statement (a change id decided twice in one batch is recorded once).
     let mut ids = HashSet::new();
     let mut new_changes = Vec::new();
-    for d in &decided {
-        if !ids.insert(d.change.change_id) {
+    for c in &copies {
+        if !ids.insert(c.change.change_id) {
             continue;
         }
-        let payload = serde_json::to_value(&d.change)
-            .map_err(|e| StoreError::Corrupt(format!("a change cannot be written: {e}")))?;
-        new_changes.push(NewChange {
-            change_id: d.change.change_id,
-            shipment_id: rows
-                .get(&(
-                    d.change.carrier.as_str().to_owned(),
-                    d.change.tracking_code.as_str().to_owned(),
-                ))
-                .map_or(0, |r| r.id),
-            event_id: d.event_id,
-            status: d.change.status.as_str().to_owned(),
-            previous_status: d.change.previous_status.as_str().to_owned(),
-            occurred_at: d.change.occurred_at.with_timezone(&Utc),
-            payload,
-        });
+        new_changes.push(fanout::new_change(c)?);
     }
     let recorded: HashSet<uuid::Uuid> = normalize::record_changes(&mut tx, &new_changes)
         .await?
@@ -217,11 +224,11 @@ pub(super) async fn apply(
     let mut changes = Vec::new();
     let mut restored = Vec::new();
     let mut published = HashSet::new();
-    for d in decided {
-        if recorded.contains(&d.change.change_id) && published.insert(d.change.change_id) {
-            changes.push(d.change);
+    for c in copies {
+        if recorded.contains(&c.change.change_id) && published.insert(c.change.change_id) {
+            changes.push(c.change);
         } else {
-            restored.push(d.change);
+            restored.push(c.change);
         }
     }
     Ok(Applied {
@@ -230,4 +237,98 @@ pub(super) async fn apply(
         notes,
         restored,
     })
+}
+
+/// The requests of the batch, one per order and shipment: the last one's context, and the last invoice number
+/// given (as applying the requests one after the other would leave it).
+fn merged_requests(
+    items: &[&Prepared],
+    by_key: &BTreeMap<ShipmentKey, Vec<usize>>,
+) -> Vec<(ShipmentKey, TrackingRequest)> {
+    let mut out: Vec<(ShipmentKey, TrackingRequest)> = Vec::new();
+    for (key, indexes) in by_key {
+        let mut merged: BTreeMap<String, TrackingRequest> = BTreeMap::new();
+        for &i in indexes {
+            if let Some(req) = &items[i].update.request {
+                let earlier = merged.get(req.order_id.as_str());
+                let invoice = req
+                    .invoice_number
+                    .clone()
+                    .or_else(|| earlier.and_then(|m| m.invoice_number.clone()));
+                let mut r = req.clone();
+                r.invoice_number = invoice;
+                merged.insert(req.order_id.as_str().to_owned(), r);
+            }
+        }
+        out.extend(merged.into_values().map(|r| (key.clone(), r)));
+    }
+    out
+}
+
+/// Registers what the batch's requests name: a parcel whose code came back for an order it does not carry long
+/// after it finished is retired and a new one takes the code ([`PollPolicy::recycles`]); missing parcels are
+/// registered (a quarantined one is lifted); each order is registered or its context updated, and linked to its
+/// parcel. `rows` ends with every live parcel the requests name. Returns the links made now
+/// (`(shipment_id, order_ref)`).
+async fn register(
+    tx: &mut PgConnection,
+    policy: &PollPolicy,
+    now: DateTime<Utc>,
+    requests: &[(ShipmentKey, TrackingRequest)],
+    rows: &mut HashMap<ShipmentKey, ShipmentRow>,
+) -> Result<HashSet<(i64, i64)>, StoreError> {
+    let known: Vec<i64> = rows.values().map(|r| r.id).collect();
+    let mut carried: HashSet<(i64, String)> = HashSet::new();
+    for po in orders::of_parcels(tx, &known).await? {
+        carried.insert((po.shipment_id, po.order.order_id));
+    }
+    let mut retired = Vec::new();
+    let mut request_keys: Vec<ShipmentKey> = Vec::new();
+    for (key, req) in requests {
+        if request_keys.last() != Some(key) {
+            request_keys.push(key.clone());
+        }
+        let Some(row) = rows.get(key) else { continue };
+        let carries_one = requests
+            .iter()
+            .filter(|(k, _)| k == key)
+            .any(|(_, r)| carried.contains(&(row.id, r.order_id.as_str().to_owned())));
+        if !carries_one && policy.recycles(row.finished_at, now) {
+            tracing::info!(shipment_id = row.id, tracking_code = %req.tracking_code, finished_at = ?row.finished_at,
+                "A code came back for a new order long after its parcel finished: a new parcel takes it, the old one keeps its history and orders.");
+            metrics::counter!("shipments_recycled_total", "carrier" => req.carrier.as_str())
+                .increment(1);
+            retired.push(row.id);
+            rows.remove(key);
+        }
+    }
+    normalize::retire(tx, &retired).await?;
+    for r in normalize::register_sorted(tx, &request_keys).await? {
+        rows.insert(r.key(), r);
+    }
+    let mut by_order: BTreeMap<(String, String), &TrackingRequest> = BTreeMap::new();
+    for (_, r) in requests {
+        by_order.insert(
+            (r.store.as_str().to_owned(), r.order_id.as_str().to_owned()),
+            r,
+        );
+    }
+    let order_requests: Vec<&TrackingRequest> = by_order.values().copied().collect();
+    let refs: HashMap<(String, String), i64> = orders::upsert(tx, &order_requests)
+        .await?
+        .into_iter()
+        .map(|(store, order_id, id)| ((store, order_id), id))
+        .collect();
+    let links: Vec<(i64, i64)> = requests
+        .iter()
+        .filter_map(|(key, r)| {
+            let order = refs.get(&(r.store.as_str().to_owned(), r.order_id.as_str().to_owned()))?;
+            Some((*order, rows.get(key)?.id))
+        })
+        .collect();
+    Ok(orders::link(tx, &links)
+        .await?
+        .into_iter()
+        .map(|(order_ref, shipment_id)| (shipment_id, order_ref))
+        .collect())
 }

@@ -342,7 +342,7 @@ pub(super) fn shipment_updates(
                 notes.push(Note::NotTrackable {
                     carrier,
                     tracking_code: update.tracking_code.as_str().to_owned(),
-                    order_id: shipment.order_id.clone(),
+                    order_id: req.order_id.to_string(),
                     reason: reason.clone(),
                 });
             }

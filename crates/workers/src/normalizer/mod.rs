@@ -16,6 +16,7 @@
 
 mod apply;
 mod decide;
+pub(crate) mod fanout;
 mod handler;
 mod outbox;
 mod prepare;

@@ -20,9 +20,10 @@ pub(super) struct PreparedEvent {
 }
 
 impl Prepared {
-    /// The shipment it is about: `(carrier, tracking_code)`.
-    pub fn key(&self) -> (String, String) {
+    /// The shipment it is about: `(store, carrier, tracking_code)`.
+    pub fn key(&self) -> tracking_store::normalize::ShipmentKey {
         (
+            self.update.store.as_str().to_owned(),
             self.update.carrier.as_str().to_owned(),
             self.update.tracking_code.as_str().to_owned(),
         )
@@ -34,7 +35,9 @@ pub(super) fn prepare(body: &[u8], tables: &EventTables) -> Result<Prepared, Str
     let update: CarrierUpdate =
         serde_json::from_slice(body).map_err(|e| format!("not a carrier update: {e}"))?;
     if let Some(req) = &update.request
-        && (req.tracking_code != update.tracking_code || req.carrier != update.carrier)
+        && (req.tracking_code != update.tracking_code
+            || req.carrier != update.carrier
+            || req.store != update.store)
     {
         return Err(format!(
             "the update is for {} {} but carries a request for {} {}",

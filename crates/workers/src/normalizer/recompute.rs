@@ -1,12 +1,15 @@
 //! `trackctl shipment recompute`: the stored events read again through new code tables.
 
 use super::decide::{self, ChangeContext};
+use super::fanout;
 use crate::policy::PollPolicy;
 use chrono::Utc;
 use sqlx::PgPool;
+use std::collections::{HashMap, HashSet};
 use tracking_domain::table::{EventTables, Mapping};
 use tracking_domain::{Source, StatusChange};
-use tracking_store::normalize::{self, NewChange};
+use tracking_store::normalize;
+use tracking_store::orders;
 use tracking_store::shipments;
 
 /// What [`recompute`] did.
@@ -30,15 +33,24 @@ pub async fn recompute(
     policy: &PollPolicy,
     only: Option<&str>,
 ) -> anyhow::Result<RecomputeReport> {
-    let ids = normalize::shipment_ids(pool, only).await?;
+    let keys = normalize::shipment_keys(pool, only).await?;
     let mut report = RecomputeReport::default();
-    for id in ids {
+    for key in keys {
         let mut tx = pool.begin().await?;
-        let Some(shipment) = normalize::lock_by_id(&mut tx, id).await? else {
+        // The shipment and the other parcels of its orders (an order's progress), in the normalizer's lock order.
+        let Some(shipment) = normalize::lock_sorted(&mut tx, std::slice::from_ref(&key))
+            .await?
+            .into_iter()
+            .find(|r| r.retired_at.is_none() && r.key() == key)
+        else {
             continue;
         };
         report.shipments += 1;
-        let req = shipment.request()?;
+        let parcel_orders = orders::of_parcels(&mut tx, &[shipment.id]).await?;
+        let Some(first) = parcel_orders.first() else {
+            continue;
+        };
+        let req = shipment.request_for(&first.order)?;
         let mut rows = shipments::events(&mut tx, shipment.id).await?;
         let mut remapped = 0;
         for row in rows.iter_mut().filter(|r| r.source == "carrier") {
@@ -83,19 +95,18 @@ pub async fn recompute(
                 now,
             ) {
                 let change = d.change;
-                let recorded = normalize::record_changes(
-                    &mut tx,
-                    &[NewChange {
-                        change_id: change.change_id,
-                        shipment_id: shipment.id,
-                        event_id: d.event_id,
-                        status: change.status.as_str().to_owned(),
-                        previous_status: previous.as_str().to_owned(),
-                        occurred_at: change.occurred_at.with_timezone(&Utc),
-                        payload: serde_json::to_value(&change)?,
-                    }],
-                )
-                .await?;
+                let orders_of = HashMap::from([(shipment.id, parcel_orders)]);
+                let copies =
+                    fanout::copies(&mut tx, &[(shipment.id, &change, d.event_id)], &orders_of)
+                        .await?;
+                let rows = copies
+                    .iter()
+                    .map(fanout::new_change)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let recorded: HashSet<uuid::Uuid> = normalize::record_changes(&mut tx, &rows)
+                    .await?
+                    .into_iter()
+                    .collect();
                 normalize::set_status(
                     &mut tx,
                     shipment.id,
@@ -104,15 +115,18 @@ pub async fn recompute(
                     change.occurred_at.with_timezone(&Utc),
                 )
                 .await?;
-                if recorded.is_empty() {
-                    tracing::info!(change_id = %change.change_id, tracking_code = %change.tracking_code, from = %previous,
-                        to = %change.status, "Status restored by a change recorded earlier; nothing new to publish.");
-                } else {
-                    tracing::info!(change_id = %change.change_id, order_id = %change.order_id, tracking_code = %change.tracking_code,
-                        from = %previous, to = %change.status, "Status changed.");
-                    metrics::counter!("status_changes_total", "status" => change.status.as_str())
-                        .increment(1);
-                    report.changes.push(change);
+                for copy in copies {
+                    let change = copy.change;
+                    if !recorded.contains(&change.change_id) {
+                        tracing::info!(change_id = %change.change_id, tracking_code = %change.tracking_code, from = %previous,
+                            to = %change.status, "Status restored by a change recorded earlier; nothing new to publish.");
+                    } else {
+                        tracing::info!(change_id = %change.change_id, order_id = %change.order_id, tracking_code = %change.tracking_code,
+                            from = %previous, to = %change.status, "Status changed.");
+                        metrics::counter!("status_changes_total", "status" => change.status.as_str())
+                            .increment(1);
+                        report.changes.push(change);
+                    }
                 }
             }
         }
