@@ -48,6 +48,10 @@ pub(crate) struct Labels {
     pub reason: String,
     pub track: String,
     pub track_button: String,
+    /// Beside an order with several parcels: how many of them are delivered ("2 of 3").
+    pub parcels_delivered: String,
+    /// "{delivered} of {parcels}".
+    pub parcels_of: String,
 }
 
 /// The tracking page's words: plain strings, with `{order}`, `{name}`, `{n}`, `{total}`, `{carrier}`, `{zone}`

@@ -155,6 +155,8 @@ struct Fields<'a> {
     reason: Option<&'a str>,
     reason_text: Option<String>,
     tracking_url: Option<String>,
+    /// For an order with several parcels: "2 of 3" (delivered of all).
+    parcels: Option<String>,
     t: &'a Labels,
 }
 
@@ -356,6 +358,12 @@ impl Renderer {
                 Some(page) => Some(page.url(&change.order_id)),
                 None => self.carrier_url(change.carrier, change.tracking_code.as_str()),
             },
+            parcels: change.order.filter(|o| o.parcels > 1).map(|o| {
+                data.labels
+                    .parcels_of
+                    .replace("{delivered}", &o.delivered.to_string())
+                    .replace("{parcels}", &o.parcels.to_string())
+            }),
             t: &data.labels,
         };
         self.render_fields(locale, change.status.as_str(), &fields)
@@ -391,6 +399,7 @@ impl Renderer {
                 Some(page) => Some(page.url(late.order_id)),
                 None => self.carrier_url(late.carrier, late.tracking_code.as_str()),
             },
+            parcels: None,
             t: &data.labels,
         };
         self.render_fields(locale, LATE, &fields)
@@ -503,6 +512,7 @@ impl Renderer {
                         reason,
                         reason_text: reason.map(str::to_owned),
                         tracking_url: full.then(|| "https://example.com/".to_owned()),
+                        parcels: full.then(|| "2 / 3".to_owned()),
                         t: &data.labels,
                     };
                     self.render_fields(locale, status.as_str(), &fields)?;

@@ -273,12 +273,16 @@ impl MercadoLivre {
 
 /// Mercado Livre's (status, substatus) for a change, or `None` when it has none.
 /// `not_delivered`/`returning_to_sender` is final there: only for a parcel truly going back (`returning`, or
-/// `returned` when `returning` was never seen).
+/// `returned` when `returning` was never seen). Mercado Livre tracks the order's shipment, not each box: a parcel
+/// of an order with several says `delivered` only when the order is (its last parcel), before that `shipped`.
 pub fn meli_status(change: &StatusChange) -> Option<(&'static str, Option<&'static str>)> {
     match change.status {
         Status::Posted | Status::InTransit => Some(("shipped", None)),
         Status::OutForDelivery => Some(("shipped", Some("out_for_delivery"))),
         Status::DeliveryFailed => Some(("shipped", Some("receiver_absent"))),
+        Status::Delivered if change.order.is_some_and(|o| !o.is_delivered()) => {
+            Some(("shipped", None))
+        }
         Status::Delivered => Some(("delivered", None)),
         Status::Returning => Some(("not_delivered", Some("returning_to_sender"))),
         Status::Returned if change.previous_status != Status::Returning => {
@@ -433,6 +437,21 @@ mod tests {
                 .unwrap_err()
                 .contains("invoice_number")
         );
+    }
+
+    #[test]
+    fn mercado_livre_hears_delivered_only_when_every_parcel_of_the_order_is() {
+        let mut c = change(Status::Delivered, Status::OutForDelivery);
+        c.order = Some(tracking_domain::OrderProgress::of(&[
+            Status::Delivered,
+            Status::InTransit,
+        ]));
+        assert_eq!(meli_status(&c), Some(("shipped", None)));
+        c.order = Some(tracking_domain::OrderProgress::of(&[
+            Status::Delivered,
+            Status::Delivered,
+        ]));
+        assert_eq!(meli_status(&c), Some(("delivered", None)));
     }
 
     #[test]
