@@ -90,6 +90,8 @@ impl ShipmentRow {
                 _ => None,
             },
             invoice_number: self.invoice_number.clone(),
+            // No store column yet (the orders-and-stores change adds it): the deployment's one store.
+            store: tracking_domain::StoreName::default(),
         })
     }
 }
