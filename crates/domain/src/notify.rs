@@ -4,11 +4,13 @@
 //! (`EMAIL_DELIVERED_WHEN_FIRST_SEEN`, default `false`).
 //!
 //! A parcel *first seen delivered* is one whose first status change goes from `registered` straight to
-//! `delivered`: our first news of it is that the customer has it in hand (a request registered after the
-//! delivery, or a carrier that reported nothing before). A "your parcel was delivered" email would tell them
-//! what they know, so by default none is sent.
+//! `delivered` on the carrier's word: our first news of it is that the customer has it in hand (a request
+//! registered after the delivery, or a carrier that reported nothing before). A "your parcel was delivered" email
+//! would tell them what they know, so by default none is sent. Support's delivery confirmation (`source:
+//! manual`, tracking-api) is not held back: it is a deliberate act (the parcel left with a neighbour, a proof of
+//! delivery found), and its one email is part of the contract.
 
-use crate::{Status, StatusChange};
+use crate::{Source, Status, StatusChange};
 use std::collections::HashSet;
 
 /// What the rules decide for one change.
@@ -42,9 +44,11 @@ pub fn default_statuses() -> HashSet<Status> {
 }
 
 /// Whether `change` is a parcel first seen already delivered: its first change, from `registered` to
-/// `delivered`.
+/// `delivered`, reported by the carrier.
 pub fn first_seen_delivered(change: &StatusChange) -> bool {
-    change.status == Status::Delivered && change.previous_status == Status::Registered
+    change.status == Status::Delivered
+        && change.previous_status == Status::Registered
+        && change.source == Source::Carrier
 }
 
 /// Whether `change` emails its customer, given the statuses that notify (`statuses`) and whether a parcel first
@@ -98,6 +102,10 @@ mod tests {
             Notify::DeliveredWhenFirstSeen
         );
         assert_eq!(decide(&first_seen, &set, true), Notify::Email);
+        // Support's confirmation of a registered parcel is a deliberate act: emailed.
+        let mut confirmed = first_seen.clone();
+        confirmed.source = Source::Manual;
+        assert_eq!(decide(&confirmed, &set, false), Notify::Email);
         // Delivered after any news of the parcel on its way is emailed.
         for before in [
             Status::Posted,
