@@ -41,23 +41,35 @@ async fn carrier_says(
         .await
 }
 
-fn emails_to<'a>(smtp: &'a SmtpServer, address: &str) -> Vec<Received> {
+fn emails_to(smtp: &SmtpServer, address: &str) -> Vec<Received> {
     smtp.received()
         .into_iter()
         .filter(|r| r.to.iter().any(|t| t == address))
         .collect()
 }
 
-async fn wait_emails_to(smtp: &SmtpServer, address: &str, n: usize) -> anyhow::Result<Vec<Received>> {
-    eventually(Duration::from_secs(30), &format!("{n} emails to {address}"), || async {
-        let got = emails_to(smtp, address);
-        Ok((got.len() >= n).then_some(got))
-    })
+async fn wait_emails_to(
+    smtp: &SmtpServer,
+    address: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Received>> {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{n} emails to {address}"),
+        || async {
+            let got = emails_to(smtp, address);
+            Ok((got.len() >= n).then_some(got))
+        },
+    )
     .await
 }
 
 /// The email delivery records (`deliveries.detail`) of a parcel's changes to `status`.
-async fn email_details(env: &TestEnv, code: &str, status: &str) -> anyhow::Result<Vec<Option<String>>> {
+async fn email_details(
+    env: &TestEnv,
+    code: &str,
+    status: &str,
+) -> anyhow::Result<Vec<Option<String>>> {
     Ok(sqlx::query_scalar(
         "SELECT d.detail FROM deliveries d JOIN status_changes c ON c.change_id = d.change_id \
          WHERE d.destination = 'email' AND c.payload->>'tracking_code' = $1 AND c.status = $2",
@@ -78,7 +90,12 @@ async fn opt_outs(env: &TestEnv) -> anyhow::Result<i64> {
 fn uris(value: &str) -> Vec<String> {
     value
         .split(',')
-        .map(|u| u.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+        .map(|u| {
+            u.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
+        })
         .collect()
 }
 
@@ -136,7 +153,10 @@ async fn one_post_to_the_email_s_link_stops_that_address_s_emails_and_nothing_el
         first.header("List-Unsubscribe-Post").as_deref(),
         Some("List-Unsubscribe=One-Click")
     );
-    assert!(!list.contains("ana"), "no readable address in the link: {list}");
+    assert!(
+        !list.contains("ana"),
+        "no readable address in the link: {list}"
+    );
     let link = uris[0].clone();
 
     // A tampered link: 404, nothing recorded.
@@ -191,12 +211,20 @@ async fn one_post_to_the_email_s_link_stops_that_address_s_emails_and_nothing_el
     carrier_says(&env, &code_a, None, &[posted.clone(), out.clone()]).await?;
     carrier_says(&env, &code_b, None, &[posted.clone(), out.clone()]).await?;
     wait_emails_to(&smtp, bia, 2).await?;
-    eventually(Duration::from_secs(30), "Ana's email recorded as skipped", || async {
-        let details = email_details(&env, &code_a, "out_for_delivery").await?;
-        Ok((details == vec![Some("skipped: unsubscribed".to_owned())]).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(30),
+        "Ana's email recorded as skipped",
+        || async {
+            let details = email_details(&env, &code_a, "out_for_delivery").await?;
+            Ok((details == vec![Some("skipped: unsubscribed".to_owned())]).then_some(()))
+        },
+    )
     .await?;
-    assert_eq!(emails_to(&smtp, ana).len(), 1, "no email after the unsubscribe");
+    assert_eq!(
+        emails_to(&smtp, ana).len(),
+        1,
+        "no email after the unsubscribe"
+    );
     let metrics = publisher.metrics().await?;
     assert!(
         metrics.contains("emails_skipped_total{reason=\"unsubscribed\"} 1"),
@@ -249,11 +277,17 @@ async fn a_parcel_first_seen_delivered_sends_no_delivered_email_unless_asked() -
     wait_emails_to(&smtp, davi, 1).await?;
     carrier_says(&env, &followed, None, &[posted.clone(), delivered.clone()]).await?;
     wait_emails_to(&smtp, davi, 2).await?;
-    eventually(Duration::from_secs(30), "the first-seen delivery handled", || async {
-        let m = publisher.metrics().await?;
-        Ok(m.contains("emails_total{result=\"delivered_when_first_seen\"} 1")
-            .then_some(()))
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the first-seen delivery handled",
+        || async {
+            let m = publisher.metrics().await?;
+            Ok(
+                m.contains("emails_total{result=\"delivered_when_first_seen\"} 1")
+                    .then_some(()),
+            )
+        },
+    )
     .await?;
     let recorded: String = sqlx::query_scalar(
         "SELECT previous_status FROM status_changes WHERE payload->>'tracking_code' = $1 AND status = 'delivered'",
@@ -262,7 +296,10 @@ async fn a_parcel_first_seen_delivered_sends_no_delivered_email_unless_asked() -
     .fetch_one(&env.pool)
     .await?;
     assert_eq!(recorded, "registered", "one change, straight to delivered");
-    assert!(emails_to(&smtp, carla).is_empty(), "no email for a parcel first seen delivered");
+    assert!(
+        emails_to(&smtp, carla).is_empty(),
+        "no email for a parcel first seen delivered"
+    );
 
     // EMAIL_DELIVERED_WHEN_FIRST_SEEN=true asks for it.
     publisher.terminate()?;

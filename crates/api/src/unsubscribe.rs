@@ -59,7 +59,8 @@ impl Action {
 }
 
 fn count(action: &'static str, result: &'static str) {
-    metrics::counter!("unsubscribe_requests_total", "action" => action, "result" => result).increment(1);
+    metrics::counter!("unsubscribe_requests_total", "action" => action, "result" => result)
+        .increment(1);
 }
 
 fn chosen_locale(query: Option<&str>, headers: &HeaderMap) -> Locale {

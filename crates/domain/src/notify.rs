@@ -127,7 +127,11 @@ mod tests {
             Notify::Email
         );
         assert_eq!(
-            decide(&change(Status::OutForDelivery, Status::Registered), &set, false),
+            decide(
+                &change(Status::OutForDelivery, Status::Registered),
+                &set,
+                false
+            ),
             Notify::Email
         );
     }
@@ -150,7 +154,11 @@ mod tests {
         // A store's own set: only delivered.
         let only_delivered = HashSet::from([Status::Delivered]);
         assert_eq!(
-            decide(&change(Status::Posted, Status::Registered), &only_delivered, false),
+            decide(
+                &change(Status::Posted, Status::Registered),
+                &only_delivered,
+                false
+            ),
             Notify::NotNotified
         );
         assert_eq!(

@@ -148,7 +148,9 @@ impl UnsubscribeKey {
         let (hash, rest) = rest.split_at(HASH_LEN);
         let (tag, store) = rest.split_at(TAG_LEN);
         let address = AddressHash::from_slice(hash)?;
-        self.tagged(&address, store).verify_truncated_left(tag).ok()?;
+        self.tagged(&address, store)
+            .verify_truncated_left(tag)
+            .ok()?;
         let store = std::str::from_utf8(store).ok()?;
         let store = StoreName::parse(store).ok()?;
         Some(OptOut { store, address })
@@ -322,7 +324,13 @@ mod tests {
             key.verify(&URL_SAFE_NO_PAD.encode(&raw[..1 + HASH_LEN + TAG_LEN])),
             None
         );
-        for junk in ["", "ana@example.com", "%%%", &format!("{token}="), &"A".repeat(5000)] {
+        for junk in [
+            "",
+            "ana@example.com",
+            "%%%",
+            &format!("{token}="),
+            &"A".repeat(5000),
+        ] {
             assert_eq!(key.verify(junk), None, "{junk}");
         }
         // A page token's key is not an unsubscribe key: the same secret, another context.

@@ -50,6 +50,6 @@ pub mod unsubscribe_page;
 
 pub use mailer::{Mailer, MailerConfigError, MailerSettings, SendError};
 pub use page::{ErrorPage, OrderPage, PAGE_CSS, PageEvent, PageShipment, first_name};
+pub use render::{LateEmail, RenderError, RenderedEmail, Renderer, TemplateSettings};
 pub use unsubscribe::{ListUnsubscribe, Mailto, list_unsubscribe};
 pub use unsubscribe_page::{UnsubscribePage, unsubscribe_page};
-pub use render::{LateEmail, RenderError, RenderedEmail, Renderer, TemplateSettings};

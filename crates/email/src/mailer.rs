@@ -305,7 +305,8 @@ mod tests {
         for h in unsubscribe_headers(&headers) {
             builder = builder.raw_header(h);
         }
-        let formatted = String::from_utf8(builder.body("x".to_owned()).unwrap().formatted()).unwrap();
+        let formatted =
+            String::from_utf8(builder.body("x".to_owned()).unwrap().formatted()).unwrap();
         let head = formatted.split("\r\n\r\n").next().unwrap();
         // Unfolded (a long value may be folded between its URIs, as RFC 2369 allows), the values are exact.
         let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
@@ -316,14 +317,23 @@ mod tests {
                 .map(str::to_owned)
         };
         assert_eq!(
-            line("List-Unsubscribe").unwrap().split_whitespace().collect::<Vec<_>>(),
-            vec![format!("<{link}>,"), "<mailto:sair@loja.example?subject=unsubscribe>".to_owned()]
+            line("List-Unsubscribe")
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            vec![
+                format!("<{link}>,"),
+                "<mailto:sair@loja.example?subject=unsubscribe>".to_owned()
+            ]
         );
         assert_eq!(
             line("List-Unsubscribe-Post").as_deref(),
             Some("List-Unsubscribe=One-Click")
         );
-        assert!(head.split("\r\n").all(|l| l.len() <= 998), "RFC 5322 line length");
+        assert!(
+            head.split("\r\n").all(|l| l.len() <= 998),
+            "RFC 5322 line length"
+        );
         // Without the link: the mailto alone, and no List-Unsubscribe-Post.
         let only_mailto = crate::unsubscribe::list_unsubscribe(None, Some(&mailto)).unwrap();
         let values = unsubscribe_headers(&only_mailto);

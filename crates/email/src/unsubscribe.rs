@@ -37,7 +37,10 @@ impl Mailto {
                 address.masked()
             ));
         }
-        Ok(Self(format!("mailto:{}?subject=unsubscribe", address.as_str())))
+        Ok(Self(format!(
+            "mailto:{}?subject=unsubscribe",
+            address.as_str()
+        )))
     }
 
     pub fn uri(&self) -> &str {
@@ -130,10 +133,7 @@ mod tests {
     fn a_mailto_alone_is_no_one_click() {
         let mailto = Mailto::parse("sair@loja.example").unwrap();
         let h = list_unsubscribe(None, Some(&mailto)).unwrap();
-        assert_eq!(
-            h.value,
-            "<mailto:sair@loja.example?subject=unsubscribe>"
-        );
+        assert_eq!(h.value, "<mailto:sair@loja.example?subject=unsubscribe>");
         assert_eq!(h.post, None, "List-Unsubscribe-Post needs an HTTPS URI");
         assert!(list_unsubscribe(None, None).is_none());
     }
@@ -158,7 +158,12 @@ mod tests {
     #[test]
     fn mailto_addresses_that_need_escaping_are_refused() {
         assert!(Mailto::parse("sair+lista@loja.example").is_ok());
-        for bad in ["not-an-address", "a?b@loja.example", "a%40@loja.example", "ação@loja.example"] {
+        for bad in [
+            "not-an-address",
+            "a?b@loja.example",
+            "a%40@loja.example",
+            "ação@loja.example",
+        ] {
             assert!(Mailto::parse(bad).is_err(), "{bad}");
         }
     }

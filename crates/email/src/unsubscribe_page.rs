@@ -163,7 +163,9 @@ mod tests {
             }
         }
         let ask = unsubscribe_page(UnsubscribePage::Ask, Locale::En, "Loja A", "T");
-        assert!(ask.contains("<form method=\"post\"><button type=\"submit\">Stop the emails</button>"));
+        assert!(
+            ask.contains("<form method=\"post\"><button type=\"submit\">Stop the emails</button>")
+        );
         assert!(ask.contains("Loja A&#39;s emails"), "{ask}");
         let done = unsubscribe_page(UnsubscribePage::Done, Locale::PtBr, "Loja A", "T");
         assert!(done.contains("action=\"T/undo\""), "{done}");

@@ -24,13 +24,15 @@ pub async fn record(pool: &PgPool, opt_out: &OptOut) -> Result<bool, StoreError>
 
 /// Takes the opt-out back (the page's undo). Returns whether there was one.
 pub async fn undo(pool: &PgPool, opt_out: &OptOut) -> Result<bool, StoreError> {
-    Ok(sqlx::query("DELETE FROM email_opt_outs WHERE store = $1 AND address_hash = $2")
-        .bind(opt_out.store.as_str())
-        .bind(opt_out.address.as_bytes().as_slice())
-        .execute(pool)
-        .await?
-        .rows_affected()
-        == 1)
+    Ok(
+        sqlx::query("DELETE FROM email_opt_outs WHERE store = $1 AND address_hash = $2")
+            .bind(opt_out.store.as_str())
+            .bind(opt_out.address.as_bytes().as_slice())
+            .execute(pool)
+            .await?
+            .rows_affected()
+            == 1,
+    )
 }
 
 /// When the address opted out of the store's status emails, if it did.

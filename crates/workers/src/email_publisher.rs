@@ -347,7 +347,8 @@ impl EmailPublisher {
                 )
                 .await;
                 if delivered.result == "skipped" {
-                    metrics::counter!("emails_skipped_total", "reason" => "unsubscribed").increment(1);
+                    metrics::counter!("emails_skipped_total", "reason" => "unsubscribed")
+                        .increment(1);
                     tracing::info!(%id, %store, "Email not sent: its recipient unsubscribed from this store's emails.");
                 }
                 Ok(Some(delivered))
