@@ -36,6 +36,8 @@ export SMTP_URL="smtp://127.0.0.1:1025" EMAIL_FROM="Loja Demo <rastreio@loja-dem
 export MARKETPLACES_FILE="$PWD/deploy/demo/marketplaces.toml"
 # The customers' tracking page, served by tracking-api: emails link to it, and each parcel's address is printed below.
 export TRACKING_PAGE_URL="http://127.0.0.1:8080" TRACKING_PAGE_SECRET="demo-tracking-page-secret-0123456789abcdef"
+# The emails' one-click unsubscribe link (List-Unsubscribe, shown in maildev), served by tracking-api at /u/{token}.
+export UNSUBSCRIBE_SECRET="demo-unsubscribe-secret-0123456789abcdef"
 export POLL_INTERVAL_SECS=4 POLL_INTERVAL_NEAR_DELIVERY_SECS=3 FINAL_POLL_AFTER_SECS=5 SCHEDULER_TICK_MS=500
 # The simulator's journeys are dated March 2026: without this every parcel would count as stale (no event for
 # CARRIER_STALE_AFTER_HOURS) and fire CarrierParcelsStale. A short health window lets Correios turn ok again soon

@@ -105,6 +105,9 @@ async fn the_same_request_published_twice_sends_one_email() -> anyhow::Result<()
         &[
             ("SMTP_URL", maildev.smtp_url()),
             ("EMAIL_FROM", "rastreio@loja.example".to_owned()),
+            // The parcel's first news is its delivery, which emails nobody by default: this test is about
+            // sending its one email once.
+            ("EMAIL_DELIVERED_WHEN_FIRST_SEEN", "true".to_owned()),
         ],
     )
     .await?;

@@ -9,6 +9,7 @@
 //! | `GET /v1/carriers/health` | the carriers' states as the fetchers last reported them |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document (`crates/api/openapi.json`), without a token |
 //! | `GET /t/{token}` | the customer's tracking page (HTML, [`page`]), without a token: the signed `token` names the order |
+//! | `GET /u/{token}`, `POST /u/{token}`, `POST /u/{token}/undo` | the emails' one-click unsubscribe ([`unsubscribe`]), without a token |
 //!
 //! Every `/v1` call needs `Authorization: Bearer {API_TOKEN}`. Manual events go through the normalizer like a
 //! carrier's: stored once, deduplicated, decided by the status rules, emailed and relayed once. Nothing is
@@ -24,6 +25,7 @@ pub mod page;
 pub mod rate;
 pub mod serve;
 pub mod tracking;
+pub mod unsubscribe;
 
 pub use error::ApiError;
 pub use handlers::{CONFIRMATION_DESCRIPTION, MANUAL_CODE};
@@ -79,6 +81,9 @@ pub struct Settings {
     /// `TRACKING_PAGE_SECRET`: the key of the tracking page's tokens (the email publisher signs with the same one).
     /// Without it the page is off: every `/t/{token}` answers the 404 page.
     pub page_key: Option<PageKey>,
+    /// `UNSUBSCRIBE_SECRET`: the key of the unsubscribe links (the email publisher signs with the same one).
+    /// Without it every `/u/{token}` answers the 404 page.
+    pub unsubscribe_key: Option<tracking_domain::UnsubscribeKey>,
     /// `TRACKING_PAGE_DB_CONNECTIONS`, `TRACKING_PAGE_MAX_EVENTS`, `TRACKING_PAGE_RATE_PER_MINUTE` and
     /// `TRACKING_PAGE_BURST`: what one anonymous client of the page can cost.
     pub page_limits: page::PageLimits,
@@ -116,6 +121,7 @@ impl Settings {
             },
             marketplaces: KnownMarketplaces::from_env()?,
             page_key: tracking_email::env::page_key()?,
+            unsubscribe_key: tracking_email::env::unsubscribe_key()?,
             page_limits: page::PageLimits {
                 db_connections: u32::try_from(at_least_one("TRACKING_PAGE_DB_CONNECTIONS", 2)?)
                     .map_err(|_| {
@@ -167,6 +173,7 @@ struct Inner {
     tracking: Bounds,
     marketplaces: KnownMarketplaces,
     page: page::Page,
+    unsubscribe: unsubscribe::Unsubscribe,
 }
 
 impl AppState {
@@ -189,6 +196,10 @@ impl AppState {
                 tracking: settings.tracking,
                 marketplaces: settings.marketplaces.clone(),
                 page: page::Page::new(settings.page_key.clone(), settings.page_limits, renderer),
+                unsubscribe: unsubscribe::Unsubscribe::new(
+                    settings.unsubscribe_key.clone(),
+                    settings.templates.store_name.clone(),
+                ),
             }),
         }
     }
@@ -253,6 +264,9 @@ fn build(deadline: Duration) -> Routes {
     .add("get", "/v1/carriers/health", handlers::carriers_health)
     .add("get", "/openapi.json", handlers::openapi)
     .add("get", "/t/{token}", page::tracking_page)
+    .add("get", "/u/{token}", unsubscribe::ask)
+    .add("post", "/u/{token}", unsubscribe::unsubscribe)
+    .add("post", "/u/{token}/undo", unsubscribe::undo)
 }
 
 /// Every `(method, path)` the router serves, methods in lower case and paths as in the OpenAPI document.
@@ -351,6 +365,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         tracking_max_shipments = settings.tracking.max_shipments,
         marketplaces = settings.marketplaces.len(),
         tracking_page = if settings.page_key.is_some() { "on" } else { "off (no TRACKING_PAGE_SECRET)" },
+        unsubscribe = if settings.unsubscribe_key.is_some() { "on" } else { "off (no UNSUBSCRIBE_SECRET)" },
         "Serving the tracking API.");
     let server = serve::serve(listener, app(state), settings.limits, shutdown.clone());
     let grace = settings.amqp.shutdown_grace;

@@ -10,6 +10,8 @@
 //! - [`rules`]: which status a shipment is in, given its events.
 //! - [`page_token`]: the signed token that names an order in the customer's tracking page link.
 //! - [`store`]: the store (shop) an order belongs to.
+//! - [`notify`]: which status changes email the customer.
+//! - [`unsubscribe`]: the signed one-click unsubscribe link and the keyed hash that names an opted-out address.
 //! - [`text`]: what text we refuse (people's) and what we clean (carriers'), on every path in.
 //!
 //! Nothing here does I/O; every type that crosses a queue is serde-serializable and
@@ -20,6 +22,7 @@ pub mod change;
 pub mod code;
 pub mod event;
 pub mod late;
+pub mod notify;
 pub mod page_token;
 pub mod request;
 pub mod rules;
@@ -27,6 +30,7 @@ pub mod status;
 pub mod store;
 pub mod table;
 pub mod text;
+pub mod unsubscribe;
 
 pub use carrier_state::CarrierState;
 pub use change::{ChangeEvent, OrderProgress, OrderStatus, StatusChange};
@@ -40,3 +44,4 @@ pub use request::{
 };
 pub use status::Status;
 pub use store::StoreName;
+pub use unsubscribe::{AddressHash, OptOut, UnsubscribeKey, UnsubscribeLinks};

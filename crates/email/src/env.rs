@@ -3,7 +3,8 @@
 //! the same page tokens.
 
 use crate::TemplateSettings;
-use tracking_domain::{Carrier, PageKey, PageLinks};
+use crate::unsubscribe::Mailto;
+use tracking_domain::{Carrier, PageKey, PageLinks, UnsubscribeKey, UnsubscribeLinks};
 use tracking_runtime::settings::{self, SettingsError};
 
 /// `TRACKING_PAGE_SECRET`: the key of the tracking page's tokens, at least 32 characters; `None` when unset.
@@ -49,4 +50,38 @@ pub fn template_settings() -> Result<TemplateSettings, SettingsError> {
         );
     }
     Ok(templates)
+}
+
+/// `UNSUBSCRIBE_SECRET` (or `UNSUBSCRIBE_SECRET_FILE`): the key of the unsubscribe links and of the opt-outs'
+/// address hashes, at least 32 characters; `None` when unset.
+pub fn unsubscribe_key() -> Result<Option<UnsubscribeKey>, SettingsError> {
+    const NAME: &str = "UNSUBSCRIBE_SECRET";
+    settings::var(NAME)
+        .map(|secret| {
+            UnsubscribeKey::new(&secret).map_err(|e| SettingsError::new(NAME, e.to_string()))
+        })
+        .transpose()
+}
+
+/// `UNSUBSCRIBE_MAILTO`: the address listed as `mailto:` in `List-Unsubscribe`; `None` when unset.
+pub fn unsubscribe_mailto() -> Result<Option<Mailto>, SettingsError> {
+    settings::var("UNSUBSCRIBE_MAILTO")
+        .map(|a| Mailto::parse(&a).map_err(|e| SettingsError::new("UNSUBSCRIBE_MAILTO", e)))
+        .transpose()
+}
+
+/// The unsubscribe links of emails: `{TRACKING_PAGE_URL}/u/{token}` under `key`. `None` without
+/// `TRACKING_PAGE_URL` (there is no public address for the link); an `http://` URL other than a loopback one
+/// is refused: RFC 8058 asks for HTTPS.
+pub fn unsubscribe_links(key: &UnsubscribeKey) -> Result<Option<UnsubscribeLinks>, SettingsError> {
+    settings::var("TRACKING_PAGE_URL")
+        .map(|url| {
+            UnsubscribeLinks::new(&url, key.clone()).map_err(|e| {
+                SettingsError::new(
+                    "TRACKING_PAGE_URL",
+                    format!("{e} (UNSUBSCRIBE_SECRET is set: the unsubscribe link lives there)"),
+                )
+            })
+        })
+        .transpose()
 }

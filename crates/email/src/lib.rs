@@ -28,6 +28,10 @@
 //!   `TRACKING_PAGE_URL`, `TRACKING_PAGE_SECRET`). With `TRACKING_PAGE_URL`, an email's main link is the order's
 //!   tracking page; without it, the carrier's.
 //!
+//! - [`unsubscribe`] and [`unsubscribe_page`]: the `List-Unsubscribe` and `List-Unsubscribe-Post` headers of
+//!   every email (RFC 2369, RFC 8058; `UNSUBSCRIBE_SECRET`, `UNSUBSCRIBE_MAILTO`), and the short pages of the
+//!   link (`/u/{token}`, served by `tracking-api`).
+//!
 //! Times are shown in [`TemplateSettings::time_zone`], whatever offset the carrier reported them in.
 //! The rendered emails are pinned by snapshot tests (`tests/snapshots/`, rewritten with
 //! `UPDATE_SNAPSHOTS=1 cargo test -p tracking-email`).
@@ -41,7 +45,11 @@ pub mod render;
 mod smtp;
 mod starttls;
 mod stream;
+pub mod unsubscribe;
+pub mod unsubscribe_page;
 
 pub use mailer::{Mailer, MailerConfigError, MailerSettings, SendError};
 pub use page::{ErrorPage, OrderPage, PAGE_CSS, PageEvent, PageShipment, first_name};
 pub use render::{LateEmail, RenderError, RenderedEmail, Renderer, TemplateSettings};
+pub use unsubscribe::{ListUnsubscribe, Mailto, list_unsubscribe};
+pub use unsubscribe_page::{UnsubscribePage, unsubscribe_page};

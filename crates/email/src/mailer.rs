@@ -1,7 +1,8 @@
 //! Sending a rendered email over SMTP, and deciding whether a failure is worth retrying.
 
 use crate::render::RenderedEmail;
-use lettre::message::header::ContentType;
+use crate::unsubscribe::ListUnsubscribe;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 use secrecy::{ExposeSecret, SecretString};
@@ -176,6 +177,18 @@ impl Mailer {
         email: &RenderedEmail,
         message_id: &str,
     ) -> Result<(), SendError> {
+        self.send_with(to, to_name, email, message_id, None).await
+    }
+
+    /// [`Mailer::send`], with the unsubscribe headers ([`crate::unsubscribe::list_unsubscribe`]) when given.
+    pub async fn send_with(
+        &self,
+        to: &EmailAddress,
+        to_name: Option<&str>,
+        email: &RenderedEmail,
+        message_id: &str,
+        unsubscribe: Option<&ListUnsubscribe>,
+    ) -> Result<(), SendError> {
         let address: Address =
             to.as_str()
                 .parse()
@@ -189,11 +202,15 @@ impl Mailer {
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .map(str::to_owned);
-        let message = Message::builder()
+        let mut builder = Message::builder()
             .from(self.inner.from.clone())
             .to(Mailbox::new(name, address))
             .subject(email.subject.clone())
-            .message_id(Some(message_id.to_owned()))
+            .message_id(Some(message_id.to_owned()));
+        for header in unsubscribe.map(unsubscribe_headers).unwrap_or_default() {
+            builder = builder.raw_header(header);
+        }
+        let message = builder
             .multipart(
                 MultiPart::alternative()
                     .singlepart(
@@ -242,6 +259,21 @@ impl Mailer {
     }
 }
 
+/// `List-Unsubscribe`, and `List-Unsubscribe-Post` for a one-click link, as lettre's raw headers.
+fn unsubscribe_headers(headers: &ListUnsubscribe) -> Vec<HeaderValue> {
+    let mut out = vec![HeaderValue::new(
+        HeaderName::new_from_ascii_str("List-Unsubscribe"),
+        headers.value.clone(),
+    )];
+    if let Some(post) = headers.post {
+        out.push(HeaderValue::new(
+            HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+            post.to_owned(),
+        ));
+    }
+    out
+}
+
 /// Removes the URL's password, as written in the URL, from a message, should a parser ever echo it.
 fn redact(message: &str, url: &str) -> String {
     let mut out = message.to_owned();
@@ -260,6 +292,53 @@ fn redact(message: &str, url: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unsubscribe_headers_go_out_as_built() {
+        let mailto = crate::unsubscribe::Mailto::parse("sair@loja.example").unwrap();
+        let link = format!("https://track.example/u/{}", "A".repeat(75));
+        let headers = crate::unsubscribe::list_unsubscribe(Some(&link), Some(&mailto)).unwrap();
+        let mut builder = Message::builder()
+            .from("Loja <noreply@loja.example>".parse().unwrap())
+            .to("ana@example.com".parse().unwrap())
+            .subject("Pedido");
+        for h in unsubscribe_headers(&headers) {
+            builder = builder.raw_header(h);
+        }
+        let formatted =
+            String::from_utf8(builder.body("x".to_owned()).unwrap().formatted()).unwrap();
+        let head = formatted.split("\r\n\r\n").next().unwrap();
+        // Unfolded (a long value may be folded between its URIs, as RFC 2369 allows), the values are exact.
+        let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+        let line = |name: &str| {
+            unfolded
+                .split("\r\n")
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            line("List-Unsubscribe")
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            vec![
+                format!("<{link}>,"),
+                "<mailto:sair@loja.example?subject=unsubscribe>".to_owned()
+            ]
+        );
+        assert_eq!(
+            line("List-Unsubscribe-Post").as_deref(),
+            Some("List-Unsubscribe=One-Click")
+        );
+        assert!(
+            head.split("\r\n").all(|l| l.len() <= 998),
+            "RFC 5322 line length"
+        );
+        // Without the link: the mailto alone, and no List-Unsubscribe-Post.
+        let only_mailto = crate::unsubscribe::list_unsubscribe(None, Some(&mailto)).unwrap();
+        let values = unsubscribe_headers(&only_mailto);
+        assert_eq!(values.len(), 1);
+    }
 
     #[test]
     fn passwords_are_redacted() {

@@ -157,7 +157,15 @@ pub const METRICS: &[Metric] = &[
     // The publishers.
     counter(
         "emails_total",
-        "Status changes handled by the email publisher, per result (sent, duplicate, skipped, failed, refused, ...).",
+        "Status changes handled by the email publisher, per result (sent, duplicate, skipped, unsubscribed, not_notified, delivered_when_first_seen, failed, refused, ...).",
+    ),
+    counter(
+        "unsubscribe_requests_total",
+        "tracking-api: uses of the emails' unsubscribe link, per action (ask, unsubscribe, undo) and result (shown, recorded, unchanged, not_found, unavailable).",
+    ),
+    counter(
+        "emails_skipped_total",
+        "Emails recorded as skipped without a send, per reason (unsubscribed: the recipient opted out of the store's emails).",
     ),
     counter(
         "marketplace_calls_total",
@@ -185,7 +193,7 @@ pub const METRICS: &[Metric] = &[
     ),
     counter(
         "late_emails_total",
-        "Late notices the email publisher handled, per result (sent, duplicate, not_late, failed, ...).",
+        "Late notices the email publisher handled, per result (sent, duplicate, not_late, unsubscribed, failed, ...).",
     ),
     // The scheduler.
     counter(

@@ -30,7 +30,7 @@ fn env(name: &str) -> Option<String> {
 }
 
 /// The settings that hold secrets, and so may come from a file named by `{NAME}_FILE`.
-pub const SECRET_SETTINGS: [&str; 9] = [
+pub const SECRET_SETTINGS: [&str; 10] = [
     "AMQP_URL",
     "DATABASE_URL",
     "CORREIOS_USER",
@@ -40,6 +40,7 @@ pub const SECRET_SETTINGS: [&str; 9] = [
     "SMTP_URL",
     "API_TOKEN",
     "TRACKING_PAGE_SECRET",
+    "UNSUBSCRIBE_SECRET",
 ];
 
 /// The variable's value, or for a secret setting the content of the file `{name}_FILE` names; `None` when

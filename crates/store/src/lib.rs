@@ -17,6 +17,7 @@ pub mod env;
 pub mod failure;
 pub mod late;
 pub mod normalize;
+pub mod opt_outs;
 pub mod orders;
 pub mod shipments;
 pub mod text;

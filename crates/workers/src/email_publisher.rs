@@ -1,7 +1,10 @@
 //! The email publisher: one email per notified status change, in the customer's language.
 //!
-//! Per change: statuses that do not notify (configurable, `EMAIL_STATUSES`) and customers of a marketplace that emails
-//! them itself (`email_customers = false` in `MARKETPLACES_FILE`) are acked without email. Otherwise the change is
+//! Per change: statuses that do not notify (configurable, `EMAIL_STATUSES`), a parcel first seen already delivered
+//! (unless `EMAIL_DELIVERED_WHEN_FIRST_SEEN`; [`tracking_domain::notify`]) and customers of a marketplace that
+//! emails them itself (`email_customers = false` in `MARKETPLACES_FILE`) are acked without email. A recipient who
+//! opted out of the store's emails through the unsubscribe link ([`crate::opt_out`]) is recorded in `deliveries`
+//! as skipped (`skipped: unsubscribed`), never sent nor retried. Every email carries the unsubscribe headers. Otherwise the change is
 //! sent once through [`crate::deliver::once`] (`email`, change id) with a Message-ID derived from the change id: a
 //! redelivered change finds it done and sends nothing. SMTP 4xx, refused connections, timeouts and everything that
 //! fails while a connection is opened (TLS, refused credentials) are retried in process, then with backoff through
@@ -19,13 +22,16 @@ use crate::boot::{self, Schema, Worker};
 use crate::bulkhead::Bulkhead;
 use crate::deliver::{self, Attempt, RetryPolicy, To};
 use crate::far_ends::FarEnds;
+use crate::opt_out::{self, Unsubscribe};
 use crate::trusted::{self, Trusted};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracking_domain::{LateNotice, Status, StatusChange};
+use tracking_domain::notify::{self, Notify};
+use tracking_domain::{LateNotice, Status, StatusChange, StoreName};
 use tracking_email::{
-    LateEmail, Mailer, MailerConfigError, MailerSettings, RenderedEmail, Renderer, TemplateSettings,
+    LateEmail, ListUnsubscribe, Mailer, MailerConfigError, MailerSettings, RenderedEmail, Renderer,
+    TemplateSettings,
 };
 use tracking_marketplaces::Marketplaces;
 use tracking_runtime::amqp::topology::EMAIL_QUEUE;
@@ -43,6 +49,11 @@ pub struct Settings {
     /// `EMAIL_STATUSES`: comma-separated statuses that email the customer (default: posted, out_for_delivery,
     /// delivery_failed, awaiting_pickup, delivered, returning, exception).
     pub statuses: HashSet<Status>,
+    /// `EMAIL_DELIVERED_WHEN_FIRST_SEEN` (default false): whether a parcel whose first status change is to
+    /// delivered (the customer has it in hand) still gets the "delivered" email.
+    pub delivered_when_first_seen: bool,
+    /// `UNSUBSCRIBE_SECRET`, `UNSUBSCRIBE_MAILTO` (and `TRACKING_PAGE_URL`): the unsubscribe headers and opt-outs.
+    pub unsubscribe: Unsubscribe,
     pub marketplaces: Marketplaces,
     /// `EMAIL_RETRY_BASE_MS` (default 2000): first queue delay after a transient SMTP failure, doubling per
     /// attempt; and the in-process retry settings.
@@ -83,10 +94,7 @@ impl Settings {
         let smtp_url = settings::required("SMTP_URL")?;
         let from = settings::required("EMAIL_FROM")?;
         let statuses = match settings::var("EMAIL_STATUSES") {
-            None => Status::ALL
-                .into_iter()
-                .filter(|s| s.notifies_customer_by_default())
-                .collect(),
+            None => notify::default_statuses(),
             Some(list) => list
                 .split(',')
                 .map(|s| {
@@ -111,6 +119,8 @@ impl Settings {
             amqp,
             templates,
             statuses,
+            delivered_when_first_seen: settings::parse("EMAIL_DELIVERED_WHEN_FIRST_SEEN", false)?,
+            unsubscribe: Unsubscribe::from_env()?,
             marketplaces: marketplaces_from_env()?,
             retry,
             max_in_flight,
@@ -125,6 +135,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         e => SettingsError::new("SMTP_URL", e.to_string()),
     })?;
     let renderer = Renderer::new(settings.templates)?;
+    settings.unsubscribe.log_start();
     let Some(worker) = Worker::start(
         "email-publisher",
         "127.0.0.1:9104",
@@ -148,6 +159,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         renderer,
         bulkhead: Bulkhead::new(DESTINATION, settings.max_in_flight, settings.far_end_wait),
         statuses: settings.statuses,
+        delivered_when_first_seen: settings.delivered_when_first_seen,
+        unsubscribe: settings.unsubscribe,
         marketplaces: settings.marketplaces,
         retry: settings.retry,
     });
@@ -165,6 +178,8 @@ pub struct EmailPublisher {
     renderer: Renderer,
     bulkhead: Arc<Bulkhead>,
     statuses: HashSet<Status>,
+    delivered_when_first_seen: bool,
+    unsubscribe: Unsubscribe,
     marketplaces: Marketplaces,
     retry: RetryPolicy,
 }
@@ -185,9 +200,17 @@ impl Handler for EmailPublisher {
             Ok(t) => t,
             Err(outcome) => return outcome,
         };
-        if !self.statuses.contains(&change.status) {
-            count("not_notified");
-            return Outcome::Ack;
+        match notify::decide(&change, &self.statuses, self.delivered_when_first_seen) {
+            Notify::Email => {}
+            Notify::NotNotified => {
+                count("not_notified");
+                return Outcome::Ack;
+            }
+            Notify::DeliveredWhenFirstSeen => {
+                count("delivered_when_first_seen");
+                tracing::info!(change_id = %change.change_id, "No email: the parcel's first news is its delivery (EMAIL_DELIVERED_WHEN_FIRST_SEEN is off).");
+                return Outcome::Ack;
+            }
         }
         if let Some(mp) = change
             .marketplace
@@ -198,6 +221,23 @@ impl Handler for EmailPublisher {
             count("marketplace_emails");
             return Outcome::Ack;
         }
+        match self
+            .skip_if_unsubscribed(&change.store, &change.customer.email, change.change_id)
+            .await
+        {
+            Ok(Some(delivered)) => {
+                count(match delivered.result {
+                    "skipped" => "unsubscribed",
+                    other => other,
+                });
+                return delivered.outcome;
+            }
+            Ok(None) => {}
+            Err(outcome) => return outcome,
+        }
+        let unsubscribe = self
+            .unsubscribe
+            .headers(&change.store, &change.customer.email);
         let email = match self.renderer.render(&change) {
             Ok(Some(e)) => e,
             Ok(None) => {
@@ -224,7 +264,7 @@ impl Handler for EmailPublisher {
                 bulkhead: Some(&self.bulkhead),
             },
             skip_if_waited,
-            || self.attempt(&change.customer, &email, &message_id),
+            || self.attempt(&change.customer, &email, &message_id, unsubscribe.as_ref()),
         )
         .await;
         count(match delivered.result {
@@ -259,10 +299,17 @@ impl EmailPublisher {
         customer: &tracking_domain::Customer,
         email: &RenderedEmail,
         message_id: &str,
+        unsubscribe: Option<&ListUnsubscribe>,
     ) -> Attempt {
         match self
             .mailer
-            .send(&customer.email, customer.name.as_deref(), email, message_id)
+            .send_with(
+                &customer.email,
+                customer.name.as_deref(),
+                email,
+                message_id,
+                unsubscribe,
+            )
             .await
         {
             Ok(()) => Attempt::Done(message_id.to_owned()),
@@ -271,6 +318,42 @@ impl EmailPublisher {
                 after: None,
             },
             Err(e) => Attempt::Permanent(e.to_string()),
+        }
+    }
+
+    /// When `address` opted out of `store`'s emails: the delivery `id` recorded as skipped (`skipped:
+    /// unsubscribed`: done, no send, no retry), once like any delivery. `Ok(None)` otherwise; `Err` with the
+    /// outcome when the database does not answer.
+    async fn skip_if_unsubscribed(
+        &self,
+        store: &StoreName,
+        address: &tracking_domain::EmailAddress,
+        id: uuid::Uuid,
+    ) -> Result<Option<deliver::Delivered>, Outcome> {
+        match self.unsubscribe.opted_out(&self.pool, store, address).await {
+            Ok(false) => Ok(None),
+            Ok(true) => {
+                let delivered = deliver::once(
+                    &self.ledger,
+                    DESTINATION,
+                    id,
+                    &self.retry,
+                    To {
+                        what: "the SMTP server",
+                        bulkhead: None,
+                    },
+                    None,
+                    || async { Attempt::Skipped(opt_out::SKIPPED_UNSUBSCRIBED.to_owned()) },
+                )
+                .await;
+                if delivered.result == "skipped" {
+                    metrics::counter!("emails_skipped_total", "reason" => "unsubscribed")
+                        .increment(1);
+                    tracing::info!(%id, %store, "Email not sent: its recipient unsubscribed from this store's emails.");
+                }
+                Ok(Some(delivered))
+            }
+            Err(e) => Err(crate::db_outcome(&e)),
         }
     }
 
@@ -348,6 +431,23 @@ impl EmailPublisher {
             count_late("marketplace_emails");
             return Outcome::Ack;
         }
+        match self
+            .skip_if_unsubscribed(&request.store, &request.customer.email, id)
+            .await
+        {
+            Ok(Some(delivered)) => {
+                count_late(match delivered.result {
+                    "skipped" => "unsubscribed",
+                    other => other,
+                });
+                return delivered.outcome;
+            }
+            Ok(None) => {}
+            Err(outcome) => return outcome,
+        }
+        let unsubscribe = self
+            .unsubscribe
+            .headers(&request.store, &request.customer.email);
         let email: RenderedEmail = match self.renderer.render_late(&LateEmail {
             order_id: &request.order_id,
             tracking_code: &request.tracking_code,
@@ -374,7 +474,7 @@ impl EmailPublisher {
                 bulkhead: Some(&self.bulkhead),
             },
             None,
-            || self.attempt(&request.customer, &email, &message_id),
+            || self.attempt(&request.customer, &email, &message_id, unsubscribe.as_ref()),
         )
         .await;
         count_late(match delivered.result {

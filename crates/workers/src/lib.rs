@@ -22,6 +22,7 @@ pub mod far_ends;
 pub mod fetcher;
 pub mod marketplace_publisher;
 pub mod normalizer;
+pub mod opt_out;
 pub mod policy;
 pub mod scheduler;
 pub mod trusted;
