@@ -325,12 +325,15 @@ async fn reopen(conn: &Connection, channel: &mut Channel) -> lapin::Result<()> {
 
 /// Declares what this connection's user may declare, and checks the rest: the start-up of every worker.
 ///
-/// - an exchange or queue the user may not configure (ACCESS_REFUSED) is checked with a passive declare, which
-///   needs no permission; if it is missing the declaration fails ([`TopologyError::Missing`], naming all of them);
-/// - a queue that exists with the arguments of an earlier version ([`added_argument_only`]) is kept, with a warning;
-/// - a binding the user may not declare is left to the definitions (nothing can check it without permissions).
+/// The first exchange is declared as a probe. A user refused it (ACCESS_REFUSED: no `configure` permission, as the
+/// deploy's least-privilege users) only checks the topology: each exchange and queue with a passive declare, which
+/// needs no permission, and the declaration fails naming every one that is missing ([`TopologyError::Missing`]);
+/// bindings are left to the definitions (nothing can check them without permissions). The probe is the only
+/// refusal such a user meets (one channel closed), so its log stays quiet.
 ///
-/// For a user allowed everything this is [`declare`]. Each refusal closes its channel; a new one is opened.
+/// Any other user declares everything as [`declare`] does, except that an object it turns out not to be allowed
+/// is checked like above, and a queue that exists with the arguments of an earlier version
+/// ([`added_argument_only`]) is kept, with a warning. Each refusal closes its channel; a new one is opened.
 pub async fn declare_permitted(
     conn: &Connection,
     retry_delays: &[Duration],
@@ -338,14 +341,25 @@ pub async fn declare_permitted(
     let mut channel = conn.create_channel().await?;
     let mut done = Declared::default();
     let mut missing = Vec::new();
-    for exchange in exchanges() {
-        let Err(e) = declare_exchange(&channel, exchange, false).await else {
-            continue;
-        };
-        if reply(&e).map(|r| r.0) != Some(403) {
-            return Err(e.into());
+    let all_exchanges = exchanges();
+    let may_configure = match declare_exchange(&channel, all_exchanges[0], false).await {
+        Ok(()) => true,
+        Err(e) if reply(&e).map(|r| r.0) == Some(403) => {
+            reopen(conn, &mut channel).await?;
+            false
         }
-        reopen(conn, &mut channel).await?;
+        Err(e) => return Err(e.into()),
+    };
+    for exchange in all_exchanges {
+        if may_configure {
+            let Err(e) = declare_exchange(&channel, exchange, false).await else {
+                continue;
+            };
+            if reply(&e).map(|r| r.0) != Some(403) {
+                return Err(e.into());
+            }
+            reopen(conn, &mut channel).await?;
+        }
         match declare_exchange(&channel, exchange, true).await {
             Ok(()) => done.checked += 1,
             Err(e) if reply(&e).map(|r| r.0) == Some(404) => {
@@ -356,22 +370,24 @@ pub async fn declare_permitted(
         }
     }
     for queue in queues(retry_delays) {
-        let Err(e) = declare_queue(&channel, &queue).await else {
-            continue;
-        };
-        let refused = match reply(&e) {
-            Some((403, _)) => true,
-            Some((406, text)) if added_argument_only(&text) => {
-                tracing::warn!(queue = %queue.name, reason = %text,
-                    "This queue was declared by an earlier version without the delivery limit this one sets; it is kept as it is (docs/operations.md, \"Upgrading the topology\").");
-                done.kept_as_is.push(queue.name.clone());
-                false
+        if may_configure {
+            let Err(e) = declare_queue(&channel, &queue).await else {
+                continue;
+            };
+            let refused = match reply(&e) {
+                Some((403, _)) => true,
+                Some((406, text)) if added_argument_only(&text) => {
+                    tracing::warn!(queue = %queue.name, reason = %text,
+                        "This queue was declared by an earlier version without the delivery limit this one sets; it is kept as it is (docs/operations.md, \"Upgrading the topology\").");
+                    done.kept_as_is.push(queue.name.clone());
+                    false
+                }
+                _ => return Err(e.into()),
+            };
+            reopen(conn, &mut channel).await?;
+            if !refused {
+                continue;
             }
-            _ => return Err(e.into()),
-        };
-        reopen(conn, &mut channel).await?;
-        if !refused {
-            continue;
         }
         match channel
             .queue_declare(queue.name.as_str().into(), passive(), FieldTable::default())
@@ -390,6 +406,10 @@ pub async fn declare_permitted(
         return Err(TopologyError::Missing(missing));
     }
     for binding in bindings(retry_delays) {
+        if !may_configure {
+            done.bindings_not_declared += 1;
+            continue;
+        }
         let Err(e) = bind(&channel, &binding).await else {
             continue;
         };
