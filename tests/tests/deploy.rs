@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tracking_runtime::amqp::DEFAULT_RETRY_DELAYS_MS;
 use tracking_runtime::amqp::topology::{
-    self, CARRIER_EVENTS, EMAIL_QUEUE, MARKETPLACE_QUEUE,
-    NORMALIZER_QUEUE, ORDER_STATUS, QueueArg, TRACKING_REQUESTS, WORK_QUEUES,
+    self, CARRIER_EVENTS, EMAIL_QUEUE, MARKETPLACE_QUEUE, NORMALIZER_QUEUE, ORDER_STATUS, QueueArg,
+    TRACKING_REQUESTS, WORK_QUEUES,
 };
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -381,7 +381,11 @@ fn compose_runs_every_binary_from_files_that_exist() {
         );
         if let Some(file) = env.get("AMQP_URL_FILE").and_then(Value::as_str) {
             let secret = format!("amqp-url-{name}");
-            assert_eq!(file, format!("/run/secrets/{secret}"), "{name} connects as its own user");
+            assert_eq!(
+                file,
+                format!("/run/secrets/{secret}"),
+                "{name} connects as its own user"
+            );
             assert!(str_list(&s["secrets"]).contains(&secret), "{name}: secrets");
             assert_eq!(
                 compose["secrets"][&secret]["file"],
@@ -389,10 +393,13 @@ fn compose_runs_every_binary_from_files_that_exist() {
                 "{name}: the secret {secret}"
             );
             assert!(
-                made_secrets.contains(&format!("\"amqp-url-$user\"")) && made_secrets.contains(name.as_str()),
+                made_secrets.contains("\"amqp-url-$user\"") && made_secrets.contains(name.as_str()),
                 "scripts/compose-secrets.sh does not make {secret}"
             );
-            assert!(permitted.contains(name.as_str()), "users.json: no user {name}");
+            assert!(
+                permitted.contains(name.as_str()),
+                "users.json: no user {name}"
+            );
             assert!(users.insert(name.clone()));
         }
     }
@@ -406,14 +413,19 @@ fn compose_runs_every_binary_from_files_that_exist() {
     for user in &permitted {
         let secret = format!("rabbitmq-password-{user}");
         assert!(given.contains(&secret), "rabbitmq-users lacks {secret}");
-        assert_eq!(compose["secrets"][&secret]["file"], format!("./secrets/{secret}"));
+        assert_eq!(
+            compose["secrets"][&secret]["file"],
+            format!("./secrets/{secret}")
+        );
     }
     for (secret, def) in compose["secrets"].as_object().unwrap() {
         let file = def["file"].as_str().unwrap();
         assert!(file.starts_with("./secrets/"), "{secret}: {file}");
     }
     assert!(
-        read(&repo().join(".gitignore")).lines().any(|l| l == "/deploy/secrets/"),
+        read(&repo().join(".gitignore"))
+            .lines()
+            .any(|l| l == "/deploy/secrets/"),
         ".gitignore keeps deploy/secrets/ out of git"
     );
     let text = read(&dir.join("compose.yaml"));
@@ -551,7 +563,11 @@ fn definitions_declare_exactly_what_the_workers_declare() {
     );
     let pattern = Regex::new(policy["pattern"].as_str().unwrap()).unwrap();
     for q in expected.keys() {
-        assert_eq!(pattern.is_match(q), q.ends_with(".dead"), "policy pattern on {q}");
+        assert_eq!(
+            pattern.is_match(q),
+            q.ends_with(".dead"),
+            "policy pattern on {q}"
+        );
     }
 }
 

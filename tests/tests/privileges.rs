@@ -147,7 +147,9 @@ fn default_delays() -> Vec<Duration> {
 // Provisioning from the deploy files.
 
 fn deploy_file(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/rabbitmq").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/rabbitmq")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
@@ -253,7 +255,10 @@ fn provision(vhost: &str, existing: bool) -> anyhow::Result<Provisioned> {
     // users.json, say) must keep the passwords.
     for _ in 0..2 {
         let run = std::process::Command::new("sh")
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/rabbitmq/provision-users.sh"))
+            .arg(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../deploy/rabbitmq/provision-users.sh"),
+            )
             .env("USERS_JSON", &file)
             .env("SECRETS_DIR", &secrets)
             .output()?;
@@ -272,11 +277,15 @@ fn provision(vhost: &str, existing: bool) -> anyhow::Result<Provisioned> {
 /// Connects as `user`, waiting for the (asynchronous) import to give it its permissions.
 async fn connect_as(p: &Provisioned, user: &str) -> Connection {
     let url = p.url(user);
-    eventually(Duration::from_secs(20), &format!("{user} to connect"), || async {
-        Ok(Connection::connect(&url, ConnectionProperties::default())
-            .await
-            .ok())
-    })
+    eventually(
+        Duration::from_secs(20),
+        &format!("{user} to connect"),
+        || async {
+            Ok(Connection::connect(&url, ConnectionProperties::default())
+                .await
+                .ok())
+        },
+    )
     .await
     .unwrap()
 }
@@ -387,7 +396,10 @@ async fn queues_and_exchanges_intact(admin: &Connection) {
 /// through it, and the default exchange (`""`) and two of RabbitMQ's own with each queue's name.
 fn publish_targets() -> Vec<(String, String)> {
     let mut out = vec![
-        (CARRIER_EVENTS.to_owned(), "correios.DL746686536BR".to_owned()),
+        (
+            CARRIER_EVENTS.to_owned(),
+            "correios.DL746686536BR".to_owned(),
+        ),
         (ORDER_STATUS.to_owned(), "delivered".to_owned()),
     ];
     for b in topology::bindings(&[Duration::from_secs(1)]) {
@@ -414,14 +426,17 @@ async fn each_user_is_refused_everything_but_its_own_work() {
     .await
     .unwrap();
     let delays = default_delays();
-    let queues: Vec<String> = topology::queues(&delays).into_iter().map(|q| q.name).collect();
+    let queues: Vec<String> = topology::queues(&delays)
+        .into_iter()
+        .map(|q| q.name)
+        .collect();
     let targets = publish_targets();
     let mut wrong = Vec::new();
     let mut check = |what: String, expected: bool, got: Answer| {
-        let ok = match (expected, &got) {
-            (true, Answer::Done) | (false, Answer::Refused) => true,
-            _ => false,
-        };
+        let ok = matches!(
+            (expected, &got),
+            (true, Answer::Done) | (false, Answer::Refused)
+        );
         if !ok {
             wrong.push(format!(
                 "{what}: expected {}, got {got:?}",
@@ -529,7 +544,10 @@ async fn each_user_is_refused_everything_but_its_own_work() {
             );
         }
         // Creating anything: a queue of its own, another retry tier, an exchange.
-        for q in [format!("{who}.own"), format!("{TRACKING_REQUESTS}.retry.1234ms")] {
+        for q in [
+            format!("{who}.own"),
+            format!("{TRACKING_REQUESTS}.retry.1234ms"),
+        ] {
             check(
                 format!("{who}: declare queue {q}"),
                 false,
@@ -577,7 +595,12 @@ async fn each_user_is_refused_everything_but_its_own_work() {
     }
     queues_and_exchanges_intact(&admin).await;
     let _ = admin.close(200, "bye".into()).await;
-    assert!(wrong.is_empty(), "{} wrong answers:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} wrong answers:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }
 
 #[test]
@@ -613,7 +636,10 @@ fn only_the_fetcher_and_tracking_api_publish_carrier_updates_and_nobody_the_defa
         .collect();
     let expected: std::collections::BTreeSet<&str> =
         ROLES.iter().map(|r| r.user).chain(["admin"]).collect();
-    assert_eq!(named, expected, "users.json names each role once, and admin");
+    assert_eq!(
+        named, expected,
+        "users.json names each role once, and admin"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -649,9 +675,11 @@ async fn the_workers_run_the_pipeline_as_their_own_users() -> anyhow::Result<()>
     // A request that cannot be read: the fetcher parks it through its queue's own exchange.
     let amqp = env.amqp().await?;
     amqp.publish(TRACKING_REQUESTS, b"not json").await?;
-    eventually(Duration::from_secs(30), "the fetcher to park it", || async {
-        Ok((amqp.count(TR_DEAD).await? == 1).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the fetcher to park it",
+        || async { Ok((amqp.count(TR_DEAD).await? == 1).then_some(())) },
+    )
     .await?;
 
     // trackctl as its own user: lists, shows, replays (the fetcher parks it again).
@@ -671,15 +699,21 @@ async fn the_workers_run_the_pipeline_as_their_own_users() -> anyhow::Result<()>
         ))
     };
     let (ok, out) = tokio::task::block_in_place(|| trackctl(&["dead", "list", TRACKING_REQUESTS]))?;
-    assert!(ok && out.contains("1 parked message(s)") && out.contains("#1"), "{out}");
+    assert!(
+        ok && out.contains("1 parked message(s)") && out.contains("#1"),
+        "{out}"
+    );
     let (ok, out) =
         tokio::task::block_in_place(|| trackctl(&["dead", "show", TRACKING_REQUESTS, "1"]))?;
     assert!(ok && out.contains("not json"), "{out}");
-    let (ok, out) = tokio::task::block_in_place(|| trackctl(&["dead", "replay", TRACKING_REQUESTS]))?;
+    let (ok, out) =
+        tokio::task::block_in_place(|| trackctl(&["dead", "replay", TRACKING_REQUESTS]))?;
     assert!(ok && out.contains("Replayed 1"), "{out}");
-    eventually(Duration::from_secs(30), "the replayed request to be parked again", || async {
-        Ok((amqp.count(TR_DEAD).await? == 1).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the replayed request to be parked again",
+        || async { Ok((amqp.count(TR_DEAD).await? == 1).then_some(())) },
+    )
     .await?;
 
     // tracking-api as its own user queues a request (to the fetcher) and a manual event (to the normalizer).
@@ -705,7 +739,9 @@ async fn the_workers_run_the_pipeline_as_their_own_users() -> anyhow::Result<()>
         .await?;
     assert_eq!(queued.status(), 202, "{}", queued.text().await?);
     let event = http
-        .post(format!("http://{api_addr}/v1/shipments/DL746686536BR/events"))
+        .post(format!(
+            "http://{api_addr}/v1/shipments/DL746686536BR/events"
+        ))
         .bearer_auth(API_TOKEN)
         .json(&serde_json::json!({
             "status": "delivered",

@@ -478,7 +478,10 @@ async fn reading_parked_messages_counts_no_delivery() -> anyhow::Result<()> {
     let ch = conn.create_channel().await?;
     let limited = |limit: i64| {
         let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(limit));
         args
     };
@@ -489,10 +492,14 @@ async fn reading_parked_messages_counts_no_delivery() -> anyhow::Result<()> {
     let amqp = env.amqp().await?;
 
     // The control: handed back three times, a message under a limit of 2 is gone.
-    ch.queue_declare("control".into(), durable, limited(2)).await?;
+    ch.queue_declare("control".into(), durable, limited(2))
+        .await?;
     amqp.publish("control", b"\"m0\"").await?;
     for _ in 0..3 {
-        if let Some(m) = ch.basic_get("control".into(), BasicGetOptions::default()).await? {
+        if let Some(m) = ch
+            .basic_get("control".into(), BasicGetOptions::default())
+            .await?
+        {
             m.delivery
                 .nack(BasicNackOptions {
                     requeue: true,
@@ -502,25 +509,38 @@ async fn reading_parked_messages_counts_no_delivery() -> anyhow::Result<()> {
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(amqp.count("control").await?, 0, "the broker enforces the limit on returns");
+    assert_eq!(
+        amqp.count("control").await?,
+        0,
+        "the broker enforces the limit on returns"
+    );
 
-    ch.queue_declare("tracking.requests.dead".into(), durable, limited(2)).await?;
+    ch.queue_declare("tracking.requests.dead".into(), durable, limited(2))
+        .await?;
     for body in ["\"m1\"", "\"m2\"", "\"m3\""] {
-        amqp.publish("tracking.requests.dead", body.as_bytes()).await?;
+        amqp.publish("tracking.requests.dead", body.as_bytes())
+            .await?;
     }
     for round in 0..5 {
         let (ok, out) = trackctl(&env, &["dead", "list", "tracking.requests"], None)?;
         assert!(ok, "{out}");
         assert!(out.contains("3 parked message(s)"), "round {round}: {out}");
         let at = |m: &str| out.find(m).unwrap_or_else(|| panic!("{m} missing: {out}"));
-        assert!(at("#1") < at("m1") && at("m1") < at("#2") && at("#2") < at("m2"), "{out}");
+        assert!(
+            at("#1") < at("m1") && at("m1") < at("#2") && at("#2") < at("m2"),
+            "{out}"
+        );
         assert!(at("m2") < at("#3") && at("#3") < at("m3"), "{out}");
         if round == 0 {
             assert!(out.contains("kept as it is"), "the upgrade warning: {out}");
         }
     }
     for n in 1..=3 {
-        let (ok, out) = trackctl(&env, &["dead", "show", "tracking.requests", &n.to_string()], None)?;
+        let (ok, out) = trackctl(
+            &env,
+            &["dead", "show", "tracking.requests", &n.to_string()],
+            None,
+        )?;
         assert!(ok && out.contains(&format!("\"m{n}\"")), "{out}");
     }
     let parked = amqp.drain("tracking.requests.dead").await?;

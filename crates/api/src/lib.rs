@@ -418,7 +418,10 @@ mod tests {
         assert!(text.contains("API_TOKEN") && text.contains("32"), "{text}");
         assert!(!text.contains("REPLACE_ME"), "{text}");
         assert!(check_token_length(&"x".repeat(31)).is_err());
-        assert!(check_token_length(&"é".repeat(31)).is_err(), "characters, not bytes");
+        assert!(
+            check_token_length(&"é".repeat(31)).is_err(),
+            "characters, not bytes"
+        );
         assert!(check_token_length(&"x".repeat(32)).is_ok());
     }
 

@@ -905,10 +905,7 @@ async fn read_parked(
                 ),
             }
         }
-        last.ack(BasicAckOptions {
-            multiple: true,
-        })
-        .await?;
+        last.ack(BasicAckOptions { multiple: true }).await?;
     }
     let _ = publish.close(200, "read".into()).await;
     let _ = get.close(200, "read".into()).await;

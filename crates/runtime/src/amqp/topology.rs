@@ -480,7 +480,11 @@ mod tests {
                 }));
             }
         }
-        assert!(exchanges().iter().all(|e| !e.is_empty() && !e.starts_with("amq.")));
+        assert!(
+            exchanges()
+                .iter()
+                .all(|e| !e.is_empty() && !e.starts_with("amq."))
+        );
     }
 
     #[test]
