@@ -526,7 +526,10 @@ async fn liveness_stays_up_while_a_dependency_is_down() -> anyhow::Result<()> {
         "tracking-api",
         &[
             ("HTTP_ADDR", free_addr().to_string()),
-            ("API_TOKEN", "api-token-for-tests-0123456789-abcdef".to_owned()),
+            (
+                "API_TOKEN",
+                "api-token-for-tests-0123456789-abcdef".to_owned(),
+            ),
             ("DATABASE_URL", nowhere),
         ],
     )?;
