@@ -1,11 +1,13 @@
 //! The deployment files in `deploy/` checked against the code, so that they fail here when either drifts:
 //!
 //! - every YAML file parses (Kubernetes files as several documents), and every JSON file;
-//! - compose runs every binary, from files that exist, each worker with its own RabbitMQ user whose password
-//!   matches `definitions.json`, `/health` healthchecks and Prometheus scrape jobs on the worker's `METRICS_ADDR`;
-//! - `definitions.json` declares exactly the queues (with their arguments), exchanges and bindings that
-//!   `tracking_runtime::amqp::topology` declares, and each user's permission patterns admit what that worker does
-//!   (including declaring the whole topology) and exclude the other workers' queues and exchanges;
+//! - compose runs every binary, from files that exist, each worker with its own RabbitMQ user whose URL is a secret
+//!   file (made at random by `scripts/compose-secrets.sh`, never written in a deploy file), the users provisioned by
+//!   `provision-users.sh` from `users.json`, `/health` healthchecks and Prometheus scrape jobs on `METRICS_ADDR`;
+//! - `definitions.json` (loaded at every boot: no users) declares exactly the queues (with their arguments),
+//!   exchanges and bindings that `tracking_runtime::amqp::topology` declares, and the parking queues' policy;
+//! - `users.json` gives no user but `admin` configure or the default exchange, and each user read and write on what
+//!   that worker does only (`tests/tests/privileges.rs` holds every user to it on the real broker);
 //! - the Kubernetes Deployments have a readiness probe on `/health`, a liveness probe on `/health/live`, and resources, and every KEDA `ScaledObject` scales an
 //!   existing Deployment on the queue that Deployment consumes;
 //! - the metric catalog (`tracking_runtime::catalog`) lists exactly the metrics the crates' sources emit, and the
@@ -13,10 +15,6 @@
 //!   Prometheus' `up` and `ALERTS`;
 //! - the alert rules (`deploy/prometheus/alerts.yml`) query only such metrics, compose's Prometheus loads them, and
 //!   the Kubernetes `PrometheusRule` holds exactly the same groups.
-//!
-//! The last test loads `definitions.json` into a vhost of the real RabbitMQ and runs, as each compose user, what that
-//! worker runs: the topology's declaration (PRECONDITION_FAILED if an argument differs, ACCESS_REFUSED if a
-//! permission is missing) and its consume and publishes; and checks that the other workers' queues are refused.
 
 #![allow(clippy::unwrap_used)]
 
@@ -1231,5 +1229,47 @@ fn postgres_connections_at_the_keda_maximums_are_stated_where_operators_read() {
             file.display(),
             parts.join(", ")
         );
+    }
+}
+
+#[test]
+fn no_deploy_file_holds_a_usable_secret() {
+    // Placeholders that would run (a known password, a known token) and password hashes a boot would reload.
+    for path in files_under(
+        &deploy_dir(),
+        &["yaml", "yml", "json", "toml", "conf", "env", "sh"],
+    ) {
+        let text = read(&path);
+        for forbidden in [
+            "REPLACE_ME",
+            "dev-password",
+            "dev-api-token",
+            "password_hash",
+        ] {
+            assert!(
+                !text.contains(forbidden),
+                "{} holds {forbidden}",
+                path.display()
+            );
+        }
+    }
+    // The Kubernetes Secrets ship empty: the pods stop, or find nothing, until the operator fills them.
+    let docs = k8s_docs();
+    for secret in kind(&docs, "Secret") {
+        let name = secret["metadata"]["name"].as_str().unwrap();
+        for (key, value) in secret["stringData"].as_object().unwrap() {
+            let value = value.as_str().unwrap();
+            if key.ends_with(".toml") {
+                for line in value.lines().map(str::trim) {
+                    for field in ["secret", "app_key", "app_token", "access_token"] {
+                        if let Some(v) = line.strip_prefix(&format!("{field} = ")) {
+                            assert!(v.starts_with("\"\""), "{name}/{key}: {line}");
+                        }
+                    }
+                }
+            } else {
+                assert_eq!(value, "", "{name}/{key} is not empty");
+            }
+        }
     }
 }
