@@ -413,10 +413,10 @@ mod tests {
 
     #[test]
     fn api_tokens_shorter_than_32_characters_are_refused_without_showing_them() {
-        let e = check_token_length("REPLACE_ME").unwrap_err();
+        let e = check_token_length("replace-me").unwrap_err();
         let text = e.to_string();
         assert!(text.contains("API_TOKEN") && text.contains("32"), "{text}");
-        assert!(!text.contains("REPLACE_ME"), "{text}");
+        assert!(!text.contains("replace-me"), "{text}");
         assert!(check_token_length(&"x".repeat(31)).is_err());
         assert!(
             check_token_length(&"é".repeat(31)).is_err(),
