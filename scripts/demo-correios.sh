@@ -11,7 +11,7 @@
 set -euo pipefail
 SIM=http://127.0.0.1:9080
 API=http://127.0.0.1:8080
-TOKEN=demo-api-token-0123456789
+TOKEN=demo-api-token-0123456789-abcdefghij
 
 # A valid Correios S10 code (two letters, eight digits, the check digit, BR), new at each call.
 s10() {

@@ -61,7 +61,7 @@ start maildev .tools/node_modules/.bin/maildev --ip 127.0.0.1 --web-ip 127.0.0.1
 SIM_ADDR=127.0.0.1:9080 SIM_AUTO_JOURNEY=1 start correios-sim "$BIN/correios-sim"
 RECEIVER_ADDR=127.0.0.1:9090 RECEIVER_SECRET="demo-webhook-secret-0123456789" start marketplace-receiver "$BIN/marketplace-receiver"
 for w in normalizer fetcher scheduler email-publisher marketplace-publisher; do start "$w" "$BIN/$w"; done
-API_TOKEN="demo-api-token-0123456789" start tracking-api "$BIN/tracking-api"
+API_TOKEN="demo-api-token-0123456789-abcdefghij" start tracking-api "$BIN/tracking-api"
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() { # the first port from $1 on that nothing listens on
@@ -157,8 +157,8 @@ cat <<TXT
     RabbitMQ management UI                         http://127.0.0.1:15672   user guest, password guest (from this machine only)
     Prometheus (targets, rules, alerts)            http://127.0.0.1:$PROM_PORT
     Alertmanager                                   http://127.0.0.1:$AM_PORT
-    tracking-api                                   http://127.0.0.1:8080    token demo-api-token-0123456789
-      curl -H 'Authorization: Bearer demo-api-token-0123456789' http://127.0.0.1:8080/v1/orders/DEMO-1001/tracking
+    tracking-api                                   http://127.0.0.1:8080    token demo-api-token-0123456789-abcdefghij
+      curl -H 'Authorization: Bearer demo-api-token-0123456789-abcdefghij' http://127.0.0.1:8080/v1/orders/DEMO-1001/tracking
 ==> break Correios (its answers stop being readable) and watch the CarrierBroken alert reach maildev:
       make demo-break-correios        (and make demo-fix-correios to mend it)
 TXT

@@ -3,7 +3,7 @@
 # PostgreSQL, RabbitMQ (with its management and prometheus plugins), the OpenSSL headers the HTTP and SMTP clients
 # link against, Node.js with maildev (a real SMTP server with a web page), Chromium (the tracking page's browser
 # test drives it headless), Prometheus with promtool and Alertmanager (the alert rules' tests and the demo start
-# their own, on free ports), and the database role's password. Safe to run again: it only does what is missing.
+# their own, on free ports), PgBouncer (its test runs its own, on a free port), and the database role's password. Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,11 +24,12 @@ dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+[ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || need+=(pgbouncer)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
   $SUDO apt-get update -q
-  # Debian's prometheus and prometheus-alertmanager start system services (on 9090 and 9093) when installed; the
-  # tests and the demo start their own on free ports. A policy-rc.d that refuses every start (exit 101) keeps the
+  # Debian's prometheus, prometheus-alertmanager and pgbouncer start system services (on 9090, 9093 and 6432) when
+  # installed; the tests and the demo start their own on free ports. A policy-rc.d that refuses every start (exit 101) keeps the
   # packages' postinst from starting theirs, for the length of this install only.
   policy=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then

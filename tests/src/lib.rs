@@ -77,6 +77,8 @@ pub struct TestEnv {
     pub amqp_settings: tracking_runtime::amqp::AmqpSettings,
     /// Settings every worker of this test gets besides [`TestEnv::worker_env`]'s usual ones.
     extra_env: Vec<(String, String)>,
+    /// `AMQP_URL` per binary name, replacing the test's own (a broker user of each worker's own).
+    worker_amqp_urls: std::collections::BTreeMap<String, String>,
     /// The vhost made for this test on the shared broker (none on a broker of the test's own).
     vhost: Option<String>,
     database: String,
@@ -174,6 +176,7 @@ impl TestEnv {
             pool,
             amqp_settings,
             extra_env,
+            worker_amqp_urls: std::collections::BTreeMap::new(),
             vhost,
             database,
             admin_url,
@@ -249,6 +252,24 @@ impl TestEnv {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// A setting every worker of this test gets, replacing the usual one of that name.
+    pub fn set_worker_env(&mut self, key: &str, value: &str) {
+        self.extra_env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// The `AMQP_URL` binary `name` gets (its own broker user), instead of the test's own.
+    pub fn set_worker_amqp_url(&mut self, name: &str, url: &str) {
+        self.worker_amqp_urls
+            .insert(name.to_owned(), url.to_owned());
+    }
+
+    /// The `AMQP_URL` binary `name` gets.
+    pub fn worker_amqp_url(&self, name: &str) -> &str {
+        self.worker_amqp_urls
+            .get(name)
+            .map_or(self.amqp_url.as_str(), String::as_str)
     }
 
     pub fn log_dir(&self) -> PathBuf {
@@ -391,6 +412,7 @@ impl Worker {
         let file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(&bin);
         cmd.envs(env.worker_env())
+            .env("AMQP_URL", env.worker_amqp_url(name))
             .env("METRICS_ADDR", metrics_addr.to_string())
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)

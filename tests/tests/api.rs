@@ -13,7 +13,7 @@ use tracking_tests::{
     request, s10,
 };
 
-const TOKEN: &str = "api-token-for-tests-0123456789";
+const TOKEN: &str = "api-token-for-tests-0123456789-abcdef";
 const SECRET: &str = "webhook-secret-for-tests-0123";
 
 async fn env() -> anyhow::Result<TestEnv> {
@@ -860,12 +860,23 @@ async fn carriers_health_reads_the_fetchers_reports() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn it_refuses_to_start_without_a_token_reports_a_missing_broker_and_stops_on_sigterm()
+async fn it_refuses_to_start_without_a_long_token_reports_a_missing_broker_and_stops_on_sigterm()
 -> anyhow::Result<()> {
     let env = env().await?;
     let (code, out) = Worker::run_to_exit(&env, "tracking-api", &[])?;
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("API_TOKEN"), "{out}");
+    // A placeholder or any token under 32 characters is refused too, without being printed.
+    for short in ["REPLACE_ME", "this-token-has-31-characters-xx"] {
+        let (code, out) =
+            Worker::run_to_exit(&env, "tracking-api", &[("API_TOKEN", short.into())])?;
+        assert_eq!(code, 2, "{out}");
+        assert!(
+            out.contains("API_TOKEN") && out.contains("at least 32 characters"),
+            "{out}"
+        );
+        assert!(!out.contains(short), "the token is printed: {out}");
+    }
     let (code, out) = Worker::run_to_exit(
         &env,
         "tracking-api",

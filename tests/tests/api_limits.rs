@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tracking_tests::{TestEnv, Worker, free_addr, s10};
 
-const TOKEN: &str = "api-token-for-tests-0123456789";
+const TOKEN: &str = "api-token-for-tests-0123456789-abcdef";
 
 struct Api {
     _worker: Worker,

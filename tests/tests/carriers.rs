@@ -422,7 +422,7 @@ async fn an_unrecognised_answer_and_sro_009_concern_their_code_alone_and_sro_009
         "tracking-api",
         &[
             ("HTTP_ADDR", api_addr.to_string()),
-            ("API_TOKEN", "carriers-test-token".into()),
+            ("API_TOKEN", "carriers-test-token-0123456789-abcdef".into()),
         ],
     )
     .await?;
@@ -515,7 +515,7 @@ async fn an_unrecognised_answer_and_sro_009_concern_their_code_alone_and_sro_009
 
     let tracking: serde_json::Value = reqwest::Client::new()
         .get(format!("http://{api_addr}/v1/orders/o-2/tracking"))
-        .bearer_auth("carriers-test-token")
+        .bearer_auth("carriers-test-token-0123456789-abcdef")
         .send()
         .await?
         .error_for_status()?
@@ -531,7 +531,7 @@ async fn an_unrecognised_answer_and_sro_009_concern_their_code_alone_and_sro_009
     assert!(shown["not_trackable"]["since"].is_string(), "{tracking}");
     let delivered: serde_json::Value = reqwest::Client::new()
         .get(format!("http://{api_addr}/v1/orders/o-0/tracking"))
-        .bearer_auth("carriers-test-token")
+        .bearer_auth("carriers-test-token-0123456789-abcdef")
         .send()
         .await?
         .json()

@@ -1,11 +1,13 @@
 //! The deployment files in `deploy/` checked against the code, so that they fail here when either drifts:
 //!
 //! - every YAML file parses (Kubernetes files as several documents), and every JSON file;
-//! - compose runs every binary, from files that exist, each worker with its own RabbitMQ user whose password
-//!   matches `definitions.json`, `/health` healthchecks and Prometheus scrape jobs on the worker's `METRICS_ADDR`;
-//! - `definitions.json` declares exactly the queues (with their arguments), exchanges and bindings that
-//!   `tracking_runtime::amqp::topology` declares, and each user's permission patterns admit what that worker does
-//!   (including declaring the whole topology) and exclude the other workers' queues and exchanges;
+//! - compose runs every binary, from files that exist, each worker with its own RabbitMQ user whose URL is a secret
+//!   file (made at random by `scripts/compose-secrets.sh`, never written in a deploy file), the users provisioned by
+//!   `provision-users.sh` from `users.json`, `/health` healthchecks and Prometheus scrape jobs on `METRICS_ADDR`;
+//! - `definitions.json` (loaded at every boot: no users) declares exactly the queues (with their arguments),
+//!   exchanges and bindings that `tracking_runtime::amqp::topology` declares, and the parking queues' policy;
+//! - `users.json` gives no user but `admin` configure or the default exchange, and each user read and write on what
+//!   that worker does only (`tests/tests/privileges.rs` holds every user to it on the real broker);
 //! - the Kubernetes Deployments have a readiness probe on `/health`, a liveness probe on `/health/live`, and resources, and every KEDA `ScaledObject` scales an
 //!   existing Deployment on the queue that Deployment consumes;
 //! - the metric catalog (`tracking_runtime::catalog`) lists exactly the metrics the crates' sources emit, and the
@@ -13,24 +15,18 @@
 //!   Prometheus' `up` and `ALERTS`;
 //! - the alert rules (`deploy/prometheus/alerts.yml`) query only such metrics, compose's Prometheus loads them, and
 //!   the Kubernetes `PrometheusRule` holds exactly the same groups.
-//!
-//! The last test loads `definitions.json` into a vhost of the real RabbitMQ and runs, as each compose user, what that
-//! worker runs: the topology's declaration (PRECONDITION_FAILED if an argument differs, ACCESS_REFUSED if a
-//! permission is missing) and its consume and publishes; and checks that the other workers' queues are refused.
 
 #![allow(clippy::unwrap_used)]
 
-use base64::Engine;
 use regex::Regex;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tracking_runtime::amqp::DEFAULT_RETRY_DELAYS_MS;
 use tracking_runtime::amqp::topology::{
-    self, BINDING_KEY, BINDINGS, CARRIER_EVENTS, EMAIL_QUEUE, EXCHANGES, MARKETPLACE_QUEUE,
-    NORMALIZER_QUEUE, ORDER_STATUS, QueueArg, TRACKING_REQUESTS, WORK_QUEUES,
+    self, CARRIER_EVENTS, EMAIL_QUEUE, MARKETPLACE_QUEUE, NORMALIZER_QUEUE, ORDER_STATUS, QueueArg,
+    TRACKING_REQUESTS, WORK_QUEUES,
 };
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -42,8 +38,8 @@ struct Role {
     user: &'static str,
     /// The work queue it consumes.
     consumes: Option<&'static str>,
-    /// The exchanges it publishes to, besides the default exchange (which every one of them uses: retries, parking,
-    /// tracking requests).
+    /// The exchanges it publishes to (never the default exchange: each work queue has an exchange of its name,
+    /// for its own retries and parking, the scheduler's and the API's requests, and trackctl's replays).
     publishes_to: &'static [&'static str],
     /// Whether it reads the parking queues (`trackctl dead list|show|replay|purge`).
     reads_dead: bool,
@@ -53,44 +49,51 @@ const ROLES: [Role; 7] = [
     Role {
         user: "fetcher",
         consumes: Some(TRACKING_REQUESTS),
-        publishes_to: &[CARRIER_EVENTS],
+        publishes_to: &[CARRIER_EVENTS, TRACKING_REQUESTS],
         reads_dead: false,
     },
     Role {
         user: "normalizer",
         consumes: Some(NORMALIZER_QUEUE),
-        publishes_to: &[ORDER_STATUS],
+        publishes_to: &[ORDER_STATUS, NORMALIZER_QUEUE],
         reads_dead: false,
     },
     Role {
         user: "scheduler",
         consumes: None,
-        publishes_to: &[],
+        publishes_to: &[TRACKING_REQUESTS, EMAIL_QUEUE],
         reads_dead: false,
     },
     Role {
         user: "email-publisher",
         consumes: Some(EMAIL_QUEUE),
-        publishes_to: &[],
+        publishes_to: &[EMAIL_QUEUE],
         reads_dead: false,
     },
     Role {
         user: "marketplace-publisher",
         consumes: Some(MARKETPLACE_QUEUE),
-        publishes_to: &[],
+        publishes_to: &[MARKETPLACE_QUEUE],
         reads_dead: false,
     },
     Role {
         user: "tracking-api",
         consumes: None,
-        publishes_to: &[CARRIER_EVENTS],
+        publishes_to: &[CARRIER_EVENTS, TRACKING_REQUESTS],
         reads_dead: false,
     },
-    // `shipment recompute` publishes the new changes to order.status; `dead ...` reads the parking queues.
+    // `shipment recompute` publishes the new changes to order.status; `dead ...` reads the parking queues and
+    // replays into the work queues.
     Role {
         user: "trackctl",
         consumes: None,
-        publishes_to: &[ORDER_STATUS],
+        publishes_to: &[
+            ORDER_STATUS,
+            TRACKING_REQUESTS,
+            NORMALIZER_QUEUE,
+            EMAIL_QUEUE,
+            MARKETPLACE_QUEUE,
+        ],
         reads_dead: true,
     },
 ];
@@ -233,26 +236,6 @@ fn source_binaries() -> BTreeSet<String> {
     out
 }
 
-struct AmqpUrl {
-    user: String,
-    password: String,
-    vhost: String,
-}
-
-fn parse_amqp_url(url: &str) -> AmqpUrl {
-    let rest = url
-        .strip_prefix("amqp://")
-        .unwrap_or_else(|| panic!("{url}: not amqp://"));
-    let (creds, rest) = rest.rsplit_once('@').unwrap();
-    let (user, password) = creds.split_once(':').unwrap();
-    let (_host, vhost) = rest.split_once('/').unwrap();
-    AmqpUrl {
-        user: user.into(),
-        password: password.into(),
-        vhost: vhost.into(),
-    }
-}
-
 fn port_of(addr: &str) -> u16 {
     addr.rsplit_once(':').unwrap().1.parse().unwrap()
 }
@@ -361,10 +344,10 @@ fn compose_runs_every_binary_from_files_that_exist() {
     }
 
     // Each worker: listens on 0.0.0.0, is health-checked on /health there, scraped by Prometheus, and talks to
-    // RabbitMQ as its own user of the one vhost, with the password definitions.json holds.
+    // RabbitMQ as its own user, whose URL (with a random password) is a secret compose mounts.
     let prometheus = load_yaml(&dir.join("prometheus.yml")).remove(0);
-    let defs = definitions();
-    let vhost = defs["vhosts"][0]["name"].as_str().unwrap();
+    let permitted: BTreeSet<String> = permissions().into_keys().collect();
+    let made_secrets = read(&repo().join("scripts/compose-secrets.sh"));
     let mut users = BTreeSet::new();
     for (name, s) in services {
         let env = &s["environment"];
@@ -390,22 +373,62 @@ fn compose_runs_every_binary_from_files_that_exist() {
             );
             assert_eq!(sd["port"], port, "{name}: scrape port");
         }
-        if let Some(url) = env.get("AMQP_URL").and_then(Value::as_str) {
-            let url = parse_amqp_url(url);
-            assert_eq!(&url.user, name, "{name} connects as {}", url.user);
-            assert_eq!(url.vhost, vhost, "{name}: vhost");
-            assert!(users.insert(url.user.clone()));
-            let user = defs["users"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|u| u["name"] == name.as_str())
-                .unwrap_or_else(|| panic!("definitions.json: no user {name}"));
-            assert!(
-                password_matches(user, &url.password),
-                "{name}: the compose password does not match definitions.json"
+        assert!(
+            env.get("AMQP_URL").is_none() && env.get("DATABASE_URL").is_none(),
+            "{name}: a URL with a password in compose.yaml; use the _FILE setting and a secret"
+        );
+        if let Some(file) = env.get("AMQP_URL_FILE").and_then(Value::as_str) {
+            let secret = format!("amqp-url-{name}");
+            assert_eq!(
+                file,
+                format!("/run/secrets/{secret}"),
+                "{name} connects as its own user"
             );
+            assert!(str_list(&s["secrets"]).contains(&secret), "{name}: secrets");
+            assert_eq!(
+                compose["secrets"][&secret]["file"],
+                format!("./secrets/{secret}"),
+                "{name}: the secret {secret}"
+            );
+            assert!(
+                made_secrets.contains("\"amqp-url-$user\"") && made_secrets.contains(name.as_str()),
+                "scripts/compose-secrets.sh does not make {secret}"
+            );
+            assert!(
+                permitted.contains(name.as_str()),
+                "users.json: no user {name}"
+            );
+            assert!(users.insert(name.clone()));
         }
+    }
+    // The users' passwords: made at random, given to the provisioning only, never written in a deploy file.
+    let provision = &services["rabbitmq-users"];
+    assert_eq!(
+        str_list(&provision["entrypoint"]),
+        ["sh", "/etc/rabbitmq/provision-users.sh"]
+    );
+    let given = str_list(&provision["secrets"]);
+    for user in &permitted {
+        let secret = format!("rabbitmq-password-{user}");
+        assert!(given.contains(&secret), "rabbitmq-users lacks {secret}");
+        assert_eq!(
+            compose["secrets"][&secret]["file"],
+            format!("./secrets/{secret}")
+        );
+    }
+    for (secret, def) in compose["secrets"].as_object().unwrap() {
+        let file = def["file"].as_str().unwrap();
+        assert!(file.starts_with("./secrets/"), "{secret}: {file}");
+    }
+    assert!(
+        read(&repo().join(".gitignore"))
+            .lines()
+            .any(|l| l == "/deploy/secrets/"),
+        ".gitignore keeps deploy/secrets/ out of git"
+    );
+    let text = read(&dir.join("compose.yaml"));
+    for forbidden in ["dev-password", "dev-api-token", "REPLACE_ME"] {
+        assert!(!text.contains(forbidden), "compose.yaml holds {forbidden}");
     }
     for s in SERVICES {
         assert!(users.contains(s), "{s} has no AMQP_URL of its own");
@@ -425,19 +448,6 @@ fn compose_runs_every_binary_from_files_that_exist() {
     assert!(conf.contains("load_definitions = /etc/rabbitmq/definitions.json"));
     let plugins = read(&dir.join("rabbitmq/enabled_plugins"));
     assert!(plugins.contains("rabbitmq_management") && plugins.contains("rabbitmq_prometheus"));
-}
-
-/// RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt ++ sha256(salt ++ password)), a 4-byte salt.
-fn password_matches(user: &Value, password: &str) -> bool {
-    assert_eq!(user["hashing_algorithm"], "rabbit_password_hashing_sha256");
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(user["password_hash"].as_str().unwrap())
-        .unwrap();
-    let (salt, hash) = raw.split_at(4);
-    let mut h = Sha256::new();
-    h.update(salt);
-    h.update(password.as_bytes());
-    h.finalize().as_slice() == hash
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -460,6 +470,11 @@ fn arg_json(arg: &QueueArg) -> Value {
 #[test]
 fn definitions_declare_exactly_what_the_workers_declare() {
     let defs = definitions();
+    // Loaded at every boot: users there would have their passwords reset each time (users.json holds the
+    // permissions, and passwords come from the secret store: docs/operations.md).
+    for key in ["users", "permissions", "topic_permissions"] {
+        assert!(defs.get(key).is_none(), "definitions.json holds {key}");
+    }
     let vhosts = defs["vhosts"].as_array().unwrap();
     assert_eq!(vhosts.len(), 1, "one vhost");
     let vhost = vhosts[0]["name"].as_str().unwrap();
@@ -512,28 +527,54 @@ fn definitions_declare_exactly_what_the_workers_declare() {
             name
         })
         .collect();
-    assert_eq!(exchanges, EXCHANGES.into_iter().collect());
+    assert_eq!(exchanges, topology::exchanges().into_iter().collect());
 
-    let bindings: BTreeSet<(&str, &str)> = defs["bindings"]
+    let bindings: BTreeSet<topology::Binding> = defs["bindings"]
         .as_array()
         .unwrap()
         .iter()
         .map(|b| {
             assert_eq!(b["vhost"], vhost);
             assert_eq!(b["destination_type"], "queue");
-            assert_eq!(b["routing_key"], BINDING_KEY);
             assert_eq!(b["arguments"], Value::Object(Map::new()));
-            (
-                b["destination"].as_str().unwrap(),
-                b["source"].as_str().unwrap(),
-            )
+            topology::Binding {
+                queue: b["destination"].as_str().unwrap().to_owned(),
+                exchange: b["source"].as_str().unwrap().to_owned(),
+                routing_key: b["routing_key"].as_str().unwrap().to_owned(),
+            }
         })
         .collect();
-    assert_eq!(bindings, BINDINGS.into_iter().collect());
+    assert_eq!(
+        bindings,
+        topology::bindings(&default_delays()).into_iter().collect()
+    );
+
+    // The upgrade policy: parking queues declared by earlier versions (without a delivery limit, which RabbitMQ 4
+    // sets to 20) get the one the code declares.
+    let policies = defs["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 1);
+    let policy = &policies[0];
+    assert_eq!(policy["apply-to"], "queues");
+    assert_eq!(
+        policy["definition"],
+        serde_json::json!({"delivery-limit": topology::PARKED_DELIVERY_LIMIT})
+    );
+    let pattern = Regex::new(policy["pattern"].as_str().unwrap()).unwrap();
+    for q in expected.keys() {
+        assert_eq!(
+            pattern.is_match(q),
+            q.ends_with(".dead"),
+            "policy pattern on {q}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Permissions.
+// Permissions (users.json). The real broker holds each user to them in tests/tests/privileges.rs.
+
+fn users_file() -> Value {
+    load_json(&deploy_dir().join("rabbitmq/users.json"))
+}
 
 struct Perms {
     configure: Regex,
@@ -547,7 +588,7 @@ fn permissions() -> BTreeMap<String, Perms> {
     let defs = definitions();
     let vhost = defs["vhosts"][0]["name"].clone();
     let mut out = BTreeMap::new();
-    for p in defs["permissions"].as_array().unwrap() {
+    for p in users_file()["permissions"].as_array().unwrap() {
         assert_eq!(p["vhost"], vhost);
         let re = |k: &str| Regex::new(p[k].as_str().unwrap()).unwrap();
         let user = p["user"].as_str().unwrap().to_owned();
@@ -568,23 +609,6 @@ fn each_user_may_touch_its_own_queues_and_not_the_others() {
         .into_iter()
         .map(|q| q.name)
         .collect();
-    let dead: Vec<String> = WORK_QUEUES
-        .iter()
-        .map(|q| topology::dead_queue(q))
-        .collect();
-    let retry: Vec<String> = declared
-        .iter()
-        .filter(|q| q.contains(".retry."))
-        .cloned()
-        .collect();
-    let outsiders = [
-        "amq.gen-JzTY20BRgKO-HjmUJj0wLg",
-        "other.queue",
-        "tracking.requests.extra",
-        "tracking.requests.retry.soonms",
-        "xtracking.requests",
-        "amq.topic",
-    ];
     let users: BTreeSet<&String> = perms.keys().collect();
     let expected: BTreeSet<String> = ROLES
         .iter()
@@ -596,54 +620,41 @@ fn each_user_may_touch_its_own_queues_and_not_the_others() {
     for role in &ROLES {
         let p = &perms[role.user];
         let who = role.user;
-        // What declaring the whole topology (every worker does, at start) needs: configure on every queue and
-        // exchange, write on the default exchange and on the bound queues, read on the exchanges they are bound to.
-        for name in declared.iter().map(String::as_str).chain(EXCHANGES) {
-            assert!(p.configure.is_match(name), "{who}: configure {name}");
-        }
-        assert!(p.write.is_match("amq.default"), "{who}: write amq.default");
-        for (queue, exchange) in BINDINGS {
-            assert!(p.write.is_match(queue), "{who}: write {queue} (queue.bind)");
-            assert!(
-                p.read.is_match(exchange),
-                "{who}: read {exchange} (queue.bind)"
-            );
-        }
-        // Nothing outside the topology.
-        for name in outsiders {
+        // No user but the administrator changes the topology: configure would also let it delete.
+        for name in declared
+            .iter()
+            .map(String::as_str)
+            .chain(topology::exchanges())
+        {
             assert!(!p.configure.is_match(name), "{who}: configure {name}");
-            assert!(!p.write.is_match(name), "{who}: write {name}");
-            assert!(!p.read.is_match(name), "{who}: read {name}");
         }
-        // Its own queue and exchanges; not the others'.
+        // Nobody writes to the default exchange: it reaches every queue.
+        assert!(!p.write.is_match("amq.default"), "{who}: write amq.default");
         for queue in WORK_QUEUES {
             assert_eq!(
                 p.read.is_match(queue),
                 role.consumes == Some(queue),
                 "{who}: read {queue}"
             );
+            assert_eq!(
+                p.read.is_match(&topology::dead_queue(queue)),
+                role.reads_dead,
+                "{who}: read {queue}.dead"
+            );
         }
-        for exchange in EXCHANGES {
+        for exchange in topology::exchanges() {
             assert_eq!(
                 p.write.is_match(exchange),
                 role.publishes_to.contains(&exchange),
                 "{who}: write {exchange}"
             );
         }
-        for q in &dead {
-            assert_eq!(p.read.is_match(q), role.reads_dead, "{who}: read {q}");
-        }
-        for q in &retry {
-            assert!(!p.read.is_match(q), "{who}: read {q}");
-        }
     }
-
-    // KEDA reads queue lengths with a passive declare, which needs no permission at all.
     let keda = &perms["keda"];
     for name in declared
         .iter()
         .map(String::as_str)
-        .chain(EXCHANGES)
+        .chain(topology::exchanges())
         .chain(["amq.default"])
     {
         assert!(
@@ -1156,226 +1167,6 @@ fn the_prometheus_rule_in_k8s_holds_the_same_rules_as_alerts_yml() {
     );
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// The real broker.
-
-mod broker {
-    use super::*;
-    use lapin::options::{
-        BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-        QueueDeclareOptions,
-    };
-    use lapin::types::FieldTable;
-    use lapin::{BasicProperties, Connection, ConnectionProperties};
-
-    /// A vhost and users of this test's own (`t-{id}`, `t-{id}-{user}`), removed on drop.
-    struct Loaded {
-        vhost: String,
-        users: Vec<String>,
-        host: String,
-    }
-
-    impl Drop for Loaded {
-        fn drop(&mut self) {
-            let _ = tracking_tests::rabbitmqctl(&["delete_vhost", &self.vhost]);
-            for u in &self.users {
-                let _ = tracking_tests::rabbitmqctl(&["delete_user", u]);
-            }
-        }
-    }
-
-    impl Loaded {
-        fn url(&self, user: &str, password: &str) -> String {
-            format!(
-                "amqp://{}-{user}:{password}@{}/{}",
-                self.vhost, self.host, self.vhost
-            )
-        }
-    }
-
-    /// definitions.json, with its vhost and users renamed, imported with `rabbitmqctl import_definitions`.
-    fn load() -> Loaded {
-        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let vhost = format!("t-{id}");
-        let mut defs = definitions();
-        // The management UI's administrator is not needed here, and is not left on a shared broker even briefly.
-        let admins: Vec<Value> = defs["users"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|u| u["tags"].as_array().is_some_and(|t| !t.is_empty()))
-            .map(|u| u["name"].clone())
-            .collect();
-        defs["users"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|u| !admins.contains(&u["name"]));
-        defs["permissions"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|p| !admins.contains(&p["user"]));
-        let mut users = Vec::new();
-        for u in defs["users"].as_array_mut().unwrap() {
-            let name = format!("{vhost}-{}", u["name"].as_str().unwrap());
-            users.push(name.clone());
-            u["name"] = Value::String(name);
-        }
-        for p in defs["permissions"].as_array_mut().unwrap() {
-            p["user"] = Value::String(format!("{vhost}-{}", p["user"].as_str().unwrap()));
-        }
-        defs["vhosts"][0]["name"] = Value::String(vhost.clone());
-        for list in ["permissions", "queues", "exchanges", "bindings"] {
-            for item in defs[list].as_array_mut().unwrap() {
-                item["vhost"] = Value::String(vhost.clone());
-            }
-        }
-        let loaded = Loaded {
-            vhost: vhost.clone(),
-            users,
-            host: tracking_tests::amqp_base_url()
-                .rsplit_once('@')
-                .map(|(_, h)| h.trim_end_matches('/').to_owned())
-                .unwrap(),
-        };
-        let file = std::env::temp_dir().join(format!("{vhost}-definitions.json"));
-        std::fs::write(&file, serde_json::to_vec(&defs).unwrap()).unwrap();
-        let imported = tracking_tests::rabbitmqctl(&["import_definitions", file.to_str().unwrap()]);
-        let _ = std::fs::remove_file(&file);
-        imported.unwrap();
-        loaded
-    }
-
-    async fn connect(url: &str) -> Connection {
-        Connection::connect(url, ConnectionProperties::default())
-            .await
-            .unwrap_or_else(|e| panic!("connecting as {url}: {e}"))
-    }
-
-    /// Whether `basic.consume` on `queue` is allowed (a refusal closes only this channel).
-    async fn may_consume(conn: &Connection, queue: &str) -> bool {
-        let ch = conn.create_channel().await.unwrap();
-        ch.basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .is_ok()
-    }
-
-    /// Whether `basic.get` on `queue` is allowed.
-    async fn may_get(conn: &Connection, queue: &str) -> bool {
-        let ch = conn.create_channel().await.unwrap();
-        ch.basic_get(queue.into(), BasicGetOptions::default())
-            .await
-            .is_ok()
-    }
-
-    /// Whether a confirmed publish to `exchange` is accepted.
-    async fn may_publish(conn: &Connection, exchange: &str, routing_key: &str) -> bool {
-        let ch = conn.create_channel().await.unwrap();
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        let published = ch
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                b"{}",
-                BasicProperties::default(),
-            )
-            .await;
-        match published {
-            Ok(confirm) => tokio::time::timeout(Duration::from_secs(5), confirm)
-                .await
-                .is_ok_and(|c| c.is_ok_and(|c| c.is_ack())),
-            Err(_) => false,
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn each_compose_user_can_do_its_work_and_only_its_work() {
-        let loaded = tokio::task::block_in_place(load);
-        let compose = compose();
-        let delays = default_delays();
-        for (service, s) in compose["services"].as_object().unwrap() {
-            let Some(url) = s["environment"].get("AMQP_URL").and_then(Value::as_str) else {
-                continue;
-            };
-            let url = parse_amqp_url(url);
-            let role = role(&url.user);
-            let conn = connect(&loaded.url(&url.user, &url.password)).await;
-
-            // What every worker does at start: declare the whole topology (as loaded from the definitions).
-            let ch = conn.create_channel().await.unwrap();
-            topology::declare(&ch, &delays)
-                .await
-                .unwrap_or_else(|e| panic!("{service}: declaring the topology: {e}"));
-
-            for queue in WORK_QUEUES {
-                assert_eq!(
-                    may_consume(&conn, queue).await,
-                    role.consumes == Some(queue),
-                    "{service}: consume {queue}"
-                );
-                let dead = topology::dead_queue(queue);
-                assert_eq!(
-                    may_get(&conn, &dead).await,
-                    role.reads_dead,
-                    "{service}: get {dead}"
-                );
-            }
-            for exchange in EXCHANGES {
-                assert_eq!(
-                    may_publish(&conn, exchange, "correios.X").await,
-                    role.publishes_to.contains(&exchange),
-                    "{service}: publish to {exchange}"
-                );
-            }
-            // Retries, parking and tracking requests go through the default exchange.
-            assert!(
-                may_publish(&conn, "", TRACKING_REQUESTS).await,
-                "{service}: default exchange"
-            );
-
-            // Declaring is allowed because the definitions created the queues: creating a queue with a dead-letter
-            // exchange also needs read on it, so a worker with other RETRY_DELAYS_MS is refused its new tiers
-            // until the definitions declare them (docs/operations.md).
-            let ch = conn.create_channel().await.unwrap();
-            let other_tiers = [Duration::from_millis(1_234)];
-            assert!(
-                topology::declare(&ch, &other_tiers).await.is_err(),
-                "{service}: created retry tiers that the definitions do not declare"
-            );
-            let _ = conn.close(200, "bye".into()).await;
-        }
-
-        // KEDA's user reads queue lengths (a passive declare) and nothing else.
-        let keda = connect(&loaded.url("keda", "keda-dev-password")).await;
-        let ch = keda.create_channel().await.unwrap();
-        for queue in WORK_QUEUES {
-            ch.queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("keda: passive declare {queue}: {e}"));
-            assert!(!may_consume(&keda, queue).await, "keda: consume {queue}");
-        }
-        assert!(
-            !may_publish(&keda, "", TRACKING_REQUESTS).await,
-            "keda: publish"
-        );
-        let _ = keda.close(200, "bye".into()).await;
-    }
-}
-
 /// PostgreSQL connections of a Deployment's pod: its `DATABASE_MAX_CONNECTIONS` (container env, then the
 /// ConfigMap it loads), else the default every long-running binary uses.
 fn pool_per_pod(d: &Value, config_maps: &[&Value]) -> u64 {
@@ -1438,5 +1229,47 @@ fn postgres_connections_at_the_keda_maximums_are_stated_where_operators_read() {
             file.display(),
             parts.join(", ")
         );
+    }
+}
+
+#[test]
+fn no_deploy_file_holds_a_usable_secret() {
+    // Placeholders that would run (a known password, a known token) and password hashes a boot would reload.
+    for path in files_under(
+        &deploy_dir(),
+        &["yaml", "yml", "json", "toml", "conf", "env", "sh"],
+    ) {
+        let text = read(&path);
+        for forbidden in [
+            "REPLACE_ME",
+            "dev-password",
+            "dev-api-token",
+            "password_hash",
+        ] {
+            assert!(
+                !text.contains(forbidden),
+                "{} holds {forbidden}",
+                path.display()
+            );
+        }
+    }
+    // The Kubernetes Secrets ship empty: the pods stop, or find nothing, until the operator fills them.
+    let docs = k8s_docs();
+    for secret in kind(&docs, "Secret") {
+        let name = secret["metadata"]["name"].as_str().unwrap();
+        for (key, value) in secret["stringData"].as_object().unwrap() {
+            let value = value.as_str().unwrap();
+            if key.ends_with(".toml") {
+                for line in value.lines().map(str::trim) {
+                    for field in ["secret", "app_key", "app_token", "access_token"] {
+                        if let Some(v) = line.strip_prefix(&format!("{field} = ")) {
+                            assert!(v.starts_with("\"\""), "{name}/{key}: {line}");
+                        }
+                    }
+                }
+            } else {
+                assert_eq!(value, "", "{name}/{key} is not empty");
+            }
+        }
     }
 }

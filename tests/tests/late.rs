@@ -362,7 +362,7 @@ fn trackctl(env: &TestEnv, args: &[&str]) -> anyhow::Result<(bool, String)> {
     ))
 }
 
-const TOKEN: &str = "api-token-for-tests-0123456789";
+const TOKEN: &str = "api-token-for-tests-0123456789-abcdef";
 const PAGE_SECRET: &str = "tracking-page-secret-for-tests-0123456789";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

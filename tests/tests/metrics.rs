@@ -14,7 +14,7 @@ use tracking_tests::{
 };
 
 const SECRET: &str = "webhook-secret-for-tests-0123";
-const TOKEN: &str = "metrics-test-token-0123456789";
+const TOKEN: &str = "metrics-test-token-0123456789-abcdef";
 
 async fn start(env: &TestEnv, name: &str, extra: &[(&str, String)]) -> anyhow::Result<Worker> {
     let mut w = Worker::spawn(env, name, extra)?;

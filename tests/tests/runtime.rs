@@ -350,7 +350,7 @@ async fn a_blocked_broker_is_a_reported_outage_that_nothing_hangs_on() -> anyhow
     amqp.declare(&delays).await?;
 
     let addr = free_addr();
-    let token = "api-token-for-tests-0123456789";
+    let token = "api-token-for-tests-0123456789-abcdef";
     let mut api = Worker::spawn(
         &env,
         "tracking-api",
@@ -530,7 +530,10 @@ async fn liveness_stays_up_while_a_dependency_is_down() -> anyhow::Result<()> {
         "tracking-api",
         &[
             ("HTTP_ADDR", free_addr().to_string()),
-            ("API_TOKEN", "api-token-for-tests-0123456789".to_owned()),
+            (
+                "API_TOKEN",
+                "api-token-for-tests-0123456789-abcdef".to_owned(),
+            ),
             ("DATABASE_URL", nowhere),
         ],
     )?;

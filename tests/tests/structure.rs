@@ -196,3 +196,64 @@ fn the_readme_scan_reads_first_columns_only() {
     let names: Vec<_> = settings_in_readme(readme).into_iter().collect();
     assert_eq!(names, ["A_ONE", "B_TWO", "PREFETCH"]);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Nothing RabbitMQ 4 deprecated or removed (docs/operations.md, "RabbitMQ 4").
+
+/// The RabbitMQ 4 problems in one source file: a global QoS, a queue declared transient (not durable, not
+/// exclusive: deprecated in 4.0, refused by default from 4.3), exclusive or auto-delete.
+fn rabbitmq4_problems(source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for bad in ["global: true", "exclusive: true", "auto_delete: true"] {
+        if source.contains(bad) {
+            out.push(bad.to_owned());
+        }
+    }
+    // Every literal of the declare options makes the queue durable or only checks it (passive).
+    for (at, _) in source.match_indices("QueueDeclareOptions {") {
+        let body = &source[at..];
+        let body = &body[..body.find('}').unwrap_or(body.len())];
+        if !body.contains("durable: true") && !body.contains("passive: true") {
+            out.push(format!("a transient queue declaration: {body}"));
+        }
+    }
+    // The default options on their own are a transient, non-exclusive queue.
+    for (at, _) in source.match_indices("QueueDeclareOptions::default()") {
+        if !source[..at].ends_with("..") {
+            out.push("QueueDeclareOptions::default() declares a transient queue".to_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_rabbitmq4_detector_finds_what_it_looks_for() {
+    assert!(rabbitmq4_problems("ch.basic_qos(10, BasicQosOptions { global: true })").len() == 1);
+    assert!(!rabbitmq4_problems("q(n.into(), QueueDeclareOptions::default(), t)").is_empty());
+    assert!(
+        !rabbitmq4_problems("QueueDeclareOptions { nowait: true, ..Default::default() }")
+            .is_empty()
+    );
+    assert!(
+        rabbitmq4_problems(
+            "QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }"
+        )
+        .is_empty()
+    );
+    assert!(
+        rabbitmq4_problems("QueueDeclareOptions { passive: true, ..Default::default() }")
+            .is_empty()
+    );
+}
+
+#[test]
+fn no_code_uses_what_rabbitmq4_deprecated_or_removed() {
+    let mut found = Vec::new();
+    for file in rust_files(&root().join("crates")) {
+        let source = std::fs::read_to_string(&file).unwrap();
+        for problem in rabbitmq4_problems(&source) {
+            found.push(format!("{}: {problem}", file.display()));
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}

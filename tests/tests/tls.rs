@@ -321,7 +321,10 @@ async fn a_ca_file_that_cannot_be_read_stops_every_binary_with_exit_code_2() -> 
     let common = [
         ("SMTP_URL", "smtp://127.0.0.1:1".to_owned()),
         ("EMAIL_FROM", "a@b.co".to_owned()),
-        ("API_TOKEN", "token-for-tests-0123456789".to_owned()),
+        (
+            "API_TOKEN",
+            "token-for-tests-0123456789-abcdefghi".to_owned(),
+        ),
         ("HTTP_ADDR", tracking_tests::free_addr().to_string()),
     ];
     for setting in ["AMQP_CA_FILE", "DATABASE_CA_FILE"] {

@@ -463,3 +463,102 @@ async fn a_message_parked_by_the_broker_at_the_delivery_limit_says_why() -> anyh
     );
     Ok(())
 }
+
+/// `dead list` and `dead show` read parked messages without counting a delivery (RabbitMQ 4 drops or dead-letters a
+/// quorum queue's message past its delivery limit, 20 by default, and a message handed back with nack and requeue
+/// counts one there up to 4.2). On a parking queue left by an earlier version with a delivery limit of 2 (kept as it
+/// is, with a warning), listing five times and showing each message drops nothing and keeps the order; the control
+/// shows that this broker does drop a message handed back that often.
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_parked_messages_counts_no_delivery() -> anyhow::Result<()> {
+    use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let env = TestEnv::new().await?;
+    let conn = lapin::Connection::connect(&env.amqp_url, Default::default()).await?;
+    let ch = conn.create_channel().await?;
+    let limited = |limit: i64| {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(limit));
+        args
+    };
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let amqp = env.amqp().await?;
+
+    // The control: handed back three times, a message under a limit of 2 is gone.
+    ch.queue_declare("control".into(), durable, limited(2))
+        .await?;
+    amqp.publish("control", b"\"m0\"").await?;
+    for _ in 0..3 {
+        if let Some(m) = ch
+            .basic_get("control".into(), BasicGetOptions::default())
+            .await?
+        {
+            m.delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await?;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        amqp.count("control").await?,
+        0,
+        "the broker enforces the limit on returns"
+    );
+
+    ch.queue_declare("tracking.requests.dead".into(), durable, limited(2))
+        .await?;
+    for body in ["\"m1\"", "\"m2\"", "\"m3\""] {
+        amqp.publish("tracking.requests.dead", body.as_bytes())
+            .await?;
+    }
+    for round in 0..5 {
+        let (ok, out) = trackctl(&env, &["dead", "list", "tracking.requests"], None)?;
+        assert!(ok, "{out}");
+        assert!(out.contains("3 parked message(s)"), "round {round}: {out}");
+        let at = |m: &str| out.find(m).unwrap_or_else(|| panic!("{m} missing: {out}"));
+        assert!(
+            at("#1") < at("m1") && at("m1") < at("#2") && at("#2") < at("m2"),
+            "{out}"
+        );
+        assert!(at("m2") < at("#3") && at("#3") < at("m3"), "{out}");
+        if round == 0 {
+            assert!(out.contains("kept as it is"), "the upgrade warning: {out}");
+        }
+    }
+    for n in 1..=3 {
+        let (ok, out) = trackctl(
+            &env,
+            &["dead", "show", "tracking.requests", &n.to_string()],
+            None,
+        )?;
+        assert!(ok && out.contains(&format!("\"m{n}\"")), "{out}");
+    }
+    let parked = amqp.drain("tracking.requests.dead").await?;
+    let bodies: Vec<String> = parked
+        .iter()
+        .map(|t| String::from_utf8_lossy(&t.body).into_owned())
+        .collect();
+    assert_eq!(bodies, ["\"m1\"", "\"m2\"", "\"m3\""]);
+    for t in &parked {
+        assert!(
+            matches!(
+                t.headers.inner().get("x-delivery-count"),
+                None | Some(AMQPValue::LongLongInt(0)) | Some(AMQPValue::LongInt(0))
+            ),
+            "a delivery was counted: {:?}",
+            t.headers
+        );
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(())
+}

@@ -15,7 +15,7 @@ use tracking_tests::{
     status_change, target_dir,
 };
 
-const TOKEN: &str = "api-token-for-tests-0123456789";
+const TOKEN: &str = "api-token-for-tests-0123456789-abcdef";
 const PAGE_SECRET: &str = "tracking-page-secret-for-tests-0123456789";
 
 fn key() -> PageKey {

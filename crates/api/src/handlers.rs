@@ -86,7 +86,7 @@ pub async fn create_tracking_request(
     state
         .inner
         .publisher
-        .publish(Outgoing::json("", TRACKING_REQUESTS, &body))
+        .publish(Outgoing::json(TRACKING_REQUESTS, TRACKING_REQUESTS, &body))
         .await
         .map_err(|e| unavailable("cannot queue the tracking request", e))?;
     tracing::info!(order_id = %request.order_id, tracking_code = %request.tracking_code, carrier = %request.carrier,

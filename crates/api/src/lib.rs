@@ -94,6 +94,24 @@ pub struct Settings {
     pub db: DbSettings,
 }
 
+/// The shortest `API_TOKEN` tracking-api starts with: a bearer token is the whole authentication, so it must be
+/// too long to guess (32 random characters), and placeholders such as `REPLACE_ME` are refused.
+pub const MIN_API_TOKEN_CHARS: usize = 32;
+
+/// Refuses an `API_TOKEN` shorter than [`MIN_API_TOKEN_CHARS`], naming the setting but never the token.
+pub fn check_token_length(token: &str) -> Result<(), SettingsError> {
+    let chars = token.chars().count();
+    if chars < MIN_API_TOKEN_CHARS {
+        return Err(SettingsError::new(
+            "API_TOKEN",
+            format!(
+                "must be at least {MIN_API_TOKEN_CHARS} characters long (it has {chars}): generate one, e.g. with `openssl rand -hex 32`"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
         let token = settings::var("API_TOKEN").ok_or_else(|| {
@@ -102,10 +120,12 @@ impl Settings {
                 "is required: the bearer token every call must carry (tracking-api does not start without one)",
             )
         })?;
+        let token = token.trim().to_owned();
+        check_token_length(&token)?;
         let body_limit = at_least_one("API_BODY_LIMIT_BYTES", 65_536)?;
         Ok(Self {
             http_addr: settings::socket_addr("HTTP_ADDR", "127.0.0.1:8080")?,
-            token: SecretString::from(token.trim().to_owned()),
+            token: SecretString::from(token),
             body_limit,
             body_timeout: positive_millis("API_BODY_TIMEOUT_MS", 10_000)?,
             limits: Limits {
@@ -405,6 +425,20 @@ pub fn page_links(order_ids: &[String]) -> Result<Vec<String>, SettingsError> {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn api_tokens_shorter_than_32_characters_are_refused_without_showing_them() {
+        let e = check_token_length("replace-me").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("API_TOKEN") && text.contains("32"), "{text}");
+        assert!(!text.contains("replace-me"), "{text}");
+        assert!(check_token_length(&"x".repeat(31)).is_err());
+        assert!(
+            check_token_length(&"é".repeat(31)).is_err(),
+            "characters, not bytes"
+        );
+        assert!(check_token_length(&"x".repeat(32)).is_ok());
+    }
 
     #[test]
     fn the_openapi_document_describes_every_route_served_and_nothing_else() {

@@ -3,7 +3,10 @@
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions};
+use lapin::Confirmation;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use std::io::{BufRead, Read};
 use tracking_domain::TrackingRequest;
@@ -400,7 +403,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             Ok(r) => {
                 let body = serde_json::to_vec(&r)?;
                 publisher
-                    .publish(Outgoing::json("", TRACKING_REQUESTS, &body))
+                    .publish(Outgoing::json(TRACKING_REQUESTS, TRACKING_REQUESTS, &body))
                     .await
                     .with_context(|| {
                         format!("{what}: publishing (published {sent}/{valid} before it)")
@@ -829,52 +832,112 @@ pub fn park_reason(headers: &FieldTable) -> String {
     "(none given)".into()
 }
 
-/// Takes up to `limit` messages from `queue` without acking them: the caller hands them back.
-async fn take(
-    channel: &lapin::Channel,
-    queue: &str,
-    limit: usize,
-) -> anyhow::Result<Vec<lapin::message::Delivery>> {
-    let mut held = Vec::new();
-    while held.len() < limit {
-        match channel
-            .basic_get(queue.into(), BasicGetOptions::default())
-            .await?
-        {
-            Some(msg) => held.push(msg.delivery),
-            None => break,
+/// Parked messages moved per round while a parking queue is read: each round's copies are confirmed before its
+/// originals are acked.
+const READ_WINDOW: usize = 128;
+
+/// The headers a parked message keeps when it is moved to the end of its queue: all but the broker's
+/// `x-delivery-count` (a stale count on the copy would only mislead).
+fn kept_headers(headers: &FieldTable) -> FieldTable {
+    let mut kept = FieldTable::default();
+    for (k, v) in headers.inner() {
+        if k.as_str() != "x-delivery-count" {
+            kept.insert(k.clone(), v.clone());
         }
     }
-    Ok(held)
+    kept
 }
 
-/// Returns taken messages to their queue, unchanged.
-async fn hand_back(held: Vec<lapin::message::Delivery>) -> anyhow::Result<()> {
-    for delivery in held {
-        delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await?;
+/// Reads the messages parked in `work`'s parking queue once each, oldest first, without counting a delivery, and
+/// returns how many it read: each is taken (`basic.get`), shown to `visit` with its number from 1, republished
+/// unchanged to the end of the same queue (through the work queue's exchange, with confirms) and only then acked,
+/// so the queue ends in the order it had. Handing a message back instead (nack or reject with requeue, or a channel
+/// closed while holding it) counts one delivery, and RabbitMQ 4 drops or dead-letters a quorum queue's message
+/// past its delivery limit (20 by default). Only the messages there at the start are read. A failure midway
+/// returns the messages of the round in progress unacked (one delivery counted), and their copies may already be
+/// queued: a message can then be listed twice, never lost.
+async fn read_parked(
+    conn: &lapin::Connection,
+    work: &str,
+    publish_timeout: std::time::Duration,
+    mut visit: impl FnMut(usize, &lapin::message::Delivery),
+) -> anyhow::Result<usize> {
+    let dead = topology::dead_queue(work);
+    let get = conn.create_channel().await?;
+    let publish = conn.create_channel().await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let total = topology::message_count(&get, &dead).await? as usize;
+    let mut read = 0usize;
+    while read < total {
+        let mut round = Vec::new();
+        while round.len() < READ_WINDOW && read + round.len() < total {
+            match get
+                .basic_get(dead.as_str().into(), BasicGetOptions::default())
+                .await?
+            {
+                Some(msg) => round.push(msg.delivery),
+                None => break,
+            }
+        }
+        let Some(last) = round.last() else { break };
+        let mut confirms = Vec::with_capacity(round.len());
+        for delivery in &round {
+            read += 1;
+            visit(read, delivery);
+            let headers = kept_headers(&delivery.properties.headers().clone().unwrap_or_default());
+            let properties = delivery.properties.clone().with_headers(headers);
+            let confirm = publish
+                .basic_publish(
+                    topology::exchange_of(work).into(),
+                    dead.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &delivery.data,
+                    properties,
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            match tokio::time::timeout(publish_timeout, confirm).await {
+                Ok(Ok(Confirmation::Ack(None))) => {}
+                Ok(Ok(other)) => bail!(
+                    "RabbitMQ did not take a parked message's copy back into {dead} ({other:?}); nothing was removed"
+                ),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => bail!(
+                    "RabbitMQ did not confirm a parked message's copy within {publish_timeout:?}; nothing was removed"
+                ),
+            }
+        }
+        last.ack(BasicAckOptions { multiple: true }).await?;
     }
-    Ok(())
+    let _ = publish.close(200, "read".into()).await;
+    let _ = get.close(200, "read".into()).await;
+    Ok(read)
 }
 
 async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
     let settings = AmqpSettings::from_env()?;
     let conn = tracking_runtime::amqp::connect(&settings, "trackctl").await?;
+    topology::declare_permitted(&conn, &settings.retry_delays).await?;
     let channel = conn.create_channel().await?;
-    topology::declare(&channel, &settings.retry_delays).await?;
     match cmd {
         DeadCommand::List { queue, limit } => {
             let work = work_queue(&queue)?;
             let dead = topology::dead_queue(work);
             let total = topology::message_count(&channel, &dead).await?;
             println!("{dead}: {total} parked message(s)");
-            // Held unacked while listing (so each is shown once), then handed back: listing changes nothing.
-            let held = take(&channel, &dead, limit).await?;
-            for (n, delivery) in held.iter().enumerate() {
+            // Read without handing anything back (which would count a delivery): see `read_parked`.
+            let mut shown = Vec::new();
+            read_parked(&conn, work, settings.publish_timeout, |n, delivery| {
+                if n > limit {
+                    return;
+                }
                 let headers = delivery.properties.headers().clone().unwrap_or_default();
                 let body: String = String::from_utf8_lossy(&delivery.data)
                     .chars()
@@ -886,23 +949,29 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
                     .as_ref()
                     .map(|s| s.as_str().to_owned())
                     .unwrap_or_default();
-                println!(
-                    "#{}  id {id}  attempts {}  reason: {}\n    {}",
-                    n + 1,
+                shown.push(format!(
+                    "#{n}  id {id}  attempts {}  reason: {}\n    {}",
                     header(&headers, "x-attempts"),
                     park_reason(&headers),
                     body
-                );
+                ));
+            })
+            .await?;
+            for line in shown {
+                println!("{line}");
             }
-            hand_back(held).await?;
         }
         DeadCommand::Show { queue, number } => {
-            let dead = topology::dead_queue(work_queue(&queue)?);
+            let work = work_queue(&queue)?;
+            let dead = topology::dead_queue(work);
             if number == 0 {
                 bail!("messages are numbered from 1, as in `trackctl dead list`");
             }
-            let held = take(&channel, &dead, number).await?;
-            let shown = held.get(number - 1).map(|d| {
+            let mut shown = None;
+            let count = read_parked(&conn, work, settings.publish_timeout, |n, d| {
+                if n != number {
+                    return;
+                }
                 let mut text = format!("{dead} #{number}\n");
                 if let Some(id) = d.properties.message_id() {
                     text.push_str(&format!("message id: {id}\n"));
@@ -923,10 +992,9 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
                     .and_then(|v| serde_json::to_string_pretty(&v).ok())
                     .unwrap_or_else(|| String::from_utf8_lossy(&d.data).into_owned());
                 text.push_str(&body);
-                text
-            });
-            let count = held.len();
-            hand_back(held).await?;
+                shown = Some(text);
+            })
+            .await?;
             match shown {
                 Some(text) => println!("{text}"),
                 None => bail!("{dead} holds {count} message(s); there is no #{number}"),
@@ -968,7 +1036,7 @@ async fn dead(cmd: DeadCommand) -> anyhow::Result<()> {
                     .map(|s| s.as_str().to_owned());
                 publisher
                     .publish(Outgoing {
-                        exchange: "",
+                        exchange: topology::exchange_of(work),
                         routing_key: work,
                         body: &d.data,
                         headers,

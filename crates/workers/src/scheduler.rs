@@ -259,7 +259,7 @@ pub async fn tick(
         }
         let body = serde_json::to_vec(&request)?;
         publisher
-            .publish(Outgoing::json("", TRACKING_REQUESTS, &body))
+            .publish(Outgoing::json(TRACKING_REQUESTS, TRACKING_REQUESTS, &body))
             .await?;
         let final_poll = status.is_final();
         shipments::polled(
@@ -433,7 +433,7 @@ async fn publish_notices(
     let ids = late::take_unpublished_notices(&mut tx, limit).await?;
     for id in &ids {
         let body = serde_json::to_vec(&LateNotice::new(*id))?;
-        let mut msg = Outgoing::json("", EMAIL_QUEUE, &body);
+        let mut msg = Outgoing::json(EMAIL_QUEUE, EMAIL_QUEUE, &body);
         msg.message_id = Some(id.to_string());
         publisher.publish(msg).await?;
         late::mark_notice_published(&mut tx, *id).await?;

@@ -210,8 +210,8 @@ pub(super) async fn open(
     health: &Health,
 ) -> anyhow::Result<(lapin::Connection, lapin::Channel, lapin::Consumer)> {
     let conn = connect(settings, &format!("{queue}-consume")).await?;
+    topology::declare_permitted(&conn, &settings.retry_delays).await?;
     let channel = conn.create_channel().await?;
-    topology::declare(&channel, &settings.retry_delays).await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
@@ -592,9 +592,10 @@ pub(super) async fn settle(
         // `publish_through_block`: while RabbitMQ blocks publishing (a resource alarm) the copy waits, and the
         // delivery with it, rather than going back to the queue at once (each return counts toward the queue's
         // delivery limit) or being sent twice. A shutdown meanwhile closes the channel, which hands it back.
+        // Through the work queue's own exchange, not the default one: a worker's user may write only its own.
         let published = publisher
             .publish_through_block(Outgoing {
-                exchange: "",
+                exchange: topology::exchange_of(queue),
                 routing_key: &target,
                 body: &delivery.data,
                 headers,

@@ -27,6 +27,9 @@ pub enum PublishError {
     Connect(ConnectError),
     #[error("publish failed: {0}")]
     Publish(lapin::Error),
+    /// The topology is incomplete and this user may not complete it (or a declaration failed).
+    #[error("{0}")]
+    Topology(topology::TopologyError),
     #[error("the broker did not confirm the message within {0:?}")]
     Timeout(std::time::Duration),
     /// RabbitMQ refuses this connection's publishes (its reason, e.g. a memory alarm) until the alarm clears.
@@ -177,9 +180,9 @@ impl Publisher {
         ));
         let lost = |e: lapin::Error| PublishError::Connect(e.into());
         let ch = conn.create_channel().await.map_err(lost)?;
-        topology::declare(&ch, &self.inner.settings.retry_delays)
+        topology::declare_permitted(&conn, &self.inner.settings.retry_delays)
             .await
-            .map_err(lost)?;
+            .map_err(PublishError::Topology)?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(lost)?;
