@@ -390,12 +390,16 @@ async fn vtex_and_mercado_livre_get_their_own_request_shapes() -> anyhow::Result
     )
     .await?;
     let amqp = env.amqp().await?;
-    // One parcel per marketplace (a shipment belongs to one order of one marketplace).
+    // One order (and parcel) per marketplace: an order comes from one marketplace.
     let code = s10("DL", 7);
     let vtex_code = s10("DL", 17);
     let send = |status: &str, previous: &str, mp: (&str, &str)| {
-        let parcel = if mp.0 == "meli" { &code } else { &vtex_code };
-        status_change("V-1", parcel, status, previous, "ana@example.com", Some(mp))
+        let (order, parcel) = if mp.0 == "meli" {
+            ("V-2", &code)
+        } else {
+            ("V-1", &vtex_code)
+        };
+        status_change(order, parcel, status, previous, "ana@example.com", Some(mp))
     };
     let steps = [
         (send("in_transit", "posted", ("loja", "v-100")), 1),
