@@ -10,6 +10,7 @@
 //! - [`rules`]: which status a shipment is in, given its events.
 //! - [`page_token`]: the signed token that names an order in the customer's tracking page link.
 //! - [`store`]: the store (shop) an order belongs to.
+//! - [`stores`]: the stores file (`STORES_FILE`): each store's sender, branding, API token and carrier accounts.
 //! - [`text`]: what text we refuse (people's) and what we clean (carriers'), on every path in.
 //!
 //! Nothing here does I/O; every type that crosses a queue is serde-serializable and
@@ -25,6 +26,7 @@ pub mod request;
 pub mod rules;
 pub mod status;
 pub mod store;
+pub mod stores;
 pub mod table;
 pub mod text;
 
@@ -40,3 +42,4 @@ pub use request::{
 };
 pub use status::Status;
 pub use store::StoreName;
+pub use stores::{Store, Stores, StoresError};

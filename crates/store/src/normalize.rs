@@ -44,10 +44,10 @@ pub async fn register_sorted(
     };
     let sql = format!(
         "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, customer_name, customer_locale, \
-             marketplace_name, marketplace_order_id, invoice_number) \
+             marketplace_name, marketplace_order_id, invoice_number, store) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-             $8::text[], $9::text[]) AS r(carrier, tracking_code, order_id, customer_email, customer_name, \
-             customer_locale, marketplace_name, marketplace_order_id, invoice_number) \
+             $8::text[], $9::text[], $10::text[]) AS r(carrier, tracking_code, order_id, customer_email, customer_name, \
+             customer_locale, marketplace_name, marketplace_order_id, invoice_number, store) \
          ORDER BY carrier, tracking_code \
          ON CONFLICT (carrier, tracking_code) DO UPDATE SET \
              order_id = EXCLUDED.order_id, customer_email = EXCLUDED.customer_email, \
@@ -67,6 +67,7 @@ pub async fn register_sorted(
         .bind(col(&|r| r.marketplace.as_ref().map(|m| m.name.clone())))
         .bind(col(&|r| r.marketplace.as_ref().map(|m| m.order_id.clone())))
         .bind(col(&|r| r.invoice_number.clone()))
+        .bind(col(&|r| Some(r.store.as_str().to_owned())))
         .fetch_all(&mut *conn)
         .await?)
 }

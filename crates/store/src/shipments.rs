@@ -38,12 +38,14 @@ pub struct ShipmentRow {
     pub late_since: Option<DateTime<Utc>>,
     /// The last carrier news before the shipment went quiet for `CARRIER_STALE_AFTER_HOURS`, while it is stalled.
     pub stalled_since: Option<DateTime<Utc>>,
+    /// The store the shipment belongs to (its re-polls use that store's carrier account).
+    pub store: String,
 }
 
 pub const SHIPMENT_COLUMNS: &str = "id, carrier, tracking_code, order_id, customer_email, customer_name, customer_locale, \
      marketplace_name, marketplace_order_id, invoice_number, status, status_reason, status_at, estimated_delivery, \
      last_news_at, next_poll_at, finished_at, quarantine_reason, not_trackable_reason, not_trackable_at, late_since, \
-     stalled_since";
+     stalled_since, store";
 
 impl ShipmentRow {
     pub fn status(&self) -> Result<Status, StoreError> {
@@ -90,6 +92,8 @@ impl ShipmentRow {
                 _ => None,
             },
             invoice_number: self.invoice_number.clone(),
+            store: tracking_domain::StoreName::parse(&self.store)
+                .map_err(|e| corrupt("store", e))?,
         })
     }
 }
@@ -102,8 +106,8 @@ pub async fn upsert_and_lock(
 ) -> Result<ShipmentRow, StoreError> {
     let sql = format!(
         "INSERT INTO shipments (carrier, tracking_code, order_id, customer_email, customer_name, customer_locale, \
-             marketplace_name, marketplace_order_id, invoice_number) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             marketplace_name, marketplace_order_id, invoice_number, store) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          ON CONFLICT (carrier, tracking_code) DO UPDATE SET \
              order_id = EXCLUDED.order_id, customer_email = EXCLUDED.customer_email, \
              customer_name = EXCLUDED.customer_name, customer_locale = EXCLUDED.customer_locale, \
@@ -122,6 +126,7 @@ pub async fn upsert_and_lock(
         .bind(req.marketplace.as_ref().map(|m| m.name.as_str()))
         .bind(req.marketplace.as_ref().map(|m| m.order_id.as_str()))
         .bind(req.invoice_number.as_deref())
+        .bind(req.store.as_str())
         .fetch_one(&mut *conn)
         .await?;
     // INSERT … ON CONFLICT DO UPDATE already holds the row lock until commit.

@@ -19,6 +19,7 @@
 //! (carrier states), [`batcher`] (requests gathered into calls), [`handler`] (one request, start to finish),
 //! [`replay`] (kept answers read again). What is specific to one carrier lives in `tracking_carriers`.
 
+pub mod accounts;
 pub mod batcher;
 pub mod budget;
 pub mod handler;
@@ -36,7 +37,6 @@ use crate::boot::{Schema, Worker};
 use batcher::{BatchContext, Batcher};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracking_domain::Carrier;
 use tracking_runtime::amqp::topology::TRACKING_REQUESTS;
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -52,32 +52,44 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     else {
         return Ok(());
     };
-    let clients = settings.carriers.clients(Some(&worker.pool))?;
+    let plan = accounts::plan(&settings.stores, &settings.carriers);
+    let accounts = accounts::Accounts::build(plan, &settings.carriers, Some(&worker.pool))?;
     let primary = tracking_carriers::PRIMARY;
-    if !clients.contains_key(&primary) {
+    if !accounts.accounts.keys().any(|a| a.carrier == primary) {
         tracing::warn!(
             "{} are not set: {primary} requests will be held for retry.",
             tracking_carriers::credential_settings(primary)
         );
     }
-    let configured: Vec<Carrier> = clients.keys().copied().collect();
+    for (id, account) in &accounts.accounts {
+        let stores: Vec<&str> = account.stores.iter().map(|s| s.as_str()).collect();
+        tracing::info!(carrier = %id.carrier, account = %id, stores = %stores.join(","), "Carrier account configured.");
+    }
+    let configured: Vec<_> = accounts
+        .accounts
+        .iter()
+        .map(|(id, a)| (id.clone(), a.stores.clone()))
+        .collect();
     let carrier_health = CarrierHealth::new(
         worker.health.clone(),
         settings.health.clone(),
         Some(worker.pool.clone()),
         &configured,
+        settings.auth_hold,
     );
-    let batchers = clients
+    let batchers = accounts
+        .accounts
         .into_iter()
-        .map(|(carrier, client)| {
+        .map(|(id, account)| {
             let ctx = BatchContext {
-                client,
+                account: id.clone(),
+                client: account.client,
                 health: carrier_health.clone(),
                 pool: Some(worker.pool.clone()),
                 stale_after: settings.health.stale_after,
             };
             (
-                carrier,
+                id,
                 Batcher::start(
                     ctx,
                     settings.linger,
@@ -89,6 +101,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .collect();
     let handler = Arc::new(Fetcher {
         batchers,
+        routes: accounts.routes,
+        stores: settings.stores,
         publisher: worker.publisher.clone(),
         retry_base: settings.retry_base,
         retry_max: settings.retry_max,
