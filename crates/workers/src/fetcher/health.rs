@@ -172,18 +172,21 @@ impl CarrierHealth {
     }
 
     /// Why `account`'s calls are held without being made: its credentials or access were refused less than
-    /// `CARRIER_AUTH_HOLD_MS` ago. After the hold one call goes through (and holds again if refused again).
+    /// `CARRIER_AUTH_HOLD_MS` ago. Once the hold is over, the first caller gets `None` and makes the one probing
+    /// call; the hold starts again for everyone else meanwhile (and goes on if the probe is refused too).
     pub(super) fn held(&self, account: &AccountId) -> Option<String> {
-        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let s = states.get(account)?;
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let s = states.get_mut(account)?;
         let at = s.refused_at?;
-        (at.elapsed() < self.auth_hold).then(|| {
-            format!(
-                "account {account} is held after its access was refused ({}); the next call is tried after {} s",
-                s.reason.as_deref().unwrap_or("no reason"),
-                self.auth_hold.as_secs()
-            )
-        })
+        if at.elapsed() >= self.auth_hold {
+            s.refused_at = Some(Instant::now());
+            return None;
+        }
+        Some(format!(
+            "account {account} is held after its access was refused ({}); one call tries again every {} ms",
+            s.reason.as_deref().unwrap_or("no reason"),
+            self.auth_hold.as_millis()
+        ))
     }
 
     pub(super) fn record(
