@@ -1,7 +1,7 @@
 //! The endpoints of contract.md "tracking-api".
 
 use crate::AppState;
-use crate::auth::Authorized;
+use crate::auth::{Authorized, Scope};
 use crate::body::{Body, DeliveryConfirmation, ManualEvent, json_object};
 use crate::error::ApiError;
 use crate::tracking::newest;
@@ -59,15 +59,31 @@ fn unavailable(what: &str, e: PublishError) -> ApiError {
 /// `POST /v1/tracking-requests`: validated as the fetcher would, and its marketplace known, then queued on
 /// `tracking.requests`.
 pub async fn create_tracking_request(
-    _: Authorized,
+    Authorized(scope): Authorized,
     State(state): State<AppState>,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Accepted, ApiError> {
     let map = json_object(&headers, body, state.inner.body_limit)?;
     let unknown = state.inner.marketplaces.check(&map);
+    let named_store = map.contains_key("store");
     let request = match (TrackingRequest::from_value(&Value::Object(map)), unknown) {
-        (Ok(request), None) => request,
+        (Ok(mut request), None) => {
+            let named = named_store.then_some(&request.store);
+            match crate::auth::request_store(&scope, named, &state.inner.stores) {
+                Ok(store) => {
+                    request.store = store;
+                    request
+                }
+                Err(e) => {
+                    let errors = [e];
+                    return Err(ApiError::fields(
+                        invalid("tracking request", &errors),
+                        &errors,
+                    ));
+                }
+            }
+        }
         (parsed, unknown) => {
             let mut errors = parsed.err().map(|e| e.details()).unwrap_or_default();
             if let Some(u) = unknown
@@ -90,7 +106,7 @@ pub async fn create_tracking_request(
         .await
         .map_err(|e| unavailable("cannot queue the tracking request", e))?;
     tracing::info!(order_id = %request.order_id, tracking_code = %request.tracking_code, carrier = %request.carrier,
-        "Tracking request queued.");
+        store = %request.store, "Tracking request queued.");
     metrics::counter!("api_published_total", "kind" => "tracking_request").increment(1);
     Ok((
         StatusCode::ACCEPTED,
@@ -99,6 +115,7 @@ pub async fn create_tracking_request(
             "order_id": request.order_id,
             "tracking_code": request.tracking_code,
             "carrier": request.carrier,
+            "store": request.store,
         })),
     ))
 }
@@ -123,10 +140,11 @@ async fn publish_manual(
         .known()
         .map_err(|e| corrupt(e.to_string()))?;
     let code = TrackingCode::parse(&shipment.tracking_code).map_err(|e| corrupt(e.to_string()))?;
+    let store = tracking_domain::StoreName::parse(&shipment.store).map_err(corrupt)?;
     let update = CarrierUpdate {
         carrier,
         tracking_code: code.clone(),
-        store: Default::default(),
+        store,
         source: Source::Manual,
         request: None,
         fetched_at: Utc::now(),
@@ -160,7 +178,7 @@ async fn publish_manual(
 
 /// `POST /v1/shipments/{tracking_code}/events`.
 pub async fn create_manual_event(
-    _: Authorized,
+    Authorized(scope): Authorized,
     State(state): State<AppState>,
     code: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -171,7 +189,7 @@ pub async fn create_manual_event(
     let event = ManualEvent::from_map(&map, Utc::now())
         .map_err(|errors| ApiError::fields(invalid("event", &errors), &errors))?;
     let found = match TrackingCode::parse(&code) {
-        Ok(c) => shipments::by_code(&state.inner.pool, c.as_str())
+        Ok(c) => shipments::by_code(&state.inner.pool, c.as_str(), scope.store())
             .await
             .map_err(ApiError::database)?,
         Err(_) => Vec::new(),
@@ -219,9 +237,13 @@ fn invalid(what: &str, errors: &[FieldError]) -> String {
     )
 }
 
-async fn order_shipments(state: &AppState, order_id: &str) -> Result<Vec<ShipmentRow>, ApiError> {
+async fn order_shipments(
+    state: &AppState,
+    order_id: &str,
+    scope: &Scope,
+) -> Result<Vec<ShipmentRow>, ApiError> {
     let found = match OrderId::parse(order_id) {
-        Ok(id) => shipments::by_order(&state.inner.pool, id.as_str())
+        Ok(id) => shipments::by_order(&state.inner.pool, id.as_str(), scope.store())
             .await
             .map_err(ApiError::database)?,
         Err(_) => Vec::new(),
@@ -236,7 +258,7 @@ async fn order_shipments(state: &AppState, order_id: &str) -> Result<Vec<Shipmen
 
 /// `POST /v1/orders/{order_id}/delivery-confirmation`: a manual `delivered` event for each of the order's shipments.
 pub async fn confirm_delivery(
-    _: Authorized,
+    Authorized(scope): Authorized,
     State(state): State<AppState>,
     order_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -246,7 +268,7 @@ pub async fn confirm_delivery(
     let map = json_object(&headers, body, state.inner.body_limit)?;
     let confirmation = DeliveryConfirmation::from_map(&map, Utc::now())
         .map_err(|errors| ApiError::fields(invalid("delivery confirmation", &errors), &errors))?;
-    let found = order_shipments(&state, &order_id).await?;
+    let found = order_shipments(&state, &order_id, &scope).await?;
     let event = ManualEvent {
         status: Status::Delivered,
         occurred_at: confirmation.delivered_at,
@@ -307,13 +329,13 @@ fn location(city: &Option<String>, state: &Option<String>) -> Value {
 /// `GET /v1/orders/{order_id}/tracking`: at most `API_TRACKING_MAX_SHIPMENTS` shipments (the newest), each with at
 /// most `API_TRACKING_MAX_EVENTS` events and as many status changes (the newest), with the totals.
 pub async fn order_tracking(
-    _: Authorized,
+    Authorized(scope): Authorized,
     State(state): State<AppState>,
     order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let order_id = path_param(order_id, "order_id")?;
     let history = match OrderId::parse(&order_id) {
-        Ok(id) => views::order_history(&state.inner.pool, id.as_str())
+        Ok(id) => views::order_history(&state.inner.pool, id.as_str(), scope.store())
             .await
             .map_err(ApiError::database)?,
         Err(_) => Vec::new(),

@@ -353,7 +353,7 @@ impl Renderer {
             reason_text: reason
                 .map(|r| data.reasons.get(r).cloned().unwrap_or_else(|| r.to_owned())),
             tracking_url: match &self.settings.tracking_page {
-                Some(page) => Some(page.url(&change.order_id)),
+                Some(page) => Some(page.url_for(&change.store, &change.order_id)),
                 None => self.carrier_url(change.carrier, change.tracking_code.as_str()),
             },
             t: &data.labels,

@@ -223,19 +223,36 @@ pub async fn expired(
     Ok(())
 }
 
-pub async fn by_order(pool: &PgPool, order_id: &str) -> Result<Vec<ShipmentRow>, StoreError> {
-    let sql = format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE order_id = $1 ORDER BY id");
+/// The shipments of order `order_id` (of `store`'s, or of every store when `None`).
+pub async fn by_order(
+    pool: &PgPool,
+    order_id: &str,
+    store: Option<&tracking_domain::StoreName>,
+) -> Result<Vec<ShipmentRow>, StoreError> {
+    let sql = format!(
+        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE order_id = $1 AND ($2::text IS NULL OR store = $2) \
+         ORDER BY id"
+    );
     Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
         .bind(order_id)
+        .bind(store.map(|s| s.as_str()))
         .fetch_all(pool)
         .await?)
 }
 
-pub async fn by_code(pool: &PgPool, code: &str) -> Result<Vec<ShipmentRow>, StoreError> {
-    let sql =
-        format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE tracking_code = $1 ORDER BY id");
+/// The shipments with tracking code `code` (of `store`'s, or of every store when `None`).
+pub async fn by_code(
+    pool: &PgPool,
+    code: &str,
+    store: Option<&tracking_domain::StoreName>,
+) -> Result<Vec<ShipmentRow>, StoreError> {
+    let sql = format!(
+        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE tracking_code = $1 AND ($2::text IS NULL OR store = $2) \
+         ORDER BY id"
+    );
     Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
         .bind(code)
+        .bind(store.map(|s| s.as_str()))
         .fetch_all(pool)
         .await?)
 }

@@ -113,12 +113,14 @@ fn history_event(r: EventRecord) -> HistoryEvent {
 }
 
 /// The order's shipments (empty when the order is unknown), each with its events and status changes.
+/// With `store`, only that store's (an API token of a store sees its own orders only).
 pub async fn order_history(
     pool: &PgPool,
     order_id: &str,
+    store: Option<&tracking_domain::StoreName>,
 ) -> Result<Vec<ShipmentHistory>, StoreError> {
     let mut out = Vec::new();
-    for shipment in shipments::by_order(pool, order_id).await? {
+    for shipment in shipments::by_order(pool, order_id, store).await? {
         let carrier_message: Option<String> =
             sqlx::query_scalar("SELECT carrier_message FROM shipments WHERE id = $1")
                 .bind(shipment.id)
@@ -187,20 +189,24 @@ pub struct PageHistory {
 /// newest `max_events` events, for the public tracking page. Whatever the length of a history, it reads at most
 /// `max_shipments` shipment rows and `max_events + 1` event rows per shipment (the extra one only says there are
 /// older events), through the `(shipment_id, occurred_at)` index; no status changes.
+/// With `store`, only that store's shipments (a page token names its store: it never opens another store's order).
 pub async fn order_page(
     pool: &PgPool,
     order_id: &str,
+    store: Option<&tracking_domain::StoreName>,
     max_shipments: usize,
     max_events: usize,
 ) -> Result<Vec<PageHistory>, StoreError> {
     let limit = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     let sql = format!(
-        "SELECT {} FROM shipments WHERE order_id = $1 ORDER BY id DESC LIMIT $2",
+        "SELECT {} FROM shipments WHERE order_id = $1 AND ($3::text IS NULL OR store = $3) \
+         ORDER BY id DESC LIMIT $2",
         shipments::SHIPMENT_COLUMNS
     );
     let mut found = sqlx::query_as::<_, ShipmentRow>(&sql)
         .bind(order_id)
         .bind(limit(max_shipments))
+        .bind(store.map(|s| s.as_str()))
         .fetch_all(pool)
         .await?;
     found.reverse();

@@ -539,7 +539,7 @@ async fn recompute(code: Option<&str>) -> anyhow::Result<()> {
 
 async fn show(code: &str) -> anyhow::Result<()> {
     let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
-    let found = shipments::by_code(&pool, &code.trim().to_ascii_uppercase()).await?;
+    let found = shipments::by_code(&pool, &code.trim().to_ascii_uppercase(), None).await?;
     if found.is_empty() {
         bail!("no shipment with tracking code {code}");
     }
