@@ -73,6 +73,8 @@ pub struct LateEmail<'a> {
     pub status: Status,
     pub customer: &'a Customer,
     pub promised: DateTime<FixedOffset>,
+    /// The order's store (its tracking page link names it).
+    pub store: &'a tracking_domain::StoreName,
 }
 
 /// A rendered email, ready for [`crate::Mailer::send`].
@@ -388,7 +390,7 @@ impl Renderer {
             reason: None,
             reason_text: None,
             tracking_url: match &self.settings.tracking_page {
-                Some(page) => Some(page.url(late.order_id)),
+                Some(page) => Some(page.url_for(late.store, late.order_id)),
                 None => self.carrier_url(late.carrier, late.tracking_code.as_str()),
             },
             t: &data.labels,
