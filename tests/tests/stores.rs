@@ -483,3 +483,106 @@ async fn a_stores_token_sees_and_writes_only_its_stores_orders() -> anyhow::Resu
     assert_eq!(manual.status(), StatusCode::NOT_FOUND);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stores_emails_come_from_its_sender_with_its_name_and_its_page() -> anyhow::Result<()>
+{
+    let env = TestEnv::ready().await?;
+    let smtp = tracking_sim::smtp::SmtpServer::start("127.0.0.1:0".parse()?, &[]).await?;
+    let path = env.log_dir().join("stores-email.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[store]]
+name = "loja-a"
+display_name = "Loja A"
+email_from = "Loja A <rastreio@loja-a.example>"
+tracking_page_url = "https://rastreio.loja-a.example"
+notify = ["delivered"]
+"#,
+    )?;
+    let secret = "page-secret-for-tests-0123456789abcdef";
+    let _email = Worker::started(
+        &env,
+        "email-publisher",
+        &[
+            ("SMTP_URL", smtp.url()),
+            ("EMAIL_FROM", "Global <noreply@global.example>".into()),
+            ("STORE_NAME", "Global Shop".into()),
+            ("TRACKING_PAGE_URL", "https://track.global.example".into()),
+            ("TRACKING_PAGE_SECRET", secret.into()),
+            ("STORES_FILE", path.display().to_string()),
+        ],
+    )
+    .await?;
+    let amqp = env.amqp().await?;
+    let mut changes = Vec::new();
+    for (n, store, status) in [
+        (1, "loja-a", "delivered"),
+        (2, "default", "delivered"),
+        // Not in loja-a's notify list: no email.
+        (3, "loja-a", "out_for_delivery"),
+    ] {
+        let mut c = tracking_tests::status_change(
+            &format!("E-{n}"),
+            &s10("SE", n),
+            status,
+            "in_transit",
+            "ana@example.com",
+            None,
+        );
+        c["store"] = json!(store);
+        env.record_change(&c).await?;
+        changes.push(c);
+    }
+    for c in &changes {
+        amqp.publish("email.order-status", &serde_json::to_vec(c)?)
+            .await?;
+    }
+    let got = eventually(Duration::from_secs(30), "two emails", || async {
+        let r = smtp.received();
+        Ok((r.len() >= 2).then_some(r))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        smtp.received().len(),
+        2,
+        "loja-a's out_for_delivery is not notified"
+    );
+    let of = |order: &str| {
+        got.iter()
+            .find(|r| r.data.contains(order))
+            .unwrap_or_else(|| panic!("no email for {order}"))
+    };
+    let a = of("E-1");
+    assert!(
+        a.header("From")
+            .unwrap()
+            .contains("rastreio@loja-a.example"),
+        "{:?}",
+        a.header("From")
+    );
+    assert!(a.data.contains("Loja A"), "the store's name");
+    assert!(
+        a.data.contains("https://rastreio.loja-a.example/t/"),
+        "the store's page"
+    );
+    let d = of("E-2");
+    assert!(d.header("From").unwrap().contains("noreply@global.example"));
+    assert!(d.data.contains("https://track.global.example/t/"));
+    // The store's page link names its store: it opens that store's order only.
+    let key = tracking_domain::PageKey::new(secret).unwrap();
+    // Soft line breaks of quoted-printable bodies removed.
+    let text = a.data.replace("=\r\n", "");
+    let token = text
+        .split("https://rastreio.loja-a.example/t/")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .next()
+        .unwrap();
+    let (store, order) = key.open(token).unwrap();
+    assert_eq!((store.as_str(), order.as_str()), ("loja-a", "E-1"));
+    Ok(())
+}
