@@ -228,6 +228,54 @@ async fn each_store_is_polled_with_its_own_account_and_a_revoked_one_stops_only_
         rows.contains(&(ACCOUNT_B.into(), "loja-b".into(), "ok".into())),
         "{rows:?}"
     );
+    // trackctl shows the accounts, one store's with --store.
+    let out = std::process::Command::new(tracking_tests::target_dir().join("debug/trackctl"))
+        .args(["carriers", "health", "--store", "loja-a"])
+        .envs(env.worker_env())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("broken")
+            && l.contains("account correios:empresa-a")
+            && l.contains("stores loja-a")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("empresa-b"),
+        "--store shows that store's accounts only: {text}"
+    );
+    // And tracking-api's /v1/carriers/health: all accounts for the operator, its own for a store.
+    let (_api, base) = api(&env, &[]).await?;
+    let http = reqwest::Client::new();
+    let health = |token: &'static str| {
+        let http = http.clone();
+        let url = format!("{base}/v1/carriers/health");
+        async move {
+            let v: Value = http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(v)
+        }
+    };
+    let all = health(OPERATOR).await?;
+    let accounts = &all["carriers"]["correios"]["accounts"];
+    assert_eq!(accounts[ACCOUNT_A]["state"], "broken", "{all}");
+    assert_eq!(accounts[ACCOUNT_A]["stores"], json!(["loja-a"]), "{all}");
+    assert_eq!(accounts[ACCOUNT_B]["state"], "ok", "{all}");
+    let b = health(TOKEN_B).await?;
+    assert_eq!(b["carriers"]["correios"]["state"], "ok", "{b}");
+    assert!(
+        b["carriers"]["correios"]["accounts"]
+            .get(ACCOUNT_A)
+            .is_none(),
+        "{b}"
+    );
+    assert!(!b.to_string().contains("loja-a"), "{b}");
     Ok(())
 }
 

@@ -434,12 +434,17 @@ pub async fn order_tracking(
     })))
 }
 
-/// `GET /v1/carriers/health`: the fetchers' latest report per carrier (`carrier_health`).
+/// `GET /v1/carriers/health`: the fetchers' latest report per carrier (`carrier_health`), and under each carrier
+/// its `accounts` (`carrier_account_health`: state, reason, the stores using it). A store's token sees only its
+/// own store's accounts.
 pub async fn carriers_health(
-    _: Authorized,
+    Authorized(scope): Authorized,
     State(state): State<AppState>,
 ) -> Result<Json<Value>, ApiError> {
     let rows = views::carrier_health(&state.inner.pool)
+        .await
+        .map_err(ApiError::database)?;
+    let accounts = tracking_store::carrier_health::accounts(&state.inner.pool)
         .await
         .map_err(ApiError::database)?;
     let mut carriers = Map::new();
@@ -454,6 +459,45 @@ pub async fn carriers_health(
         }
         if let Some(c) = row.counters {
             entry.insert("counters".into(), c);
+        }
+        let mut mine = Map::new();
+        for a in accounts.iter().filter(|a| {
+            a.carrier == row.carrier
+                && scope
+                    .store()
+                    .is_none_or(|s| a.store_list().contains(&s.as_str()))
+        }) {
+            let mut account = json!({
+                "state": a.state,
+                "stores": a.store_list(),
+                "updated_at": a.updated_at,
+            });
+            if let Some(r) = &a.reason {
+                account["reason"] = json!(r);
+            }
+            mine.insert(a.account.clone(), account);
+        }
+        entry.insert("accounts".into(), Value::Object(mine.clone()));
+        if scope.store().is_some() {
+            // A store sees its own accounts only: the carrier-wide state, reason and counters may be another
+            // store's account's, so its entry is its worst account.
+            let rank = |v: &Value| match v["state"].as_str() {
+                Some("broken") => 2,
+                Some("degraded") => 1,
+                _ => 0,
+            };
+            let worst = mine.values().max_by_key(|v| rank(v)).cloned();
+            entry.remove("counters");
+            entry.remove("reason");
+            entry.insert(
+                "state".into(),
+                worst
+                    .as_ref()
+                    .map_or(json!("unknown"), |w| w["state"].clone()),
+            );
+            if let Some(r) = worst.as_ref().and_then(|w| w.get("reason")) {
+                entry.insert("reason".into(), r.clone());
+            }
         }
         carriers.insert(row.carrier, Value::Object(entry));
     }
