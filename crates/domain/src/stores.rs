@@ -203,7 +203,7 @@ impl Stores {
         if let Some(other) = doc.keys().find(|k| k.as_str() != "store") {
             return Err(refuse(
                 None,
-                other,
+                &crate::text::clean(other, 80),
                 "unknown key: the file holds [[store]] tables only",
             ));
         }
