@@ -108,16 +108,17 @@ pub async fn create_tracking_request(
     tracing::info!(order_id = %request.order_id, tracking_code = %request.tracking_code, carrier = %request.carrier,
         store = %request.store, "Tracking request queued.");
     metrics::counter!("api_published_total", "kind" => "tracking_request").increment(1);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "status": "queued",
-            "order_id": request.order_id,
-            "tracking_code": request.tracking_code,
-            "carrier": request.carrier,
-            "store": request.store,
-        })),
-    ))
+    let mut queued = json!({
+        "status": "queued",
+        "order_id": request.order_id,
+        "tracking_code": request.tracking_code,
+        "carrier": request.carrier,
+    });
+    // The default store's answer is as it was before stores existed.
+    if !request.store.is_default() {
+        queued["store"] = json!(request.store);
+    }
+    Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
 /// Publishes one manual event for a known shipment to `carrier.events`, as the fetcher publishes a poll's
@@ -477,7 +478,10 @@ pub async fn carriers_health(
             }
             mine.insert(a.account.clone(), account);
         }
-        entry.insert("accounts".into(), Value::Object(mine.clone()));
+        // Listed once a fetcher reported on an account (so a report from before stores existed reads as it did).
+        if !mine.is_empty() {
+            entry.insert("accounts".into(), Value::Object(mine.clone()));
+        }
         if scope.store().is_some() {
             // A store sees its own accounts only: the carrier-wide state, reason and counters may be another
             // store's account's, so its entry is its worst account.

@@ -478,7 +478,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
 
 async fn carriers_replay() -> anyhow::Result<()> {
     let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
-    let clients = crate::fetcher::CarrierSettings::from_env()?.clients(None)?;
+    let clients = crate::fetcher::CarrierSettings::from_env()?.parsers()?;
     let publisher = Publisher::new(AmqpSettings::from_env()?, "trackctl");
     let report = crate::fetcher::replay_responses(&pool, &clients, &publisher).await;
     publisher.close().await;

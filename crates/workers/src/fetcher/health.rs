@@ -294,9 +294,10 @@ impl CarrierHealth {
             CallKind::Schema => "schema",
         };
         if kind != CallKind::Ok {
-            metrics::counter!("carrier_errors_total", "carrier" => carrier.as_str(), "kind" => label,
-                "account" => account.key.clone())
-            .increment(1);
+            // Labels as before stores existed (dashboards and tests read them so); the account's errors show in
+            // its health counters and `carrier_state`.
+            metrics::counter!("carrier_errors_total", "carrier" => carrier.as_str(), "kind" => label)
+                .increment(1);
         }
         if stale > 0 {
             metrics::counter!("carrier_stale_codes_total", "carrier" => carrier.as_str())

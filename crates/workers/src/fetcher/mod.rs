@@ -3,9 +3,10 @@
 //!
 //! - A request that is not valid (not JSON, a field missing or wrong, a carrier that cannot be detected) is parked
 //!   in `tracking.requests.dead` with the reason.
-//! - Requests are gathered per carrier up to the carrier's batch size (Correios: 50) or `FETCH_LINGER_MS`, then one
-//!   call asks for all their codes (after spending the carrier account's budget, a token bucket shared by every
-//!   fetcher through PostgreSQL). Each request's events are published, and the request acked once the broker
+//! - A request names its store (`STORES_FILE`; absent, the default store); a store the file does not have parks
+//!   it. Its carrier call is made with its store's carrier account ([`accounts`]): requests are gathered per
+//!   account up to the carrier's batch size (Correios: 50) or `FETCH_LINGER_MS`, then one call asks for all their
+//!   codes (after spending the account's budget, a token bucket shared by every fetcher through PostgreSQL). Each request's events are published, and the request acked once the broker
 //!   confirmed them. One carrier's calls never wait for another's.
 //! - The carrier's answer per code: events (or none yet: `SRO-020`) → published, then acked; a refusal of the code
 //!   (`SRO-019`, `SRO-009`) → parked with the carrier's message.

@@ -1,8 +1,6 @@
 //! The fetcher's settings: carrier credentials and clients, request budgets, batching, retries and health.
 
-use super::budget::SharedBudget;
 use crate::boot;
-use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,34 +169,21 @@ impl CarrierSettings {
         })
     }
 
-    /// The configured clients, each spending its account's budget in `pool` (when given).
-    pub fn clients(
-        &self,
-        pool: Option<&PgPool>,
-    ) -> anyhow::Result<BTreeMap<Carrier, Arc<dyn CarrierClient>>> {
+    /// A client per carrier for reading kept answers again (`trackctl carriers replay`): the global account's
+    /// when configured, else one without credentials (reading an answer needs none), so that a deployment whose
+    /// accounts are all in `STORES_FILE` can replay too.
+    pub fn parsers(&self) -> anyhow::Result<BTreeMap<Carrier, Arc<dyn CarrierClient>>> {
         let mut out: BTreeMap<Carrier, Arc<dyn CarrierClient>> = BTreeMap::new();
-        if let Some(s) = &self.correios {
-            let mut client = CorreiosClient::new(s.clone())?;
-            if let Some(pool) = pool {
-                client = client.with_budget(Arc::new(SharedBudget::new(
-                    pool.clone(),
-                    s.account(),
-                    self.correios_rate,
-                )));
-            }
-            out.insert(Carrier::Correios, Arc::new(client));
-        }
-        if let Some(s) = &self.jadlog {
-            let mut client = JadlogClient::new(s.clone())?;
-            if let Some(pool) = pool {
-                client = client.with_budget(Arc::new(SharedBudget::new(
-                    pool.clone(),
-                    tracking_carriers::jadlog::ACCOUNT.into(),
-                    self.jadlog_rate,
-                )));
-            }
-            out.insert(Carrier::Jadlog, Arc::new(client));
-        }
+        let correios = self
+            .correios
+            .clone()
+            .unwrap_or_else(|| self.correios_common.clone());
+        out.insert(Carrier::Correios, Arc::new(CorreiosClient::new(correios)?));
+        let jadlog = self
+            .jadlog
+            .clone()
+            .unwrap_or_else(|| self.jadlog_common.clone());
+        out.insert(Carrier::Jadlog, Arc::new(JadlogClient::new(jadlog)?));
         Ok(out)
     }
 }
