@@ -441,7 +441,9 @@ async fn a_stores_token_sees_and_writes_only_its_stores_orders() -> anyhow::Resu
     let a1 = contract_code(&sim, "SP", 1, "empresa-a");
     let b1 = contract_code(&sim, "SQ", 1, "empresa-b");
     let _fetcher = Worker::started(&env, "fetcher", &fetcher_settings(&env, &sim, &[])?).await?;
-    let _normalizer = Worker::started(&env, "normalizer", &[]).await?;
+    // The normalizer sets when a delivered parcel's final poll is due.
+    let _normalizer =
+        Worker::started(&env, "normalizer", &[("FINAL_POLL_AFTER_SECS", "1".into())]).await?;
     let (_api, base) = api(&env, &[]).await?;
     let http = reqwest::Client::new();
     let post = |token: &'static str, body: Value| {
@@ -502,9 +504,25 @@ async fn a_stores_token_sees_and_writes_only_its_stores_orders() -> anyhow::Resu
         get("not-a-token-of-anyone-0123456789abcdef", "ord-a").await?,
         StatusCode::UNAUTHORIZED
     );
-    // Each parcel was polled with its store's account.
-    assert_eq!(sim.polls_by("empresa-a", &a1), 1);
-    assert_eq!(sim.polls_by("empresa-b", &b1), 1);
+    // Each parcel was polled with its store's account, the scheduler's re-polls too (its final poll after
+    // delivery): the shipment keeps its store.
+    let _scheduler =
+        Worker::started(&env, "scheduler", &[("SCHEDULER_TICK_MS", "200".into())]).await?;
+    eventually(Duration::from_secs(30), "the final polls", || async {
+        Ok(
+            (sim.polls_by("empresa-a", &a1) >= 2 && sim.polls_by("empresa-b", &b1) >= 2)
+                .then_some(()),
+        )
+    })
+    .await?;
+    assert_eq!(
+        sim.polls_by("empresa-b", &a1) + sim.polls_by("sim-user", &a1),
+        0
+    );
+    assert_eq!(
+        sim.polls_by("empresa-a", &b1) + sim.polls_by("sim-user", &b1),
+        0
+    );
     // Writes too: a store's token cannot confirm another store's order.
     let confirm = |token: &'static str, order: &'static str| {
         let http = http.clone();
@@ -632,5 +650,39 @@ notify = ["delivered"]
         .unwrap();
     let (store, order) = key.open(token).unwrap();
     assert_eq!((store.as_str(), order.as_str()), ("loja-a", "E-1"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_stores_file_stops_each_binary_naming_the_store_and_key_never_the_secret()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let path = env.log_dir().join("bad-stores.toml");
+    std::fs::write(
+        &path,
+        "[[store]]\nname = \"loja-a\"\napi_token = \"too-short-secret\"\n",
+    )?;
+    for (bin, extra) in [
+        ("fetcher", vec![]),
+        ("tracking-api", vec![("API_TOKEN", OPERATOR.to_owned())]),
+        (
+            "email-publisher",
+            vec![
+                ("SMTP_URL", "smtp://127.0.0.1:1".to_owned()),
+                ("EMAIL_FROM", "a@b.co".to_owned()),
+            ],
+        ),
+    ] {
+        let mut settings = extra;
+        settings.push(("STORES_FILE", path.display().to_string()));
+        let (code, out) = Worker::run_to_exit(&env, bin, &settings)?;
+        assert_eq!(code, 2, "{bin}: {out}");
+        assert!(
+            out.contains("STORES_FILE")
+                && out.contains("store \"loja-a\", api_token: must be at least 32"),
+            "{bin}: {out}"
+        );
+        assert!(!out.contains("too-short-secret"), "{bin}: {out}");
+    }
     Ok(())
 }
