@@ -1,7 +1,7 @@
 //! The endpoints of contract.md "tracking-api".
 
 use crate::AppState;
-use crate::auth::Authorized;
+use crate::auth::{Authorized, Scope};
 use crate::body::{Body, DeliveryConfirmation, ManualEvent, json_object};
 use crate::error::ApiError;
 use crate::tracking::newest;
@@ -59,15 +59,31 @@ fn unavailable(what: &str, e: PublishError) -> ApiError {
 /// `POST /v1/tracking-requests`: validated as the fetcher would, and its marketplace known, then queued on
 /// `tracking.requests`.
 pub async fn create_tracking_request(
-    _: Authorized,
+    Authorized(scope): Authorized,
     State(state): State<AppState>,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Accepted, ApiError> {
     let map = json_object(&headers, body, state.inner.body_limit)?;
     let unknown = state.inner.marketplaces.check(&map);
+    let named_store = map.contains_key("store");
     let request = match (TrackingRequest::from_value(&Value::Object(map)), unknown) {
-        (Ok(request), None) => request,
+        (Ok(mut request), None) => {
+            let named = named_store.then_some(&request.store);
+            match crate::auth::request_store(&scope, named, &state.inner.stores) {
+                Ok(store) => {
+                    request.store = store;
+                    request
+                }
+                Err(e) => {
+                    let errors = [e];
+                    return Err(ApiError::fields(
+                        invalid("tracking request", &errors),
+                        &errors,
+                    ));
+                }
+            }
+        }
         (parsed, unknown) => {
             let mut errors = parsed.err().map(|e| e.details()).unwrap_or_default();
             if let Some(u) = unknown
@@ -90,17 +106,19 @@ pub async fn create_tracking_request(
         .await
         .map_err(|e| unavailable("cannot queue the tracking request", e))?;
     tracing::info!(order_id = %request.order_id, tracking_code = %request.tracking_code, carrier = %request.carrier,
-        "Tracking request queued.");
+        store = %request.store, "Tracking request queued.");
     metrics::counter!("api_published_total", "kind" => "tracking_request").increment(1);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "status": "queued",
-            "order_id": request.order_id,
-            "tracking_code": request.tracking_code,
-            "carrier": request.carrier,
-        })),
-    ))
+    let mut queued = json!({
+        "status": "queued",
+        "order_id": request.order_id,
+        "tracking_code": request.tracking_code,
+        "carrier": request.carrier,
+    });
+    // The default store's answer is as it was before stores existed.
+    if !request.store.is_default() {
+        queued["store"] = json!(request.store);
+    }
+    Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
 /// Publishes one manual event for a known shipment to `carrier.events`, as the fetcher publishes a poll's
@@ -123,10 +141,11 @@ async fn publish_manual(
         .known()
         .map_err(|e| corrupt(e.to_string()))?;
     let code = TrackingCode::parse(&shipment.tracking_code).map_err(|e| corrupt(e.to_string()))?;
+    let store = tracking_domain::StoreName::parse(&shipment.store).map_err(corrupt)?;
     let update = CarrierUpdate {
         carrier,
         tracking_code: code.clone(),
-        store: shipment.store().map_err(|e| corrupt(e.to_string()))?,
+        store,
         source: Source::Manual,
         request: None,
         fetched_at: Utc::now(),
@@ -160,7 +179,7 @@ async fn publish_manual(
 
 /// `POST /v1/shipments/{tracking_code}/events`.
 pub async fn create_manual_event(
-    _: Authorized,
+    Authorized(scope): Authorized,
     State(state): State<AppState>,
     code: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -171,7 +190,7 @@ pub async fn create_manual_event(
     let event = ManualEvent::from_map(&map, Utc::now())
         .map_err(|errors| ApiError::fields(invalid("event", &errors), &errors))?;
     let found = match TrackingCode::parse(&code) {
-        Ok(c) => shipments::by_code(&state.inner.pool, c.as_str(), None)
+        Ok(c) => shipments::by_code(&state.inner.pool, c.as_str(), scope.store())
             .await
             .map_err(ApiError::database)?
             .into_iter()
@@ -223,11 +242,15 @@ fn invalid(what: &str, errors: &[FieldError]) -> String {
     )
 }
 
-async fn order_shipments(state: &AppState, order_id: &str) -> Result<Vec<ShipmentRow>, ApiError> {
+async fn order_shipments(
+    state: &AppState,
+    order_id: &str,
+    scope: &Scope,
+) -> Result<Vec<ShipmentRow>, ApiError> {
     let found = match OrderId::parse(order_id) {
         Ok(id) => {
             let mut found: Vec<ShipmentRow> =
-                shipments::by_order(&state.inner.pool, id.as_str(), None)
+                shipments::by_order(&state.inner.pool, id.as_str(), scope.store())
                     .await
                     .map_err(ApiError::database)?
                     .into_iter()
@@ -249,7 +272,7 @@ async fn order_shipments(state: &AppState, order_id: &str) -> Result<Vec<Shipmen
 
 /// `POST /v1/orders/{order_id}/delivery-confirmation`: a manual `delivered` event for each of the order's shipments.
 pub async fn confirm_delivery(
-    _: Authorized,
+    Authorized(scope): Authorized,
     State(state): State<AppState>,
     order_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -259,7 +282,7 @@ pub async fn confirm_delivery(
     let map = json_object(&headers, body, state.inner.body_limit)?;
     let confirmation = DeliveryConfirmation::from_map(&map, Utc::now())
         .map_err(|errors| ApiError::fields(invalid("delivery confirmation", &errors), &errors))?;
-    let found = order_shipments(&state, &order_id).await?;
+    let found = order_shipments(&state, &order_id, &scope).await?;
     let event = ManualEvent {
         status: Status::Delivered,
         occurred_at: confirmation.delivered_at,
@@ -320,13 +343,13 @@ fn location(city: &Option<String>, state: &Option<String>) -> Value {
 /// `GET /v1/orders/{order_id}/tracking`: at most `API_TRACKING_MAX_SHIPMENTS` shipments (the newest), each with at
 /// most `API_TRACKING_MAX_EVENTS` events and as many status changes (the newest), with the totals.
 pub async fn order_tracking(
-    _: Authorized,
+    Authorized(scope): Authorized,
     State(state): State<AppState>,
     order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let order_id = path_param(order_id, "order_id")?;
     let history = match OrderId::parse(&order_id) {
-        Ok(id) => views::order_history(&state.inner.pool, id.as_str(), None)
+        Ok(id) => views::order_history(&state.inner.pool, id.as_str(), scope.store())
             .await
             .map_err(ApiError::database)?,
         Err(_) => Vec::new(),
@@ -433,12 +456,17 @@ pub async fn order_tracking(
     })))
 }
 
-/// `GET /v1/carriers/health`: the fetchers' latest report per carrier (`carrier_health`).
+/// `GET /v1/carriers/health`: the fetchers' latest report per carrier (`carrier_health`), and under each carrier
+/// its `accounts` (`carrier_account_health`: state, reason, the stores using it). A store's token sees only its
+/// own store's accounts.
 pub async fn carriers_health(
-    _: Authorized,
+    Authorized(scope): Authorized,
     State(state): State<AppState>,
 ) -> Result<Json<Value>, ApiError> {
     let rows = views::carrier_health(&state.inner.pool)
+        .await
+        .map_err(ApiError::database)?;
+    let accounts = tracking_store::carrier_health::accounts(&state.inner.pool)
         .await
         .map_err(ApiError::database)?;
     let mut carriers = Map::new();
@@ -453,6 +481,48 @@ pub async fn carriers_health(
         }
         if let Some(c) = row.counters {
             entry.insert("counters".into(), c);
+        }
+        let mut mine = Map::new();
+        for a in accounts.iter().filter(|a| {
+            a.carrier == row.carrier
+                && scope
+                    .store()
+                    .is_none_or(|s| a.store_list().contains(&s.as_str()))
+        }) {
+            let mut account = json!({
+                "state": a.state,
+                "stores": a.store_list(),
+                "updated_at": a.updated_at,
+            });
+            if let Some(r) = &a.reason {
+                account["reason"] = json!(r);
+            }
+            mine.insert(a.account.clone(), account);
+        }
+        // Listed once a fetcher reported on an account (so a report from before stores existed reads as it did).
+        if !mine.is_empty() {
+            entry.insert("accounts".into(), Value::Object(mine.clone()));
+        }
+        if scope.store().is_some() {
+            // A store sees its own accounts only: the carrier-wide state, reason and counters may be another
+            // store's account's, so its entry is its worst account.
+            let rank = |v: &Value| match v["state"].as_str() {
+                Some("broken") => 2,
+                Some("degraded") => 1,
+                _ => 0,
+            };
+            let worst = mine.values().max_by_key(|v| rank(v)).cloned();
+            entry.remove("counters");
+            entry.remove("reason");
+            entry.insert(
+                "state".into(),
+                worst
+                    .as_ref()
+                    .map_or(json!("unknown"), |w| w["state"].clone()),
+            );
+            if let Some(r) = worst.as_ref().and_then(|w| w.get("reason")) {
+                entry.insert("reason".into(), r.clone());
+            }
         }
         carriers.insert(row.carrier, Value::Object(entry));
     }

@@ -78,6 +78,8 @@ pub struct Settings {
     pub tracking: Bounds,
     /// `MARKETPLACES_FILE`: the names tracking requests may give in `marketplace.name`.
     pub marketplaces: KnownMarketplaces,
+    /// `STORES_FILE`: the stores requests may name, and each store's API token (its scope).
+    pub stores: tracking_domain::Stores,
     /// `TRACKING_PAGE_SECRET`: the key of the tracking page's tokens (the email publisher signs with the same one).
     /// Without it the page is off: every `/t/{token}` answers the 404 page.
     pub page_key: Option<PageKey>,
@@ -125,7 +127,7 @@ impl Settings {
         let body_limit = at_least_one("API_BODY_LIMIT_BYTES", 65_536)?;
         Ok(Self {
             http_addr: settings::socket_addr("HTTP_ADDR", "127.0.0.1:8080")?,
-            token: SecretString::from(token),
+            token: SecretString::from(token.clone()),
             body_limit,
             body_timeout: positive_millis("API_BODY_TIMEOUT_MS", 10_000)?,
             limits: Limits {
@@ -140,6 +142,7 @@ impl Settings {
                 max_shipments: at_least_one("API_TRACKING_MAX_SHIPMENTS", 100)?,
             },
             marketplaces: KnownMarketplaces::from_env()?,
+            stores: stores_from_env(&token)?,
             page_key: tracking_email::env::page_key()?,
             unsubscribe_key: tracking_email::env::unsubscribe_key()?,
             page_limits: page::PageLimits {
@@ -156,6 +159,22 @@ impl Settings {
             db: tracking_store::env::db_settings(tracking_store::env::WORKER_POOL_SIZE)?,
         })
     }
+}
+
+/// `STORES_FILE`, refused when a store's token is the operator's `API_TOKEN` (the scope would be ambiguous).
+fn stores_from_env(operator_token: &str) -> Result<tracking_domain::Stores, SettingsError> {
+    let stores = tracking_marketplaces::stores_from_env()
+        .map_err(|e| SettingsError::new(e.setting, e.message))?;
+    if let Some(store) = stores.store_of_token(operator_token.trim()) {
+        return Err(SettingsError::new(
+            "STORES_FILE",
+            format!(
+                "store {:?}'s api_token is API_TOKEN: the operator's token must be its own",
+                store.as_str()
+            ),
+        ));
+    }
+    Ok(stores)
 }
 
 fn at_least_one(name: &str, default: usize) -> Result<usize, SettingsError> {
@@ -192,6 +211,7 @@ struct Inner {
     request_timeout: Duration,
     tracking: Bounds,
     marketplaces: KnownMarketplaces,
+    stores: tracking_domain::Stores,
     page: page::Page,
     unsubscribe: unsubscribe::Unsubscribe,
 }
@@ -215,6 +235,7 @@ impl AppState {
                 request_timeout: settings.request_timeout,
                 tracking: settings.tracking,
                 marketplaces: settings.marketplaces.clone(),
+                stores: settings.stores.clone(),
                 page: page::Page::new(settings.page_key.clone(), settings.page_limits, renderer),
                 unsubscribe: unsubscribe::Unsubscribe::new(
                     settings.unsubscribe_key.clone(),

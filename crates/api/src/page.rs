@@ -108,11 +108,11 @@ pub async fn tracking_page(
         }
         return response;
     }
-    let order_id = match (&page.key, token) {
-        (Some(key), Ok(Path(token))) => key.verify(&token),
+    let opened = match (&page.key, token) {
+        (Some(key), Ok(Path(token))) => key.open(&token),
         _ => None,
     };
-    let Some(order_id) = order_id else {
+    let Some((store, order_id)) = opened else {
         // The token's text is never logged: it opens the customer's page.
         tracing::info!("Tracking page asked for with a token that does not verify (404).");
         return not_found(page, chosen);
@@ -120,7 +120,7 @@ pub async fn tracking_page(
     let history = match views::order_page(
         &state.inner.page_pool,
         order_id.as_str(),
-        tracking_domain::StoreName::DEFAULT,
+        Some(&store),
         state.inner.tracking.max_shipments,
         page.limits.max_events,
     )

@@ -5,6 +5,10 @@
 //!   A 401/403 on a tracking call, or `GTW-008` with any status (401, 403 or 400 are seen), drops the token,
 //!   refreshes once and retries once; a second refusal, or a 401/403 from the token endpoint itself, is
 //!   [`FetchError::Auth`].
+//! - `GTW-012` (the token lacks the scope of API Rastro) and `GTW-014` (the authorisation does not fit the
+//!   postage-card token), on the token endpoint or a tracking call, whatever the HTTP status: [`FetchError::Auth`]
+//!   at once, without the refresh-and-retry (a new token of the same account would be refused the same way); the
+//!   fetcher then holds the account's calls (`CARRIER_AUTH_HOLD_MS`).
 //! - Per-object answers concern their object alone: `SRO-020` not yet, `SRO-019` refused, `SRO-009` not trackable
 //!   with this contract, anything else (or a message with an empty `eventos`) [`ObjectResult::Unrecognised`].
 //!   `tipo` is read as a string or a number.
@@ -172,6 +176,26 @@ pub(crate) fn field_names(raw: &Value) -> String {
     }
 }
 
+/// Why Correios refused this account's access for good (a new token would not help), when `body` says so:
+/// `GTW-012` (the token has no scope for API Rastro) or `GTW-014` (the authorisation does not fit the postage-card
+/// token). The reason names what an operator must fix.
+pub fn access_refusal(body: &str) -> Option<String> {
+    let (code, fix) = if body.contains("GTW-012") {
+        (
+            "GTW-012",
+            "the token has no scope for API Rastro: have Correios enable API Rastro (SRO) for this contract's postage card, or configure the card that has it",
+        )
+    } else if body.contains("GTW-014") {
+        (
+            "GTW-014",
+            "the authorisation does not fit the postage-card token: check that the postage card belongs to this user and contract",
+        )
+    } else {
+        return None;
+    };
+    Some(format!("{code}: {fix} ({})", crate::snippet(body)))
+}
+
 /// What a per-object `mensagem` means. Only SRO-019 refuses a code; anything we do not know concerns that
 /// object alone.
 fn per_object(message: String) -> ObjectResult {
@@ -234,7 +258,17 @@ impl CorreiosClient {
         }
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let text = read_answer(resp, "token endpoint", self.settings.max_body).await?;
+        let text = match read_answer(resp, "token endpoint", self.settings.max_body).await {
+            Err(FetchError::Auth(reason)) | Err(FetchError::Malformed { body: reason, .. })
+                if access_refusal(&reason).is_some() =>
+            {
+                return Err(FetchError::Auth(format!(
+                    "token endpoint answered {status}: {}",
+                    access_refusal(&reason).unwrap_or_default()
+                )));
+            }
+            other => other?,
+        };
         let malformed = |reason: String| FetchError::Malformed {
             reason,
             http_status: Some(status.as_u16()),
@@ -285,6 +319,12 @@ impl CorreiosClient {
 
     async fn track_refreshing(&self, codes: &[TrackingCode]) -> Result<Answered, FetchError> {
         match self.track_once(codes).await {
+            // Refused for good: a new token of the same account would be refused the same way.
+            Err(FetchError::Auth(first))
+                if first.contains("GTW-012") || first.contains("GTW-014") =>
+            {
+                Err(FetchError::Auth(first))
+            }
             Err(FetchError::Auth(first)) => {
                 tracing::warn!(reason = %first, "Correios refused the token; refreshing it once.");
                 self.drop_token().await;
@@ -323,6 +363,14 @@ impl CorreiosClient {
             .map_err(transport)?;
         let status = resp.status();
         let text = match read_answer(resp, "tracking call", self.settings.max_body).await {
+            Err(FetchError::Auth(reason)) | Err(FetchError::Malformed { body: reason, .. })
+                if access_refusal(&reason).is_some() =>
+            {
+                return Err(FetchError::Auth(format!(
+                    "tracking call answered {status}: {}",
+                    access_refusal(&reason).unwrap_or_default()
+                )));
+            }
             // GTW-008 (the token is not valid here) comes with 401, 403 or 400: whatever the status, it is a
             // refused token, which `track_refreshing` refreshes once.
             Err(FetchError::Malformed { body, .. }) if body.contains("GTW-008") => {
@@ -509,6 +557,32 @@ mod tests {
         let basic = base64_basic("empresa", "codigo-de-acesso-0123456789");
         assert!(!shown.contains(&basic), "{shown}");
         assert!(shown.contains("api.correios.com.br"), "{shown}");
+    }
+
+    #[test]
+    fn gtw_012_and_014_are_refusals_of_access_and_name_the_fix() {
+        let body =
+            r#"{"msgs":["GTW-012: Token sem permissão para esta API."],"causa":"Forbidden"}"#;
+        let reason = access_refusal(body).unwrap();
+        assert!(
+            reason.starts_with("GTW-012: the token has no scope for API Rastro"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("Token sem permiss"),
+            "the carrier's words: {reason}"
+        );
+        let reason =
+            access_refusal(r#"{"msgs":["GTW-014: Autorização inválida para o cartão."]}"#).unwrap();
+        assert!(
+            reason.contains("postage card belongs to this user"),
+            "{reason}"
+        );
+        assert!(
+            access_refusal(r#"{"msgs":["GTW-008: Token não válido para este ambiente."]}"#)
+                .is_none()
+        );
+        assert!(access_refusal("").is_none());
     }
 
     #[test]

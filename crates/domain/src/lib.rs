@@ -12,6 +12,7 @@
 //! - [`store`]: the store (shop) an order belongs to.
 //! - [`notify`]: which status changes email the customer.
 //! - [`unsubscribe`]: the signed one-click unsubscribe link and the keyed hash that names an opted-out address.
+//! - [`stores`]: the stores file (`STORES_FILE`): each store's sender, branding, API token and carrier accounts.
 //! - [`text`]: what text we refuse (people's) and what we clean (carriers'), on every path in.
 //!
 //! Nothing here does I/O; every type that crosses a queue is serde-serializable and
@@ -28,6 +29,7 @@ pub mod request;
 pub mod rules;
 pub mod status;
 pub mod store;
+pub mod stores;
 pub mod table;
 pub mod text;
 pub mod unsubscribe;
@@ -45,3 +47,4 @@ pub use request::{
 pub use status::Status;
 pub use store::StoreName;
 pub use unsubscribe::{AddressHash, OptOut, UnsubscribeKey, UnsubscribeLinks};
+pub use stores::{Store, Stores, StoresError};

@@ -8,8 +8,14 @@
 //! the same key). 128 bits of tag is far beyond guessing over HTTP; the order id inside keeps the token stateless
 //! (nothing to store, nothing to look up before the check). The tag is compared in constant time. Tokens do not
 //! expire: an email stays useful as long as the order is kept. Changing the secret invalidates every link sent.
+//!
+//! Stores: a token of the default store signs the order id alone (so tokens sent before stores existed stay
+//! valid); another store's signs `store ‖ 0x00 ‖ order id` ([`PageKey::token_for`]). No order id holds a NUL, so
+//! the two never collide, and the tag covers the store: a token opens its own store's order only
+//! ([`PageKey::open`]).
 
 use crate::OrderId;
+use crate::store::StoreName;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
@@ -23,6 +29,8 @@ pub const MIN_SECRET_LEN: usize = 32;
 /// The longest token read: a 100-character order id is at most 400 bytes, plus the tag, in base64.
 const MAX_TOKEN_LEN: usize = 4 * (TAG_LEN + 400).div_ceil(3);
 const CONTEXT: &[u8] = b"tracking-page/v1\0";
+/// The longest token of a store's order: a store name (64) and its NUL more than [`MAX_TOKEN_LEN`].
+const MAX_STORE_TOKEN_LEN: usize = 4 * (TAG_LEN + 65 + 400).div_ceil(3);
 
 /// The key that signs and checks tracking-page tokens. Its `Debug` shows nothing of the secret.
 #[derive(Clone)]
@@ -60,6 +68,44 @@ impl PageKey {
         raw.extend_from_slice(&tag[..TAG_LEN]);
         raw.extend_from_slice(id);
         URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// The token of `store`'s order: [`PageKey::token`] for the default store.
+    pub fn token_for(&self, store: &StoreName, order_id: &OrderId) -> String {
+        if store.is_default() {
+            return self.token(order_id);
+        }
+        let mut payload = Vec::with_capacity(store.as_str().len() + 1 + order_id.as_str().len());
+        payload.extend_from_slice(store.as_str().as_bytes());
+        payload.push(0);
+        payload.extend_from_slice(order_id.as_str().as_bytes());
+        let tag = self.tagged(&payload).finalize().into_bytes();
+        let mut raw = Vec::with_capacity(TAG_LEN + payload.len());
+        raw.extend_from_slice(&tag[..TAG_LEN]);
+        raw.extend_from_slice(&payload);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// The store and order a token names, if this key signed it ([`PageKey::token_for`]); `None` otherwise.
+    pub fn open(&self, token: &str) -> Option<(StoreName, OrderId)> {
+        if token.len() > MAX_STORE_TOKEN_LEN {
+            return None;
+        }
+        let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
+        if raw.len() <= TAG_LEN {
+            return None;
+        }
+        let (tag, payload) = raw.split_at(TAG_LEN);
+        self.tagged(payload).verify_truncated_left(tag).ok()?;
+        let payload = std::str::from_utf8(payload).ok()?;
+        let (store, id) = match payload.split_once('\0') {
+            Some((store, id)) => (StoreName::parse(store).ok()?, id),
+            None => (StoreName::default_store(), payload),
+        };
+        let order = OrderId::parse(id)
+            .ok()
+            .filter(|parsed| parsed.as_str() == id)?;
+        Some((store, order))
     }
 
     /// The order a token names, if this key signed it; `None` for anything else (altered, truncated, signed with
@@ -113,6 +159,20 @@ impl PageLinks {
             base_url: base.to_owned(),
             key,
         })
+    }
+
+    /// The same links under another base URL (a store's `tracking_page_url`).
+    pub fn with_base(&self, base_url: &str) -> Result<Self, String> {
+        Self::new(base_url, self.key.clone())
+    }
+
+    /// The tracking page of `store`'s order.
+    pub fn url_for(&self, store: &StoreName, order_id: &OrderId) -> String {
+        format!(
+            "{}/t/{}",
+            self.base_url,
+            self.key.token_for(store, order_id)
+        )
     }
 
     /// The order's tracking page.
@@ -182,6 +242,45 @@ mod tests {
         ] {
             assert_eq!(key.verify(junk), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn a_stores_token_opens_its_stores_order_only_and_old_tokens_are_the_default_stores() {
+        let key = PageKey::new(SECRET).unwrap();
+        let a = StoreName::parse("loja-a").unwrap();
+        let b = StoreName::parse("loja-b").unwrap();
+        let old = key.token(&order("A-1"));
+        assert_eq!(
+            key.open(&old),
+            Some((StoreName::default_store(), order("A-1")))
+        );
+        assert_eq!(
+            key.token_for(&StoreName::default_store(), &order("A-1")),
+            old
+        );
+        let token_a = key.token_for(&a, &order("A-1"));
+        assert_ne!(token_a, old);
+        assert_eq!(key.open(&token_a), Some((a.clone(), order("A-1"))));
+        assert_ne!(key.open(&token_a).unwrap().0, b);
+        // The store cannot be swapped under the tag.
+        let raw = URL_SAFE_NO_PAD.decode(&token_a).unwrap();
+        let mut swapped = raw[..TAG_LEN].to_vec();
+        swapped.extend_from_slice(b"loja-b\0A-1");
+        assert_eq!(key.open(&URL_SAFE_NO_PAD.encode(swapped)), None);
+        assert_eq!(
+            key.verify(&token_a),
+            None,
+            "the old check never reads a store's token as an order"
+        );
+        let links = PageLinks::new("https://a.example", key.clone()).unwrap();
+        let url = links
+            .with_base("https://rastreio.loja-a.example/")
+            .unwrap()
+            .url_for(&a, &order("A-1"));
+        assert!(
+            url.starts_with("https://rastreio.loja-a.example/t/"),
+            "{url}"
+        );
     }
 
     #[test]

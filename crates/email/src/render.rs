@@ -73,6 +73,8 @@ pub struct LateEmail<'a> {
     pub status: Status,
     pub customer: &'a Customer,
     pub promised: DateTime<FixedOffset>,
+    /// The order's store (its tracking page link names it).
+    pub store: &'a tracking_domain::StoreName,
 }
 
 /// A rendered email, ready for [`crate::Mailer::send`].
@@ -355,7 +357,7 @@ impl Renderer {
             reason_text: reason
                 .map(|r| data.reasons.get(r).cloned().unwrap_or_else(|| r.to_owned())),
             tracking_url: match &self.settings.tracking_page {
-                Some(page) => Some(page.url(&change.order_id)),
+                Some(page) => Some(page.url_for(&change.store, &change.order_id)),
                 None => self.carrier_url(change.carrier, change.tracking_code.as_str()),
             },
             parcels: change.order.filter(|o| o.parcels > 1).map(|o| {
@@ -396,7 +398,7 @@ impl Renderer {
             reason: None,
             reason_text: None,
             tracking_url: match &self.settings.tracking_page {
-                Some(page) => Some(page.url(late.order_id)),
+                Some(page) => Some(page.url_for(late.store, late.order_id)),
                 None => self.carrier_url(late.carrier, late.tracking_code.as_str()),
             },
             parcels: None,

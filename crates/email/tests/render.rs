@@ -409,7 +409,9 @@ fn the_late_email_in_every_locale_matches_its_snapshot() -> TestResult {
     let mut failures = Vec::new();
     for locale in Locale::ALL {
         let c = change(Status::InTransit, locale);
+        let default_store = tracking_domain::StoreName::default();
         let email = renderer.render_late(&LateEmail {
+            store: &default_store,
             order_id: &c.order_id,
             tracking_code: &c.tracking_code,
             carrier: c.carrier,

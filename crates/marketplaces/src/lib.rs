@@ -168,6 +168,46 @@ impl Marketplaces {
     }
 }
 
+/// The stores a binary serves: `STORES_FILE` when set (its marketplaces checked against `MARKETPLACES_FILE`), else
+/// the one default store of the global settings ([`tracking_domain::Stores::single`]). The error names the file's
+/// setting and, inside the file, the store and the key; it never holds a secret.
+pub fn stores_from_env() -> Result<tracking_domain::Stores, StoresConfigError> {
+    let path = match std::env::var("STORES_FILE") {
+        Ok(p) if !p.trim().is_empty() => p,
+        _ => return Ok(tracking_domain::Stores::single()),
+    };
+    let known = match std::env::var("MARKETPLACES_FILE") {
+        Ok(m) if !m.trim().is_empty() => Some(
+            Marketplaces::load(Path::new(&m))
+                .map_err(|e| StoresConfigError {
+                    setting: "MARKETPLACES_FILE",
+                    message: e.to_string(),
+                })?
+                .iter()
+                .map(|m| m.name.clone())
+                .collect::<std::collections::BTreeSet<String>>(),
+        ),
+        _ => None,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| StoresConfigError {
+        setting: "STORES_FILE",
+        message: format!("{path}: {e}"),
+    })?;
+    tracking_domain::Stores::parse(&text, known.as_ref()).map_err(|e| StoresConfigError {
+        setting: "STORES_FILE",
+        message: format!("{path}: {e}"),
+    })
+}
+
+/// A stores file (or the marketplaces file it is checked against) that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct StoresConfigError {
+    /// The setting to fix.
+    pub setting: &'static str,
+    pub message: String,
+}
+
 /// Why a relay did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {

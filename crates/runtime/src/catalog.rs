@@ -96,7 +96,7 @@ pub const METRICS: &[Metric] = &[
     // The fetcher.
     gauge(
         "carrier_state",
-        "1 for the state each carrier is in (ok, degraded, broken), 0 for the others.",
+        "1 for the state each carrier account is in (ok, degraded, broken), 0 for the others; labels carrier, account, stores.",
     ),
     counter(
         "carrier_errors_total",
@@ -104,7 +104,7 @@ pub const METRICS: &[Metric] = &[
     ),
     counter(
         "carrier_calls_total",
-        "Carrier API calls made, per carrier.",
+        "Carrier API calls made, per carrier and account.",
     ),
     histogram(
         "carrier_call_seconds",
@@ -128,6 +128,10 @@ pub const METRICS: &[Metric] = &[
     counter(
         "carrier_unrecognised_answers_total",
         "Carrier answers for a code that matched no known shape, per carrier.",
+    ),
+    counter(
+        "carrier_not_trackable_answers_total",
+        "Codes the carrier would not let this account track (Correios SRO-009: another contract's label), per carrier and account.",
     ),
     // The normalizer.
     counter(

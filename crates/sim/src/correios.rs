@@ -5,6 +5,12 @@
 //! asks for the code; `NotFound` answers `SRO-020` forever; `Invalid` answers `SRO-019`; `Message` any per-object
 //! message (such as [`SRO_009`]), alone or with an empty `eventos`. Unscripted codes answer
 //! `SRO-020`, or with [`SimConfig::auto_journey`] get [`Journey::delivered`] on their first poll.
+//!
+//! Several accounts: the configured user is one; [`CorreiosSim::add_account`] adds others, each with its own
+//! credentials (and postage card). A code [`CorreiosSim::assign`]ed to an account's contract answers `SRO-009` to
+//! every other account's token, as API Rastro does since 2025; unassigned codes answer every account.
+//! [`CorreiosSim::revoke`] refuses an account's credentials and tokens; [`CorreiosSim::refuse_access`] makes its
+//! calls answer `GTW-012` (tracking) or `GTW-014` (the postage-card token). Calls are counted per account.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +38,39 @@ const LANGUAGES: [&str; 3] = ["pt-BR", "en", "es-ES"];
 const SRO_020: &str = "SRO-020: Objeto não encontrado na base de dados dos Correios.";
 const SRO_019: &str = "SRO-019: Objeto inválido.";
 const GTW_008: &str = "GTW-008: Token não válido para este ambiente.";
+/// The token has no scope for this API (API Rastro not enabled for the card's contract).
+pub const GTW_012: &str = "GTW-012: Token sem permissão de acesso a esta API.";
+/// The authorisation does not fit the postage-card token.
+pub const GTW_014: &str = "GTW-014: Autorização inválida para o token de cartão de postagem.";
+
+/// Another account of the simulator (beside [`SimConfig::user`]).
+#[derive(Clone, Debug)]
+pub struct SimAccount {
+    pub user: String,
+    pub access_code: String,
+    /// The only postage card this account's card token accepts; `None` accepts any.
+    pub postage_card: Option<String>,
+}
+
+/// How an account's access is refused (see [`CorreiosSim::refuse_access`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessRefusal {
+    /// Tracking calls with its tokens answer 403 `GTW-012`.
+    Gtw012,
+    /// Its postage-card token requests answer 403 `GTW-014`.
+    Gtw014,
+}
+
+#[derive(Clone, Debug, Default)]
+struct AccountState {
+    access_code: String,
+    postage_card: Option<String>,
+    revoked: bool,
+    refusal: Option<AccessRefusal>,
+    tracking_calls: usize,
+    token_requests: usize,
+    polls: HashMap<String, usize>,
+}
 /// A huge answer: an `objetos` array that never ends.
 const HUGE_PREFIX: &[u8] = br#"{"objetos":["#;
 const HUGE_ENTRY: &[u8] =
@@ -238,6 +277,12 @@ struct Book {
     polls: HashMap<String, usize>,
     /// token -> expiry instant
     tokens: HashMap<String, DateTime<Utc>>,
+    /// token -> the account (user) it was issued to
+    token_owner: HashMap<String, String>,
+    /// user -> its credentials and counters (the configured user included)
+    accounts: HashMap<String, AccountState>,
+    /// code -> the account (user) whose contract it belongs to
+    code_owner: HashMap<String, String>,
     faults: std::collections::VecDeque<Fault>,
     /// Every event's field `.0` is sent as `.1` (the API changed under us).
     drift: Option<(String, String)>,
@@ -289,9 +334,18 @@ impl std::fmt::Debug for CorreiosSim {
 impl CorreiosSim {
     /// Binds `addr` (port 0 allowed) and serves in the background on the current tokio runtime.
     pub async fn start(config: SimConfig, addr: SocketAddr) -> anyhow::Result<CorreiosSim> {
+        let mut book = Book::default();
+        book.accounts.insert(
+            config.user.clone(),
+            AccountState {
+                access_code: config.access_code.clone(),
+                postage_card: config.postage_card.clone(),
+                ..AccountState::default()
+            },
+        );
         let shared = Arc::new(Shared {
             config,
-            book: Mutex::new(Book::default()),
+            book: Mutex::new(book),
             tracking_calls: AtomicUsize::new(0),
             token_requests: AtomicUsize::new(0),
         });
@@ -389,6 +443,78 @@ impl CorreiosSim {
         self.shared.book().tokens.clear();
     }
 
+    /// Adds an account (its own credentials and contract).
+    pub fn add_account(&self, account: SimAccount) {
+        self.shared.book().accounts.insert(
+            account.user,
+            AccountState {
+                access_code: account.access_code,
+                postage_card: account.postage_card,
+                ..AccountState::default()
+            },
+        );
+    }
+
+    /// `code` belongs to `user`'s contract: other accounts' tokens get `SRO-009` for it.
+    pub fn assign(&self, code: &str, user: &str) {
+        self.shared
+            .book()
+            .code_owner
+            .insert(code.to_owned(), user.to_owned());
+    }
+
+    /// Revokes `user`'s credentials: its token requests answer 401 and its tokens `GTW-008`.
+    pub fn revoke(&self, user: &str) {
+        let mut book = self.shared.book();
+        if let Some(a) = book.accounts.get_mut(user) {
+            a.revoked = true;
+        }
+        let owned: Vec<String> = book
+            .token_owner
+            .iter()
+            .filter(|(_, u)| *u == user)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in owned {
+            book.tokens.remove(&t);
+        }
+    }
+
+    /// From now on `user`'s access is refused this way (`None`: no longer).
+    pub fn refuse_access(&self, user: &str, refusal: Option<AccessRefusal>) {
+        if let Some(a) = self.shared.book().accounts.get_mut(user) {
+            a.refusal = refusal;
+        }
+    }
+
+    /// Tracking calls made with `user`'s tokens (answered or refused after the token was read).
+    pub fn tracking_calls_by(&self, user: &str) -> usize {
+        self.shared
+            .book()
+            .accounts
+            .get(user)
+            .map_or(0, |a| a.tracking_calls)
+    }
+
+    /// Token requests with `user`'s credentials (successful or not).
+    pub fn token_requests_by(&self, user: &str) -> usize {
+        self.shared
+            .book()
+            .accounts
+            .get(user)
+            .map_or(0, |a| a.token_requests)
+    }
+
+    /// How many answered tracking calls of `user` included `code`.
+    pub fn polls_by(&self, user: &str, code: &str) -> usize {
+        self.shared
+            .book()
+            .accounts
+            .get(user)
+            .and_then(|a| a.polls.get(code).copied())
+            .unwrap_or(0)
+    }
+
     /// Stops the server (in-flight requests finish; idle connections close).
     pub fn shutdown(&self) {
         self.server.shutdown();
@@ -446,22 +572,25 @@ fn gateway_error(status: StatusCode, msg: &str, path: &str, method: &str) -> Res
     (status, axum::Json(body)).into_response()
 }
 
-fn credentials_ok(config: &SimConfig, headers: &HeaderMap) -> bool {
-    let Some(encoded) = headers
+/// The account whose Basic credentials `headers` carry (counting the request for it), unless they are wrong or
+/// revoked.
+fn credentials_ok(shared: &Shared, headers: &HeaderMap) -> Option<String> {
+    let encoded = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-    else {
-        return false;
-    };
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
-        return false;
-    };
-    let expected = format!("{}:{}", config.user, config.access_code);
-    decoded == expected.as_bytes()
+        .and_then(|v| v.strip_prefix("Basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, code) = decoded.split_once(':')?;
+    let mut book = shared.book();
+    let account = book.accounts.get_mut(user)?;
+    account.token_requests += 1;
+    (account.access_code == code && !account.revoked).then(|| user.to_owned())
 }
 
-fn issue_token(shared: &Shared, card: Option<String>) -> Response {
+fn issue_token(shared: &Shared, user: &str, card: Option<String>) -> Response {
     let now = Utc::now();
     let ttl = shared.config.token_ttl;
     let expiry = now
@@ -471,16 +600,17 @@ fn issue_token(shared: &Shared, card: Option<String>) -> Response {
     let expira = emissao
         .checked_add_signed(ttl)
         .unwrap_or(NaiveDateTime::MAX);
-    let token = fake_jwt(&shared.config.user, expiry.timestamp());
+    let token = fake_jwt(user, expiry.timestamp());
     let quirk = {
         let mut book = shared.book();
         book.tokens.insert(token.clone(), expiry);
+        book.token_owner.insert(token.clone(), user.to_owned());
         book.issued.push(token.clone());
         book.token_quirk.clone()
     };
     let mut body = json!({
         "ambiente": "HOMOLOGACAO",
-        "id": shared.config.user,
+        "id": user,
         "perfil": "PJ",
         "cnpj": "00000000000191",
         "emissao": emissao.format(LOCAL_FORMAT).to_string(),
@@ -550,15 +680,15 @@ fn fake_jwt(user: &str, exp: i64) -> String {
 
 async fn autentica(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     shared.token_requests.fetch_add(1, Ordering::SeqCst);
-    if !credentials_ok(&shared.config, &headers) {
+    let Some(user) = credentials_ok(&shared, &headers) else {
         return gateway_error(
             StatusCode::UNAUTHORIZED,
             "Credenciais de acesso inválidas.",
             "/token/v1/autentica",
             "POST",
         );
-    }
-    issue_token(&shared, None)
+    };
+    issue_token(&shared, &user, None)
 }
 
 #[derive(Deserialize)]
@@ -573,13 +703,24 @@ async fn autentica_cartao(
 ) -> Response {
     const PATH: &str = "/token/v1/autentica/cartaopostagem";
     shared.token_requests.fetch_add(1, Ordering::SeqCst);
-    if !credentials_ok(&shared.config, &headers) {
+    let Some(user) = credentials_ok(&shared, &headers) else {
         return gateway_error(
             StatusCode::UNAUTHORIZED,
             "Credenciais de acesso inválidas.",
             PATH,
             "POST",
         );
+    };
+    let (expected_card, refusal) = {
+        let book = shared.book();
+        let a = book.accounts.get(&user);
+        (
+            a.and_then(|a| a.postage_card.clone()),
+            a.and_then(|a| a.refusal),
+        )
+    };
+    if refusal == Some(AccessRefusal::Gtw014) {
+        return gateway_error(StatusCode::FORBIDDEN, GTW_014, PATH, "POST");
     }
     let card = match serde_json::from_slice::<CardBody>(&body) {
         Ok(b) if !b.numero.trim().is_empty() => b.numero.trim().to_string(),
@@ -592,19 +733,14 @@ async fn autentica_cartao(
             );
         }
     };
-    if shared
-        .config
-        .postage_card
+    if expected_card
         .as_deref()
         .is_some_and(|expected| expected != card)
     {
-        let msg = format!(
-            "Cartão de postagem {card} não pertence ao usuário {}.",
-            shared.config.user
-        );
+        let msg = format!("Cartão de postagem {card} não pertence ao usuário {user}.");
         return gateway_error(StatusCode::BAD_REQUEST, &msg, PATH, "POST");
     }
-    issue_token(&shared, Some(card))
+    issue_token(&shared, &user, Some(card))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -699,14 +835,24 @@ async fn track(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let now = Utc::now();
-    let token_ok = token.is_some_and(|t| {
-        shared
-            .book()
-            .tokens
+    let owner = token.and_then(|t| {
+        let book = shared.book();
+        book.tokens
             .get(t)
             .is_some_and(|expiry| now < *expiry)
+            .then(|| book.token_owner.get(t).cloned())
+            .flatten()
     });
-    if !token_ok {
+    let refusal = owner.as_ref().and_then(|user| {
+        let mut book = shared.book();
+        let a = book.accounts.get_mut(user)?;
+        a.tracking_calls += 1;
+        a.refusal
+    });
+    if refusal == Some(AccessRefusal::Gtw012) {
+        return answer(StatusCode::FORBIDDEN, GTW_012);
+    }
+    if owner.is_none() {
         let status = shared
             .book()
             .refusal_status
@@ -803,6 +949,19 @@ async fn track(
         let numeric_tipo = book.numeric_tipo;
         // The real API guarantees no order; answering in reverse keeps clients honest.
         for code in codes.iter().rev() {
+            let caller = owner.clone().unwrap_or_default();
+            if let Some(a) = book.accounts.get_mut(&caller) {
+                *a.polls.entry(code.clone()).or_insert(0) += 1;
+            }
+            if book
+                .code_owner
+                .get(code)
+                .is_some_and(|contract| *contract != caller)
+            {
+                objetos.push(json!({ "codObjeto": code, "mensagem": SRO_009 }));
+                summary.push(format!("{code}: SRO-009 (another contract's)"));
+                continue;
+            }
             let (mut object, what) = poll(&mut book, &shared.config, code, resultado);
             if numeric_tipo
                 && let Some(events) = object.get_mut("eventos").and_then(Value::as_array_mut)

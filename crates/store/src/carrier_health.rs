@@ -25,3 +25,62 @@ pub async fn record(
     .await?;
     Ok(())
 }
+
+/// One carrier account's health, as a fetcher saw it.
+pub struct AccountHealth<'a> {
+    pub carrier: Carrier,
+    /// The account's key (`correios:{user}:{card}`): never a secret.
+    pub account: &'a str,
+    /// The stores using it, comma-separated.
+    pub stores: &'a str,
+    pub state: CarrierState,
+    pub reason: Option<&'a str>,
+    pub counters: &'a serde_json::Value,
+}
+
+/// Records one account's state (`carrier_account_health`).
+pub async fn record_account(pool: &PgPool, h: AccountHealth<'_>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO carrier_account_health (carrier, account, stores, state, reason, counters, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, now()) \
+         ON CONFLICT (carrier, account) DO UPDATE SET stores = $3, state = $4, reason = $5, counters = $6, \
+             updated_at = now()",
+    )
+    .bind(Text(h.carrier))
+    .bind(h.account)
+    .bind(h.stores)
+    .bind(Text(h.state))
+    .bind(h.reason)
+    .bind(h.counters)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A carrier account's last recorded state.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccountRow {
+    pub carrier: String,
+    pub account: String,
+    pub stores: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl AccountRow {
+    /// The stores using the account.
+    pub fn store_list(&self) -> Vec<&str> {
+        self.stores.split(',').filter(|s| !s.is_empty()).collect()
+    }
+}
+
+/// Every account's last recorded state, by carrier and account.
+pub async fn accounts(pool: &PgPool) -> Result<Vec<AccountRow>, StoreError> {
+    Ok(sqlx::query_as::<_, AccountRow>(
+        "SELECT carrier, account, stores, state, reason, updated_at FROM carrier_account_health \
+         ORDER BY carrier, account",
+    )
+    .fetch_all(pool)
+    .await?)
+}

@@ -200,7 +200,7 @@ pub async fn expired(
 pub async fn by_order(
     pool: &PgPool,
     order_id: &str,
-    store: Option<&str>,
+    store: Option<&StoreName>,
 ) -> Result<Vec<ShipmentOrder>, StoreError> {
     let sql = format!(
         "SELECT {}, op.link_seq, {ORDER_COLUMNS} FROM orders o \
@@ -210,7 +210,7 @@ pub async fn by_order(
     );
     Ok(sqlx::query_as::<_, ShipmentOrder>(&sql)
         .bind(order_id)
-        .bind(store)
+        .bind(store.map(StoreName::as_str))
         .fetch_all(pool)
         .await?)
 }
@@ -220,7 +220,7 @@ pub async fn by_order(
 pub async fn by_code(
     pool: &PgPool,
     code: &str,
-    store: Option<&str>,
+    store: Option<&StoreName>,
 ) -> Result<Vec<WithOrder>, StoreError> {
     let sql = format!(
         "SELECT {}, {FIRST_ORDER_COLUMNS} FROM shipments s {FIRST_ORDER_JOIN} \
@@ -229,7 +229,7 @@ pub async fn by_code(
     );
     Ok(sqlx::query_as::<_, WithOrder>(&sql)
         .bind(code)
-        .bind(store)
+        .bind(store.map(StoreName::as_str))
         .fetch_all(pool)
         .await?)
 }

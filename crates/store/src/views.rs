@@ -9,7 +9,7 @@ use crate::shipments::{self, ShipmentRow};
 use chrono::{DateTime, FixedOffset, Utc};
 use sqlx::{FromRow, PgPool};
 use std::collections::BTreeMap;
-use tracking_domain::Carrier;
+use tracking_domain::{Carrier, StoreName};
 
 /// One stored event, as the carrier (or support, for `source = manual`) reported it.
 #[derive(Debug, Clone)]
@@ -120,7 +120,7 @@ fn history_event(r: EventRecord) -> HistoryEvent {
 pub async fn order_history(
     pool: &PgPool,
     order_id: &str,
-    store: Option<&str>,
+    store: Option<&StoreName>,
 ) -> Result<Vec<ShipmentHistory>, StoreError> {
     let mut out = Vec::new();
     for found in shipments::by_order(pool, order_id, store).await? {
@@ -197,24 +197,25 @@ pub struct PageHistory {
 /// newest `max_events` events, for the public tracking page. Whatever the length of a history, it reads at most
 /// `max_shipments` shipment rows and `max_events + 1` event rows per shipment (the extra one only says there are
 /// older events), through the `(shipment_id, occurred_at)` index; no status changes.
+/// With `store`, only that store's shipments (a page token names its store: it never opens another store's order).
 pub async fn order_page(
     pool: &PgPool,
     order_id: &str,
-    store: &str,
+    store: Option<&StoreName>,
     max_shipments: usize,
     max_events: usize,
 ) -> Result<Vec<PageHistory>, StoreError> {
     let limit = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     let sql = format!(
         "SELECT {}, op.link_seq, {} FROM orders o JOIN order_parcels op ON op.order_ref = o.id \
-         JOIN shipments s ON s.id = op.shipment_id WHERE o.order_id = $1 AND o.store = $2 \
+         JOIN shipments s ON s.id = op.shipment_id WHERE o.order_id = $1 AND ($2::text IS NULL OR o.store = $2) \
          ORDER BY s.id DESC LIMIT $3",
         shipments::shipment_columns_of("s"),
         crate::orders::ORDER_COLUMNS
     );
     let mut found = sqlx::query_as::<_, crate::orders::ShipmentOrder>(&sql)
         .bind(order_id)
-        .bind(store)
+        .bind(store.map(StoreName::as_str))
         .bind(limit(max_shipments))
         .fetch_all(pool)
         .await?;

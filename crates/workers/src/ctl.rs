@@ -33,7 +33,10 @@ const EXAMPLES: &str = "Examples:
   trackctl dead list tracking.requests
   trackctl dead show email.order-status 1
   trackctl dead replay email.order-status --limit 10
-  trackctl carriers health                      (each carrier's state as the fetchers last reported it)
+  trackctl carriers health                      (each carrier's state as the fetchers last reported it, and each account's)
+  trackctl carriers health --store loja-a       (the accounts of one store of STORES_FILE)
+  trackctl shipment show DL746686536BR --store loja-a
+  trackctl publish --store loja-a --order-id 1001 --code DL746686536BR --email ana@example.com
   trackctl carriers replay                      (after a parser fix: publish the events of kept unreadable answers)
   trackctl events unmapped                      (carrier event codes no table maps: add them, then shipment recompute --all)
 
@@ -73,8 +76,13 @@ pub enum EventsCommand {
 #[derive(Subcommand)]
 pub enum CarriersCommand {
     /// Each carrier's state (ok, degraded, broken) as the fetchers last reported it, with the reason and
-    /// counters; `unknown` for a carrier no fetcher reported on yet.
-    Health,
+    /// counters; `unknown` for a carrier no fetcher reported on yet. Then each carrier account (its key, the
+    /// stores using it, its state and reason).
+    Health {
+        /// Only the accounts this store uses.
+        #[arg(long)]
+        store: Option<String>,
+    },
     /// Read the kept unreadable carrier answers (`carrier_responses`) again with this version's parsers and publish
     /// their events; run it after deploying a fixed parser. Needs the fetcher's carrier settings.
     Replay,
@@ -110,12 +118,20 @@ pub struct PublishArgs {
     pub marketplace: Option<String>,
     #[arg(long)]
     pub invoice: Option<String>,
+    /// The store (of STORES_FILE) of every request published; a request naming another store is refused.
+    #[arg(long)]
+    pub store: Option<String>,
 }
 
 #[derive(Subcommand)]
 pub enum ShipmentCommand {
     /// A shipment's status, order context, events and status changes.
-    Show { tracking_code: String },
+    Show {
+        tracking_code: String,
+        /// Only this store's shipment of the code.
+        #[arg(long)]
+        store: Option<String>,
+    },
     /// Re-read stored events through the current event-code table (EVENT_TABLES_DIR or the built-in one) and
     /// record and publish the status changes that are new. Run it after the table changed.
     #[command(group(clap::ArgGroup::new("which").required(true).args(["tracking_code", "all"])))]
@@ -207,16 +223,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Publish(args) => publish(args).await,
-        Command::Shipment(ShipmentCommand::Show { tracking_code }) => show(&tracking_code).await,
+        Command::Shipment(ShipmentCommand::Show {
+            tracking_code,
+            store,
+        }) => show(&tracking_code, store_arg(store.as_deref())?.as_ref()).await,
         Command::Shipment(ShipmentCommand::Recompute { tracking_code, .. }) => {
             recompute(tracking_code.as_deref()).await
         }
         Command::Shipments(ShipmentsCommand::Late(args)) => late_list(args).await,
         Command::Dead(cmd) => dead(cmd).await,
-        Command::Carriers(CarriersCommand::Health) => carriers_health().await,
+        Command::Carriers(CarriersCommand::Health { store }) => {
+            carriers_health(store_arg(store.as_deref())?.as_ref()).await
+        }
         Command::Carriers(CarriersCommand::Replay) => carriers_replay().await,
         Command::Events(EventsCommand::Unmapped) => events_unmapped().await,
     }
+}
+
+/// `--store`, parsed.
+fn store_arg(store: Option<&str>) -> anyhow::Result<Option<tracking_domain::StoreName>> {
+    store
+        .map(|s| tracking_domain::StoreName::parse(s).map_err(|e| anyhow::anyhow!("--store: {e}")))
+        .transpose()
+}
+
+/// A request's store under `publish --store`: the store given (a request naming another is refused).
+fn with_store(
+    request: Result<TrackingRequest, String>,
+    store: Option<&tracking_domain::StoreName>,
+) -> Result<TrackingRequest, String> {
+    let mut r = request?;
+    if let Some(store) = store {
+        if !r.store.is_default() && &r.store != store {
+            return Err(format!(
+                "store: {:?} is not --store {store}",
+                r.store.as_str()
+            ));
+        }
+        r.store = store.clone();
+    }
+    Ok(r)
 }
 
 /// The CSV columns `publish --csv` knows, and where each goes in a tracking request.
@@ -394,6 +440,11 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             TrackingRequest::from_value(&v).map_err(|e| e.to_string()),
         ));
     }
+    let store = store_arg(args.store.as_deref())?;
+    let requests: Vec<(String, Result<TrackingRequest, String>)> = requests
+        .into_iter()
+        .map(|(what, r)| (what, with_store(r, store.as_ref())))
+        .collect();
     let publisher = Publisher::new(AmqpSettings::from_env()?, "trackctl");
     let valid = requests.iter().filter(|(_, r)| r.is_ok()).count();
     let progress = valid > PROGRESS_EVERY;
@@ -430,7 +481,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
 
 async fn carriers_replay() -> anyhow::Result<()> {
     let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
-    let clients = crate::fetcher::CarrierSettings::from_env()?.clients(None)?;
+    let clients = crate::fetcher::CarrierSettings::from_env()?.parsers()?;
     let publisher = Publisher::new(AmqpSettings::from_env()?, "trackctl");
     let report = crate::fetcher::replay_responses(&pool, &clients, &publisher).await;
     publisher.close().await;
@@ -480,10 +531,10 @@ async fn events_unmapped() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn carriers_health() -> anyhow::Result<()> {
+async fn carriers_health(store: Option<&tracking_domain::StoreName>) -> anyhow::Result<()> {
     let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
     let carriers = tracking_store::views::carrier_health(&pool).await?;
-    for c in carriers {
+    for c in carriers.iter().filter(|_| store.is_none()) {
         let mut line = format!("{:<10} {:<9}", c.carrier, c.state);
         match c.updated_at {
             Some(at) => line.push_str(&format!(" reported {}", at.format("%Y-%m-%d %H:%M:%S UTC"))),
@@ -498,6 +549,24 @@ async fn carriers_health() -> anyhow::Result<()> {
             .filter(|v| v.as_object().is_some_and(|o| !o.is_empty()))
         {
             line.push_str(&format!("  counters: {counters}"));
+        }
+        println!("{line}");
+    }
+    let accounts = tracking_store::carrier_health::accounts(&pool).await?;
+    for a in accounts
+        .iter()
+        .filter(|a| store.is_none_or(|s| a.store_list().contains(&s.as_str())))
+    {
+        let mut line = format!(
+            "{:<10} {:<9} account {}  stores {}  reported {}",
+            a.carrier,
+            a.state,
+            a.account,
+            a.stores,
+            a.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+        if let Some(r) = &a.reason {
+            line.push_str(&format!("  reason: {r}"));
         }
         println!("{line}");
     }
@@ -540,9 +609,9 @@ async fn recompute(code: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn show(code: &str) -> anyhow::Result<()> {
+async fn show(code: &str, store: Option<&tracking_domain::StoreName>) -> anyhow::Result<()> {
     let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
-    let found = shipments::by_code(&pool, &code.trim().to_ascii_uppercase(), None).await?;
+    let found = shipments::by_code(&pool, &code.trim().to_ascii_uppercase(), store).await?;
     if found.is_empty() {
         bail!("no shipment with tracking code {code}");
     }

@@ -54,6 +54,9 @@ pub struct Settings {
     pub delivered_when_first_seen: bool,
     /// `UNSUBSCRIBE_SECRET`, `UNSUBSCRIBE_MAILTO` (and `TRACKING_PAGE_URL`): the unsubscribe headers and opt-outs.
     pub unsubscribe: Unsubscribe,
+    /// `STORES_FILE`: each store's sender (`email_from`), name in the emails (`display_name`), tracking page
+    /// (`tracking_page_url`) and notified statuses (`notify`); what a store leaves out is the global setting.
+    pub stores: tracking_domain::Stores,
     pub marketplaces: Marketplaces,
     /// `EMAIL_RETRY_BASE_MS` (default 2000): first queue delay after a transient SMTP failure, doubling per
     /// attempt; and the in-process retry settings.
@@ -121,6 +124,8 @@ impl Settings {
             statuses,
             delivered_when_first_seen: settings::parse("EMAIL_DELIVERED_WHEN_FIRST_SEEN", false)?,
             unsubscribe: Unsubscribe::from_env()?,
+            stores: tracking_marketplaces::stores_from_env()
+                .map_err(|e| SettingsError::new(e.setting, e.message))?,
             marketplaces: marketplaces_from_env()?,
             retry,
             max_in_flight,
@@ -134,7 +139,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         MailerConfigError::Ca(reason) => SettingsError::new("SMTP_CA_FILE", reason),
         e => SettingsError::new("SMTP_URL", e.to_string()),
     })?;
-    let renderer = Renderer::new(settings.templates)?;
+    let renderer = Renderer::new(settings.templates.clone())?;
     settings.unsubscribe.log_start();
     let Some(worker) = Worker::start(
         "email-publisher",
@@ -148,6 +153,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     else {
         return Ok(());
     };
+    let brands = Brands::build(&settings, mailer, renderer)?;
     let handler = Arc::new(EmailPublisher {
         pool: worker.pool.clone(),
         ledger: deliver::Ledger::start(
@@ -155,10 +161,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             settings.retry.lease,
             FarEnds::new(worker.health.clone()),
         ),
-        mailer,
-        renderer,
+        brands,
         bulkhead: Bulkhead::new(DESTINATION, settings.max_in_flight, settings.far_end_wait),
-        statuses: settings.statuses,
         delivered_when_first_seen: settings.delivered_when_first_seen,
         unsubscribe: settings.unsubscribe,
         marketplaces: settings.marketplaces,
@@ -174,14 +178,91 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 pub struct EmailPublisher {
     pool: sqlx::PgPool,
     ledger: deliver::Ledger,
-    mailer: Mailer,
-    renderer: Renderer,
+    brands: Brands,
     bulkhead: Arc<Bulkhead>,
-    statuses: HashSet<Status>,
     delivered_when_first_seen: bool,
     unsubscribe: Unsubscribe,
     marketplaces: Marketplaces,
     retry: RetryPolicy,
+}
+
+/// How one store's emails go out: its sender, its templates' settings (name, tracking page) and its statuses.
+struct Branded {
+    mailer: Mailer,
+    renderer: Renderer,
+    statuses: HashSet<Status>,
+    /// Whether its customers get the "your parcel is late" email (`notify` naming `late`; default yes).
+    late: bool,
+}
+
+/// Each store's [`Branded`]; a store of no stores file (the default one) gets the global settings.
+struct Brands {
+    global: Branded,
+    stores: std::collections::HashMap<tracking_domain::StoreName, Branded>,
+}
+
+impl Brands {
+    fn build(settings: &Settings, mailer: Mailer, renderer: Renderer) -> anyhow::Result<Self> {
+        let mut stores = std::collections::HashMap::new();
+        for store in settings.stores.iter() {
+            let setting =
+                |key: &str| format!("STORES_FILE: store {:?}, {key}", store.name.as_str());
+            let mut templates = settings.templates.clone();
+            if let Some(name) = &store.display_name {
+                templates.store_name = name.clone();
+            }
+            if let Some(url) = &store.tracking_page_url {
+                let Some(links) = &templates.tracking_page else {
+                    return Err(SettingsError::new(
+                        "TRACKING_PAGE_SECRET",
+                        format!("is required by {}", setting("tracking_page_url")),
+                    )
+                    .into());
+                };
+                templates.tracking_page = Some(links.with_base(url).map_err(|e| {
+                    SettingsError::new(
+                        "STORES_FILE",
+                        format!("{}: {e}", setting("tracking_page_url")),
+                    )
+                })?);
+            }
+            let store_mailer = match &store.email_from {
+                Some(from) => Mailer::new(&MailerSettings {
+                    from: from.clone(),
+                    ..settings.mailer.clone()
+                })
+                .map_err(|e| {
+                    SettingsError::new("STORES_FILE", format!("{}: {e}", setting("email_from")))
+                })?,
+                None => mailer.clone(),
+            };
+            stores.insert(
+                store.name.clone(),
+                Branded {
+                    mailer: store_mailer,
+                    renderer: Renderer::new(templates)?,
+                    statuses: store.notify.as_ref().map_or_else(
+                        || settings.statuses.clone(),
+                        |n| n.iter().copied().collect(),
+                    ),
+                    late: store.notify_late.unwrap_or(true),
+                },
+            );
+        }
+        Ok(Self {
+            global: Branded {
+                mailer,
+                renderer,
+                statuses: settings.statuses.clone(),
+                late: true,
+            },
+            stores,
+        })
+    }
+
+    fn of(&self, store: &tracking_domain::StoreName) -> &Branded {
+        self.stores.get(store).unwrap_or(&self.global)
+    }
 }
 
 fn count(result: &'static str) {
@@ -200,7 +281,8 @@ impl Handler for EmailPublisher {
             Ok(t) => t,
             Err(outcome) => return outcome,
         };
-        match notify::decide(&change, &self.statuses, self.delivered_when_first_seen) {
+        let brand = self.brands.of(&change.store);
+        match notify::decide(&change, &brand.statuses, self.delivered_when_first_seen) {
             Notify::Email => {}
             Notify::NotNotified => {
                 count("not_notified");
@@ -238,7 +320,7 @@ impl Handler for EmailPublisher {
         let unsubscribe = self
             .unsubscribe
             .headers(&change.store, &change.customer.email);
-        let email = match self.renderer.render(&change) {
+        let email = match brand.renderer.render(&change) {
             Ok(Some(e)) => e,
             Ok(None) => {
                 count("no_template");
@@ -250,7 +332,7 @@ impl Handler for EmailPublisher {
                 };
             }
         };
-        let message_id = self.mailer.message_id(change.change_id);
+        let message_id = brand.mailer.message_id(change.change_id);
         // An email that waited while its shipment moved on is not sent late.
         let skip_if_waited =
             superseded_by.map(|later| format!("skipped: superseded by {later} while it waited"));
@@ -264,7 +346,15 @@ impl Handler for EmailPublisher {
                 bulkhead: Some(&self.bulkhead),
             },
             skip_if_waited,
-            || self.attempt(&change.customer, &email, &message_id, unsubscribe.as_ref()),
+            || {
+                self.attempt(
+                    &brand.mailer,
+                    &change.customer,
+                    &email,
+                    &message_id,
+                    unsubscribe.as_ref(),
+                )
+            },
         )
         .await;
         count(match delivered.result {
@@ -296,13 +386,13 @@ impl EmailPublisher {
     /// One try at sending `email` to `customer`: done with its Message-ID, or the SMTP failure by kind.
     async fn attempt(
         &self,
+        mailer: &Mailer,
         customer: &tracking_domain::Customer,
         email: &RenderedEmail,
         message_id: &str,
         unsubscribe: Option<&ListUnsubscribe>,
     ) -> Attempt {
-        match self
-            .mailer
+        match mailer
             .send_with(
                 &customer.email,
                 customer.name.as_deref(),
@@ -431,6 +521,11 @@ impl EmailPublisher {
             count_late("marketplace_emails");
             return Outcome::Ack;
         }
+        let brand = self.brands.of(&request.store);
+        if !brand.late {
+            count_late("not_notified");
+            return Outcome::Ack;
+        }
         match self
             .skip_if_unsubscribed(&request.store, &request.customer.email, id)
             .await
@@ -448,7 +543,8 @@ impl EmailPublisher {
         let unsubscribe = self
             .unsubscribe
             .headers(&request.store, &request.customer.email);
-        let email: RenderedEmail = match self.renderer.render_late(&LateEmail {
+        let email: RenderedEmail = match brand.renderer.render_late(&LateEmail {
+            store: &request.store,
             order_id: &request.order_id,
             tracking_code: &request.tracking_code,
             carrier: request.carrier,
@@ -463,7 +559,7 @@ impl EmailPublisher {
                 };
             }
         };
-        let message_id = self.mailer.message_id(id);
+        let message_id = brand.mailer.message_id(id);
         let delivered = deliver::once(
             &self.ledger,
             DESTINATION,
@@ -474,7 +570,15 @@ impl EmailPublisher {
                 bulkhead: Some(&self.bulkhead),
             },
             None,
-            || self.attempt(&request.customer, &email, &message_id, unsubscribe.as_ref()),
+            || {
+                self.attempt(
+                    &brand.mailer,
+                    &request.customer,
+                    &email,
+                    &message_id,
+                    unsubscribe.as_ref(),
+                )
+            },
         )
         .await;
         count_late(match delivered.result {

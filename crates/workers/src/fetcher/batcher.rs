@@ -1,6 +1,7 @@
-//! Gathers one carrier's requests into calls: up to the carrier's batch size or the linger time, a bounded number
+//! Gathers one carrier account's requests into calls: up to the carrier's batch size or the linger time, a bounded number
 //! of calls at once; each request gets its own code's answer back.
 
+use super::accounts::AccountId;
 use super::health::{CallKind, CarrierHealth, Shape};
 use chrono::Utc;
 use serde_json::json;
@@ -25,6 +26,8 @@ pub(super) struct Batcher {
 }
 
 pub(super) struct BatchContext {
+    /// The account whose credentials `client` holds: health, budget and metrics are this account's.
+    pub(super) account: AccountId,
     pub(super) client: Arc<dyn CarrierClient>,
     pub(super) health: CarrierHealth,
     pub(super) pool: Option<PgPool>,
@@ -81,6 +84,15 @@ impl Batcher {
 
 async fn call(ctx: &BatchContext, batch: Vec<Pending>) {
     let carrier = ctx.client.carrier();
+    let account = &ctx.account;
+    // An account whose access was refused is not asked again before its hold ends, however many requests wait
+    // (they go back to the delay queues): no retry storm against a carrier that already said no.
+    if let Some(reason) = ctx.health.held(account) {
+        for p in batch {
+            let _ = p.reply.send(Err(FetchError::Auth(reason.clone())));
+        }
+        return;
+    }
     let mut codes = Vec::with_capacity(batch.len());
     for p in &batch {
         if !codes.contains(&p.request.tracking_code) {
@@ -91,7 +103,8 @@ async fn call(ctx: &BatchContext, batch: Vec<Pending>) {
     let result = ctx.client.track(&codes).await;
     metrics::histogram!("carrier_call_seconds", "carrier" => carrier.as_str())
         .record(started.elapsed());
-    metrics::counter!("carrier_calls_total", "carrier" => carrier.as_str()).increment(1);
+    metrics::counter!("carrier_calls_total", "carrier" => carrier.as_str(), "account" => account.key.clone())
+        .increment(1);
     metrics::histogram!("carrier_batch_size", "carrier" => carrier.as_str())
         .record(codes.len() as f64);
     // An answer that reads but whose objects are mostly unrecognised (alone, or with the carrier's newest calls)
@@ -100,7 +113,7 @@ async fn call(ctx: &BatchContext, batch: Vec<Pending>) {
     let (result, shape) = match result {
         Ok(answered) => {
             let shape = Shape::of(&answered);
-            match ctx.health.changed_shape(carrier, &shape) {
+            match ctx.health.changed_shape(account, &shape) {
                 Some(reason) => (
                     Err(FetchError::Schema {
                         reason,
@@ -134,8 +147,15 @@ async fn call(ctx: &BatchContext, batch: Vec<Pending>) {
                 })
                 .count();
             ctx.health
-                .record(carrier, CallKind::Ok, None, stale, &shape);
+                .record(account, CallKind::Ok, None, stale, &shape);
             for (code, answer) in &answers {
+                if let ObjectResult::NotTrackable { message } = answer {
+                    metrics::counter!("carrier_not_trackable_answers_total", "carrier" => carrier.as_str(),
+                        "account" => account.key.clone())
+                    .increment(1);
+                    tracing::warn!(%carrier, %account, tracking_code = %code, message = %message,
+                        "This account may not track the code (another contract's label); it stays polled rarely.");
+                }
                 if let ObjectResult::Unrecognised { message } = answer {
                     metrics::counter!("carrier_unrecognised_answers_total", "carrier" => carrier.as_str())
                         .increment(1);
@@ -157,7 +177,7 @@ async fn call(ctx: &BatchContext, batch: Vec<Pending>) {
         }
         Err(e) => {
             ctx.health
-                .record(carrier, CallKind::of(&e), Some(&e), 0, &shape);
+                .record(account, CallKind::of(&e), Some(&e), 0, &shape);
             let unreadable = match &e {
                 FetchError::Malformed {
                     reason,

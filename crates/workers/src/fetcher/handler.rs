@@ -1,5 +1,6 @@
 //! One tracking request: parsed, handed to its carrier's batcher, its answer published to `carrier.events`.
 
+use super::accounts::AccountId;
 use super::batcher::{Batcher, Pending};
 use crate::backoff;
 use chrono::Utc;
@@ -7,12 +8,17 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracking_carriers::{FetchError, ObjectResult};
-use tracking_domain::{Carrier, CarrierUpdate, Source, TrackingRequest};
+use tracking_domain::{Carrier, CarrierUpdate, Source, StoreName, Stores, TrackingRequest};
 use tracking_runtime::amqp::topology::CARRIER_EVENTS;
 use tracking_runtime::amqp::{Handler, Incoming, Outcome, Outgoing, PublishError, Publisher};
 
 pub struct Fetcher {
-    pub(super) batchers: HashMap<Carrier, Batcher>,
+    /// One batcher per carrier account.
+    pub(super) batchers: HashMap<AccountId, Batcher>,
+    /// Each (store, carrier)'s account.
+    pub(super) routes: HashMap<(StoreName, Carrier), AccountId>,
+    /// The stores served: a request naming another is parked.
+    pub(super) stores: Stores,
     pub(super) publisher: Publisher,
     pub(super) retry_base: Duration,
     pub(super) retry_max: Duration,
@@ -50,6 +56,11 @@ pub fn update_for(request: TrackingRequest, answer: ObjectResult) -> Result<Carr
     })
 }
 
+/// Why a request naming a store the stores file does not have is parked.
+pub fn unknown_store(store: &StoreName) -> String {
+    format!("invalid tracking request: store: {store:?} is not a store of STORES_FILE")
+}
+
 /// Publishes a carrier update to `carrier.events` (routing key `{carrier}.{code}`) and waits for the confirm.
 pub async fn publish_update(publisher: &Publisher, update: &CarrierUpdate) -> anyhow::Result<()> {
     let body = serde_json::to_vec(update)?;
@@ -78,10 +89,22 @@ impl Handler for Fetcher {
             )),
             reason,
         };
-        let Some(batcher) = self.batchers.get(&request.carrier) else {
+        if !self.stores.contains(&request.store) {
+            return Outcome::Park {
+                reason: unknown_store(&request.store),
+            };
+        }
+        let Some(batcher) = self
+            .routes
+            .get(&(request.store.clone(), request.carrier))
+            .and_then(|account| self.batchers.get(account))
+        else {
             let setting = tracking_carriers::credential_settings(request.carrier);
             return retry(
-                format!("{} is not configured ({setting})", request.carrier),
+                format!(
+                    "{} is not configured for store {} ({setting}, or the store's account in STORES_FILE)",
+                    request.carrier, request.store
+                ),
                 None,
             );
         };

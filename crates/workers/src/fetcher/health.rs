@@ -1,13 +1,15 @@
-//! Carrier health: what the fetcher's calls say about each carrier integration.
+//! Carrier health: what the fetcher's calls say about each carrier account (a carrier's integration as one set of
+//! credentials sees it). One store's revoked credentials make its account broken, never the other accounts.
 
+use super::accounts::AccountId;
 use super::settings::HealthSettings;
 use serde_json::json;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracking_carriers::FetchError;
-use tracking_domain::{Carrier, CarrierState as State};
+use tracking_domain::{Carrier, CarrierState as State, StoreName};
 use tracking_runtime::ops::Health;
 
 /// One call's outcome, as the health counters see it.
@@ -69,6 +71,11 @@ impl Shape {
 struct Tracked {
     state: State,
     reason: Option<String>,
+    /// The stores whose calls this account makes (none for a carrier listed without credentials).
+    stores: Vec<StoreName>,
+    /// When the account's credentials or access were last refused, while that is its state: its requests are
+    /// held without a call until `CARRIER_AUTH_HOLD_MS` after it.
+    refused_at: Option<Instant>,
     /// Recent calls (time, kind, objects answered, of which unrecognised) within the window; stale codes seen.
     calls: VecDeque<(Instant, CallKind, usize, usize)>,
     stale: VecDeque<Instant>,
@@ -80,6 +87,8 @@ impl Default for Tracked {
         Self {
             state: State::Ok,
             reason: None,
+            stores: Vec::new(),
+            refused_at: None,
             calls: VecDeque::new(),
             stale: VecDeque::new(),
             consecutive_failures: 0,
@@ -87,8 +96,10 @@ impl Default for Tracked {
     }
 }
 
-/// Per-carrier health: counters over a window, a state (`ok`, `degraded`, `broken`) on `/health`, the
-/// `carrier_state` gauge and the `carrier_health` table, and an error log line when a carrier turns broken.
+/// Per-account health: counters over a window, a state (`ok`, `degraded`, `broken`) on `/health` (each carrier's
+/// worst account, and each account with its stores under `accounts`), the `carrier_state` gauge (labels `carrier`,
+/// `account`, `stores`, `state`), the `carrier_health` table (per carrier) and `carrier_account_health` (per
+/// account), and an error log line naming the account and its stores when one turns broken.
 ///
 /// - broken: the last call's credentials were refused, or its answer could not be read (a changed API shows on the
 ///   first call after the change), or most of its objects were unrecognised ([`CallKind::Schema`]), or the last
@@ -102,7 +113,17 @@ pub struct CarrierHealth {
     health: Health,
     settings: HealthSettings,
     pool: Option<PgPool>,
-    states: Arc<Mutex<BTreeMap<Carrier, Tracked>>>,
+    states: Arc<Mutex<BTreeMap<AccountId, Tracked>>>,
+    /// `CARRIER_AUTH_HOLD_MS`.
+    auth_hold: Duration,
+}
+
+/// The entry a carrier without any account is listed under (the primary carrier, broken: no credentials).
+fn unconfigured(carrier: Carrier) -> AccountId {
+    AccountId {
+        carrier,
+        key: String::new(),
+    }
 }
 
 impl CarrierHealth {
@@ -110,47 +131,77 @@ impl CarrierHealth {
         health: Health,
         settings: HealthSettings,
         pool: Option<PgPool>,
-        configured: &[Carrier],
+        configured: &[(AccountId, Vec<StoreName>)],
+        auth_hold: Duration,
     ) -> Self {
         let mut states = BTreeMap::new();
-        for c in Carrier::ALL {
-            let mut s = Tracked::default();
-            if !configured.contains(&c) {
-                // The primary carrier is always listed (its requests are held while it has no credentials);
-                // others once configured.
-                if c != tracking_carriers::PRIMARY {
-                    continue;
-                }
-                s.state = State::Broken;
-                s.reason = Some(format!(
-                    "{} are not set",
-                    tracking_carriers::credential_settings(c)
-                ));
-            }
-            states.insert(c, s);
+        for (id, stores) in configured {
+            states.insert(
+                id.clone(),
+                Tracked {
+                    stores: stores.clone(),
+                    ..Tracked::default()
+                },
+            );
+        }
+        // The primary carrier is always listed (its requests are held while it has no credentials); others once
+        // configured.
+        let primary = tracking_carriers::PRIMARY;
+        if !configured.iter().any(|(id, _)| id.carrier == primary) {
+            states.insert(
+                unconfigured(primary),
+                Tracked {
+                    state: State::Broken,
+                    reason: Some(format!(
+                        "{} are not set",
+                        tracking_carriers::credential_settings(primary)
+                    )),
+                    ..Tracked::default()
+                },
+            );
         }
         let me = Self {
             health,
             settings,
             pool,
             states: Arc::new(Mutex::new(states)),
+            auth_hold,
         };
         me.show();
         me
     }
 
+    /// Why `account`'s calls are held without being made: its credentials or access were refused less than
+    /// `CARRIER_AUTH_HOLD_MS` ago. Once the hold is over, the first caller gets `None` and makes the one probing
+    /// call; the hold starts again for everyone else meanwhile (and goes on if the probe is refused too).
+    pub(super) fn held(&self, account: &AccountId) -> Option<String> {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let s = states.get_mut(account)?;
+        let at = s.refused_at?;
+        if at.elapsed() >= self.auth_hold {
+            s.refused_at = Some(Instant::now());
+            return None;
+        }
+        Some(format!(
+            "account {account} is held after its access was refused ({}); one call tries again every {} ms",
+            s.reason.as_deref().unwrap_or("no reason"),
+            self.auth_hold.as_millis()
+        ))
+    }
+
     pub(super) fn record(
         &self,
-        carrier: Carrier,
+        account: &AccountId,
         kind: CallKind,
         error: Option<&FetchError>,
         stale: usize,
         shape: &Shape,
     ) {
+        let carrier = account.carrier;
         let now = Instant::now();
-        let (before, after, reason, counters) = {
+        let (before, after, reason, counters, stores, overall) = {
             let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-            let s = states.entry(carrier).or_default();
+            let s = states.entry(account.clone()).or_default();
             s.calls
                 .push_back((now, kind, shape.objects, shape.unrecognised));
             for _ in 0..stale {
@@ -201,6 +252,7 @@ impl CarrierHealth {
             };
             s.state = state;
             s.reason = reason.clone();
+            s.refused_at = (kind == CallKind::Auth).then_some(now);
             let count = |k: CallKind| s.calls.iter().filter(|c| c.1 == k).count();
             let counters = json!({
                 "window_secs": self.settings.window.as_secs(),
@@ -215,18 +267,22 @@ impl CarrierHealth {
                 "stale_codes": s.stale.len(),
                 "consecutive_failures": s.consecutive_failures,
             });
-            (before, state, reason, counters)
+            let stores = join_stores(&s.stores);
+            let overall = worst(&states, carrier);
+            (before, state, reason, counters, stores, overall)
         };
         if before != after {
             match after {
                 State::Broken => {
-                    tracing::error!(%carrier, reason = reason.as_deref().unwrap_or(""),
-                    "Carrier integration is BROKEN: its requests are held for retry until an operator fixes the cause.")
+                    tracing::error!(%carrier, %account, %stores, reason = reason.as_deref().unwrap_or(""),
+                    "Carrier account is BROKEN: its stores' requests are held for retry until an operator fixes the cause; other accounts go on.")
                 }
                 State::Degraded => {
-                    tracing::warn!(%carrier, reason = reason.as_deref().unwrap_or(""), "Carrier integration is degraded.")
+                    tracing::warn!(%carrier, %account, %stores, reason = reason.as_deref().unwrap_or(""), "Carrier account is degraded.")
                 }
-                State::Ok => tracing::info!(%carrier, "Carrier integration is ok again."),
+                State::Ok => {
+                    tracing::info!(%carrier, %account, %stores, "Carrier account is ok again.")
+                }
             }
         }
         let label = match kind {
@@ -238,7 +294,10 @@ impl CarrierHealth {
             CallKind::Schema => "schema",
         };
         if kind != CallKind::Ok {
-            metrics::counter!("carrier_errors_total", "carrier" => carrier.as_str(), "kind" => label).increment(1);
+            // Labels as before stores existed (dashboards and tests read them so); the account's errors show in
+            // its health counters and `carrier_state`.
+            metrics::counter!("carrier_errors_total", "carrier" => carrier.as_str(), "kind" => label)
+                .increment(1);
         }
         if stale > 0 {
             metrics::counter!("carrier_stale_codes_total", "carrier" => carrier.as_str())
@@ -246,15 +305,34 @@ impl CarrierHealth {
         }
         self.show();
         if let Some(pool) = self.pool.clone() {
+            let key = account.key.clone();
             tokio::spawn(async move {
+                let (state, why) = overall;
                 let stored = tracking_store::carrier_health::record(
                     &pool,
                     carrier,
-                    after,
-                    reason.as_deref(),
+                    state,
+                    why.as_deref(),
                     &counters,
                 )
                 .await;
+                let stored = match stored {
+                    Ok(()) => {
+                        tracking_store::carrier_health::record_account(
+                            &pool,
+                            tracking_store::carrier_health::AccountHealth {
+                                carrier,
+                                account: &key,
+                                stores: &stores,
+                                state: after,
+                                reason: reason.as_deref(),
+                                counters: &counters,
+                            },
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = stored {
                     tracing::debug!(error = %e, "Could not store the carrier's health.");
                 }
@@ -266,7 +344,7 @@ impl CarrierHealth {
     /// or, with the carrier's newest calls within the window (back to [`RECENT_OBJECTS`] objects), most of theirs
     /// ([`tracking_carriers::shape_changed`]). Small calls are thus judged together; a call with no unrecognised
     /// object never is, so a mended carrier's first good answer goes through.
-    pub(super) fn changed_shape(&self, carrier: Carrier, shape: &Shape) -> Option<String> {
+    pub(super) fn changed_shape(&self, account: &AccountId, shape: &Shape) -> Option<String> {
         if shape.unrecognised == 0 {
             return None;
         }
@@ -283,7 +361,7 @@ impl CarrierHealth {
                     .checked_sub(self.settings.window)
                     .unwrap_or_else(Instant::now);
                 let (mut objects, mut unrecognised) = (shape.objects, shape.unrecognised);
-                if let Some(s) = states.get(&carrier) {
+                if let Some(s) = states.get(account) {
                     for (_, _, n, u) in s.calls.iter().rev().take_while(|c| c.0 >= horizon) {
                         if objects >= RECENT_OBJECTS {
                             break;
@@ -309,19 +387,83 @@ impl CarrierHealth {
 
     fn show(&self) {
         let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let mut section = serde_json::Map::new();
-        for (carrier, s) in states.iter() {
-            let mut entry = json!({ "state": s.state.as_str() });
-            if let Some(r) = &s.reason {
-                entry["reason"] = json!(r);
-            }
-            section.insert(carrier.as_str().into(), entry);
+        self.health.set_section("carriers", section(&states));
+        for (id, s) in states.iter() {
             for state in State::ALL {
-                metrics::gauge!("carrier_state", "carrier" => carrier.as_str(), "state" => state.as_str())
-                    .set(if state == s.state { 1.0 } else { 0.0 });
+                let value = if state == s.state { 1.0 } else { 0.0 };
+                if id.key.is_empty() {
+                    metrics::gauge!("carrier_state", "carrier" => id.carrier.as_str(), "state" => state.as_str())
+                        .set(value);
+                } else {
+                    metrics::gauge!("carrier_state", "carrier" => id.carrier.as_str(), "state" => state.as_str(),
+                        "account" => id.key.clone(), "stores" => join_stores(&s.stores))
+                    .set(value);
+                }
             }
         }
-        self.health
-            .set_section("carriers", serde_json::Value::Object(section));
     }
+}
+
+/// The stores of an account, as labels and logs show them: `loja-a,loja-b`.
+fn join_stores(stores: &[StoreName]) -> String {
+    stores
+        .iter()
+        .map(StoreName::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A carrier's worst account, with its reason (naming the account when the carrier has several).
+fn worst(states: &BTreeMap<AccountId, Tracked>, carrier: Carrier) -> (State, Option<String>) {
+    let rank = |s: State| match s {
+        State::Ok => 0,
+        State::Degraded => 1,
+        State::Broken => 2,
+    };
+    let mine: Vec<(&AccountId, &Tracked)> = states
+        .iter()
+        .filter(|(id, _)| id.carrier == carrier)
+        .collect();
+    let several = mine.len() > 1;
+    mine.into_iter()
+        .max_by_key(|(_, s)| rank(s.state))
+        .map_or((State::Ok, None), |(id, s)| {
+            let reason = s.reason.as_ref().map(|r| {
+                if several {
+                    format!("account {id} (stores {}): {r}", join_stores(&s.stores))
+                } else {
+                    r.clone()
+                }
+            });
+            (s.state, reason)
+        })
+}
+
+/// `/health`'s `carriers`: each carrier's worst state and reason (as before stores existed), and its accounts.
+fn section(states: &BTreeMap<AccountId, Tracked>) -> serde_json::Value {
+    let mut section = serde_json::Map::new();
+    for carrier in Carrier::ALL {
+        if !states.keys().any(|id| id.carrier == carrier) {
+            continue;
+        }
+        let (state, reason) = worst(states, carrier);
+        let mut entry = json!({ "state": state.as_str() });
+        if let Some(r) = reason {
+            entry["reason"] = json!(r);
+        }
+        let mut accounts = serde_json::Map::new();
+        for (id, s) in states
+            .iter()
+            .filter(|(id, _)| id.carrier == carrier && !id.key.is_empty())
+        {
+            let mut a = json!({ "state": s.state.as_str(), "stores": s.stores });
+            if let Some(r) = &s.reason {
+                a["reason"] = json!(r);
+            }
+            accounts.insert(id.key.clone(), a);
+        }
+        entry["accounts"] = serde_json::Value::Object(accounts);
+        section.insert(carrier.as_str().into(), entry);
+    }
+    serde_json::Value::Object(section)
 }

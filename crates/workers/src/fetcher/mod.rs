@@ -3,9 +3,10 @@
 //!
 //! - A request that is not valid (not JSON, a field missing or wrong, a carrier that cannot be detected) is parked
 //!   in `tracking.requests.dead` with the reason.
-//! - Requests are gathered per carrier up to the carrier's batch size (Correios: 50) or `FETCH_LINGER_MS`, then one
-//!   call asks for all their codes (after spending the carrier account's budget, a token bucket shared by every
-//!   fetcher through PostgreSQL). Each request's events are published, and the request acked once the broker
+//! - A request names its store (`STORES_FILE`; absent, the default store); a store the file does not have parks
+//!   it. Its carrier call is made with its store's carrier account ([`accounts`]): requests are gathered per
+//!   account up to the carrier's batch size (Correios: 50) or `FETCH_LINGER_MS`, then one call asks for all their
+//!   codes (after spending the account's budget, a token bucket shared by every fetcher through PostgreSQL). Each request's events are published, and the request acked once the broker
 //!   confirmed them. One carrier's calls never wait for another's.
 //! - The carrier's answer per code: events (or none yet: `SRO-020`) → published, then acked; a refusal of the code
 //!   (`SRO-019`, `SRO-009`) → parked with the carrier's message.
@@ -19,6 +20,7 @@
 //! (carrier states), [`batcher`] (requests gathered into calls), [`handler`] (one request, start to finish),
 //! [`replay`] (kept answers read again). What is specific to one carrier lives in `tracking_carriers`.
 
+pub mod accounts;
 pub mod batcher;
 pub mod budget;
 pub mod handler;
@@ -36,7 +38,6 @@ use crate::boot::{Schema, Worker};
 use batcher::{BatchContext, Batcher};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracking_domain::Carrier;
 use tracking_runtime::amqp::topology::TRACKING_REQUESTS;
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -52,32 +53,44 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     else {
         return Ok(());
     };
-    let clients = settings.carriers.clients(Some(&worker.pool))?;
+    let plan = accounts::plan(&settings.stores, &settings.carriers);
+    let accounts = accounts::Accounts::build(plan, &settings.carriers, Some(&worker.pool))?;
     let primary = tracking_carriers::PRIMARY;
-    if !clients.contains_key(&primary) {
+    if !accounts.accounts.keys().any(|a| a.carrier == primary) {
         tracing::warn!(
             "{} are not set: {primary} requests will be held for retry.",
             tracking_carriers::credential_settings(primary)
         );
     }
-    let configured: Vec<Carrier> = clients.keys().copied().collect();
+    for (id, account) in &accounts.accounts {
+        let stores: Vec<&str> = account.stores.iter().map(|s| s.as_str()).collect();
+        tracing::info!(carrier = %id.carrier, account = %id, stores = %stores.join(","), "Carrier account configured.");
+    }
+    let configured: Vec<_> = accounts
+        .accounts
+        .iter()
+        .map(|(id, a)| (id.clone(), a.stores.clone()))
+        .collect();
     let carrier_health = CarrierHealth::new(
         worker.health.clone(),
         settings.health.clone(),
         Some(worker.pool.clone()),
         &configured,
+        settings.auth_hold,
     );
-    let batchers = clients
+    let batchers = accounts
+        .accounts
         .into_iter()
-        .map(|(carrier, client)| {
+        .map(|(id, account)| {
             let ctx = BatchContext {
-                client,
+                account: id.clone(),
+                client: account.client,
                 health: carrier_health.clone(),
                 pool: Some(worker.pool.clone()),
                 stale_after: settings.health.stale_after,
             };
             (
-                carrier,
+                id,
                 Batcher::start(
                     ctx,
                     settings.linger,
@@ -89,6 +102,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .collect();
     let handler = Arc::new(Fetcher {
         batchers,
+        routes: accounts.routes,
+        stores: settings.stores,
         publisher: worker.publisher.clone(),
         retry_base: settings.retry_base,
         retry_max: settings.retry_max,

@@ -1,8 +1,6 @@
 //! The fetcher's settings: carrier credentials and clients, request budgets, batching, retries and health.
 
-use super::budget::SharedBudget;
 use crate::boot;
-use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +19,16 @@ pub struct Rate {
 }
 
 pub struct CarrierSettings {
+    /// The global Correios account (`CORREIOS_USER`, ...): the default store's, and that of every store of the
+    /// stores file that names none.
     pub correios: Option<CorreiosSettings>,
+    /// The global Jadlog token (`JADLOG_TOKEN`), used as [`CarrierSettings::correios`] is.
     pub jadlog: Option<JadlogSettings>,
+    /// What every Correios account's client shares (base URL, timeout, batch, retries); its credentials are
+    /// empty: a store's account fills them in.
+    pub correios_common: CorreiosSettings,
+    /// What every Jadlog account's client shares; its token is empty.
+    pub jadlog_common: JadlogSettings,
     /// `CORREIOS_RATE_PER_SECOND` (default 5), `CORREIOS_BURST` (default 10).
     pub correios_rate: Rate,
     /// `JADLOG_RATE_PER_SECOND` (default 2), `JADLOG_BURST` (default 5).
@@ -33,6 +39,12 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     pub db: tracking_store::DbSettings,
     pub carriers: CarrierSettings,
+    /// `STORES_FILE`: the stores served, each with its carrier accounts (else one default store).
+    pub stores: tracking_domain::Stores,
+    /// `CARRIER_AUTH_HOLD_MS` (default 60000): once an account's credentials or access were refused, its requests
+    /// are held without a call for this long, then one call tries again: a refused account costs one call per
+    /// hold, however many requests wait, instead of a retry storm the carrier may answer by blocking us.
+    pub auth_hold: Duration,
     /// `CARRIER_RETRY_BASE_MS` (default 5000): the first queue delay after a failed carrier call; it doubles per attempt.
     pub retry_base: Duration,
     /// `CARRIER_RETRY_MAX_MS` (default 600000): the cap of that delay.
@@ -92,30 +104,43 @@ impl CarrierSettings {
                 "must be at least 1024",
             ));
         }
+        let batch = settings::parse("CORREIOS_BATCH_SIZE", MAX_BATCH)?;
+        if !(1..=MAX_BATCH).contains(&batch) {
+            return Err(SettingsError::new(
+                "CORREIOS_BATCH_SIZE",
+                format!("must be between 1 and {MAX_BATCH}"),
+            ));
+        }
+        let correios_common = CorreiosSettings {
+            base_url: settings::var_or("CORREIOS_BASE_URL", "https://api.correios.com.br"),
+            user: String::new(),
+            access_code: String::new().into(),
+            postage_card: None,
+            timeout: settings::millis("CORREIOS_TIMEOUT_MS", 30_000)?,
+            time_zone,
+            batch,
+            retry: retry.clone(),
+            max_body,
+        };
+        let jadlog_common = JadlogSettings {
+            base_url: settings::var_or("JADLOG_BASE_URL", "https://www.jadlog.com.br"),
+            token: String::new().into(),
+            timeout: settings::millis("JADLOG_TIMEOUT_MS", 30_000)?,
+            time_zone,
+            batch: settings::parse("JADLOG_BATCH_SIZE", 50usize)?.max(1),
+            retry: retry.clone(),
+            max_body,
+        };
         let correios = match (
             settings::var("CORREIOS_USER"),
             settings::var("CORREIOS_ACCESS_CODE"),
         ) {
-            (Some(user), Some(code)) => {
-                let batch = settings::parse("CORREIOS_BATCH_SIZE", MAX_BATCH)?;
-                if !(1..=MAX_BATCH).contains(&batch) {
-                    return Err(SettingsError::new(
-                        "CORREIOS_BATCH_SIZE",
-                        format!("must be between 1 and {MAX_BATCH}"),
-                    ));
-                }
-                Some(CorreiosSettings {
-                    base_url: settings::var_or("CORREIOS_BASE_URL", "https://api.correios.com.br"),
-                    user,
-                    access_code: code.into(),
-                    postage_card: settings::var("CORREIOS_POSTAGE_CARD"),
-                    timeout: settings::millis("CORREIOS_TIMEOUT_MS", 30_000)?,
-                    time_zone,
-                    batch,
-                    retry: retry.clone(),
-                    max_body,
-                })
-            }
+            (Some(user), Some(code)) => Some(CorreiosSettings {
+                user,
+                access_code: code.into(),
+                postage_card: settings::var("CORREIOS_POSTAGE_CARD"),
+                ..correios_common.clone()
+            }),
             (None, None) => None,
             (Some(_), None) => {
                 return Err(SettingsError::new(
@@ -130,54 +155,35 @@ impl CarrierSettings {
                 ));
             }
         };
-        let jadlog = match settings::var("JADLOG_TOKEN") {
-            Some(token) => Some(JadlogSettings {
-                base_url: settings::var_or("JADLOG_BASE_URL", "https://www.jadlog.com.br"),
-                token: token.into(),
-                timeout: settings::millis("JADLOG_TIMEOUT_MS", 30_000)?,
-                time_zone,
-                batch: settings::parse("JADLOG_BATCH_SIZE", 50usize)?.max(1),
-                retry,
-                max_body,
-            }),
-            None => None,
-        };
+        let jadlog = settings::var("JADLOG_TOKEN").map(|token| JadlogSettings {
+            token: token.into(),
+            ..jadlog_common.clone()
+        });
         Ok(Self {
             correios,
             jadlog,
+            correios_common,
+            jadlog_common,
             correios_rate: rate(("CORREIOS_RATE_PER_SECOND", 5.0), ("CORREIOS_BURST", 10.0))?,
             jadlog_rate: rate(("JADLOG_RATE_PER_SECOND", 2.0), ("JADLOG_BURST", 5.0))?,
         })
     }
 
-    /// The configured clients, each spending its account's budget in `pool` (when given).
-    pub fn clients(
-        &self,
-        pool: Option<&PgPool>,
-    ) -> anyhow::Result<BTreeMap<Carrier, Arc<dyn CarrierClient>>> {
+    /// A client per carrier for reading kept answers again (`trackctl carriers replay`): the global account's
+    /// when configured, else one without credentials (reading an answer needs none), so that a deployment whose
+    /// accounts are all in `STORES_FILE` can replay too.
+    pub fn parsers(&self) -> anyhow::Result<BTreeMap<Carrier, Arc<dyn CarrierClient>>> {
         let mut out: BTreeMap<Carrier, Arc<dyn CarrierClient>> = BTreeMap::new();
-        if let Some(s) = &self.correios {
-            let mut client = CorreiosClient::new(s.clone())?;
-            if let Some(pool) = pool {
-                client = client.with_budget(Arc::new(SharedBudget::new(
-                    pool.clone(),
-                    s.account(),
-                    self.correios_rate,
-                )));
-            }
-            out.insert(Carrier::Correios, Arc::new(client));
-        }
-        if let Some(s) = &self.jadlog {
-            let mut client = JadlogClient::new(s.clone())?;
-            if let Some(pool) = pool {
-                client = client.with_budget(Arc::new(SharedBudget::new(
-                    pool.clone(),
-                    tracking_carriers::jadlog::ACCOUNT.into(),
-                    self.jadlog_rate,
-                )));
-            }
-            out.insert(Carrier::Jadlog, Arc::new(client));
-        }
+        let correios = self
+            .correios
+            .clone()
+            .unwrap_or_else(|| self.correios_common.clone());
+        out.insert(Carrier::Correios, Arc::new(CorreiosClient::new(correios)?));
+        let jadlog = self
+            .jadlog
+            .clone()
+            .unwrap_or_else(|| self.jadlog_common.clone());
+        out.insert(Carrier::Jadlog, Arc::new(JadlogClient::new(jadlog)?));
         Ok(out)
     }
 }
@@ -185,6 +191,8 @@ impl CarrierSettings {
 impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
         let carriers = CarrierSettings::from_env()?;
+        let stores = tracking_marketplaces::stores_from_env()
+            .map_err(|e| SettingsError::new(e.setting, e.message))?;
         let mut amqp = AmqpSettings::from_env()?;
         if settings::var("PREFETCH").is_none() {
             // Enough deliveries in hand to fill two batches.
@@ -201,6 +209,8 @@ impl Settings {
             db: boot::db_settings(tracking_store::env::WORKER_POOL_SIZE)?,
             amqp,
             carriers,
+            stores,
+            auth_hold: settings::millis("CARRIER_AUTH_HOLD_MS", 60_000)?,
             retry_base: settings::millis("CARRIER_RETRY_BASE_MS", 5_000)?,
             retry_max: settings::millis("CARRIER_RETRY_MAX_MS", 600_000)?,
             linger: settings::millis("FETCH_LINGER_MS", 200)?,
