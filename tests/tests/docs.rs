@@ -32,6 +32,8 @@
 //!    no literal default.
 //! 4. **The secret settings README lists are the code's** (`SECRET_SETTINGS`, the settings that may come from
 //!    `NAME_FILE`).
+//! 5. **docs/architecture.md's crates table names every dependency**: each `tracking-x` in a crate's
+//!    `[dependencies]` is named (`x`) in that crate's "knows about" cell.
 
 #![allow(clippy::unwrap_used)]
 
@@ -890,4 +892,94 @@ fn the_readme_lists_the_secret_settings_the_code_reads_from_files() {
          crates/runtime/src/settings.rs (the settings that may come from NAME_FILE): missing {missing:?}, not \
          secret {extra:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 5. The crates table of docs/architecture.md.
+
+/// Each crate's `tracking-*` dependencies (not dev-dependencies), by crate name, from `crates/*/Cargo.toml`.
+fn crate_dependencies(root: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let name = Regex::new(r#"(?m)^name\s*=\s*"([a-z-]+)""#).unwrap();
+    let dep = Regex::new(r"(?m)^(tracking-[a-z-]+)\s*(?:\.workspace|=)").unwrap();
+    let mut out = BTreeMap::new();
+    for krate in std::fs::read_dir(root.join("crates")).unwrap() {
+        let Ok(manifest) = std::fs::read_to_string(krate.unwrap().path().join("Cargo.toml")) else {
+            continue;
+        };
+        let Some(krate) = name.captures(&manifest) else {
+            continue;
+        };
+        let deps = manifest
+            .split_once("\n[dependencies]")
+            .map_or("", |(_, rest)| rest.split("\n[").next().unwrap_or(""));
+        out.insert(
+            krate[1].to_owned(),
+            dep.captures_iter(deps).map(|c| c[1].to_owned()).collect(),
+        );
+    }
+    out
+}
+
+/// What the "knows about" cells of the crates table miss: every `tracking-x` dependency of a crate is named in
+/// its cell as `x` (`domain`, `runtime`, ...), unless the cell says "all of the above" or "everything".
+fn crates_table_problems(
+    architecture: &str,
+    deps: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
+    let row = Regex::new(r"^\| `(tracking-[a-z-]+)`[^|]*\|[^|]*\|([^|]*)\|").unwrap();
+    let mut out = Vec::new();
+    for (n, line) in architecture.lines().enumerate() {
+        let Some(c) = row.captures(line) else {
+            continue;
+        };
+        let (krate, knows) = (&c[1], c[2].to_lowercase());
+        if knows.contains("all of the above") || knows.contains("everything") {
+            continue;
+        }
+        for dep in deps.get(krate).into_iter().flatten() {
+            let word = dep.trim_start_matches("tracking-");
+            if !Regex::new(&format!(r"\b{word}\b"))
+                .unwrap()
+                .is_match(&knows)
+            {
+                out.push(format!(
+                    "docs/architecture.md:{}: `{krate}` depends on `{dep}` (crates' Cargo.toml), but its \
+                     \"knows about\" cell does not name `{word}`",
+                    n + 1
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_crates_table_names_every_dependency() {
+    let root = root();
+    let deps = crate_dependencies(&root);
+    assert!(
+        deps.len() >= 8 && deps.values().any(|d| d.len() >= 3),
+        "the scan found too little: {deps:?}"
+    );
+    let found = crates_table_problems(&read(&root.join("docs/architecture.md")), &deps);
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+#[test]
+fn the_crates_table_check_sees_a_missing_dependency() {
+    let mut deps = BTreeMap::new();
+    deps.insert(
+        "tracking-x".to_owned(),
+        BTreeSet::from(["tracking-domain".to_owned(), "tracking-carriers".to_owned()]),
+    );
+    let table = "| crate | concern | knows about |\n| `tracking-x` | things | domain types |\n";
+    assert_eq!(
+        crates_table_problems(table, &deps),
+        [
+            "docs/architecture.md:2: `tracking-x` depends on `tracking-carriers` (crates' Cargo.toml), but its \
+          \"knows about\" cell does not name `carriers`"
+        ]
+    );
+    let table = "| `tracking-x` | things | domain types, carriers (redaction) |\n";
+    assert!(crates_table_problems(table, &deps).is_empty());
 }
