@@ -21,7 +21,9 @@
 //!    - `crates/…/file.rs` or `tests/…/file.rs`: the file exists, and becomes the paragraph's current file;
 //!    - `fn_name` (snake case, at least four words, not shaped like a metric: see [`is_test_name`]) after a
 //!      current file: that file declares `fn fn_name`;
-//!    - `...suffix` or `…suffix` after a current file: that file declares a `fn` whose name ends with `suffix`.
+//!    - `...suffix` or `…suffix` after a current file: that file declares a `fn` whose name ends with `suffix`;
+//!    - `fn_name` in a paragraph with "Test:" or "Tests:" and no file before it: some Rust file under `crates/` or
+//!      `tests/` declares it.
 //! 3. **README's setting defaults are the code's.** For every row of README's "## Settings" tables whose names the
 //!    code reads with a literal default (`settings::secs("NAME", 1800)`, `settings::parse("NAME", 30.0f64)`,
 //!    `settings::var_or("NAME", "…")`, `millis`, `millis_list`, `socket_addr`, tracking-api's `at_least_one` and
@@ -374,6 +376,18 @@ impl Functions {
             })
             .as_ref()
     }
+
+    /// Every `fn` declared in any Rust file under `crates/` and `tests/`.
+    fn anywhere(&mut self, root: &Path) -> BTreeSet<String> {
+        let mut all = BTreeSet::new();
+        let mut sources = files(&root.join("crates"), "rs");
+        sources.extend(files(&root.join("tests"), "rs"));
+        for file in sources {
+            let name = file.strip_prefix(root).unwrap().display().to_string();
+            all.extend(self.of(root, &name).into_iter().flatten().cloned());
+        }
+        all
+    }
 }
 
 /// What is wrong with the tests one paragraph names: one message per test that is not there, with the line.
@@ -406,6 +420,19 @@ fn missing_tests(
         {
             // Its existence is the file check's business; an unknown file sets no current file.
             current = fns.of(root, span).map(|_| span.to_owned());
+        } else if current.is_none()
+            && is_test_name(span)
+            && (text.contains("Test:") || text.contains("Tests:"))
+        {
+            // A "Test:" line naming a test before any file: it is declared somewhere.
+            if !fns.anywhere(root).contains(span) {
+                out.push((
+                    at,
+                    format!(
+                        "`{span}`: no Rust file under crates/ or tests/ declares `fn {span}` (renamed or removed?)"
+                    ),
+                ));
+            }
         } else if let Some(file) = &current {
             let names = fns.of(root, file).unwrap();
             if let Some(e) = ELIDED.captures(span) {
@@ -506,6 +533,8 @@ fn the_test_detector_reads_the_formats_the_docs_use() {
         0
     );
     assert_eq!(check("`no_file_named_before_this`"), 0);
+    assert_eq!(check("Test: `no_file_named_before_this`."), 1);
+    assert_eq!(check("Tests: `every_test_the_docs_name_exists`."), 0);
     let p = paragraphs("a\nb\n\n- c\n  d\n| e |\n| f |\n## g\nh\n```sh\nx `y\n```\nz\n");
     let lines: Vec<_> = p.iter().map(|(n, _)| *n).collect();
     assert_eq!(lines, [1, 4, 6, 7, 8, 9, 13]);
