@@ -98,8 +98,8 @@ const ROLES: [Role; 7] = [
     },
 ];
 
-/// The long-running processes of the contract (`shared/contract.md`, "Binaries"): tracking-api included even
-/// before its source is in this tree.
+/// The long-running processes of the contract (the project's interface contract, kept outside this repository;
+/// README.md, "Binaries"): tracking-api included even before its source is in this tree.
 const SERVICES: [&str; 6] = [
     "fetcher",
     "normalizer",

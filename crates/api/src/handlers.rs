@@ -1,4 +1,4 @@
-//! The endpoints of contract.md "tracking-api".
+//! The endpoints of `tracking-api` (crates/api/openapi.json; README.md, "HTTP API").
 
 use crate::AppState;
 use crate::auth::{Authorized, Scope};

@@ -1,4 +1,4 @@
-//! Which marketplaces a tracking request may name (`MARKETPLACES_FILE`, contract.md "Marketplaces file").
+//! Which marketplaces a tracking request may name (`MARKETPLACES_FILE`, README.md's settings table).
 //!
 //! A request naming a marketplace nobody configured would be queued, then parked by the marketplace publisher
 //! much later, where the caller never sees it: the API refuses it at once with 422 instead. The API relays

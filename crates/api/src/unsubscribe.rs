@@ -1,4 +1,4 @@
-//! The one-click unsubscribe of every status email (RFC 8058; contract.md "tracking-api"), without a bearer token:
+//! The one-click unsubscribe of every status email (RFC 8058; docs/privacy.md), without a bearer token:
 //!
 //! | route | what it does |
 //! | --- | --- |

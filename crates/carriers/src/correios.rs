@@ -1,4 +1,4 @@
-//! Correios API Rastro (see shared/carriers/correios.md).
+//! Correios API Rastro (the project's notes on it are kept outside this repository).
 //!
 //! - Token: `POST /token/v1/autentica` (Basic `user:access-code`), or `/token/v1/autentica/cartaopostagem` with the
 //!   postage card when one is configured. Cached and refreshed five minutes before `expiraEm` (read with `zoneOffset`).

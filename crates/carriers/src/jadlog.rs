@@ -1,4 +1,4 @@
-//! Jadlog tracking (see shared/carriers/jadlog.md).
+//! Jadlog tracking (the project's notes on it are kept outside this repository).
 //!
 //! - `POST {base}/embarcador/api/tracking/consultar` with `Authorization: Bearer {JADLOG_TOKEN}` (a static token
 //!   issued by Jadlog) and `{"consulta": [{"codigo": "..."}, ...]}`, one entry per code.

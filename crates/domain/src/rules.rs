@@ -1,4 +1,4 @@
-//! Which status a shipment is in, given all its events (product.md, "Canonical statuses").
+//! Which status a shipment is in, given all its events (docs/architecture.md, "Status rules").
 //!
 //! | rule | how |
 //! | --- | --- |

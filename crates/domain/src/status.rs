@@ -1,4 +1,4 @@
-//! The canonical statuses (product.md). Small and exact: every carrier code maps to one of these.
+//! The canonical statuses (the product's list, kept outside this repository). Small and exact: every carrier code maps to one of these.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -95,7 +95,7 @@ impl Status {
         !self.is_final() && self != Status::Expired
     }
 
-    /// The statuses a customer is emailed about by default (product.md: posted, out for delivery,
+    /// The statuses a customer is emailed about by default (the product brief: posted, out for delivery,
     /// failed attempt, awaiting pickup, delivered, being returned, exception).
     pub fn notifies_customer_by_default(self) -> bool {
         matches!(

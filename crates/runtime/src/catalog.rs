@@ -100,7 +100,7 @@ pub const METRICS: &[Metric] = &[
     ),
     counter(
         "carrier_errors_total",
-        "Failed carrier calls per carrier and kind (transient, auth, malformed).",
+        "Failed carrier calls per carrier and kind (auth, http_error, timeout, unreadable, schema).",
     ),
     counter(
         "carrier_calls_total",

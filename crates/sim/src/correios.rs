@@ -1,5 +1,5 @@
 //! A Correios "API Rastro" simulator: token endpoints, `srorastro/v1/objetos`, SRO messages and gateway errors,
-//! shaped like the real API (see `shared/carriers/correios.md`).
+//! shaped like the real API (as the project's notes on it, kept outside this repository, describe it).
 //!
 //! Objects follow a [`Script`]: a [`Journey`] reveals `reveal_per_poll` more events on every tracking call that
 //! asks for the code; `NotFound` answers `SRO-020` forever; `Invalid` answers `SRO-019`; `Message` any per-object

@@ -1,4 +1,5 @@
-//! A Jadlog tracking simulator (`POST /embarcador/api/tracking/consultar`, see `shared/carriers/jadlog.md`):
+//! A Jadlog tracking simulator (`POST /embarcador/api/tracking/consultar`, as the project's Jadlog notes, kept
+//! outside this repository, describe it):
 //! a static bearer token, one entry per code asked, events oldest first with local times and no offset, and
 //! `erro` "Nenhum registro encontrado" for codes it does not know.
 
@@ -34,7 +35,7 @@ impl JadlogEvent {
     }
 }
 
-/// The journey of the example in `shared/carriers/jadlog.md`: posted, in transfer, out for delivery, delivered.
+/// The journey of the example in the project's Jadlog notes: posted, in transfer, out for delivery, delivered.
 pub fn delivered_journey() -> Vec<JadlogEvent> {
     vec![
         JadlogEvent::new("2026-03-20 10:12:06", "EMISSAO", "CO SAO PAULO 01"),

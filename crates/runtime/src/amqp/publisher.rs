@@ -1,6 +1,7 @@
 //! A publisher that only reports success once the broker confirmed the message into every target queue.
-//! A nack, a returned (unroutable) message or a missing confirm within the timeout is an error, and the
-//! connection is dropped and reopened on the next publish.
+//! A nack, a returned (unroutable) message or a missing confirm within the timeout is an error. A returned message
+//! fails at once and keeps the connection; after a nack, a timeout or a channel error the connection is dropped and
+//! reopened on the next publish.
 //!
 //! A blocked broker (a memory or disk alarm: `connection.blocked`) is watched per connection. While it lasts every
 //! publish fails at once with [`PublishError::Blocked`] ("broker blocked: <reason>"), and a publish already waiting
