@@ -1,4 +1,4 @@
-//! The stores file (`STORES_FILE`, TOML, contract.md "Stores file"): each store a deployment serves, with its
+//! The stores file (`STORES_FILE`, TOML, in the format of the public contract's "Stores file", kept outside this repository): each store a deployment serves, with its
 //! sender, branding, notified statuses, marketplaces, API token and carrier accounts.
 //!
 //! [`Stores::parse`] is pure: it reads the text and refuses, naming the store and the key, anything that could not
