@@ -13,7 +13,7 @@ use tracking_tests::{TestEnv, Worker, correios_env, eventually, free_addr, reque
 const EVENTS_QUEUE: &str = "normalizer.carrier-events";
 const TOKEN_A: &str = "loja-a-api-token-0123456789abcdef0123";
 const TOKEN_B: &str = "loja-b-api-token-0123456789abcdef0123";
-const OPERATOR: &str = "operator-api-token-0123456789";
+const OPERATOR: &str = "operator-api-token-0123456789abcdef";
 const ACCOUNT_A: &str = "correios:empresa-a";
 const ACCOUNT_B: &str = "correios:empresa-b";
 
