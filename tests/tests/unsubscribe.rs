@@ -14,7 +14,7 @@ use tracking_tests::{
     TestEnv, Worker, carrier_update, correios_event, eventually, free_addr, request, s10,
 };
 
-const API_TOKEN: &str = "api-token-for-tests-0123456789";
+const API_TOKEN: &str = "api-token-for-tests-0123456789abcdef";
 const PAGE_SECRET: &str = "tracking-page-secret-for-tests-0123456789";
 const UNSUBSCRIBE_SECRET: &str = "unsubscribe-secret-for-tests-0123456789";
 
