@@ -73,5 +73,5 @@ bench-latency: setup release ## Carrier update to email accepted, p50/p90/p99 at
 bench-pipeline: setup release ## The whole pipeline beside the null pipeline draining PARCELS=3000 parcels: parcels/s, CPU ms per parcel, memory
 	TRACKING_BIN_PROFILE=release $(BENCH) pipeline $(or $(PARCELS),3000)
 
-chaos: setup release ## Reliability under faults: PARCELS=10000 parcels while workers are killed -9, RabbitMQ stops 20 s and PostgreSQL 60 s (servers of its own); docs/RELIABILITY.md
-	bash scripts/chaos.sh $(or $(PARCELS),10000)
+chaos: setup release ## Reliability under faults: PARCELS=10000 parcels while workers are killed -9, RabbitMQ stops 20 s and PostgreSQL 60 s (servers of its own; CLUSTER=3: a 3-node RabbitMQ cluster, random nodes stopped in turn); docs/RELIABILITY.md
+	CLUSTER=$(or $(CLUSTER),1) bash scripts/chaos.sh $(or $(PARCELS),10000)

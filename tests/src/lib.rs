@@ -13,6 +13,7 @@ pub mod journey;
 pub mod pg_cluster;
 pub mod prometheus;
 pub mod proxy;
+pub mod rabbit_cluster;
 pub mod rabbit_node;
 
 use anyhow::{Context, bail};

@@ -75,6 +75,10 @@ pub const METRICS: &[Metric] = &[
         "amqp_publisher_blocked",
         "1 while RabbitMQ blocks the publishing connection (a memory or disk alarm: publishes fail), else 0.",
     ),
+    counter(
+        "amqp_publish_resent_total",
+        "Publishes sent again on a new connection because the first one's channel was lost before its confirm.",
+    ),
     // Every queue worker (the runtime's consumer).
     counter(
         "messages_total",

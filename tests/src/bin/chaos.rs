@@ -9,6 +9,12 @@
 //!   appended at each restart, and `report.md`);
 //! - `CHAOS_SCRIPT`: the script, called back as `CHAOS_SCRIPT ctl CHAOS_DIR {mq,pg}-{stop,start}|mq-queues`.
 //!
+//! With `CHAOS_MQ_NODES` = N above 1 (`make chaos CLUSTER=3`), `AMQP_URL` lists the N nodes of a cluster the script
+//! started (in `CHAOS_DIR/node1`..`nodeN`) and, instead of stopping the one node, the harness stops
+//! `CHAOS_MQ_NODE_STOPS` (3) nodes chosen at random (never the same twice in a row), one at a time, each for
+//! `CHAOS_MQ_DOWN_SECS`, once stopping it leaves every quorum queue a majority
+//! (`rabbitmq-queues check_if_node_is_quorum_critical`).
+//!
 //! Tunables (environment): `CHAOS_SECS` (300: how long workers are killed, at least until both outages are over),
 //! `CHAOS_KILL_EVERY_MS` (2000-6000: the random pause between kills), `CHAOS_MQ_DOWN_SECS` (20),
 //! `CHAOS_PG_DOWN_SECS` (60), `CHAOS_MAX_WAIT_SECS` (1200: the bound on waiting for the pipeline to drain once the
@@ -27,7 +33,7 @@
 use anyhow::{Context, bail};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -79,6 +85,9 @@ struct Settings {
     chaos_for: Duration,
     kill_every: (u64, u64),
     mq_down: Duration,
+    /// The cluster's nodes (1: one node of its own, no cluster).
+    mq_nodes: usize,
+    mq_node_stops: usize,
     pg_down: Duration,
     max_wait: Duration,
     stall: Duration,
@@ -111,6 +120,8 @@ impl Settings {
             chaos_for: Duration::from_secs(env_or("CHAOS_SECS", 300)?),
             kill_every: (lo, hi),
             mq_down: Duration::from_secs(env_or("CHAOS_MQ_DOWN_SECS", 20)?),
+            mq_nodes: env_or("CHAOS_MQ_NODES", 1usize)?.max(1),
+            mq_node_stops: env_or("CHAOS_MQ_NODE_STOPS", 3usize)?,
             pg_down: Duration::from_secs(env_or("CHAOS_PG_DOWN_SECS", 60)?),
             max_wait: Duration::from_secs(env_or("CHAOS_MAX_WAIT_SECS", 1200)?),
             stall: Duration::from_secs(env_or("CHAOS_STALL_SECS", 300)?),
@@ -252,18 +263,19 @@ struct Kill {
 /// A server outage as it happened.
 #[derive(Clone, Debug)]
 struct Outage {
-    what: &'static str,
+    what: String,
     stop_began: f64,
     stopped: f64,
     start_began: f64,
     answering: f64,
 }
 
-fn ctl(settings: &Settings, action: &str) -> anyhow::Result<()> {
+/// `CHAOS_SCRIPT ctl DIR ACTION`, for the run's `DIR` or one cluster node's (`DIR/nodeK`).
+fn ctl_in(settings: &Settings, dir: &std::path::Path, action: &str) -> anyhow::Result<()> {
     let out = Command::new("bash")
         .arg(&settings.script)
         .arg("ctl")
-        .arg(&settings.dir)
+        .arg(dir)
         .arg(action)
         .output()?;
     if !out.status.success() {
@@ -276,47 +288,130 @@ fn ctl(settings: &Settings, action: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ctl_async(settings: &Arc<Settings>, action: &'static str) -> anyhow::Result<()> {
+async fn ctl_async(
+    settings: &Arc<Settings>,
+    dir: &std::path::Path,
+    action: &'static str,
+) -> anyhow::Result<()> {
     let s = settings.clone();
-    tokio::task::spawn_blocking(move || ctl(&s, action)).await?
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || ctl_in(&s, &dir, action)).await?
 }
 
-/// Stops RabbitMQ, waits, starts it; then PostgreSQL. Never both at once.
+/// One server stopped for a while: what it is, the `DIR` of its ctl actions, and how long it stays down.
+struct Step {
+    what: String,
+    dir: PathBuf,
+    stop: &'static str,
+    start: &'static str,
+    down: Duration,
+    /// A cluster node: stopped only once no quorum queue needs it for a majority.
+    quorum: bool,
+    /// The pause after it answers again, before the next step.
+    then: Duration,
+}
+
+/// RabbitMQ (the one node, or `mq_node_stops` random nodes of the cluster, one at a time, never the same node
+/// twice in a row), then PostgreSQL.
+fn steps(settings: &Settings, rng: &mut Rng) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if settings.mq_nodes > 1 {
+        let mut previous = None;
+        for _ in 0..settings.mq_node_stops {
+            let k = other_node(settings.mq_nodes, previous, rng);
+            previous = Some(k);
+            let k = k + 1;
+            steps.push(Step {
+                what: format!("RabbitMQ node {k} of {}", settings.mq_nodes),
+                dir: settings.dir.join(format!("node{k}")),
+                stop: "mq-stop",
+                start: "mq-start",
+                down: settings.mq_down,
+                quorum: true,
+                then: Duration::from_secs(10),
+            });
+        }
+    } else {
+        steps.push(Step {
+            what: "RabbitMQ".into(),
+            dir: settings.dir.clone(),
+            stop: "mq-stop",
+            start: "mq-start",
+            down: settings.mq_down,
+            quorum: false,
+            then: Duration::from_secs(30),
+        });
+    }
+    steps.push(Step {
+        what: "PostgreSQL".into(),
+        dir: settings.dir.clone(),
+        stop: "pg-stop",
+        start: "pg-start",
+        down: settings.pg_down,
+        quorum: false,
+        then: Duration::from_secs(30),
+    });
+    steps
+}
+
+/// A random node of `n` (from 0) other than `previous`.
+fn other_node(n: usize, previous: Option<usize>, rng: &mut Rng) -> usize {
+    match previous {
+        Some(p) if n > 1 => {
+            let k = rng.below(n as u64 - 1) as usize;
+            if k >= p { k + 1 } else { k }
+        }
+        _ => rng.below(n as u64) as usize,
+    }
+}
+
+/// Stops RabbitMQ (or its cluster's nodes, one at a time), waits, starts it; then PostgreSQL. Never two at once.
 async fn outages(
     settings: Arc<Settings>,
     clock: Clock,
     done: Arc<Mutex<Vec<Outage>>>,
+    seed: u64,
 ) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(20)).await;
-    for (what, stop, start, down) in [
-        ("RabbitMQ", "mq-stop", "mq-start", settings.mq_down),
-        ("PostgreSQL", "pg-stop", "pg-start", settings.pg_down),
-    ] {
+    for step in steps(&settings, &mut Rng(seed | 1)) {
+        let what = &step.what;
+        if step.quorum {
+            // The node stopped before caught up: stopping this one leaves every quorum queue a majority.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while let Err(e) = ctl_async(&settings, &step.dir, "mq-quorum-critical").await {
+                if Instant::now() > deadline {
+                    bail!("{what} stayed quorum-critical for 120 s: {e}");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
         let stop_began = clock.secs();
-        clock.note(format!("stopping {what} for {} s", down.as_secs()));
-        ctl_async(&settings, stop).await?;
+        clock.note(format!("stopping {what} for {} s", step.down.as_secs()));
+        ctl_async(&settings, &step.dir, step.stop).await?;
         let stopped = clock.secs();
         clock.note(format!("{what} stopped"));
-        tokio::time::sleep(down).await;
+        tokio::time::sleep(step.down).await;
         let start_began = clock.secs();
         clock.note(format!("starting {what}"));
-        ctl_async(&settings, start).await?;
+        ctl_async(&settings, &step.dir, step.start).await?;
         let answering = clock.secs();
         clock.note(format!("{what} answers again"));
         done.lock().unwrap_or_else(|p| p.into_inner()).push(Outage {
-            what,
+            what: what.clone(),
             stop_began,
             stopped,
             start_began,
             answering,
         });
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        tokio::time::sleep(step.then).await;
     }
     Ok(())
 }
 
+/// A connection to the first node of `url` that answers (a comma-separated list under `CLUSTER`).
 async fn amqp(url: &str) -> anyhow::Result<(Connection, lapin::Channel)> {
-    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let settings = tracking_runtime::amqp::AmqpSettings::with_url(url);
+    let conn = tracking_runtime::amqp::connect(&settings, "chaos").await?;
     let channel = conn.create_channel().await?;
     Ok((conn, channel))
 }
@@ -783,8 +878,12 @@ async fn run(settings: Arc<Settings>, clock: Clock) -> anyhow::Result<i32> {
 
     // The far ends, in this process: Correios, the SMTP server, the marketplace's webhook receiver.
     let sim = CorreiosSim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+    // No promised date: a parcel is never late here (a late notice is an email for no status change, which the
+    // report would count as unexpected now that the date in `Journey::delivered()` has passed).
+    let mut journey = Journey::delivered();
+    journey.dt_prevista = None;
     for n in 0..settings.parcels {
-        sim.script(&s10("CH", n as u32), Script::Journey(Journey::delivered()));
+        sim.script(&s10("CH", n as u32), Script::Journey(journey.clone()));
     }
     let smtp = SmtpServer::start("127.0.0.1:0".parse()?, &[]).await?;
     let receiver = Receiver::start(SECRET.into(), "127.0.0.1:0".parse()?).await?;
@@ -869,6 +968,7 @@ async fn run(settings: Arc<Settings>, clock: Clock) -> anyhow::Result<i32> {
         settings.clone(),
         clock.clone(),
         done_outages.clone(),
+        Uuid::new_v4().as_u64_pair().1,
     ));
 
     let mut rng = Rng(Uuid::new_v4().as_u64_pair().0 | 1);

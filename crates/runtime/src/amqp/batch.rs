@@ -19,8 +19,8 @@
 //! - `consumer_batches_total{queue}` counts batches; with `messages_total{queue,outcome}` it gives their mean size.
 
 use super::consumer::{
-    Incoming, Outcome, Progress, check_progress, close, exhausted, incoming, open, panic_text,
-    reconnecting, settle,
+    Ended, Incoming, Opened, Outcome, Progress, check_progress, close, ended, exhausted, incoming,
+    open, panic_text, reconnecting, settle,
 };
 use super::{AmqpSettings, Publisher, reconnect_delay};
 use crate::ops::Health;
@@ -104,14 +104,18 @@ pub async fn run_batch_consumer<H: BatchHandler>(
     .await;
 }
 
-/// One connection's life. `Ok` means shutdown was asked and handled; `Err` means reconnect.
-async fn consume_once<H: BatchHandler>(
-    ctx: &Arc<Ctx<H>>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+/// One connection's life.
+async fn consume_once<H: BatchHandler>(ctx: &Arc<Ctx<H>>, shutdown: &CancellationToken) -> Ended {
     let prefetch = ctx.batch.prefetch(ctx.settings.prefetch);
-    let (conn, channel, mut consumer) =
-        open(&ctx.settings, &ctx.queue, prefetch, &ctx.health).await?;
+    let Opened {
+        conn,
+        channel,
+        mut consumer,
+        broker,
+    } = match open(&ctx.settings, &ctx.queue, prefetch, &ctx.health).await {
+        Ok(opened) => opened,
+        Err(ended) => return ended,
+    };
     tracing::info!(queue = %ctx.queue, prefetch, batch = ctx.batch.size, linger_ms = ctx.batch.linger.as_millis() as u64,
         in_flight = ctx.batch.in_flight, "Consuming in batches.");
 
@@ -185,7 +189,7 @@ async fn consume_once<H: BatchHandler>(
         "batches",
     )
     .await;
-    result
+    ended(result, &ctx.settings, &ctx.queue, broker)
 }
 
 /// Calls the handler; a panic or a wrong number of outcomes sends each message to the handler alone, and a

@@ -6,8 +6,9 @@
 //! - Retries go through delay queues (`Q.retry.{ms}ms`), so the work queue is never blocked behind a waiting message.
 //!   The attempt count travels in the `x-attempts` header; past `max_attempts` the message is parked.
 //! - A handler that panics parks its message with the panic as the reason, instead of looping.
-//! - When the connection goes away the loop reconnects with capped, jittered backoff; unacked deliveries come again
-//!   from the broker (handlers must be idempotent, and are).
+//! - When the connection goes away the loop reconnects at once (after 100-200 ms), to the next node when
+//!   `AMQP_URL` lists several; while no node answers it tries again with capped, jittered backoff. Unacked
+//!   deliveries come again from the broker (handlers must be idempotent, and are).
 //! - On shutdown it stops consuming, lets in-flight messages finish for `shutdown_grace`, then closes the channel:
 //!   whatever was not acked goes back to the queue.
 //! - Unavailable is not invalid: a handler that answers [`Outcome::Unavailable`] (its database is down, say) keeps
@@ -19,7 +20,8 @@
 //!   `progress` component goes down (and `consumer_stalled` to 1); a consumer stream that stopped yielding while
 //!   messages wait is reopened.
 
-use super::{AmqpSettings, Outgoing, Publisher, connect, reconnect_delay, topology};
+use super::brokers::BrokerIndex;
+use super::{AmqpSettings, Outgoing, Publisher, connect_any, reconnect_delay, topology};
 use crate::ops::Health;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -170,8 +172,31 @@ pub async fn run_consumer<H: Handler>(
     .await;
 }
 
-/// Runs `once` (one connection's life) again with capped backoff whenever it fails, until it returns `Ok`
-/// (shutdown handled) or `shutdown` comes; `/health`'s `rabbitmq` says why while it is down.
+/// How one connection's life ended.
+#[derive(Debug)]
+pub(super) enum Ended {
+    /// Shutdown was asked and handled.
+    Shutdown,
+    /// No node of `AMQP_URL` answered: the next try waits longer each time.
+    Unreachable(anyhow::Error),
+    /// The consumer was running and its connection (or channel, or stream) was lost: reconnect at once.
+    Lost(anyhow::Error),
+}
+
+/// The consecutive failures the reconnect backoff counts after `ended`: a lost connection that had been consuming
+/// starts again from one (a reconnect after 100-200 ms), however many losses came before; a node that does not
+/// answer adds one.
+pub(super) fn failures_after(failures: u32, ended: &Ended) -> u32 {
+    match ended {
+        Ended::Shutdown => 0,
+        Ended::Lost(_) => 1,
+        Ended::Unreachable(_) => failures.saturating_add(1),
+    }
+}
+
+/// Runs `once` (one connection's life) again whenever it ends without a shutdown, until shutdown comes:
+/// at once after a lost connection, with capped backoff while no node answers; `/health`'s `rabbitmq` says why
+/// while it is down.
 pub(super) async fn reconnecting<F, Fut>(
     queue: &str,
     settings: &AmqpSettings,
@@ -180,15 +205,16 @@ pub(super) async fn reconnecting<F, Fut>(
     mut once: F,
 ) where
     F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = Ended>,
 {
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        match once().await {
-            Ok(()) => break,
-            Err(e) => {
+        let ended = once().await;
+        failures = failures_after(failures, &ended);
+        match ended {
+            Ended::Shutdown => break,
+            Ended::Unreachable(e) | Ended::Lost(e) => {
                 health.set_down("rabbitmq", &e);
-                failures = failures.saturating_add(1);
                 let delay = reconnect_delay(failures, settings.reconnect_max_delay);
                 tracing::error!(queue = %queue, error = %e, retry_in_ms = delay.as_millis() as u64,
                     "Lost the RabbitMQ consumer; reconnecting.");
@@ -202,15 +228,76 @@ pub(super) async fn reconnecting<F, Fut>(
     health.set("rabbitmq", false);
 }
 
-/// Connects, declares the topology, sets `prefetch` and starts consuming `queue`; `/health`'s `rabbitmq` is up.
+/// A consumer's connection, channel and stream, and the node they are on.
+pub(super) struct Opened {
+    pub(super) conn: lapin::Connection,
+    pub(super) channel: lapin::Channel,
+    pub(super) consumer: lapin::Consumer,
+    pub(super) broker: BrokerIndex,
+}
+
+/// Connects (to the first node that answers), declares the topology, sets `prefetch` and starts consuming
+/// `queue`; `/health`'s `rabbitmq` is up. A failure is [`Ended::Unreachable`].
 pub(super) async fn open(
     settings: &AmqpSettings,
     queue: &str,
     prefetch: u16,
     health: &Health,
-) -> anyhow::Result<(lapin::Connection, lapin::Channel, lapin::Consumer)> {
-    let conn = connect(settings, &format!("{queue}-consume")).await?;
-    topology::declare_permitted(&conn, &settings.retry_delays).await?;
+) -> Result<Opened, Ended> {
+    let (conn, broker) = connect_any(settings, &format!("{queue}-consume"))
+        .await
+        .map_err(|e| Ended::Unreachable(e.into()))?;
+    match start_consuming(&conn, settings, queue, prefetch).await {
+        Ok((channel, consumer)) => {
+            health.set("rabbitmq", true);
+            Ok(Opened {
+                conn,
+                channel,
+                consumer,
+                broker,
+            })
+        }
+        Err(e) => {
+            // It answered, then failed: the next try goes to the next node.
+            settings.brokers.lost(broker);
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "bye".into())).await;
+            Err(Ended::Unreachable(e))
+        }
+    }
+}
+
+/// How long closing a lost connection may take: it is usually gone already.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The consumer's connection ended with `result`: shutdown, or lost (its node moved on from, when `AMQP_URL`
+/// lists several).
+pub(super) fn ended(
+    result: anyhow::Result<()>,
+    settings: &AmqpSettings,
+    queue: &str,
+    broker: BrokerIndex,
+) -> Ended {
+    match result {
+        Ok(()) => Ended::Shutdown,
+        Err(e) => {
+            let brokers = &settings.brokers;
+            let next = brokers.lost(broker);
+            if brokers.len() > 1 {
+                tracing::warn!(queue = %queue, lost = %brokers.endpoint(broker), next = %brokers.endpoint(next),
+                    "Lost the RabbitMQ node; consuming moves to the next.");
+            }
+            Ended::Lost(e)
+        }
+    }
+}
+
+async fn start_consuming(
+    conn: &lapin::Connection,
+    settings: &AmqpSettings,
+    queue: &str,
+    prefetch: u16,
+) -> anyhow::Result<(lapin::Channel, lapin::Consumer)> {
+    topology::declare_permitted(conn, &settings.retry_delays).await?;
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
@@ -223,8 +310,7 @@ pub(super) async fn open(
             FieldTable::default(),
         )
         .await?;
-    health.set("rabbitmq", true);
-    Ok((conn, channel, consumer))
+    Ok((channel, consumer))
 }
 
 /// The periodic check of a consumer's progress: reports a stall on `/health` and `consumer_stalled`, and fails
@@ -268,9 +354,12 @@ pub(super) async fn close(
     queue: &str,
     what: &str,
 ) {
-    let _ = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await;
+    // Bounded: on a lost connection these fail at once, but nothing here may hang on a dead socket.
+    let _ = tokio::time::timeout(
+        CLOSE_TIMEOUT,
+        channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+    )
+    .await;
     tracker.close();
     if tokio::time::timeout(settings.shutdown_grace, tracker.wait())
         .await
@@ -278,22 +367,28 @@ pub(super) async fn close(
     {
         tracing::warn!(queue = %queue, "In-flight {what} did not finish in time; they go back to the queue.");
     }
-    let _ = channel.close(200, "bye".into()).await;
-    let _ = conn.close(200, "bye".into()).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "bye".into())).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "bye".into())).await;
 }
 
-/// One connection's life. `Ok` means shutdown was asked and handled; `Err` means reconnect.
-async fn consume_once<H: Handler>(
-    ctx: &Arc<Ctx<H>>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let (conn, channel, mut consumer) = open(
+/// One connection's life.
+async fn consume_once<H: Handler>(ctx: &Arc<Ctx<H>>, shutdown: &CancellationToken) -> Ended {
+    let Opened {
+        conn,
+        channel,
+        mut consumer,
+        broker,
+    } = match open(
         &ctx.settings,
         &ctx.queue,
         ctx.settings.prefetch,
         &ctx.health,
     )
-    .await?;
+    .await
+    {
+        Ok(opened) => opened,
+        Err(ended) => return ended,
+    };
     tracing::info!(queue = %ctx.queue, prefetch = ctx.settings.prefetch, "Consuming.");
 
     let permits = Arc::new(Semaphore::new(usize::from(ctx.settings.prefetch)));
@@ -343,7 +438,7 @@ async fn consume_once<H: Handler>(
         "messages",
     )
     .await;
-    result
+    ended(result, &ctx.settings, &ctx.queue, broker)
 }
 
 pub(super) fn report_stall(
@@ -617,5 +712,37 @@ pub(super) async fn settle(
     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
         // The channel is gone: the broker will deliver the message again and the handler's idempotency absorbs it.
         tracing::warn!(error = %e, "Could not ack; the message will come again.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost() -> Ended {
+        Ended::Lost(anyhow::anyhow!("the consumer stream ended"))
+    }
+
+    fn unreachable() -> Ended {
+        Ended::Unreachable(anyhow::anyhow!("connection refused"))
+    }
+
+    #[test]
+    fn a_lost_connection_is_reopened_at_once_however_many_came_before() {
+        let cap = Duration::from_secs(30);
+        let mut failures = 0;
+        for _ in 0..20 {
+            failures = failures_after(failures, &unreachable());
+        }
+        assert_eq!(failures, 20);
+        assert!(reconnect_delay(failures, cap) >= Duration::from_secs(15));
+        // A connection that consumed for a while and was lost: 100-200 ms, not the long outage's backoff.
+        for _ in 0..5 {
+            failures = failures_after(failures, &lost());
+            assert_eq!(failures, 1);
+            assert!(reconnect_delay(failures, cap) <= Duration::from_millis(200));
+        }
+        assert_eq!(failures_after(failures, &unreachable()), 2);
+        assert_eq!(failures_after(7, &Ended::Shutdown), 0);
     }
 }

@@ -2,20 +2,26 @@
 //!
 //! Publishing and consuming use separate connections (a memory or disk alarm blocks publishing
 //! connections only, and a worker that consumed and published on one connection could stall).
+//!
+//! `AMQP_URL` may list several nodes of one cluster ([`brokers`]): a connection goes to the first that answers,
+//! and when it is lost the next one goes to the next node.
 
 mod batch;
+pub mod brokers;
 mod consumer;
 mod publisher;
 pub mod topology;
 
 pub use batch::{BatchHandler, BatchSettings, run_batch_consumer};
+pub use brokers::Brokers;
 pub use consumer::{Handler, Incoming, Outcome, run_consumer, tier_at_least, tier_at_most};
 pub use publisher::{Outgoing, PublishError, Publisher, watch_publisher};
 
 use crate::settings::{self, SettingsError};
 use crate::tls::{PemFile, PemKind, pem_file};
+use brokers::BrokerIndex;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -26,8 +32,13 @@ pub const DEFAULT_RETRY_DELAYS_MS: [u64; 4] = [1_000, 10_000, 60_000, 600_000];
 /// Broker settings shared by every worker.
 #[derive(Clone)]
 pub struct AmqpSettings {
-    /// `AMQP_URL`: may hold a password, so it is a secret and never printed.
-    pub url: SecretString,
+    /// `AMQP_URL`: one URL, or a comma-separated list of the nodes of one cluster. The URLs may hold passwords:
+    /// they are secrets, and only their `host:port` is ever printed. Shared by every connection of the process
+    /// (cloning the settings shares it), so that its consumers and publisher move to the next node together.
+    pub brokers: Arc<Brokers>,
+    /// `AMQP_CONNECT_TIMEOUT_MS` (default 5000): how long opening a connection to one node may take before the next
+    /// node is tried (a node that is down refuses at once; one cut off by the network may not answer at all).
+    pub connect_timeout: Duration,
     /// `PREFETCH`: deliveries a consumer holds unacked at once, and so how many it handles concurrently.
     pub prefetch: u16,
     /// `PUBLISH_TIMEOUT_MS`: how long a publish may wait for the broker's confirm before it counts as failed
@@ -58,7 +69,7 @@ pub struct AmqpSettings {
 impl std::fmt::Debug for AmqpSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpSettings")
-            .field("url", &redact(self.url.expose_secret()))
+            .field("brokers", &self.brokers)
             .field("prefetch", &self.prefetch)
             .field("publish_timeout", &self.publish_timeout)
             .field("retry_delays", &self.retry_delays)
@@ -84,10 +95,12 @@ pub fn redact(url: &str) -> String {
 impl AmqpSettings {
     pub fn from_env() -> Result<Self, SettingsError> {
         let url = settings::var_or("AMQP_URL", DEFAULT_AMQP_URL);
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        let brokers = Brokers::parse(&url).map_err(|e| SettingsError::new("AMQP_URL", e))?;
+        let connect_timeout = settings::millis("AMQP_CONNECT_TIMEOUT_MS", 5_000)?;
+        if connect_timeout.is_zero() {
             return Err(SettingsError::new(
-                "AMQP_URL",
-                "must start with amqp:// or amqps://",
+                "AMQP_CONNECT_TIMEOUT_MS",
+                "must be above 0",
             ));
         }
         let prefetch = settings::parse("PREFETCH", 32u16)?;
@@ -126,7 +139,8 @@ impl AmqpSettings {
             client_identity,
             stall_after,
             unavailable_max_delay: settings::millis("UNAVAILABLE_RETRY_MAX_MS", 5_000)?,
-            url: SecretString::from(url),
+            brokers: Arc::new(brokers),
+            connect_timeout,
             prefetch,
             publish_timeout: settings::millis("PUBLISH_TIMEOUT_MS", 10_000)?,
             retry_delays: settings::millis_list("RETRY_DELAYS_MS", &DEFAULT_RETRY_DELAYS_MS)?,
@@ -136,10 +150,11 @@ impl AmqpSettings {
         })
     }
 
-    /// Defaults for a given URL (tests).
+    /// Defaults for a given URL, or comma-separated list of URLs (tests).
     pub fn with_url(url: &str) -> Self {
         Self {
-            url: SecretString::from(url.to_owned()),
+            brokers: Arc::new(Brokers::parse(url).unwrap_or_else(|_| Brokers::one(url))),
+            connect_timeout: Duration::from_secs(5),
             prefetch: 32,
             publish_timeout: Duration::from_secs(10),
             retry_delays: vec![Duration::from_millis(200), Duration::from_secs(1)],
@@ -183,6 +198,18 @@ pub enum ConnectError {
     Tls(String),
     #[error("cannot reach RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
+    /// The node accepted no connection within `AMQP_CONNECT_TIMEOUT_MS`.
+    #[error("cannot reach RabbitMQ: no connection within {0:?} (AMQP_CONNECT_TIMEOUT_MS)")]
+    Timeout(Duration),
+    /// Several nodes are listed and none answered: how many, and the last one's failure.
+    #[error(
+        "none of the {nodes} RabbitMQ nodes of AMQP_URL answered; the last, {endpoint}: {last}"
+    )]
+    NoNode {
+        nodes: usize,
+        endpoint: String,
+        last: Box<ConnectError>,
+    },
 }
 
 impl ConnectError {
@@ -206,21 +233,70 @@ fn tls_failure(e: &lapin::Error) -> Option<String> {
 }
 
 /// Opens a connection named `name` (shown in the management UI) with the settings' TLS configuration: the one
-/// way every binary connects, `trackctl` included.
+/// way every binary connects, `trackctl` included. With several nodes in `AMQP_URL`, the first that answers
+/// (see [`brokers`]).
 pub async fn connect(
     settings: &AmqpSettings,
     name: &str,
 ) -> Result<lapin::Connection, ConnectError> {
+    connect_any(settings, name).await.map(|(conn, _)| conn)
+}
+
+/// [`connect`], and which node answered (to report its loss with [`Brokers::lost`]).
+pub(crate) async fn connect_any(
+    settings: &AmqpSettings,
+    name: &str,
+) -> Result<(lapin::Connection, BrokerIndex), ConnectError> {
+    let brokers = &settings.brokers;
+    let mut last = None;
+    for (tries, i) in brokers.try_order().enumerate() {
+        match connect_one(settings, name, i).await {
+            Ok(conn) => {
+                brokers.answered(i);
+                if tries > 0 {
+                    tracing::warn!(connection = %name, broker = %brokers.endpoint(i),
+                        "Connected to the next RabbitMQ node of AMQP_URL.");
+                }
+                return Ok((conn, i));
+            }
+            Err(e) => {
+                if brokers.len() > 1 {
+                    tracing::warn!(connection = %name, broker = %brokers.endpoint(i), error = %e,
+                        "This RabbitMQ node does not answer; trying the next of AMQP_URL.");
+                }
+                last = Some((i, e));
+            }
+        }
+    }
+    match last {
+        Some((i, e)) if brokers.len() > 1 => Err(ConnectError::NoNode {
+            nodes: brokers.len(),
+            endpoint: brokers.endpoint(i).to_owned(),
+            last: Box::new(e),
+        }),
+        Some((_, e)) => Err(e),
+        None => Err(ConnectError::Timeout(Duration::ZERO)),
+    }
+}
+
+/// One connection to node `i`, bounded by `AMQP_CONNECT_TIMEOUT_MS`.
+async fn connect_one(
+    settings: &AmqpSettings,
+    name: &str,
+    i: BrokerIndex,
+) -> Result<lapin::Connection, ConnectError> {
     let props = lapin::ConnectionProperties::default().with_connection_name(name.into());
     let runtime = lapin::runtime::default_runtime()?;
-    lapin::Connection::connect_with_config(
-        settings.url.expose_secret(),
+    let opening = lapin::Connection::connect_with_config(
+        settings.brokers.url(i),
         props,
         settings.tls_config(),
         runtime,
-    )
-    .await
-    .map_err(ConnectError::from_connect)
+    );
+    match tokio::time::timeout(settings.connect_timeout, opening).await {
+        Ok(r) => r.map_err(ConnectError::from_connect),
+        Err(_) => Err(ConnectError::Timeout(settings.connect_timeout)),
+    }
 }
 
 /// Backoff for reconnecting: 100 ms doubling up to the cap, with full jitter.
@@ -244,6 +320,13 @@ mod tests {
         assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
         let s = AmqpSettings::with_url("amqp://u:pw@h/v");
         assert!(!format!("{s:?}").contains("pw"));
+        let s = AmqpSettings::with_url("amqp://u:pw1@h1:5701/v,amqp://u:pw2@h2:5702/v");
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("pw1") && !shown.contains("pw2"), "{shown}");
+        assert!(
+            shown.contains("h1:5701") && shown.contains("h2:5702"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! fails at once and keeps the connection; after a nack, a timeout or a channel error the connection is dropped and
 //! reopened on the next publish.
 //!
+//! A publish whose connection was lost before its confirm came (the node went away) is sent once more at once on
+//! a new connection, to the next node when `AMQP_URL` lists several: it may then be queued twice (the first copy
+//! may have made it), which the consumers' idempotency absorbs; it is never lost without an error.
+//!
 //! A blocked broker (a memory or disk alarm: `connection.blocked`) is watched per connection. While it lasts every
 //! publish fails at once with [`PublishError::Blocked`] ("broker blocked: <reason>"), and a publish already waiting
 //! for its confirm when the block comes fails then too; the connection is kept (it cannot even be closed while
@@ -10,7 +14,8 @@
 //! `amqp_publisher_blocked{connection}` is 1. `connection.unblocked` ends it. RabbitMQ blocks a connection (and
 //! says so) when it publishes during an alarm, so the first publish after the alarm is the one that finds out.
 
-use super::{AmqpSettings, ConnectError, connect, topology};
+use super::brokers::BrokerIndex;
+use super::{AmqpSettings, ConnectError, connect_any, topology};
 use crate::ops::Health;
 use futures_util::StreamExt;
 use lapin::Confirmation;
@@ -101,6 +106,8 @@ struct Report {
 /// task that reads the connection's events until the connection is replaced.
 struct Open {
     conn: Connection,
+    /// The node it is connected to.
+    broker: BrokerIndex,
     channel: Channel,
     blocked: watch::Receiver<Option<String>>,
     _watch: DropGuard,
@@ -164,10 +171,11 @@ impl Publisher {
             return Ok((open.channel.clone(), open.blocked.clone()));
         }
         if let Some(old) = guard.take() {
+            self.lost(&old);
             self.inner.report.set_blocked(None);
             close_soon(old.conn, "publisher reconnecting");
         }
-        let conn = connect(&self.inner.settings, &self.inner.name)
+        let (conn, broker) = connect_any(&self.inner.settings, &self.inner.name)
             .await
             .map_err(PublishError::Connect)?;
         // Listening before anything is published: lapin drops events nobody listens to.
@@ -189,11 +197,24 @@ impl Publisher {
             .map_err(lost)?;
         *guard = Some(Open {
             conn,
+            broker,
             channel: ch.clone(),
             blocked: blocked.clone(),
             _watch: stop.drop_guard(),
         });
         Ok((ch, blocked))
+    }
+
+    /// When `old`'s connection is gone (not merely its channel), the next connection goes to the next node.
+    fn lost(&self, old: &Open) {
+        if !old.conn.status().connected() {
+            let brokers = &self.inner.settings.brokers;
+            let next = brokers.lost(old.broker);
+            if brokers.len() > 1 {
+                tracing::warn!(connection = %self.inner.name, lost = %brokers.endpoint(old.broker),
+                    next = %brokers.endpoint(next), "Lost the RabbitMQ node; publishing moves to the next.");
+            }
+        }
     }
 
     /// Drops the connection of `failed` (the next publish opens a new one); its close is not waited for.
@@ -210,6 +231,7 @@ impl Publisher {
             }
         };
         if let Some(old) = old {
+            self.lost(&old);
             self.inner.report.set_blocked(None);
             close_soon(old.conn, "publisher reset");
         }
@@ -230,24 +252,41 @@ impl Publisher {
         self.send(msg, true).await
     }
 
+    /// Publishes, and when the channel was lost before the confirm came (its node went away), publishes once more
+    /// on a new connection (to the next node of `AMQP_URL`).
     async fn send(&self, msg: Outgoing<'_>, hold: bool) -> Result<(), PublishError> {
-        let (channel, mut blocked) = self.channel().await?;
+        match self.send_once(&msg, hold).await {
+            Err(Failed {
+                error,
+                channel_lost: true,
+            }) => {
+                tracing::warn!(connection = %self.inner.name, error = %error, exchange = msg.exchange, routing_key = msg.routing_key,
+                    "The channel was lost before the broker confirmed; publishing again on a new connection.");
+                metrics::counter!("amqp_publish_resent_total").increment(1);
+                self.send_once(&msg, hold).await.map_err(|f| f.error)
+            }
+            other => other.map_err(|f| f.error),
+        }
+    }
+
+    async fn send_once(&self, msg: &Outgoing<'_>, hold: bool) -> Result<(), Failed> {
+        let (channel, mut blocked) = self.channel().await.map_err(Failed::kept)?;
         let now_blocked = blocked.borrow().clone();
         if let Some(reason) = now_blocked {
             if !hold {
-                return Err(PublishError::Blocked(reason));
+                return Err(Failed::kept(PublishError::Blocked(reason)));
             }
             if !unblocked(&mut blocked).await {
                 // The connection's watch ended (the connection went away): the caller tries again.
-                return Err(PublishError::Blocked(reason));
+                return Err(Failed::kept(PublishError::Blocked(reason)));
             }
         }
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(ShortString::from("application/json"))
-            .with_headers(msg.headers);
-        if let Some(id) = msg.message_id {
-            props = props.with_message_id(ShortString::from(id));
+            .with_headers(msg.headers.clone());
+        if let Some(id) = &msg.message_id {
+            props = props.with_message_id(ShortString::from(id.as_str()));
         }
         let timeout = self.inner.settings.publish_timeout;
         let opts = BasicPublishOptions {
@@ -284,30 +323,37 @@ impl Publisher {
                 },
                 // The block came while this publish waited: the broker holds it unread until the alarm clears.
                 Some(reason) = block(&mut block_comes), if !hold => {
-                    return Err(PublishError::Blocked(reason));
+                    return Err(Failed::kept(PublishError::Blocked(reason)));
                 }
             }
         };
         let outcome = match result {
             Err(_) => match blocked.borrow().clone() {
-                Some(reason) => return Err(PublishError::Blocked(reason)),
+                Some(reason) => return Err(Failed::kept(PublishError::Blocked(reason))),
                 None => Err(PublishError::Timeout(timeout)),
             },
             Ok(Err(e)) => Err(e),
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(_)))) => {
-                return Err(PublishError::Unroutable {
+                return Err(Failed::kept(PublishError::Unroutable {
                     exchange: msg.exchange.to_owned(),
                     routing_key: msg.routing_key.to_owned(),
-                });
+                }));
             }
             Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
             Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
         };
-        if outcome.is_err() {
-            self.reset(&channel).await;
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                let channel_lost = !channel.status().connected();
+                self.reset(&channel).await;
+                Err(Failed {
+                    error,
+                    channel_lost,
+                })
+            }
         }
-        outcome
     }
 
     pub async fn close(&self) {
@@ -315,6 +361,22 @@ impl Publisher {
         if let Some(open) = open {
             let _ =
                 tokio::time::timeout(CLOSE_TIMEOUT, open.conn.close(200, "shutdown".into())).await;
+        }
+    }
+}
+
+/// A failed publish, and whether its channel was gone by then (the connection or node lost: worth sending again
+/// on a new one) rather than the message refused.
+struct Failed {
+    error: PublishError,
+    channel_lost: bool,
+}
+
+impl Failed {
+    fn kept(error: PublishError) -> Self {
+        Failed {
+            error,
+            channel_lost: false,
         }
     }
 }
