@@ -46,5 +46,5 @@ pub use request::{
 };
 pub use status::Status;
 pub use store::StoreName;
-pub use unsubscribe::{AddressHash, OptOut, UnsubscribeKey, UnsubscribeLinks};
 pub use stores::{Store, Stores, StoresError};
+pub use unsubscribe::{AddressHash, OptOut, UnsubscribeKey, UnsubscribeLinks};
