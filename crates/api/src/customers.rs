@@ -148,7 +148,7 @@ pub async fn erase(
         tracing::warn!(error = %e, audit_id, "Erased a customer from the database, but not from the parked messages.");
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "erased from the database; the parked messages could not be swept (RabbitMQ): repeat the request",
+            "erased from the database; the parked messages could not be swept (RabbitMQ refused or failed; see the log): repeat the request, or run `trackctl customer erase` with the operators' broker user",
         )
         .retry_after(5)
         .with_detail(json!({"erased": counts, "audit_id": audit_id})));

@@ -165,7 +165,15 @@ pub const METRICS: &[Metric] = &[
     ),
     counter(
         "emails_skipped_total",
-        "Emails recorded as skipped without a send, per reason (unsubscribed: the recipient opted out of the store's emails).",
+        "Emails recorded as skipped without a send, per reason (unsubscribed: the recipient opted out of the store's emails; erased: the customer's personal data was erased).",
+    ),
+    counter(
+        "personal_data_erased_total",
+        "Rows whose customer name or email was erased, per reason (retention: PERSONAL_DATA_RETENTION_DAYS after the order finished; request: the customer asked) and table.",
+    ),
+    counter(
+        "customer_requests_total",
+        "Customers' access and erasure requests served by tracking-api, per kind (access, erasure) and result (ok; partial: the parked messages could not be swept).",
     ),
     counter(
         "marketplace_calls_total",
