@@ -573,7 +573,13 @@ async fn show(code: &str) -> anyhow::Result<()> {
             let o = po.order;
             println!(
                 "  order {}  customer {}  locale {}",
-                o.order_id, o.customer_email, o.customer_locale
+                o.order_id,
+                if o.erased {
+                    "(erased)"
+                } else {
+                    o.customer_email.as_str()
+                },
+                o.customer_locale
             );
             if let (Some(m), Some(mo)) = (&o.marketplace_name, &o.marketplace_order_id) {
                 println!("    marketplace {m} order {mo}");

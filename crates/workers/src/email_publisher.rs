@@ -4,7 +4,8 @@
 //! (unless `EMAIL_DELIVERED_WHEN_FIRST_SEEN`; [`tracking_domain::notify`]) and customers of a marketplace that
 //! emails them itself (`email_customers = false` in `MARKETPLACES_FILE`) are acked without email. A recipient who
 //! opted out of the store's emails through the unsubscribe link ([`crate::opt_out`]) is recorded in `deliveries`
-//! as skipped (`skipped: unsubscribed`), never sent nor retried. Every email carries the unsubscribe headers. Otherwise the change is
+//! as skipped (`skipped: unsubscribed`), never sent nor retried; so is an email to a customer whose personal data
+//! was erased since the change was queued (`skipped: erased`, [`crate::trusted`]; docs/privacy.md). Every email carries the unsubscribe headers. Otherwise the change is
 //! sent once through [`crate::deliver::once`] (`email`, change id) with a Message-ID derived from the change id: a
 //! redelivered change finds it done and sends nothing. SMTP 4xx, refused connections, timeouts and everything that
 //! fails while a connection is opened (TLS, refused credentials) are retried in process, then with backoff through
