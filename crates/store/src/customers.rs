@@ -88,8 +88,7 @@ async fn erase_orders(
     emails.extend(addresses.iter().cloned());
     emails.sort();
     emails.dedup();
-    let mut erased = Erased::default();
-    erased.orders = sqlx::query(
+    let orders = sqlx::query(
         "UPDATE orders SET customer_email = NULL, customer_name = NULL, erased_at = now(), updated_at = now() \
          WHERE id = ANY($1) AND erased_at IS NULL",
     )
@@ -97,6 +96,10 @@ async fn erase_orders(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    let mut erased = Erased {
+        orders,
+        ..Erased::default()
+    };
     // Every order's changes, erased before or not (an order erased earlier by retention has nothing left).
     erased.status_changes = sqlx::query(
         "UPDATE status_changes SET payload = jsonb_set(payload, '{customer}', jsonb_build_object('email', $2::text, \
