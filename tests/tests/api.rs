@@ -574,6 +574,7 @@ async fn calls_without_the_token_get_401_and_the_openapi_document_covers_every_r
     let concrete = |path: &str| {
         path.replace("{tracking_code}", &s10("AU", 1))
             .replace("{order_id}", "AU-1")
+            .replace("{email}", "a@b.co")
     };
     let body = json!({"order_id": "AU-1", "tracking_code": s10("AU", 1), "customer": {"email": "a@b.co"},
                       "status": "delivered", "occurred_at": "2025-11-24T16:05:00-03:00", "delivered_at": "2025-11-24T16:05:00-03:00"});
@@ -581,6 +582,7 @@ async fn calls_without_the_token_get_401_and_the_openapi_document_covers_every_r
         let url = api.url(&concrete(path));
         let build = || match *method {
             "get" => api.http.get(&url),
+            "delete" => api.http.delete(&url),
             _ => api.http.post(&url).json(&body),
         };
         for (what, req) in [

@@ -74,6 +74,15 @@ async fn erase_orders(
     order_refs: &[i64],
     addresses: &[String],
 ) -> Result<Erased, StoreError> {
+    // The orders' parcels first, in the normalizer's lock order: a batch that records a change of one of them
+    // waits for the erasure (or the erasure for it), so no change is recorded with a customer erased meanwhile.
+    sqlx::query(
+        "SELECT s.id FROM shipments s JOIN order_parcels op ON op.shipment_id = s.id \
+         WHERE op.order_ref = ANY($1) ORDER BY s.store, s.carrier, s.tracking_code, s.id FOR UPDATE OF s",
+    )
+    .bind(order_refs)
+    .fetch_all(&mut *tx)
+    .await?;
     let found: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
         "SELECT id, store, order_id, lower(customer_email) FROM orders \
          WHERE id = ANY($1) AND erased_at IS NULL ORDER BY id FOR UPDATE",
@@ -190,9 +199,10 @@ pub async fn erase_address(
     Ok(erased)
 }
 
-/// Erases up to `batch` orders whose every parcel finished more than `retention_days` ago (locked with `SKIP
-/// LOCKED`, so several schedulers share the work). Returns what it erased: fewer than `batch` orders means none
-/// is due now.
+/// Erases up to `batch` orders whose every parcel finished more than `retention_days` ago. The candidates are
+/// read without a lock and locked parcels first (as the normalizer locks), then orders, each re-checked: two
+/// schedulers may pick the same orders, and the second erases nothing. Returns what it erased: fewer than `batch`
+/// orders means none is due now.
 pub async fn erase_due(
     pool: &PgPool,
     retention_days: u32,
@@ -203,7 +213,7 @@ pub async fn erase_due(
         "SELECT o.id FROM orders o WHERE o.erased_at IS NULL \
            AND (SELECT bool_and(s.finished_at IS NOT NULL) AND max(s.finished_at) < now() - make_interval(days => $1) \
                 FROM order_parcels op JOIN shipments s ON s.id = op.shipment_id WHERE op.order_ref = o.id) \
-         ORDER BY o.id LIMIT $2 FOR UPDATE OF o SKIP LOCKED",
+         ORDER BY o.id LIMIT $2",
     )
     .bind(i32::try_from(retention_days).unwrap_or(i32::MAX))
     .bind(batch)
