@@ -618,7 +618,7 @@ async fn calls_without_the_token_get_401_and_the_openapi_document_covers_every_r
     assert_eq!(resp.status(), StatusCode::OK);
     let doc: Value = resp.json().await?;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
-    assert_eq!(served.len(), 10, "{served:?}");
+    assert_eq!(served.len(), 12, "{served:?}");
     for (method, path) in &served {
         let op = &doc["paths"][path][method];
         assert!(op.is_object(), "{method} {path} is not in openapi.json");
@@ -655,6 +655,7 @@ async fn calls_without_the_token_get_401_and_the_openapi_document_covers_every_r
             let req = match method.as_str() {
                 "get" => api.http.get(&url),
                 "post" => api.http.post(&url).json(&json!({})),
+                "delete" => api.http.delete(&url),
                 other => panic!("unexpected method {other} for {path}"),
             };
             let resp = req.bearer_auth(TOKEN).send().await?;
