@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
-use tracking_domain::{EmailAddress, UnsubscribeKey};
+use tracking_domain::{EmailAddress, OrderId, PageKey, UnsubscribeKey};
 use tracking_sim::smtp::SmtpServer;
 use tracking_tests::{
     TestEnv, Worker, carrier_update, correios_event, eventually, free_addr, request, s10,
@@ -18,6 +18,15 @@ use tracking_tests::{
 
 const API_TOKEN: &str = "api-token-for-customer-rights-tests-0123456789";
 const UNSUBSCRIBE_SECRET: &str = "unsubscribe-secret-for-tests-0123456789";
+const PAGE_SECRET: &str = "tracking-page-secret-for-tests-0123456789";
+
+/// The order's tracking page (as the customer sees it), in English.
+async fn page(http: &reqwest::Client, base: &str, order_id: &str) -> anyhow::Result<String> {
+    let token = PageKey::new(PAGE_SECRET)?.token(&OrderId::parse(order_id).unwrap());
+    let resp = http.get(format!("{base}/t/{token}?lang=en")).send().await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    Ok(resp.text().await?)
+}
 
 /// A tracking request of `order_id` for `email`, with the customer's own name.
 fn request_of(order_id: &str, code: &str, email: &str, name: &str) -> Value {
@@ -139,6 +148,7 @@ async fn erasure_on_request_leaves_nothing_of_the_address_and_its_queued_email_u
             ("HTTP_ADDR", addr.to_string()),
             ("API_TOKEN", API_TOKEN.into()),
             ("UNSUBSCRIBE_SECRET", UNSUBSCRIBE_SECRET.into()),
+            ("TRACKING_PAGE_SECRET", PAGE_SECRET.into()),
         ],
     )
     .await?;
@@ -230,6 +240,8 @@ async fn erasure_on_request_leaves_nothing_of_the_address_and_its_queued_email_u
     keep_carrier_answer(&env, &[&req_a, &req_b]).await?;
     failed_delivery_quoting(&env, "R-1", ana).await?;
     assert!(!everywhere(&env, ana).await?.is_empty());
+    let before = page(&http, &base, "R-1").await?;
+    assert!(before.contains("Ana") && before.contains(code_a.as_str()));
 
     // Erasure.
     let resp = http
@@ -269,6 +281,9 @@ async fn erasure_on_request_leaves_nothing_of_the_address_and_its_queued_email_u
         .send()
         .await?;
     assert_eq!(tracking.status(), StatusCode::OK);
+    let after = page(&http, &base, "R-1").await?;
+    assert!(after.contains(code_a.as_str()), "the page shows the parcel");
+    assert!(!after.contains("Ana"), "and no name: {after}");
 
     // Nor in the parked messages: Bia's request stays parked, Ana's is gone.
     let parked = amqp.drain("tracking.requests.dead").await?;
