@@ -574,6 +574,7 @@ async fn calls_without_the_token_get_401_and_the_openapi_document_covers_every_r
     let concrete = |path: &str| {
         path.replace("{tracking_code}", &s10("AU", 1))
             .replace("{order_id}", "AU-1")
+            .replace("{email}", "a@b.co")
     };
     let body = json!({"order_id": "AU-1", "tracking_code": s10("AU", 1), "customer": {"email": "a@b.co"},
                       "status": "delivered", "occurred_at": "2025-11-24T16:05:00-03:00", "delivered_at": "2025-11-24T16:05:00-03:00"});
@@ -581,6 +582,7 @@ async fn calls_without_the_token_get_401_and_the_openapi_document_covers_every_r
         let url = api.url(&concrete(path));
         let build = || match *method {
             "get" => api.http.get(&url),
+            "delete" => api.http.delete(&url),
             _ => api.http.post(&url).json(&body),
         };
         for (what, req) in [
@@ -616,7 +618,7 @@ async fn calls_without_the_token_get_401_and_the_openapi_document_covers_every_r
     assert_eq!(resp.status(), StatusCode::OK);
     let doc: Value = resp.json().await?;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
-    assert_eq!(served.len(), 10, "{served:?}");
+    assert_eq!(served.len(), 12, "{served:?}");
     for (method, path) in &served {
         let op = &doc["paths"][path][method];
         assert!(op.is_object(), "{method} {path} is not in openapi.json");
@@ -653,6 +655,7 @@ async fn calls_without_the_token_get_401_and_the_openapi_document_covers_every_r
             let req = match method.as_str() {
                 "get" => api.http.get(&url),
                 "post" => api.http.post(&url).json(&json!({})),
+                "delete" => api.http.delete(&url),
                 other => panic!("unexpected method {other} for {path}"),
             };
             let resp = req.bearer_auth(TOKEN).send().await?;

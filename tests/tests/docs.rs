@@ -544,7 +544,11 @@ fn the_test_detector_reads_the_formats_the_docs_use() {
 // 3. README's setting defaults against the code's.
 
 /// README settings whose default the test cannot read from the code as a literal, and why.
-const DEFAULTS_NOT_READ: [(&str, &str); 9] = [
+const DEFAULTS_NOT_READ: [(&str, &str); 10] = [
+    (
+        "USER",
+        "the operating system's login name, read by trackctl for the audit row (not a setting of ours)",
+    ),
     (
         "DATABASE_MAX_CONNECTIONS",
         "each binary passes its own default to tracking_store::env::db_settings",

@@ -10,6 +10,8 @@
 //! | `GET /openapi.json` | the OpenAPI 3.1 document (`crates/api/openapi.json`), without a token |
 //! | `GET /t/{token}` | the customer's tracking page (HTML, [`page`]), without a token: the signed `token` names the order |
 //! | `GET /u/{token}`, `POST /u/{token}`, `POST /u/{token}/undo` | the emails' one-click unsubscribe ([`unsubscribe`]), without a token |
+//! | `GET /v1/customers/{email}/data` | everything stored about an address ([`customers`]) |
+//! | `DELETE /v1/customers/{email}` | erases an address from the database and the parked messages ([`customers`]) |
 //!
 //! Every `/v1` call needs `Authorization: Bearer {API_TOKEN}`. Manual events go through the normalizer like a
 //! carrier's: stored once, deduplicated, decided by the status rules, emailed and relayed once. Nothing is
@@ -17,6 +19,7 @@
 
 mod auth;
 pub mod body;
+pub mod customers;
 mod error;
 mod handlers;
 pub mod locale;
@@ -214,6 +217,7 @@ struct Inner {
     stores: tracking_domain::Stores,
     page: page::Page,
     unsubscribe: unsubscribe::Unsubscribe,
+    customers: customers::Customers,
 }
 
 impl AppState {
@@ -241,6 +245,10 @@ impl AppState {
                     settings.unsubscribe_key.clone(),
                     settings.templates.store_name.clone(),
                 ),
+                customers: customers::Customers::new(
+                    settings.amqp.clone(),
+                    settings.unsubscribe_key.clone(),
+                ),
             }),
         }
     }
@@ -260,10 +268,10 @@ impl Routes {
         H: Handler<T, AppState>,
         T: 'static,
     {
-        let filter = if method == "get" {
-            MethodFilter::GET
-        } else {
-            MethodFilter::POST
+        let filter = match method {
+            "get" => MethodFilter::GET,
+            "delete" => MethodFilter::DELETE,
+            _ => MethodFilter::POST,
         };
         let deadline = self.deadline;
         let route =
@@ -308,6 +316,8 @@ fn build(deadline: Duration) -> Routes {
     .add("get", "/u/{token}", unsubscribe::ask)
     .add("post", "/u/{token}", unsubscribe::unsubscribe)
     .add("post", "/u/{token}/undo", unsubscribe::undo)
+    .add("get", "/v1/customers/{email}/data", customers::data)
+    .add("delete", "/v1/customers/{email}", customers::erase)
 }
 
 /// Every `(method, path)` the router serves, methods in lower case and paths as in the OpenAPI document.

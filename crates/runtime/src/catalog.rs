@@ -159,6 +159,10 @@ pub const METRICS: &[Metric] = &[
         "Order status changes recorded, per new status.",
     ),
     counter(
+        "shipments_recycled_total",
+        "Codes requested for a new order RECYCLE_AFTER_DAYS after their parcel finished: the old parcel retired, a new one registered, per carrier.",
+    ),
+    counter(
         "outbox_relayed_total",
         "Status changes published by the outbox relay because the inline publish failed.",
     ),
@@ -173,7 +177,15 @@ pub const METRICS: &[Metric] = &[
     ),
     counter(
         "emails_skipped_total",
-        "Emails recorded as skipped without a send, per reason (unsubscribed: the recipient opted out of the store's emails).",
+        "Emails recorded as skipped without a send, per reason (unsubscribed: the recipient opted out of the store's emails; erased: the customer's personal data was erased).",
+    ),
+    counter(
+        "personal_data_erased_total",
+        "Rows whose customer name or email was erased, per reason (retention: PERSONAL_DATA_RETENTION_DAYS after the order finished; request: the customer asked) and table.",
+    ),
+    counter(
+        "customer_requests_total",
+        "Customers' access and erasure requests served by tracking-api, per kind (access, erasure) and result (ok; partial: the parked messages could not be swept).",
     ),
     counter(
         "marketplace_calls_total",

@@ -18,6 +18,7 @@ pub mod boot;
 pub mod catalog;
 pub mod coalesce;
 pub mod ops;
+pub mod parked;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

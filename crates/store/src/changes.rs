@@ -13,6 +13,9 @@ pub struct Recorded {
     pub payload: serde_json::Value,
     /// The status of the newest later change of the same shipment for the same order, if any.
     pub superseded_by: Option<String>,
+    /// Its order's customer was erased (`orders.erased_at`): the payload's customer is the placeholder, and
+    /// nothing may be sent to the customer.
+    pub erased: bool,
 }
 
 /// The recorded change `change_id`, or `None` when no such change was ever recorded.
@@ -22,7 +25,8 @@ pub async fn recorded(pool: &PgPool, change_id: Uuid) -> Result<Option<Recorded>
              (SELECT later.status FROM status_changes later \
               WHERE later.shipment_id = sc.shipment_id AND later.order_ref IS NOT DISTINCT FROM sc.order_ref \
                 AND later.seq > sc.seq \
-              ORDER BY later.seq DESC LIMIT 1) AS superseded_by \
+              ORDER BY later.seq DESC LIMIT 1) AS superseded_by, \
+             COALESCE((SELECT o.erased_at IS NOT NULL FROM orders o WHERE o.id = sc.order_ref), false) AS erased \
          FROM status_changes sc WHERE sc.change_id = $1",
     )
     .bind(change_id)

@@ -12,6 +12,7 @@ pub mod carrier_budget;
 pub mod carrier_health;
 pub mod carrier_responses;
 pub mod changes;
+pub mod customers;
 pub mod deliveries;
 pub mod env;
 pub mod failure;

@@ -22,19 +22,26 @@ pub struct OrderRow {
     pub marketplace_name: Option<String>,
     pub marketplace_order_id: Option<String>,
     pub invoice_number: Option<String>,
+    /// The customer's name and email were erased (retention or the customer's request): `customer_email` is then
+    /// [`crate::customers::ERASED_EMAIL`] and nothing may be sent to it.
+    pub erased: bool,
 }
 
-/// [`OrderRow`]'s columns from the alias `o`.
-pub const ORDER_COLUMNS: &str = "o.id AS order_ref, o.order_id, o.customer_email, o.customer_name, \
-     o.customer_locale, o.marketplace_name, o.marketplace_order_id, o.invoice_number";
+/// [`OrderRow`]'s columns from the alias `o` (an erased order's email reads as the placeholder).
+pub const ORDER_COLUMNS: &str = "o.id AS order_ref, o.order_id, \
+     COALESCE(o.customer_email, 'erased@erased.invalid') AS customer_email, o.customer_name, \
+     o.customer_locale, o.marketplace_name, o.marketplace_order_id, o.invoice_number, \
+     o.erased_at IS NOT NULL AS erased";
 
 /// A parcel's first order, joined beside the parcel `s` (`LEFT JOIN LATERAL`): every [`FirstOrder`] column.
-pub const FIRST_ORDER_JOIN: &str = "LEFT JOIN LATERAL (SELECT o.id AS order_ref, o.order_id, o.customer_email, \
-     o.customer_name, o.customer_locale, o.marketplace_name, o.marketplace_order_id, o.invoice_number \
+pub const FIRST_ORDER_JOIN: &str = "LEFT JOIN LATERAL (SELECT o.id AS order_ref, o.order_id, \
+     COALESCE(o.customer_email, 'erased@erased.invalid') AS customer_email, \
+     o.customer_name, o.customer_locale, o.marketplace_name, o.marketplace_order_id, o.invoice_number, \
+     o.erased_at IS NOT NULL AS erased \
      FROM order_parcels op JOIN orders o ON o.id = op.order_ref WHERE op.shipment_id = s.id \
      ORDER BY op.link_seq LIMIT 1) fo ON true";
 pub const FIRST_ORDER_COLUMNS: &str = "fo.order_ref, fo.order_id, fo.customer_email, fo.customer_name, \
-     fo.customer_locale, fo.marketplace_name, fo.marketplace_order_id, fo.invoice_number";
+     fo.customer_locale, fo.marketplace_name, fo.marketplace_order_id, fo.invoice_number, fo.erased";
 
 impl OrderRow {
     /// The order's context as a tracking request for the parcel `carrier` `tracking_code` of `store`
@@ -83,6 +90,7 @@ pub struct FirstOrder {
     pub marketplace_name: Option<String>,
     pub marketplace_order_id: Option<String>,
     pub invoice_number: Option<String>,
+    pub erased: Option<bool>,
 }
 
 impl FirstOrder {
@@ -96,6 +104,7 @@ impl FirstOrder {
             marketplace_name: self.marketplace_name.clone(),
             marketplace_order_id: self.marketplace_order_id.clone(),
             invoice_number: self.invoice_number.clone(),
+            erased: self.erased.unwrap_or(false),
         })
     }
 }
@@ -132,7 +141,8 @@ pub struct ShipmentOrder {
 }
 
 /// Registers each request's order, or updates its context (an invoice number is kept when the request has
-/// none), in `(store, order_id)` order; returns `(store, order_id, order_ref)`. One request per order.
+/// none), in `(store, order_id)` order; returns `(store, order_id, order_ref)`. One request per order. An erased
+/// order stays erased: a later request (a poll carries the placeholder) never brings a name or address back.
 pub async fn upsert(
     conn: &mut PgConnection,
     requests: &[&TrackingRequest],
@@ -151,7 +161,8 @@ pub async fn upsert(
              marketplace_order_id, invoice_number) \
          ORDER BY store, order_id \
          ON CONFLICT (store, order_id) DO UPDATE SET \
-             customer_email = EXCLUDED.customer_email, customer_name = EXCLUDED.customer_name, \
+             customer_email = CASE WHEN orders.erased_at IS NULL THEN EXCLUDED.customer_email END, \
+             customer_name = CASE WHEN orders.erased_at IS NULL THEN EXCLUDED.customer_name END, \
              customer_locale = EXCLUDED.customer_locale, marketplace_name = EXCLUDED.marketplace_name, \
              marketplace_order_id = EXCLUDED.marketplace_order_id, \
              invoice_number = COALESCE(EXCLUDED.invoice_number, orders.invoice_number), updated_at = now() \

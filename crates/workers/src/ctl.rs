@@ -28,6 +28,7 @@ const EXAMPLES: &str = "Examples:
   trackctl publish --csv requests.csv           (header: order_id,tracking_code,email,name,locale,carrier,marketplace,marketplace_order_id,invoice_number)
   trackctl shipment show DL746686536BR
   trackctl shipment recompute --all     (after the event-code table changed: records and publishes only new changes)
+  trackctl customer erase ana@example.com   (erases the address from the database and the parked messages)
   trackctl shipments late --carrier correios --since 7d   (late parcels: promised date passed without delivery)
   trackctl shipments late --stalled             (parcels with no carrier event for CARRIER_STALE_AFTER_HOURS)
   trackctl dead list tracking.requests
@@ -63,6 +64,9 @@ pub enum Command {
     /// Stored carrier events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// A customer's personal data: what is stored (access) and erasing it (LGPD; docs/privacy.md).
+    #[command(subcommand)]
+    Customer(crate::customer_ctl::CustomerCommand),
 }
 
 #[derive(Subcommand)]
@@ -237,6 +241,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Carriers(CarriersCommand::Replay) => carriers_replay().await,
         Command::Events(EventsCommand::Unmapped) => events_unmapped().await,
+        Command::Customer(cmd) => crate::customer_ctl::run(cmd).await,
     }
 }
 
@@ -637,7 +642,13 @@ async fn show(code: &str, store: Option<&tracking_domain::StoreName>) -> anyhow:
             let o = po.order;
             println!(
                 "  order {}  customer {}  locale {}",
-                o.order_id, o.customer_email, o.customer_locale
+                o.order_id,
+                if o.erased {
+                    "(erased)"
+                } else {
+                    o.customer_email.as_str()
+                },
+                o.customer_locale
             );
             if let (Some(m), Some(mo)) = (&o.marketplace_name, &o.marketplace_order_id) {
                 println!("    marketplace {m} order {mo}");

@@ -4,7 +4,8 @@
 //! (unless `EMAIL_DELIVERED_WHEN_FIRST_SEEN`; [`tracking_domain::notify`]) and customers of a marketplace that
 //! emails them itself (`email_customers = false` in `MARKETPLACES_FILE`) are acked without email. A recipient who
 //! opted out of the store's emails through the unsubscribe link ([`crate::opt_out`]) is recorded in `deliveries`
-//! as skipped (`skipped: unsubscribed`), never sent nor retried. Every email carries the unsubscribe headers. Otherwise the change is
+//! as skipped (`skipped: unsubscribed`), never sent nor retried; so is an email to a customer whose personal data
+//! was erased since the change was queued (`skipped: erased`, [`crate::trusted`]; docs/privacy.md). Every email carries the unsubscribe headers. Otherwise the change is
 //! sent once through [`crate::deliver::once`] (`email`, change id) with a Message-ID derived from the change id: a
 //! redelivered change finds it done and sends nothing. SMTP 4xx, refused connections, timeouts and everything that
 //! fails while a connection is opened (TLS, refused credentials) are retried in process, then with backoff through
@@ -40,6 +41,9 @@ use tracking_runtime::settings::{self, SettingsError};
 use tracking_runtime::tls::{self, PemKind};
 
 pub const DESTINATION: &str = "email";
+
+/// The detail recorded in `deliveries` for an email not sent because its customer's data was erased.
+pub const SKIPPED_ERASED: &str = "skipped: erased";
 
 pub struct Settings {
     pub amqp: AmqpSettings,
@@ -277,6 +281,7 @@ impl Handler for EmailPublisher {
         let Trusted {
             change,
             superseded_by,
+            erased,
         } = match trusted::recorded(&self.pool, &msg.body).await {
             Ok(t) => t,
             Err(outcome) => return outcome,
@@ -302,6 +307,14 @@ impl Handler for EmailPublisher {
         {
             count("marketplace_emails");
             return Outcome::Ack;
+        }
+        if erased {
+            let delivered = self.skip_erased(change.change_id).await;
+            count(match delivered.result {
+                "skipped" => "erased",
+                other => other,
+            });
+            return delivered.outcome;
         }
         match self
             .skip_if_unsubscribed(&change.store, &change.customer.email, change.change_id)
@@ -411,6 +424,29 @@ impl EmailPublisher {
         }
     }
 
+    /// An email to an erased customer: the delivery `id` recorded as skipped (`skipped: erased`: done, no send, no
+    /// retry), once like any delivery.
+    async fn skip_erased(&self, id: uuid::Uuid) -> deliver::Delivered {
+        let delivered = deliver::once(
+            &self.ledger,
+            DESTINATION,
+            id,
+            &self.retry,
+            To {
+                what: "the SMTP server",
+                bulkhead: None,
+            },
+            None,
+            || async { Attempt::Skipped(SKIPPED_ERASED.to_owned()) },
+        )
+        .await;
+        if delivered.result == "skipped" {
+            metrics::counter!("emails_skipped_total", "reason" => "erased").increment(1);
+            tracing::info!(%id, "Email not sent: its customer's personal data was erased.");
+        }
+        delivered
+    }
+
     /// When `address` opted out of `store`'s emails: the delivery `id` recorded as skipped (`skipped:
     /// unsubscribed`: done, no send, no retry), once like any delivery. `Ok(None)` otherwise; `Err` with the
     /// outcome when the database does not answer.
@@ -494,6 +530,17 @@ impl EmailPublisher {
             };
             let order_notice =
                 StatusChange::id_for_order(id, i == 0, &request.store, &request.order_id);
+            if order.erased {
+                let delivered = self.skip_erased(order_notice).await;
+                count_late(match delivered.result {
+                    "skipped" => "erased",
+                    other => other,
+                });
+                if !matches!(delivered.outcome, Outcome::Ack) {
+                    return delivered.outcome;
+                }
+                continue;
+            }
             let outcome = self
                 .late_for_order(order_notice, &request, status, &recorded)
                 .await;

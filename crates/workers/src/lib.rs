@@ -16,6 +16,7 @@ pub mod boot;
 pub mod bulkhead;
 mod csv;
 pub mod ctl;
+pub mod customer_ctl;
 pub mod deliver;
 pub mod email_publisher;
 pub mod far_ends;
@@ -24,6 +25,7 @@ pub mod marketplace_publisher;
 pub mod normalizer;
 pub mod opt_out;
 pub mod policy;
+pub mod retention;
 pub mod scheduler;
 pub mod trusted;
 

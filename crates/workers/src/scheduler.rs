@@ -7,7 +7,9 @@
 //! - No news for `EXPIRE_AFTER_DAYS`: the shipment is marked `expired`, the change is recorded in the outbox
 //!   (the normalizer's relay publishes it), a warning is logged and `shipments_expired_total` counted; polling stops.
 //!
-//! Every `LATE_SCAN_INTERVAL_MS` it also scans for late and stalled shipments ([`late_scan`]).
+//! Every `LATE_SCAN_INTERVAL_MS` it also scans for late and stalled shipments ([`late_scan`]), and every
+//! `RETENTION_SCAN_INTERVAL_MS` erases the customers of orders finished longer ago than
+//! `PERSONAL_DATA_RETENTION_DAYS` ([`crate::retention`]).
 
 use crate::boot::{self, Schema, Worker};
 use crate::normalizer::fanout;
@@ -40,6 +42,7 @@ pub struct Settings {
     /// component is down (503) and an error is logged.
     pub stall_after: Duration,
     pub late: LateSettings,
+    pub retention: crate::retention::RetentionSettings,
 }
 
 /// Late and stalled shipments ([`late_scan`]).
@@ -86,6 +89,7 @@ impl Settings {
             batch,
             stall_after: settings::secs("SCHEDULER_STALL_AFTER_SECS", 300)?,
             late: LateSettings::from_env(batch)?,
+            retention: crate::retention::RetentionSettings::from_env()?,
         })
     }
 }
@@ -115,6 +119,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     );
     let mut liveness = Liveness::new(settings.stall_after);
     let mut next_late_scan = std::time::Instant::now();
+    let mut next_retention_scan = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(settings.tick) => {}
@@ -173,6 +178,24 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 Err(e) => {
                     metrics::counter!("scheduler_tick_failures_total").increment(1);
                     tracing::warn!(error = %e, "The late-shipment scan failed; it runs again at the next interval.");
+                }
+            }
+        }
+        if std::time::Instant::now() >= next_retention_scan {
+            next_retention_scan = std::time::Instant::now() + settings.retention.interval;
+            match crate::retention::scan(pool, &settings.retention).await {
+                Ok(erased) if erased.total() > 0 => tracing::info!(
+                    orders = erased.orders,
+                    status_changes = erased.status_changes,
+                    carrier_responses = erased.carrier_responses,
+                    deliveries = erased.deliveries,
+                    retention_days = settings.retention.days,
+                    "Erased the customers of orders finished longer ago than PERSONAL_DATA_RETENTION_DAYS."
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    metrics::counter!("scheduler_tick_failures_total").increment(1);
+                    tracing::warn!(error = %e, "The retention scan failed; it runs again at the next interval.");
                 }
             }
         }
