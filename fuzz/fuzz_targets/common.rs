@@ -59,6 +59,7 @@ pub fn assert_publishable(carrier: tracking_domain::Carrier, answers: &tracking_
         let update = CarrierUpdate {
             carrier,
             tracking_code: code.clone(),
+            store: Default::default(),
             source: Source::Carrier,
             request: None,
             fetched_at,
