@@ -266,10 +266,13 @@ async fn migrations_apply_to_an_empty_database_and_again_harmlessly() -> anyhow:
     assert_eq!(
         tables,
         [
+            "carrier_account_health",
             "carrier_budget",
             "carrier_health",
             "carrier_responses",
+            "customer_requests",
             "deliveries",
+            "email_opt_outs",
             "late_notices",
             "order_parcels",
             "orders",
