@@ -34,6 +34,18 @@ pub enum ParkedError {
     NotConfirmed(String),
 }
 
+/// The headers a parked message keeps when it is moved to the end of its queue: all but the broker's
+/// `x-delivery-count` (a stale count on the copy would only mislead).
+pub fn kept_headers(headers: &FieldTable) -> FieldTable {
+    let mut kept = FieldTable::default();
+    for (k, v) in headers.inner() {
+        if k.as_str() != "x-delivery-count" {
+            kept.insert(k.clone(), v.clone());
+        }
+    }
+    kept
+}
+
 /// Whether a parked message carries `needle` (already lower-cased): in its body, or in a text header (a park
 /// reason quoting an SMTP server's answer, say).
 pub fn carries(body: &[u8], headers: &FieldTable, needle: &str) -> bool {
@@ -110,12 +122,7 @@ async fn erase_in(
             report.dropped += 1;
             continue;
         }
-        let mut kept = FieldTable::default();
-        for (k, v) in headers.inner() {
-            if k.as_str() != "x-delivery-count" {
-                kept.insert(k.clone(), v.clone());
-            }
-        }
+        let kept = kept_headers(&headers);
         let confirm = publish
             .basic_publish(
                 topology::exchange_of(work).into(),

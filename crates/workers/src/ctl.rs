@@ -916,18 +916,6 @@ pub fn park_reason(headers: &FieldTable) -> String {
 /// originals are acked.
 const READ_WINDOW: usize = 128;
 
-/// The headers a parked message keeps when it is moved to the end of its queue: all but the broker's
-/// `x-delivery-count` (a stale count on the copy would only mislead).
-fn kept_headers(headers: &FieldTable) -> FieldTable {
-    let mut kept = FieldTable::default();
-    for (k, v) in headers.inner() {
-        if k.as_str() != "x-delivery-count" {
-            kept.insert(k.clone(), v.clone());
-        }
-    }
-    kept
-}
-
 /// Reads the messages parked in `work`'s parking queue once each, oldest first, without counting a delivery, and
 /// returns how many it read: each is taken (`basic.get`), shown to `visit` with its number from 1, republished
 /// unchanged to the end of the same queue (through the work queue's exchange, with confirms) and only then acked,
@@ -966,7 +954,9 @@ async fn read_parked(
         for delivery in &round {
             read += 1;
             visit(read, delivery);
-            let headers = kept_headers(&delivery.properties.headers().clone().unwrap_or_default());
+            let headers = tracking_runtime::parked::kept_headers(
+                &delivery.properties.headers().clone().unwrap_or_default(),
+            );
             let properties = delivery.properties.clone().with_headers(headers);
             let confirm = publish
                 .basic_publish(
