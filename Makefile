@@ -23,11 +23,12 @@ release: ## Build every binary (release) into target/release/
 test: setup build ## The whole test suite: unit, integration (real RabbitMQ and PostgreSQL) and end-to-end (real binaries, SMTP, HTTP)
 	$(CARGO) test --workspace --no-fail-fast
 
-lint: ## cargo fmt --check and clippy with warnings as errors; the fuzz targets (outside the workspace) still compile
+lint: ## cargo fmt --check, clippy with warnings as errors, cargo deny (deny.toml: advisories, licences, duplicates, sources); the fuzz targets (outside the workspace) still compile
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	cd fuzz && $(CARGO) fmt --check
 	$(CARGO) check --manifest-path fuzz/Cargo.toml --bins --target-dir $${CARGO_TARGET_DIR:-target}
+	bash scripts/deny.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
