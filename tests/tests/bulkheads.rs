@@ -261,7 +261,7 @@ async fn a_claim_is_extended_while_its_holder_works() -> anyhow::Result<()> {
         record_retry_for: Duration::from_secs(5),
     };
     let ledger = Ledger::start(
-        env.pool.clone(),
+        env.pool.clone().into(),
         lease,
         FarEnds::new(tracking_runtime::ops::Health::new(&[])),
     );

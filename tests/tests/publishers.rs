@@ -639,7 +639,7 @@ async fn claims_made_together_each_get_their_own_answer_and_a_refused_one_refuse
         record_retry_for: Duration::from_secs(5),
     };
     let ledger = Ledger::start(
-        env.pool.clone(),
+        env.pool.clone().into(),
         lease,
         FarEnds::new(tracking_runtime::ops::Health::new(&[])),
     );

@@ -104,6 +104,51 @@ fn no_sql_outside_the_store() {
     );
 }
 
+/// The names of the dependencies a `Cargo.toml` lists (every `[*dependencies]` table, `name = ...` and
+/// `name.workspace = true` alike).
+fn dependencies(manifest: &str) -> BTreeSet<String> {
+    let entry = Regex::new(r"^([A-Za-z0-9_-]+)(\.workspace)?\s*=").unwrap();
+    let mut in_deps = false;
+    let mut out = BTreeSet::new();
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_deps = line.trim_matches(['[', ']']).ends_with("dependencies");
+        } else if in_deps && let Some(c) = entry.captures(line) {
+            out.insert(c[1].to_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_dependency_reader_sees_both_spellings() {
+    let deps = dependencies(
+        "[package]\nname = \"x\"\n[dependencies]\nsqlx.workspace = true\ntokio = { version = \"1\" }\n\
+         [dev-dependencies]\nregex = \"1\"\n[lints]\nworkspace = true\n",
+    );
+    assert_eq!(
+        deps.into_iter().collect::<Vec<_>>(),
+        ["regex", "sqlx", "tokio"]
+    );
+}
+
+/// The store is the only way to the database: the workers and the API hold a `tracking_store::Db` and open units
+/// of work with it, and cannot run a statement of their own (nor open a transaction) because they do not link
+/// sqlx at all.
+#[test]
+fn only_the_store_depends_on_sqlx() {
+    let root = root();
+    for krate in ["crates/workers", "crates/api"] {
+        let manifest = std::fs::read_to_string(root.join(krate).join("Cargo.toml")).unwrap();
+        let deps = dependencies(&manifest);
+        assert!(!deps.is_empty(), "{krate}: no dependencies read");
+        assert!(
+            !deps.contains("sqlx"),
+            "{krate}/Cargo.toml lists sqlx: go through tracking-store (its Db and Tx) instead"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // README's settings tables against the settings the code reads.
 

@@ -388,15 +388,15 @@ pub async fn order_tracking(
                 .iter()
                 .map(|e| {
                     json!({
-                        "occurred_at": e.occurred_at,
-                        "source": e.source,
+                        "occurred_at": e.occurred_at_local(),
+                        "source": e.source(),
                         "code": e.code,
                         "type": e.kind,
                         "description": e.description,
                         "detail": e.detail,
                         "location": location(&e.city, &e.state),
                         "unit": e.unit,
-                        "status": e.status,
+                        "status": e.status(),
                         "reason": e.reason,
                         "reverses_previous": e.reverses,
                         "received_at": e.received_at,
@@ -411,11 +411,11 @@ pub async fn order_tracking(
                         "change_id": c.change_id.to_string(),
                         "previous_status": c.previous_status,
                         "status": c.status,
-                        "occurred_at": c.occurred_at,
+                        "occurred_at": c.occurred_at_local(),
                         "source": c.source,
                         "reason": c.reason,
                         "event": c.event,
-                        "recorded_at": c.recorded_at,
+                        "recorded_at": c.created_at,
                         "published": c.published,
                     })
                 })
@@ -472,7 +472,10 @@ pub async fn carriers_health(
     let mut carriers = Map::new();
     for row in rows {
         let mut entry = Map::new();
-        entry.insert("state".into(), json!(row.state));
+        entry.insert(
+            "state".into(),
+            json!(row.state.map_or("unknown", |s| s.as_str())),
+        );
         if let Some(r) = row.reason {
             entry.insert("reason".into(), json!(r));
         }
@@ -524,7 +527,7 @@ pub async fn carriers_health(
                 entry.insert("reason".into(), r.clone());
             }
         }
-        carriers.insert(row.carrier, Value::Object(entry));
+        carriers.insert(row.carrier.as_str().to_owned(), Value::Object(entry));
     }
     Ok(Json(json!({ "carriers": carriers })))
 }

@@ -44,7 +44,6 @@ use axum::middleware::{Next, from_fn};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodFilter;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +54,7 @@ use tracking_runtime::amqp::{AmqpSettings, Publisher, watch_publisher};
 use tracking_runtime::boot;
 use tracking_runtime::ops::Health;
 use tracking_runtime::settings::{self, SettingsError};
+use tracking_store::Db;
 use tracking_store::DbSettings;
 
 /// The OpenAPI 3.1 document served at `/openapi.json`.
@@ -204,10 +204,10 @@ pub struct AppState {
 
 struct Inner {
     token_digest: [u8; 32],
-    pool: PgPool,
+    pool: Db,
     /// The tracking page's own small pool (`TRACKING_PAGE_DB_CONNECTIONS`): the open internet's page views
     /// cannot take the connections the API's callers need.
-    page_pool: PgPool,
+    page_pool: Db,
     publisher: Publisher,
     body_limit: usize,
     body_timeout: Duration,
@@ -223,8 +223,8 @@ struct Inner {
 impl AppState {
     pub fn new(
         settings: &Settings,
-        pool: PgPool,
-        page_pool: PgPool,
+        pool: Db,
+        page_pool: Db,
         publisher: Publisher,
         renderer: Renderer,
     ) -> Self {
@@ -377,8 +377,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             format!("cannot listen on {}: {e}", settings.http_addr),
         )
     })?;
-    let pool = tracking_store::pool(&settings.db)?;
-    let page_pool = tracking_store::pool(&DbSettings {
+    let pool = tracking_store::Db::connect_lazy(&settings.db)?;
+    let page_pool = tracking_store::Db::connect_lazy(&DbSettings {
         max_connections: settings.page_limits.db_connections,
         ..settings.db.clone()
     })?;

@@ -189,9 +189,9 @@ fn shipment(h: PageHistory) -> Option<PageShipment> {
         .events
         .into_iter()
         .map(|e| PageEvent {
-            occurred_at: e.occurred_at,
-            status: e.status.as_deref().and_then(|st| st.parse().ok()),
-            manual: e.source == "manual",
+            occurred_at: e.occurred_at_local(),
+            status: e.status(),
+            manual: e.source() == tracking_domain::Source::Manual,
             description: e.description,
             city: e.city,
             state: e.state,

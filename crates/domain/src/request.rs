@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::fmt;
 
 /// The store's order id: 1 to 100 printable characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub struct OrderId(String);
 

@@ -60,10 +60,10 @@ pub async fn record_account(pool: &PgPool, h: AccountHealth<'_>) -> Result<(), S
 /// A carrier account's last recorded state.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AccountRow {
-    pub carrier: String,
+    pub carrier: Text<Carrier>,
     pub account: String,
     pub stores: String,
-    pub state: String,
+    pub state: Text<CarrierState>,
     pub reason: Option<String>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }

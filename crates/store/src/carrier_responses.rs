@@ -6,7 +6,7 @@ use sqlx::PgPool;
 
 /// An unreadable answer and the call it answered.
 pub struct Unreadable<'a> {
-    pub carrier: &'a str,
+    pub carrier: tracking_domain::Carrier,
     /// The tracking requests of the call, as JSON.
     pub requests: serde_json::Value,
     pub http_status: Option<u16>,
@@ -18,7 +18,7 @@ pub async fn keep(pool: &PgPool, answer: Unreadable<'_>) -> Result<(), StoreErro
     sqlx::query(
         "INSERT INTO carrier_responses (carrier, requests, http_status, body, error) VALUES ($1, $2, $3, $4, $5)",
     )
-    .bind(answer.carrier)
+    .bind(crate::Text(answer.carrier))
     .bind(answer.requests)
     .bind(answer.http_status.map(i32::from))
     .bind(answer.body)
@@ -32,7 +32,7 @@ pub async fn keep(pool: &PgPool, answer: Unreadable<'_>) -> Result<(), StoreErro
 #[derive(Debug, sqlx::FromRow)]
 pub struct Kept {
     pub id: i64,
-    pub carrier: String,
+    pub carrier: crate::Text<tracking_domain::Carrier>,
     pub requests: serde_json::Value,
     pub body: String,
 }

@@ -2,8 +2,10 @@
 //! change the database recorded is what gets sent.
 
 use crate::{StoreError, Stored};
+use chrono::{DateTime, FixedOffset, Utc};
 use sqlx::PgPool;
 use std::time::Duration;
+use tracking_domain::{Source, Status};
 use uuid::Uuid;
 
 /// A recorded change, as stored.
@@ -12,7 +14,7 @@ pub struct Recorded {
     /// The message as the normalizer (or scheduler) recorded it.
     pub payload: serde_json::Value,
     /// The status of the newest later change of the same shipment for the same order, if any.
-    pub superseded_by: Option<String>,
+    pub superseded_by: Option<crate::Text<Status>>,
     /// Its order's customer was erased (`orders.erased_at`): the payload's customer is the placeholder, and
     /// nothing may be sent to the customer.
     pub erased: bool,
@@ -105,24 +107,50 @@ pub async fn later_pending(
     .await?)
 }
 
-/// A recorded change as `trackctl shipment show` lists it.
+/// A recorded change as people read it (`trackctl shipment show`, an order's history in `tracking-api`). Its
+/// statuses are read as stored, so that one row written by another version still shows.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Listed {
     pub change_id: Uuid,
-    pub previous_status: Stored<tracking_domain::Status>,
-    pub status: Stored<tracking_domain::Status>,
-    pub occurred_at: chrono::DateTime<chrono::Utc>,
+    pub previous_status: Stored<Status>,
+    pub status: Stored<Status>,
+    /// The deciding event's time in UTC (the column); [`Listed::occurred_at_local`] keeps the published offset.
+    pub occurred_at: DateTime<Utc>,
+    /// The published `occurred_at`, with the carrier's offset.
+    pub published_offset: Option<String>,
+    /// `carrier` or `manual`, as published.
+    pub source: Option<Stored<Source>>,
+    pub reason: Option<String>,
+    /// The carrier's own words: `code`, `type`, `description`, `location`.
+    pub event: Option<serde_json::Value>,
+    /// When it was recorded.
+    pub created_at: DateTime<Utc>,
     /// Whether the relay (or the normalizer) published it.
     pub published: bool,
 }
 
+/// The columns of a [`Listed`], for a `SELECT` from `status_changes`.
+pub const LISTED_COLUMNS: &str = "change_id, previous_status, status, occurred_at, \
+     payload->>'occurred_at' AS published_offset, payload->>'source' AS source, payload->>'reason' AS reason, \
+     payload->'event' AS event, created_at, published_at IS NOT NULL AS published";
+
+impl Listed {
+    /// The deciding event's time with its offset, as published.
+    pub fn occurred_at_local(&self) -> DateTime<FixedOffset> {
+        self.published_offset
+            .as_deref()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .unwrap_or_else(|| self.occurred_at.fixed_offset())
+    }
+}
+
 /// Every change recorded for shipment `shipment_id`, in carrier-time order.
 pub async fn of_shipment(pool: &PgPool, shipment_id: i64) -> Result<Vec<Listed>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT change_id, previous_status, status, occurred_at, published_at IS NOT NULL AS published \
-         FROM status_changes WHERE shipment_id = $1 ORDER BY occurred_at",
-    )
-    .bind(shipment_id)
-    .fetch_all(pool)
-    .await?)
+    let sql = format!(
+        "SELECT {LISTED_COLUMNS} FROM status_changes WHERE shipment_id = $1 ORDER BY occurred_at"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(shipment_id)
+        .fetch_all(pool)
+        .await?)
 }

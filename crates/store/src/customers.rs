@@ -234,6 +234,18 @@ pub enum RequestKind {
     Erasure,
 }
 
+impl crate::text::Spelled for RequestKind {
+    const WHAT: &'static str = "customer request kind";
+    fn spelling(self) -> &'static str {
+        self.as_str()
+    }
+    fn from_spelling(s: &str) -> Option<Self> {
+        [RequestKind::Access, RequestKind::Erasure]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
 impl RequestKind {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -247,7 +259,7 @@ impl RequestKind {
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuditRow {
     pub id: i64,
-    pub kind: String,
+    pub kind: crate::Text<RequestKind>,
     pub address_hash: Option<Vec<u8>>,
     pub requested_by: String,
     pub counts: serde_json::Value,

@@ -50,17 +50,13 @@ pub fn db_settings(default_max: u32) -> Result<DbSettings, SettingsError> {
 }
 
 /// Keeps `health`'s `postgres` component current, and waits (logging) until the schema is migrated.
-pub async fn watch_database(pool: sqlx::PgPool, health: Health, shutdown: CancellationToken) {
+pub async fn watch_database(pool: crate::Db, health: Health, shutdown: CancellationToken) {
     watch(pool, health, shutdown, false).await
 }
 
 /// [`watch_database`] for a process that writes: a read-only database (a failover to a replica in progress, or
 /// `default_transaction_read_only`) is down for it, since none of its work can be done there.
-pub async fn watch_writable_database(
-    pool: sqlx::PgPool,
-    health: Health,
-    shutdown: CancellationToken,
-) {
+pub async fn watch_writable_database(pool: crate::Db, health: Health, shutdown: CancellationToken) {
     watch(pool, health, shutdown, true).await
 }
 
@@ -81,7 +77,7 @@ async fn look(pool: &sqlx::PgPool, writes: bool) -> Result<Seen, crate::StoreErr
     Ok(Seen::Ready)
 }
 
-async fn watch(pool: sqlx::PgPool, health: Health, shutdown: CancellationToken, writes: bool) {
+async fn watch(pool: crate::Db, health: Health, shutdown: CancellationToken, writes: bool) {
     let mut warned = false;
     loop {
         match look(&pool, writes).await {

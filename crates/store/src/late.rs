@@ -247,7 +247,7 @@ pub enum Mark {
 pub async fn list(
     pool: &PgPool,
     mark: Mark,
-    carrier: Option<&str>,
+    carrier: Option<tracking_domain::Carrier>,
     since: Option<DateTime<Utc>>,
     limit: i64,
 ) -> Result<Vec<ShipmentRow>, StoreError> {
@@ -263,7 +263,7 @@ pub async fn list(
     );
     Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
         .bind(statuses)
-        .bind(carrier)
+        .bind(carrier.map(crate::Text))
         .bind(since)
         .bind(limit)
         .fetch_all(pool)
@@ -273,7 +273,9 @@ pub async fn list(
 /// Per carrier: shipments still followed, and how many of them are late and stalled (the gauges).
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct CarrierCounts {
-    pub carrier: String,
+    /// Read as stored: a shipment of a carrier this version does not know counts under its spelling (it is
+    /// quarantined when the scheduler meets it) instead of failing the gauges.
+    pub carrier: crate::Stored<tracking_domain::Carrier>,
     pub open: i64,
     pub late: i64,
     pub stalled: i64,

@@ -25,16 +25,76 @@ pub mod text;
 pub mod views;
 
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Postgres};
 use std::str::FromStr;
 use std::time::Duration;
 use tracking_runtime::tls::PemFile;
 
 pub use failure::{Failure, classify};
-pub use sqlx;
 pub use text::{Stored, Text};
+
+/// The database, as the workers and `tracking-api` hold it: a pool of connections that only this crate's
+/// functions run statements on. Workers and the API never name sqlx: they pass a `&Db` to the store's functions
+/// (it dereferences to the pool they take) and open a unit of work with [`Db::begin`].
+#[derive(Clone, Debug)]
+pub struct Db(PgPool);
+
+impl Db {
+    /// A lazily connecting pool (see [`pool`]).
+    pub fn connect_lazy(settings: &DbSettings) -> Result<Self, StoreError> {
+        pool(settings).map(Db)
+    }
+
+    /// Begins a unit of work: every statement run on it commits together with [`Tx::commit`], or none does
+    /// when it is dropped first (a failed publish between statements, an error).
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(Tx(self.0.begin().await?))
+    }
+
+    /// Closes the pool: waits for the connections in use to come back, then closes them.
+    pub async fn close(&self) {
+        self.0.close().await;
+    }
+}
+
+impl From<PgPool> for Db {
+    fn from(pool: PgPool) -> Self {
+        Db(pool)
+    }
+}
+
+impl std::ops::Deref for Db {
+    type Target = PgPool;
+    fn deref(&self) -> &PgPool {
+        &self.0
+    }
+}
+
+/// A unit of work begun with [`Db::begin`]: the store's functions that take a connection run on it (it
+/// dereferences to one); [`Tx::commit`] makes them durable together, and dropping it rolls them back.
+#[derive(Debug)]
+pub struct Tx(sqlx::Transaction<'static, Postgres>);
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), StoreError> {
+        Ok(self.0.commit().await?)
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+}
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 

@@ -7,15 +7,55 @@
 //! (sorted by `(store, order_id)`), so two batches sharing shipments or orders wait for each other instead of
 //! deadlocking.
 
-use crate::StoreError;
-use crate::shipments::{EventRow, SHIPMENT_COLUMNS, ShipmentRow};
+use crate::shipments::{EVENT_COLUMNS, EventRow, SHIPMENT_COLUMNS, ShipmentRow};
+use crate::{StoreError, Text};
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgPool};
 use std::time::Duration;
+use tracking_domain::{Carrier, Source, Status, StoreName, TrackingCode};
 use uuid::Uuid;
 
-/// A shipment's key: `(store, carrier, tracking_code)`; a live shipment is unique by it.
-pub type ShipmentKey = (String, String, String);
+/// A shipment's key: a live shipment is unique by it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShipmentKey {
+    pub store: StoreName,
+    pub carrier: Carrier,
+    pub tracking_code: TrackingCode,
+}
+
+impl ShipmentKey {
+    /// The key of a stored shipment, read back from its columns; a value that is no longer valid is an error
+    /// naming the shipment.
+    pub fn read(id: i64, store: &str, carrier: Carrier, code: &str) -> Result<Self, StoreError> {
+        let corrupt =
+            |what: &str, e: String| StoreError::Corrupt(format!("shipment {id}: {what}: {e}"));
+        Ok(ShipmentKey {
+            store: StoreName::parse(store).map_err(|e| corrupt("store", e.to_string()))?,
+            carrier,
+            tracking_code: TrackingCode::parse(code)
+                .map_err(|e| corrupt("tracking_code", e.to_string()))?,
+        })
+    }
+}
+
+impl std::fmt::Display for ShipmentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} for store {}",
+            self.carrier, self.tracking_code, self.store
+        )
+    }
+}
+
+/// The three columns of `keys`, for `UNNEST`.
+fn key_columns(keys: &[ShipmentKey]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+    (
+        keys.iter().map(|k| k.store.as_str()).collect(),
+        keys.iter().map(|k| k.carrier.as_str()).collect(),
+        keys.iter().map(|k| k.tracking_code.as_str()).collect(),
+    )
+}
 
 /// Locks the live shipments among `keys` and every other parcel of their orders (an order's progress is read
 /// from its parcels' statuses, so they must not move under it), in one statement sorted by
@@ -25,9 +65,7 @@ pub async fn lock_sorted(
     conn: &mut PgConnection,
     keys: &[ShipmentKey],
 ) -> Result<Vec<ShipmentRow>, StoreError> {
-    let stores: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
-    let carriers: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-    let codes: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
+    let (stores, carriers, codes) = key_columns(keys);
     let sql = format!(
         "WITH batch AS (SELECT s.id FROM shipments s \
              WHERE (s.store, s.carrier, s.tracking_code) IN (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
@@ -76,10 +114,11 @@ pub async fn register_sorted(
              quarantined_at = NULL, quarantine_reason = NULL, updated_at = now() \
          RETURNING {SHIPMENT_COLUMNS}"
     );
+    let (stores, carriers, codes) = key_columns(keys);
     Ok(sqlx::query_as::<_, ShipmentRow>(&sql)
-        .bind(keys.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.2.as_str()).collect::<Vec<_>>())
+        .bind(stores)
+        .bind(carriers)
+        .bind(codes)
         .fetch_all(&mut *conn)
         .await?)
 }
@@ -88,7 +127,7 @@ pub async fn register_sorted(
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub shipment_id: i64,
-    pub source: &'static str,
+    pub source: Source,
     pub fingerprint: String,
     pub code: String,
     pub kind: Option<String>,
@@ -99,7 +138,7 @@ pub struct NewEvent {
     pub unit: Option<String>,
     pub occurred_at: DateTime<Utc>,
     pub utc_offset_secs: i32,
-    pub status: Option<String>,
+    pub status: Option<Status>,
     pub reason: Option<String>,
     pub reverses: bool,
     pub raw: serde_json::Value,
@@ -128,7 +167,7 @@ pub async fn insert_events(
          ON CONFLICT (shipment_id, fingerprint) DO NOTHING RETURNING fingerprint",
     )
     .bind(events.iter().map(|e| e.shipment_id).collect::<Vec<_>>())
-    .bind(col(&|e| Some(e.source.to_owned())))
+    .bind(col(&|e| Some(e.source.as_str().to_owned())))
     .bind(col(&|e| Some(e.fingerprint.clone())))
     .bind(col(&|e| Some(e.code.clone())))
     .bind(col(&|e| e.kind.clone()))
@@ -139,7 +178,7 @@ pub async fn insert_events(
     .bind(col(&|e| e.unit.clone()))
     .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.utc_offset_secs).collect::<Vec<_>>())
-    .bind(col(&|e| e.status.clone()))
+    .bind(col(&|e| e.status.map(|s| s.as_str().to_owned())))
     .bind(col(&|e| e.reason.clone()))
     .bind(events.iter().map(|e| e.reverses).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.raw.clone()).collect::<Vec<_>>())
@@ -147,27 +186,19 @@ pub async fn insert_events(
     .await?)
 }
 
-/// A stored event with its shipment.
-#[derive(Debug, Clone, FromRow)]
-pub struct ShipmentEvent {
-    pub shipment_id: i64,
-    #[sqlx(flatten)]
-    pub event: EventRow,
-}
-
 /// The events of several shipments, each shipment's in carrier-time order.
 pub async fn events_of(
     conn: &mut PgConnection,
     shipment_ids: &[i64],
-) -> Result<Vec<ShipmentEvent>, StoreError> {
-    Ok(sqlx::query_as::<_, ShipmentEvent>(
-        "SELECT shipment_id, id, source, code, kind, description, city, state, occurred_at, utc_offset_secs, status, \
-             reason, reverses, fingerprint \
-         FROM tracking_events WHERE shipment_id = ANY($1) ORDER BY shipment_id, occurred_at, id",
-    )
-    .bind(shipment_ids)
-    .fetch_all(&mut *conn)
-    .await?)
+) -> Result<Vec<EventRow>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM tracking_events WHERE shipment_id = ANY($1) \
+         ORDER BY shipment_id, occurred_at, id"
+    );
+    Ok(sqlx::query_as::<_, EventRow>(&sql)
+        .bind(shipment_ids)
+        .fetch_all(&mut *conn)
+        .await?)
 }
 
 /// A status change to record in the outbox.
@@ -178,18 +209,20 @@ pub struct NewChange {
     /// The order of the parcel this change is for (its payload is what that order gets).
     pub order_ref: Option<i64>,
     pub event_id: Option<i64>,
-    pub status: String,
-    pub previous_status: String,
+    pub status: Status,
+    pub previous_status: Status,
     pub occurred_at: DateTime<Utc>,
     pub payload: serde_json::Value,
 }
 
-/// Records the changes in the given order (`seq` follows it); a change id already recorded adds nothing.
-/// Returns the ids recorded now.
+/// Records the changes in the given order (`seq` follows it): the one statement that writes `status_changes`. A
+/// change id already recorded, or given twice, adds nothing. Returns the ids recorded now.
 pub async fn record_changes(
     conn: &mut PgConnection,
     changes: &[NewChange],
 ) -> Result<Vec<Uuid>, StoreError> {
+    let mut ids = std::collections::HashSet::new();
+    let changes: Vec<&NewChange> = changes.iter().filter(|c| ids.insert(c.change_id)).collect();
     if changes.is_empty() {
         return Ok(Vec::new());
     }
@@ -207,11 +240,16 @@ pub async fn record_changes(
     .bind(changes.iter().map(|c| c.change_id).collect::<Vec<_>>())
     .bind(changes.iter().map(|c| c.shipment_id).collect::<Vec<_>>())
     .bind(changes.iter().map(|c| c.event_id).collect::<Vec<_>>())
-    .bind(changes.iter().map(|c| c.status.clone()).collect::<Vec<_>>())
     .bind(
         changes
             .iter()
-            .map(|c| c.previous_status.clone())
+            .map(|c| c.status.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        changes
+            .iter()
+            .map(|c| c.previous_status.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(changes.iter().map(|c| c.occurred_at).collect::<Vec<_>>())
@@ -235,7 +273,7 @@ fn late_statuses() -> Vec<String> {
 pub struct PollResult {
     pub shipment_id: i64,
     /// The new status, its reason and the carrier time of its deciding event, when the status moved.
-    pub status: Option<(String, Option<String>, DateTime<Utc>)>,
+    pub status: Option<(Status, Option<String>, DateTime<Utc>)>,
     /// A carrier answered (not only manual events): `last_polled_at` and the not-trackable state are set.
     pub polled: bool,
     /// New events were stored: `last_news_at` is now.
@@ -284,7 +322,7 @@ pub async fn update_after_poll(
     .bind(
         results
             .iter()
-            .map(|r| r.status.as_ref().map(|s| s.0.clone()))
+            .map(|r| r.status.as_ref().map(|s| s.0.as_str()))
             .collect::<Vec<_>>(),
     )
     .bind(
@@ -330,7 +368,7 @@ pub async fn update_after_poll(
 pub async fn set_status(
     conn: &mut PgConnection,
     shipment_id: i64,
-    status: &str,
+    status: Status,
     reason: Option<&str>,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
@@ -339,7 +377,7 @@ pub async fn set_status(
              late_since = CASE WHEN $2 = ANY($5) THEN late_since END, updated_at = now() WHERE id = $1",
     )
     .bind(shipment_id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(reason)
     .bind(at)
     .bind(late_statuses())
@@ -366,7 +404,7 @@ pub async fn mark_published(
 #[derive(Debug, Clone, FromRow)]
 pub struct Unpublished {
     pub change_id: Uuid,
-    pub status: String,
+    pub status: Text<Status>,
     pub payload: serde_json::Value,
 }
 
@@ -393,26 +431,29 @@ pub async fn shipment_keys(
     pool: &PgPool,
     tracking_code: Option<&str>,
 ) -> Result<Vec<ShipmentKey>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT store, carrier, tracking_code FROM shipments \
+    let rows: Vec<(i64, String, Text<Carrier>, String)> = sqlx::query_as(
+        "SELECT id, store, carrier, tracking_code FROM shipments \
          WHERE retired_at IS NULL AND ($1::text IS NULL OR tracking_code = $1) ORDER BY id",
     )
     .bind(tracking_code)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    rows.into_iter()
+        .map(|(id, store, carrier, code)| ShipmentKey::read(id, &store, carrier.0, &code))
+        .collect()
 }
 
 /// Stores an event's new mapping after the code table changed.
 pub async fn remap_event(
     conn: &mut PgConnection,
     event_id: i64,
-    status: Option<&str>,
+    status: Option<Status>,
     reason: Option<&str>,
     reverses: bool,
 ) -> Result<(), StoreError> {
     sqlx::query("UPDATE tracking_events SET status = $2, reason = $3, reverses = $4 WHERE id = $1")
         .bind(event_id)
-        .bind(status)
+        .bind(status.map(Status::as_str))
         .bind(reason)
         .bind(reverses)
         .execute(&mut *conn)

@@ -3,10 +3,10 @@
 use crate::orders::{
     FIRST_ORDER_COLUMNS, FIRST_ORDER_JOIN, ORDER_COLUMNS, OrderRow, ShipmentOrder, WithOrder,
 };
-use crate::{StoreError, Stored};
-use chrono::{DateTime, Utc};
+use crate::{StoreError, Stored, Text};
+use chrono::{DateTime, FixedOffset, Utc};
 use sqlx::{FromRow, PgConnection, PgPool};
-use tracking_domain::{Carrier, Status, StoreName, TrackingCode, TrackingRequest};
+use tracking_domain::{Carrier, Source, Status, StoreName, TrackingCode, TrackingRequest};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct ShipmentRow {
@@ -62,13 +62,13 @@ impl ShipmentRow {
             .map_err(|e| StoreError::Corrupt(format!("shipment {}: store: {e}", self.id)))
     }
 
-    /// `(store, carrier, tracking_code)`: what a live shipment is unique by.
-    pub fn key(&self) -> (String, String, String) {
-        (
-            self.store.clone(),
-            self.carrier.as_str().to_owned(),
-            self.tracking_code.clone(),
-        )
+    /// What a live shipment is unique by; an error when a stored part is no longer valid.
+    pub fn key(&self) -> Result<crate::normalize::ShipmentKey, StoreError> {
+        let carrier = self
+            .carrier
+            .known()
+            .map_err(|e| StoreError::Corrupt(format!("shipment {}: carrier: {e}", self.id)))?;
+        crate::normalize::ShipmentKey::read(self.id, &self.store, carrier, &self.tracking_code)
     }
 
     /// Marked late by the scheduler and still on its way (see [`crate::late`]): the promised date that passed.
@@ -234,21 +234,54 @@ pub async fn by_code(
         .await?)
 }
 
+/// A row of `tracking_events`: every column but `raw` (the carrier's own answer, kept for replays and never read
+/// on the way to a decision). Its states are typed: a stored `source` or `status` this version does not know makes
+/// the read fail with a decode error naming it (the statement's work is refused as data, never misread).
 #[derive(Debug, Clone, FromRow)]
 pub struct EventRow {
     pub id: i64,
-    pub source: String,
+    pub shipment_id: i64,
+    /// `carrier`, or `manual` for an event support entered.
+    pub source: Text<Source>,
+    pub fingerprint: String,
     pub code: String,
     pub kind: Option<String>,
     pub description: String,
+    pub detail: Option<String>,
     pub city: Option<String>,
     pub state: Option<String>,
+    pub unit: Option<String>,
+    /// The carrier's time in UTC; [`EventRow::occurred_at_local`] gives it in the carrier's offset.
     pub occurred_at: DateTime<Utc>,
     pub utc_offset_secs: i32,
-    pub status: Option<String>,
+    /// The canonical status the event maps to; `None` when nobody mapped its code (or it reverses another).
+    pub status: Option<Text<Status>>,
     pub reason: Option<String>,
     pub reverses: bool,
-    pub fingerprint: String,
+    pub received_at: DateTime<Utc>,
+}
+
+/// The columns of an [`EventRow`], for a `SELECT` from `tracking_events`.
+pub const EVENT_COLUMNS: &str = "id, shipment_id, source, fingerprint, code, kind, description, detail, city, state, \
+     unit, occurred_at, utc_offset_secs, status, reason, reverses, received_at";
+
+impl EventRow {
+    pub fn source(&self) -> Source {
+        self.source.0
+    }
+
+    /// The status the event maps to, if any.
+    pub fn status(&self) -> Option<Status> {
+        self.status.map(|s| s.0)
+    }
+
+    /// The carrier's time, in the offset the carrier's time was read in.
+    pub fn occurred_at_local(&self) -> DateTime<FixedOffset> {
+        FixedOffset::east_opt(self.utc_offset_secs).map_or_else(
+            || self.occurred_at.fixed_offset(),
+            |o| self.occurred_at.with_timezone(&o),
+        )
+    }
 }
 
 /// A shipment's events in carrier-time order.
@@ -256,11 +289,11 @@ pub async fn events(
     conn: &mut PgConnection,
     shipment_id: i64,
 ) -> Result<Vec<EventRow>, StoreError> {
-    Ok(sqlx::query_as::<_, EventRow>(
-        "SELECT id, source, code, kind, description, city, state, occurred_at, utc_offset_secs, status, reason, reverses, fingerprint \
-         FROM tracking_events WHERE shipment_id = $1 ORDER BY occurred_at, id",
-    )
-    .bind(shipment_id)
-    .fetch_all(&mut *conn)
-    .await?)
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM tracking_events WHERE shipment_id = $1 ORDER BY occurred_at, id"
+    );
+    Ok(sqlx::query_as::<_, EventRow>(&sql)
+        .bind(shipment_id)
+        .fetch_all(&mut *conn)
+        .await?)
 }

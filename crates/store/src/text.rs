@@ -43,6 +43,13 @@ spelled!(Carrier, "carrier");
 spelled!(Source, "source");
 spelled!(CarrierState, "carrier state");
 
+impl<T: Spelled> serde::Serialize for Stored<T> {
+    /// As its spelling, known or not.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 fn text_type() -> PgTypeInfo {
     <&str as Type<Postgres>>::type_info()
 }
@@ -52,8 +59,29 @@ fn text_compatible(ty: &PgTypeInfo) -> bool {
 }
 
 /// A value of `T` in a TEXT column; an unknown stored spelling is a decode error naming it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Text<T>(pub T);
+
+impl<T: Spelled> Text<T> {
+    /// The stored spelling.
+    pub fn as_str(&self) -> &'static str {
+        self.0.spelling()
+    }
+}
+
+/// Formats as the stored spelling (padded as a `str` is, for tables).
+impl<T: Spelled> fmt::Display for Text<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.0.spelling())
+    }
+}
+
+/// Serializes as `T` does (the same spelling for every enum here).
+impl<T: serde::Serialize> serde::Serialize for Text<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
 
 impl<T: Spelled> Type<Postgres> for Text<T> {
     fn type_info() -> PgTypeInfo {
@@ -116,7 +144,7 @@ impl<T: Spelled> From<T> for Stored<T> {
 
 impl<T: Spelled> fmt::Display for Stored<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

@@ -3,50 +3,20 @@
 //! carriers' health as the fetchers last reported it (`GET /v1/carriers/health`, `trackctl carriers health`), and
 //! the carrier event codes nobody mapped (`trackctl events unmapped`).
 
-use crate::StoreError;
+use crate::changes::LISTED_COLUMNS;
 use crate::orders::OrderRow;
-use crate::shipments::{self, ShipmentRow};
-use chrono::{DateTime, FixedOffset, Utc};
+use crate::shipments::{self, EVENT_COLUMNS, EventRow, ShipmentRow};
+use crate::{StoreError, Text};
+use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool};
 use std::collections::BTreeMap;
-use tracking_domain::{Carrier, StoreName};
+use tracking_domain::{Carrier, CarrierState, StoreName};
 
 /// One stored event, as the carrier (or support, for `source = manual`) reported it.
-#[derive(Debug, Clone)]
-pub struct HistoryEvent {
-    pub source: String,
-    pub code: String,
-    pub kind: Option<String>,
-    pub description: String,
-    pub detail: Option<String>,
-    pub city: Option<String>,
-    pub state: Option<String>,
-    pub unit: Option<String>,
-    /// The carrier's time, in the offset the carrier's time was read in.
-    pub occurred_at: DateTime<FixedOffset>,
-    /// The canonical status the event maps to; `None` when nobody mapped its code (or it reverses another).
-    pub status: Option<String>,
-    pub reason: Option<String>,
-    pub reverses: bool,
-    pub received_at: DateTime<Utc>,
-}
+pub type HistoryEvent = EventRow;
 
 /// One recorded status change.
-#[derive(Debug, Clone)]
-pub struct HistoryChange {
-    pub change_id: uuid::Uuid,
-    pub previous_status: String,
-    pub status: String,
-    /// The deciding event's time, with its offset (as published).
-    pub occurred_at: DateTime<FixedOffset>,
-    /// `carrier` or `manual`.
-    pub source: Option<String>,
-    pub reason: Option<String>,
-    /// The carrier's own words: `code`, `type`, `description`, `location`.
-    pub event: serde_json::Value,
-    pub recorded_at: DateTime<Utc>,
-    pub published: bool,
-}
+pub type HistoryChange = crate::changes::Listed;
 
 #[derive(Debug, Clone)]
 pub struct ShipmentHistory {
@@ -59,60 +29,6 @@ pub struct ShipmentHistory {
     pub events: Vec<HistoryEvent>,
     /// In the order they were recorded.
     pub changes: Vec<HistoryChange>,
-}
-
-#[derive(FromRow)]
-struct EventRecord {
-    source: String,
-    code: String,
-    kind: Option<String>,
-    description: String,
-    detail: Option<String>,
-    city: Option<String>,
-    state: Option<String>,
-    unit: Option<String>,
-    occurred_at: DateTime<Utc>,
-    utc_offset_secs: i32,
-    status: Option<String>,
-    reason: Option<String>,
-    reverses: bool,
-    received_at: DateTime<Utc>,
-}
-
-#[derive(FromRow)]
-struct ChangeRecord {
-    change_id: uuid::Uuid,
-    previous_status: String,
-    status: String,
-    occurred_at: DateTime<Utc>,
-    published_offset: Option<String>,
-    source: Option<String>,
-    reason: Option<String>,
-    event: Option<serde_json::Value>,
-    created_at: DateTime<Utc>,
-    published: bool,
-}
-
-fn with_offset(at: DateTime<Utc>, offset_secs: i32) -> DateTime<FixedOffset> {
-    FixedOffset::east_opt(offset_secs).map_or_else(|| at.fixed_offset(), |o| at.with_timezone(&o))
-}
-
-fn history_event(r: EventRecord) -> HistoryEvent {
-    HistoryEvent {
-        occurred_at: with_offset(r.occurred_at, r.utc_offset_secs),
-        source: r.source,
-        code: r.code,
-        kind: r.kind,
-        description: r.description,
-        detail: r.detail,
-        city: r.city,
-        state: r.state,
-        unit: r.unit,
-        status: r.status,
-        reason: r.reason,
-        reverses: r.reverses,
-        received_at: r.received_at,
-    }
 }
 
 /// The order's shipments (empty when the order is unknown; the orders of that id in every store when `store` is
@@ -131,45 +47,16 @@ pub async fn order_history(
                 .fetch_optional(pool)
                 .await?
                 .flatten();
-        let events = sqlx::query_as::<_, EventRecord>(
-            "SELECT source, code, kind, description, detail, city, state, unit, occurred_at, utc_offset_secs, \
-                 status, reason, reverses, received_at \
-             FROM tracking_events WHERE shipment_id = $1 ORDER BY occurred_at, id",
-        )
-        .bind(shipment.id)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(history_event)
-        .collect();
-        let changes = sqlx::query_as::<_, ChangeRecord>(
-            "SELECT change_id, previous_status, status, occurred_at, payload->>'occurred_at' AS published_offset, \
-                 payload->>'source' AS source, payload->>'reason' AS reason, payload->'event' AS event, created_at, \
-                 published_at IS NOT NULL AS published \
-             FROM status_changes WHERE shipment_id = $1 AND (order_ref = $2 OR order_ref IS NULL) ORDER BY seq",
-        )
-        .bind(shipment.id)
-        .bind(order.order_ref)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|r| HistoryChange {
-            // The payload keeps the carrier's offset; the column is UTC.
-            occurred_at: r
-                .published_offset
-                .as_deref()
-                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                .unwrap_or_else(|| r.occurred_at.fixed_offset()),
-            change_id: r.change_id,
-            previous_status: r.previous_status,
-            status: r.status,
-            source: r.source,
-            reason: r.reason,
-            event: r.event.unwrap_or(serde_json::Value::Null),
-            recorded_at: r.created_at,
-            published: r.published,
-        })
-        .collect();
+        let events = shipments::events(&mut *pool.acquire().await?, shipment.id).await?;
+        let sql = format!(
+            "SELECT {LISTED_COLUMNS} FROM status_changes \
+             WHERE shipment_id = $1 AND (order_ref = $2 OR order_ref IS NULL) ORDER BY seq"
+        );
+        let changes = sqlx::query_as::<_, HistoryChange>(&sql)
+            .bind(shipment.id)
+            .bind(order.order_ref)
+            .fetch_all(pool)
+            .await?;
         out.push(ShipmentHistory {
             shipment,
             order,
@@ -225,18 +112,15 @@ pub async fn order_page(
         shipment, order, ..
     } in found
     {
-        let mut events: Vec<HistoryEvent> = sqlx::query_as::<_, EventRecord>(
-            "SELECT source, code, kind, description, detail, city, state, unit, occurred_at, utc_offset_secs, \
-                 status, reason, reverses, received_at \
-             FROM tracking_events WHERE shipment_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT $2",
-        )
-        .bind(shipment.id)
-        .bind(limit(max_events.saturating_add(1)))
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(history_event)
-        .collect();
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM tracking_events WHERE shipment_id = $1 \
+             ORDER BY occurred_at DESC, id DESC LIMIT $2"
+        );
+        let mut events: Vec<HistoryEvent> = sqlx::query_as::<_, EventRow>(&sql)
+            .bind(shipment.id)
+            .bind(limit(max_events.saturating_add(1)))
+            .fetch_all(pool)
+            .await?;
         let older_events = events.len() > max_events;
         events.truncate(max_events);
         events.reverse();
@@ -253,9 +137,9 @@ pub async fn order_page(
 /// A carrier's health as the fetchers last reported it, or `unknown` when none did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CarrierHealth {
-    pub carrier: String,
-    /// `ok`, `degraded`, `broken`, or `unknown` (no report yet).
-    pub state: String,
+    pub carrier: Text<Carrier>,
+    /// `None` when no fetcher reported yet (shown as `unknown`).
+    pub state: Option<Text<CarrierState>>,
     pub reason: Option<String>,
     /// Counts over the fetcher's window (`auth_failures`, `http_errors`, ...); `None` when unknown.
     pub counters: Option<serde_json::Value>,
@@ -264,8 +148,8 @@ pub struct CarrierHealth {
 
 #[derive(FromRow)]
 struct HealthRecord {
-    carrier: String,
-    state: String,
+    carrier: Text<Carrier>,
+    state: Text<CarrierState>,
     reason: Option<String>,
     counters: serde_json::Value,
     updated_at: DateTime<Utc>,
@@ -278,13 +162,13 @@ pub async fn carrier_health(pool: &PgPool) -> Result<Vec<CarrierHealth>, StoreEr
     )
     .fetch_all(pool)
     .await?;
-    let mut all: BTreeMap<String, CarrierHealth> = Carrier::ALL
+    let mut all: BTreeMap<&str, CarrierHealth> = Carrier::ALL
         .into_iter()
         .map(|c| {
-            let name = c.as_str().to_owned();
+            let name = c.as_str();
             let unknown = CarrierHealth {
-                carrier: name.clone(),
-                state: "unknown".into(),
+                carrier: Text(c),
+                state: None,
                 reason: None,
                 counters: None,
                 updated_at: None,
@@ -294,10 +178,10 @@ pub async fn carrier_health(pool: &PgPool) -> Result<Vec<CarrierHealth>, StoreEr
         .collect();
     for r in rows {
         all.insert(
-            r.carrier.clone(),
+            r.carrier.as_str(),
             CarrierHealth {
                 carrier: r.carrier,
-                state: r.state,
+                state: Some(r.state),
                 reason: r.reason,
                 counters: Some(r.counters),
                 updated_at: Some(r.updated_at),
@@ -310,7 +194,8 @@ pub async fn carrier_health(pool: &PgPool) -> Result<Vec<CarrierHealth>, StoreEr
 /// A (carrier, code, type) that no event table maps, with what its stored events say.
 #[derive(Debug, Clone, PartialEq, FromRow)]
 pub struct UnmappedCode {
-    pub carrier: String,
+    /// Read as stored (a quarantined shipment's carrier may be one this version does not know).
+    pub carrier: crate::Stored<Carrier>,
     pub code: String,
     /// The carrier's event type (`tipo` for Correios), empty when it sends none.
     pub kind: String,

@@ -3,7 +3,6 @@
 //! shares them: the process side in `tracking_runtime::boot`, the database side in `tracking_store::env`;
 //! [`Worker::start`] puts them together in the order every worker needs.
 
-use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +10,7 @@ use tracking_runtime::amqp::{
     AmqpSettings, BatchHandler, BatchSettings, Handler, Publisher, run_batch_consumer, run_consumer,
 };
 use tracking_runtime::ops::Health;
+use tracking_store::Db;
 use tracking_store::DbSettings;
 
 pub use tracking_runtime::boot::{main, metrics_addr, serve_ops};
@@ -29,7 +29,7 @@ pub enum Schema {
 /// may be set), its database pool (kept on `/health` by a watch), and its publisher.
 pub struct Worker {
     pub health: Health,
-    pub pool: PgPool,
+    pub pool: Db,
     pub publisher: Publisher,
 }
 
@@ -47,7 +47,7 @@ impl Worker {
     ) -> anyhow::Result<Option<Self>> {
         let health = Health::new(&["rabbitmq", "postgres"]);
         serve_ops(default_metrics_addr, health.clone(), shutdown.clone()).await?;
-        let pool = tracking_store::pool(db)?;
+        let pool = tracking_store::Db::connect_lazy(db)?;
         if schema == Schema::Migrate && !migrate(&pool, shutdown).await {
             return Ok(None);
         }
@@ -112,7 +112,7 @@ impl Worker {
 }
 
 /// Migrates, retrying with backoff while the database is down; `false` when `shutdown` came first.
-async fn migrate(pool: &PgPool, shutdown: &CancellationToken) -> bool {
+async fn migrate(pool: &Db, shutdown: &CancellationToken) -> bool {
     let mut failures = 0u32;
     loop {
         match tracking_store::migrate(pool).await {

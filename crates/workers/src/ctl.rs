@@ -221,7 +221,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let db = crate::boot::db_settings(2)?;
             tracking_store::create_database_for(&db).await?;
-            let pool = tracking_store::pool(&db)?;
+            let pool = tracking_store::Db::connect_lazy(&db)?;
             tracking_store::migrate(&pool).await?;
             println!("The database is migrated.");
             Ok(())
@@ -485,7 +485,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
 }
 
 async fn carriers_replay() -> anyhow::Result<()> {
-    let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
+    let pool = tracking_store::Db::connect_lazy(&crate::boot::db_settings(2)?)?;
     let clients = crate::fetcher::CarrierSettings::from_env()?.parsers()?;
     let publisher = Publisher::new(AmqpSettings::from_env()?, "trackctl");
     let report = crate::fetcher::replay_responses(&pool, &clients, &publisher).await;
@@ -499,7 +499,7 @@ async fn carriers_replay() -> anyhow::Result<()> {
 }
 
 async fn events_unmapped() -> anyhow::Result<()> {
-    let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
+    let pool = tracking_store::Db::connect_lazy(&crate::boot::db_settings(2)?)?;
     let codes = tracking_store::views::unmapped_codes(&pool).await?;
     if codes.is_empty() {
         println!("Every stored carrier event maps to a status.");
@@ -537,10 +537,11 @@ async fn events_unmapped() -> anyhow::Result<()> {
 }
 
 async fn carriers_health(store: Option<&tracking_domain::StoreName>) -> anyhow::Result<()> {
-    let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
+    let pool = tracking_store::Db::connect_lazy(&crate::boot::db_settings(2)?)?;
     let carriers = tracking_store::views::carrier_health(&pool).await?;
     for c in carriers.iter().filter(|_| store.is_none()) {
-        let mut line = format!("{:<10} {:<9}", c.carrier, c.state);
+        let state = c.state.map_or("unknown", |s| s.as_str());
+        let mut line = format!("{:<10} {:<9}", c.carrier, state);
         match c.updated_at {
             Some(at) => line.push_str(&format!(" reported {}", at.format("%Y-%m-%d %H:%M:%S UTC"))),
             None => line.push_str(" no fetcher has reported on it yet"),
@@ -580,7 +581,7 @@ async fn carriers_health(store: Option<&tracking_domain::StoreName>) -> anyhow::
 
 async fn recompute(code: Option<&str>) -> anyhow::Result<()> {
     let tables = crate::normalizer::event_tables_from_env()?;
-    let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
+    let pool = tracking_store::Db::connect_lazy(&crate::boot::db_settings(2)?)?;
     let code = code.map(|c| c.trim().to_ascii_uppercase());
     let policy = crate::policy::PollPolicy::from_env()?;
     let report = crate::normalizer::recompute(&pool, &tables, &policy, code.as_deref()).await?;
@@ -615,7 +616,7 @@ async fn recompute(code: Option<&str>) -> anyhow::Result<()> {
 }
 
 async fn show(code: &str, store: Option<&tracking_domain::StoreName>) -> anyhow::Result<()> {
-    let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
+    let pool = tracking_store::Db::connect_lazy(&crate::boot::db_settings(2)?)?;
     let found = shipments::by_code(&pool, &code.trim().to_ascii_uppercase(), store).await?;
     if found.is_empty() {
         bail!("no shipment with tracking code {code}");
@@ -699,15 +700,18 @@ async fn show(code: &str, store: Option<&tracking_domain::StoreName>) -> anyhow:
                 "    {}  {} {}  {}  {}/{}  -> {}",
                 e.occurred_at,
                 e.code,
-                e.kind.unwrap_or_default(),
+                e.kind.as_deref().unwrap_or_default(),
                 e.description,
-                e.city.unwrap_or_default(),
-                e.state.unwrap_or_default(),
-                e.status.unwrap_or_else(|| if e.reverses {
-                    "(reverses previous)".into()
-                } else {
-                    "(unmapped)".into()
-                })
+                e.city.as_deref().unwrap_or_default(),
+                e.state.as_deref().unwrap_or_default(),
+                e.status().map_or(
+                    if e.reverses {
+                        "(reverses previous)"
+                    } else {
+                        "(unmapped)"
+                    },
+                    tracking_domain::Status::as_str
+                )
             );
         }
         println!("  status changes:");
@@ -718,6 +722,7 @@ async fn show(code: &str, store: Option<&tracking_domain::StoreName>) -> anyhow:
             status: st,
             occurred_at: at,
             published,
+            ..
         } in changes
         {
             let deliveries = tracking_store::deliveries::of_change(&pool, id).await?;
@@ -783,15 +788,13 @@ async fn late_list(args: LateArgs) -> anyhow::Result<()> {
     if args.limit < 1 {
         bail!("--limit must be at least 1");
     }
-    let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
+    let pool = tracking_store::Db::connect_lazy(&crate::boot::db_settings(2)?)?;
     let mark = if args.stalled {
         tracking_store::late::Mark::Stalled
     } else {
         tracking_store::late::Mark::Late
     };
-    let rows =
-        tracking_store::late::list(&pool, mark, carrier.map(|c| c.as_str()), since, args.limit)
-            .await?;
+    let rows = tracking_store::late::list(&pool, mark, carrier, since, args.limit).await?;
     let what = if args.stalled { "stalled" } else { "late" };
     if rows.is_empty() {
         println!("No {what} shipments.");

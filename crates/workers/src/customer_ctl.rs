@@ -33,7 +33,7 @@ pub fn requested_by(user: Option<&str>) -> String {
 }
 
 pub async fn run(cmd: CustomerCommand) -> anyhow::Result<()> {
-    let pool = tracking_store::pool(&crate::boot::db_settings(2)?)?;
+    let pool = tracking_store::Db::connect_lazy(&crate::boot::db_settings(2)?)?;
     let key = tracking_email::env::unsubscribe_key()?;
     let by = requested_by(std::env::var("USER").ok().as_deref());
     match cmd {

@@ -54,7 +54,7 @@ type Answer<T> = Result<T, Arc<StoreError>>;
 /// delivery's tries say of its far end goes to `/health` ([`FarEnds`]).
 #[derive(Clone)]
 pub struct Ledger {
-    pool: sqlx::PgPool,
+    pool: tracking_store::Db,
     claims: Coalescer<ClaimRequest, Answer<Claim>>,
     completions: Coalescer<Completed, Answer<()>>,
     far_ends: FarEnds,
@@ -81,7 +81,7 @@ impl Drop for Holding {
 
 impl Ledger {
     /// Starts the two batching tasks and the heartbeat; they stop when the last clone of the ledger is dropped.
-    pub fn start(pool: sqlx::PgPool, lease: Duration, far_ends: FarEnds) -> Ledger {
+    pub fn start(pool: tracking_store::Db, lease: Duration, far_ends: FarEnds) -> Ledger {
         let held = Arc::default();
         tokio::spawn(heartbeat(pool.clone(), lease, Arc::downgrade(&held)));
         Ledger {
@@ -103,7 +103,7 @@ impl Ledger {
 /// is held as long as its holder works on it (a send, its in-process retries, a record waiting for the database),
 /// and a holder that died stops extending it, so its changes are taken over one lease after its death.
 async fn heartbeat(
-    pool: sqlx::PgPool,
+    pool: tracking_store::Db,
     lease: Duration,
     held: Weak<Mutex<HashMap<(String, Uuid), Uuid>>>,
 ) {
@@ -145,11 +145,11 @@ async fn heartbeat(
 }
 
 /// A batching task making `run`'s statement for the requests waiting together.
-fn batching<Req, T, F, Fut>(pool: &sqlx::PgPool, run: F) -> Coalescer<Req, Answer<T>>
+fn batching<Req, T, F, Fut>(pool: &tracking_store::Db, run: F) -> Coalescer<Req, Answer<T>>
 where
     Req: Clone + Send + 'static,
     T: Clone + Send + 'static,
-    F: Fn(sqlx::PgPool, Vec<Req>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(tracking_store::Db, Vec<Req>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<T>, StoreError>> + Send,
 {
     let pool = pool.clone();

@@ -180,7 +180,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 }
 
 pub struct EmailPublisher {
-    pool: sqlx::PgPool,
+    pool: tracking_store::Db,
     ledger: deliver::Ledger,
     brands: Brands,
     bulkhead: Arc<Bulkhead>,

@@ -143,7 +143,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 }
 
 pub struct MarketplacePublisher {
-    pool: sqlx::PgPool,
+    pool: tracking_store::Db,
     ledger: deliver::Ledger,
     relay: Relay,
     marketplaces: Marketplaces,

@@ -11,10 +11,10 @@
 //! `TRACKING_PAGE_URL` over `http://` is refused with `UNSUBSCRIBE_SECRET` (exit code 2), except on a loopback
 //! host (tests, `make demo`).
 
-use sqlx::PgPool;
 use tracking_domain::{EmailAddress, OptOut, StoreName, UnsubscribeKey, UnsubscribeLinks};
 use tracking_email::{ListUnsubscribe, Mailto, list_unsubscribe};
 use tracking_runtime::settings::SettingsError;
+use tracking_store::Db;
 use tracking_store::StoreError;
 
 /// The detail recorded in `deliveries` for an email not sent because its recipient opted out.
@@ -73,7 +73,7 @@ impl Unsubscribe {
     /// recorded then).
     pub async fn opted_out(
         &self,
-        pool: &PgPool,
+        pool: &Db,
         store: &StoreName,
         address: &EmailAddress,
     ) -> Result<bool, StoreError> {

@@ -5,9 +5,9 @@
 //! scan never holds the database long; the rest waits for the next scan. Counted in
 //! `personal_data_erased_total{reason="retention",table}`.
 
-use sqlx::PgPool;
 use std::time::Duration;
 use tracking_runtime::settings::{self, SettingsError};
+use tracking_store::Db;
 use tracking_store::StoreError;
 use tracking_store::customers::{self, Erased};
 
@@ -73,7 +73,7 @@ pub fn another_batch(erased_orders: u64, settings: &RetentionSettings, done: u32
 }
 
 /// One scan: batches until none is full or `RETENTION_MAX_BATCHES` ran. Returns what it erased.
-pub async fn scan(pool: &PgPool, settings: &RetentionSettings) -> Result<Erased, StoreError> {
+pub async fn scan(pool: &Db, settings: &RetentionSettings) -> Result<Erased, StoreError> {
     let mut total = Erased::default();
     let mut done = 0u32;
     loop {

@@ -15,7 +15,6 @@ use crate::boot::{self, Schema, Worker};
 use crate::normalizer::fanout;
 use crate::policy::PollPolicy;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -25,8 +24,8 @@ use tracking_runtime::amqp::topology::{EMAIL_QUEUE, TRACKING_REQUESTS};
 use tracking_runtime::amqp::{AmqpSettings, Outgoing, Publisher};
 use tracking_runtime::ops::Health;
 use tracking_runtime::settings::{self, SettingsError};
+use tracking_store::Db;
 use tracking_store::late;
-use tracking_store::normalize;
 use tracking_store::orders::{self, ParcelOrder, WithOrder};
 use tracking_store::shipments::{self, ShipmentRow};
 
@@ -253,7 +252,7 @@ pub struct TickReport {
 
 /// One pass over due shipments.
 pub async fn tick(
-    pool: &PgPool,
+    pool: &Db,
     publisher: &Publisher,
     policy: &PollPolicy,
     batch: i64,
@@ -304,7 +303,7 @@ pub async fn tick(
 
 /// Marks a shipment whose row cannot be read back, counts it and logs it once (it leaves the due scan).
 async fn quarantine(
-    tx: &mut sqlx::PgConnection,
+    tx: &mut tracking_store::Tx,
     s: &ShipmentRow,
     reason: &str,
 ) -> anyhow::Result<()> {
@@ -316,7 +315,7 @@ async fn quarantine(
 }
 
 async fn expire(
-    tx: &mut sqlx::PgConnection,
+    tx: &mut tracking_store::Tx,
     found: &WithOrder,
     previous: Status,
     now: DateTime<Utc>,
@@ -356,11 +355,7 @@ async fn expire(
     let mut orders_of: HashMap<i64, Vec<ParcelOrder>> = HashMap::new();
     orders_of.insert(s.id, orders::of_parcels(&mut *tx, &[s.id]).await?);
     let copies = fanout::copies(&mut *tx, &[(s.id, &change, None)], &orders_of).await?;
-    let rows = copies
-        .iter()
-        .map(fanout::new_change)
-        .collect::<Result<Vec<_>, _>>()?;
-    normalize::record_changes(&mut *tx, &rows).await?;
+    fanout::record(&mut *tx, &copies).await?;
     shipments::expired(&mut *tx, s.id, now).await?;
     metrics::counter!("shipments_expired_total", "carrier" => req.carrier.as_str()).increment(1);
     tracing::warn!(order_id = %req.order_id, tracking_code = %s.tracking_code, last_news_at = %s.last_news_at,
@@ -393,7 +388,7 @@ const LATE_BATCHES_PER_SCAN: usize = 20;
 /// transaction: a notice whose publish fails stays unpublished and is tried at the next scan; one published twice
 /// is sent once, keyed by its id), lifts marks that no longer hold, and sets the gauges.
 pub async fn late_scan(
-    pool: &PgPool,
+    pool: &Db,
     publisher: &Publisher,
     settings: &LateSettings,
     now: DateTime<Utc>,
@@ -436,7 +431,7 @@ pub async fn late_scan(
     let mut conn = pool.acquire().await?;
     let counts = late::counts(&mut conn).await?;
     for carrier in tracking_domain::Carrier::ALL {
-        let c = counts.iter().find(|c| c.carrier == carrier.as_str());
+        let c = counts.iter().find(|c| c.carrier == carrier.into());
         let get = |f: fn(&late::CarrierCounts) -> i64| c.map_or(0.0, |c| f(c) as f64);
         let name = carrier.as_str();
         metrics::gauge!("shipments_open", "carrier" => name).set(get(|c| c.open));
@@ -447,11 +442,7 @@ pub async fn late_scan(
 }
 
 /// Publishes up to `limit` recorded late notices to the email queue through the default exchange.
-async fn publish_notices(
-    pool: &PgPool,
-    publisher: &Publisher,
-    limit: i64,
-) -> anyhow::Result<usize> {
+async fn publish_notices(pool: &Db, publisher: &Publisher, limit: i64) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     let ids = late::take_unpublished_notices(&mut tx, limit).await?;
     for id in &ids {

@@ -20,7 +20,7 @@ pub struct Trusted {
 
 /// Reads the message as a status change and checks it against the recorded one. `Err` is the message's outcome:
 /// parked when it is not a change, not recorded, or not what was recorded; held while the database is down.
-pub async fn recorded(pool: &sqlx::PgPool, body: &[u8]) -> Result<Trusted, Outcome> {
+pub async fn recorded(pool: &tracking_store::Db, body: &[u8]) -> Result<Trusted, Outcome> {
     let park = |reason: String| Outcome::Park { reason };
     let message: StatusChange =
         serde_json::from_slice(body).map_err(|e| park(format!("not a status change: {e}")))?;
@@ -67,7 +67,7 @@ pub async fn recorded(pool: &sqlx::PgPool, body: &[u8]) -> Result<Trusted, Outco
     }
     Ok(Trusted {
         change,
-        superseded_by: row.superseded_by.and_then(|s| s.parse().ok()),
+        superseded_by: row.superseded_by.map(|s| s.0),
         erased: row.erased,
     })
 }

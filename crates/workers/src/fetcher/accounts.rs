@@ -9,7 +9,6 @@
 use super::budget::SharedBudget;
 use super::settings::CarrierSettings;
 use secrecy::ExposeSecret;
-use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
@@ -17,6 +16,7 @@ use tracking_carriers::CarrierClient;
 use tracking_carriers::correios::{CorreiosClient, CorreiosSettings};
 use tracking_carriers::jadlog::{JadlogClient, JadlogSettings};
 use tracking_domain::{Carrier, StoreName, Stores};
+use tracking_store::Db;
 
 /// One carrier account. `key` names it in the budget table, metrics labels, `/health` and logs: for Correios the
 /// user and postage card (`correios:{user}:{card}`, as the budget was keyed before stores existed), for Jadlog
@@ -134,7 +134,7 @@ impl Accounts {
     pub fn build(
         plan: Plan,
         carriers: &CarrierSettings,
-        pool: Option<&PgPool>,
+        pool: Option<&Db>,
     ) -> anyhow::Result<Self> {
         let mut accounts = BTreeMap::new();
         for (id, (settings, stores)) in plan.accounts {

@@ -5,13 +5,13 @@ use super::accounts::AccountId;
 use super::health::{CallKind, CarrierHealth, Shape};
 use chrono::Utc;
 use serde_json::json;
-use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracking_carriers::{CarrierClient, FetchError, ObjectResult, redact};
 use tracking_domain::TrackingRequest;
+use tracking_store::Db;
 
 pub(super) type Reply = Result<ObjectResult, FetchError>;
 
@@ -30,7 +30,7 @@ pub(super) struct BatchContext {
     pub(super) account: AccountId,
     pub(super) client: Arc<dyn CarrierClient>,
     pub(super) health: CarrierHealth,
-    pub(super) pool: Option<PgPool>,
+    pub(super) pool: Option<Db>,
     pub(super) stale_after: Duration,
 }
 
@@ -200,7 +200,7 @@ async fn call(ctx: &BatchContext, batch: Vec<Pending>) {
                     let stored = tracking_store::carrier_responses::keep(
                         pool,
                         tracking_store::carrier_responses::Unreadable {
-                            carrier: carrier.as_str(),
+                            carrier,
                             requests: json!(requests),
                             http_status,
                             body: &body,

@@ -1,17 +1,17 @@
 //! The request budget of a carrier account, shared by every fetcher (a token bucket in PostgreSQL).
 
 use super::settings::Rate;
-use sqlx::PgPool;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracking_carriers::Budget;
+use tracking_store::Db;
 
 /// The token bucket of one carrier account, in PostgreSQL so that every fetcher draws on the same budget.
 /// Without the database it falls back to pacing this process alone at the same rate (and says so once).
 pub struct SharedBudget {
-    pool: PgPool,
+    pool: Db,
     account: String,
     rate: Rate,
     local: Mutex<Option<Instant>>,
@@ -19,7 +19,7 @@ pub struct SharedBudget {
 }
 
 impl SharedBudget {
-    pub fn new(pool: PgPool, account: String, rate: Rate) -> Self {
+    pub fn new(pool: Db, account: String, rate: Rate) -> Self {
         Self {
             pool,
             account,

@@ -4,13 +4,13 @@
 use super::accounts::AccountId;
 use super::settings::HealthSettings;
 use serde_json::json;
-use sqlx::PgPool;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracking_carriers::FetchError;
 use tracking_domain::{Carrier, CarrierState as State, StoreName};
 use tracking_runtime::ops::Health;
+use tracking_store::Db;
 
 /// One call's outcome, as the health counters see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +112,7 @@ impl Default for Tracked {
 pub struct CarrierHealth {
     health: Health,
     settings: HealthSettings,
-    pool: Option<PgPool>,
+    pool: Option<Db>,
     states: Arc<Mutex<BTreeMap<AccountId, Tracked>>>,
     /// `CARRIER_AUTH_HOLD_MS`.
     auth_hold: Duration,
@@ -130,7 +130,7 @@ impl CarrierHealth {
     pub(super) fn new(
         health: Health,
         settings: HealthSettings,
-        pool: Option<PgPool>,
+        pool: Option<Db>,
         configured: &[(AccountId, Vec<StoreName>)],
         auth_hold: Duration,
     ) -> Self {

@@ -1,12 +1,12 @@
 //! `trackctl carriers replay`: the kept unreadable answers, read again with today's parsers.
 
 use super::handler::{publish_update, update_for};
-use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tracking_carriers::CarrierClient;
 use tracking_domain::{Carrier, TrackingRequest};
 use tracking_runtime::amqp::Publisher;
+use tracking_store::Db;
 
 /// What [`replay_responses`] did.
 #[derive(Debug, Default)]
@@ -20,7 +20,7 @@ pub struct ReplayReport {
 /// deduplicates whatever the retried requests already brought). Answers that still cannot be read keep their row,
 /// with the new error in `replay_error`.
 pub async fn replay_responses(
-    pool: &PgPool,
+    pool: &Db,
     clients: &BTreeMap<Carrier, Arc<dyn CarrierClient>>,
     publisher: &Publisher,
 ) -> anyhow::Result<ReplayReport> {
@@ -33,9 +33,7 @@ pub async fn replay_responses(
         body,
     } in kept
     {
-        let carrier: Carrier = carrier
-            .parse()
-            .map_err(|e| anyhow::anyhow!("carrier_responses {id}: {e}"))?;
+        let carrier: Carrier = carrier.0;
         let Some(client) = clients.get(&carrier) else {
             anyhow::bail!("carrier_responses {id} is for {carrier}, which is not configured here");
         };

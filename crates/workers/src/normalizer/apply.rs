@@ -8,13 +8,12 @@ use super::fanout;
 use super::prepare::Prepared;
 use crate::policy::PollPolicy;
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
-use std::collections::{BTreeMap, HashMap, HashSet};
-use tracking_domain::{StatusChange, TrackingRequest};
-use tracking_store::StoreError;
-use tracking_store::normalize::{self, NewEvent, ShipmentKey};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use tracking_domain::{OrderId, Status, StatusChange, StoreName, TrackingRequest};
+use tracking_store::normalize::{self, NewEvent, PollResult, ShipmentKey};
 use tracking_store::orders::{self, ParcelOrder};
 use tracking_store::shipments::{EventRow, ShipmentRow};
+use tracking_store::{Db, StoreError, Tx};
 
 /// What a committed batch did.
 pub(super) struct Applied {
@@ -30,7 +29,7 @@ pub(super) struct Applied {
 
 /// Applies `items` in one transaction. An error means nothing was written.
 pub(super) async fn apply(
-    pool: &PgPool,
+    db: &Db,
     policy: &PollPolicy,
     items: &[&Prepared],
 ) -> Result<Applied, StoreError> {
@@ -42,41 +41,90 @@ pub(super) async fn apply(
     }
     let requests = merged_requests(items, &by_key);
 
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let keys: Vec<ShipmentKey> = by_key.keys().cloned().collect();
     // The batch's live shipments; the other parcels of their orders are locked too (an order's progress).
     let mut rows: HashMap<ShipmentKey, ShipmentRow> = normalize::lock_sorted(&mut tx, &keys)
         .await?
         .into_iter()
-        .filter(|r| r.retired_at.is_none() && by_key.contains_key(&r.key()))
-        .map(|r| (r.key(), r))
+        .filter(|r| r.retired_at.is_none())
+        .filter_map(|r| Some((r.key().ok().filter(|k| by_key.contains_key(k))?, r)))
         .collect();
     let joined = if requests.is_empty() {
         HashSet::new()
     } else {
         register(&mut tx, policy, now, &requests, &mut rows).await?
     };
-
-    // Shipments that cannot take their updates: not registered, without an order, or a row that cannot be
-    // read back. Each ready one with the request of its first order (what its changes are decided with).
     let ids: Vec<i64> = rows.values().map(|r| r.id).collect();
     let mut orders_of: HashMap<i64, Vec<ParcelOrder>> = HashMap::new();
     for po in orders::of_parcels(&mut tx, &ids).await? {
         orders_of.entry(po.shipment_id).or_default().push(po);
     }
-    let mut parked: Vec<Option<String>> = vec![None; items.len()];
-    let mut ready: Vec<(
-        &ShipmentRow,
-        TrackingRequest,
-        tracking_domain::Status,
-        &[usize],
-    )> = Vec::new();
-    for (key, indexes) in &by_key {
+    let (ready, parked) = ready(&by_key, &rows, &orders_of, items.len());
+
+    // Every new event of the batch in one statement, in the batch's order; then the events of the shipments
+    // that got new ones, read back to decide with.
+    let new_events = new_events(items, &ready);
+    let stored = normalize::insert_events(&mut tx, &new_events).await?;
+    let stored_now: HashSet<&str> = stored.iter().map(String::as_str).collect();
+    let with_news: BTreeSet<i64> = new_events
+        .iter()
+        .filter(|e| stored_now.contains(e.fingerprint.as_str()))
+        .map(|e| e.shipment_id)
+        .collect();
+    let events = if with_news.is_empty() {
+        Vec::new()
+    } else {
+        normalize::events_of(&mut tx, &with_news.into_iter().collect::<Vec<_>>()).await?
+    };
+    let (decided, results, notes) = decide_all(&ready, items, &events, &stored_now, policy, now);
+
+    // Each change goes to every order the parcel carries, with that order's progress over its parcels; orders
+    // that joined a parcel with a history start from where it stands, before the batch's own changes.
+    let decided: Vec<(i64, &StatusChange, Option<i64>)> = decided
+        .iter()
+        .map(|(id, d)| (*id, &d.change, d.event_id))
+        .collect();
+    let mut copies = fanout::catch_up(&mut tx, &joined, &orders_of).await?;
+    copies.extend(fanout::copies(&mut tx, &decided, &orders_of).await?);
+    let recorded = fanout::record(&mut tx, &copies).await?;
+    normalize::update_after_poll(&mut tx, &results).await?;
+    tx.commit().await?;
+
+    let (changes, restored) = fanout::published(copies, &recorded);
+    Ok(Applied {
+        parked,
+        changes,
+        notes,
+        restored,
+    })
+}
+
+/// A shipment of the batch that can take its updates: its row, the request of its first order (what its changes
+/// are decided with), its status, and the indexes of its updates in the batch.
+struct Ready<'a> {
+    row: &'a ShipmentRow,
+    request: TrackingRequest,
+    status: Status,
+    indexes: &'a [usize],
+}
+
+/// The shipments that can take their updates, and per item why it is parked (`None` when it can be stored):
+/// not registered, without an order, or a row that cannot be read back.
+fn ready<'a>(
+    by_key: &'a BTreeMap<ShipmentKey, Vec<usize>>,
+    rows: &'a HashMap<ShipmentKey, ShipmentRow>,
+    orders_of: &HashMap<i64, Vec<ParcelOrder>>,
+    items: usize,
+) -> (Vec<Ready<'a>>, Vec<Option<String>>) {
+    let mut parked: Vec<Option<String>> = vec![None; items];
+    let mut ready = Vec::new();
+    for (key, indexes) in by_key {
         let Some(row) = rows.get(key) else {
             for &i in indexes {
                 parked[i] = Some(format!(
                     "no shipment {} {} is registered for store {}",
-                    key.1, key.2, key.0
+                    key.carrier, key.tracking_code, key.store
                 ));
             }
             continue;
@@ -86,7 +134,12 @@ pub(super) async fn apply(
             .and_then(|o| o.first())
             .ok_or_else(|| StoreError::Corrupt(format!("shipment {} has no order", row.id)));
         match (first.and_then(|o| row.request_for(&o.order)), row.status()) {
-            (Ok(req), Ok(status)) => ready.push((row, req, status, indexes)),
+            (Ok(request), Ok(status)) => ready.push(Ready {
+                row,
+                request,
+                status,
+                indexes,
+            }),
             (Err(e), _) | (_, Err(e)) => {
                 for &i in indexes {
                     parked[i] = Some(format!("the database refused it: {e}"));
@@ -94,149 +147,63 @@ pub(super) async fn apply(
             }
         }
     }
+    (ready, parked)
+}
 
-    // Every new event of the batch in one statement, in the batch's order.
-    let mut new_events: Vec<NewEvent> = Vec::new();
-    let mut queued: HashSet<&str> = HashSet::new();
+/// The events of the ready shipments' updates to store, each fingerprint once, in the batch's order.
+fn new_events(items: &[&Prepared], ready: &[Ready<'_>]) -> Vec<NewEvent> {
     let shipment_of: HashMap<usize, i64> = ready
         .iter()
-        .flat_map(|(row, _, _, indexes)| indexes.iter().map(|&i| (i, row.id)))
+        .flat_map(|r| r.indexes.iter().map(|&i| (i, r.row.id)))
         .collect();
+    let mut queued: HashSet<&str> = HashSet::new();
+    let mut out = Vec::new();
     for (i, p) in items.iter().enumerate() {
         let Some(&shipment_id) = shipment_of.get(&i) else {
             continue;
         };
         for e in &p.events {
-            if !queued.insert(e.fingerprint.as_str()) {
-                continue;
+            if queued.insert(e.fingerprint.as_str()) {
+                out.push(e.to_store(shipment_id, p.update.source));
             }
-            let ev = &e.event;
-            let (status, reason, reverses) = match &e.mapping {
-                Some(tracking_domain::table::Mapping::Status { status, reason }) => {
-                    (Some(status.as_str().to_owned()), reason.clone(), false)
-                }
-                Some(tracking_domain::table::Mapping::Reverse) => (None, None, true),
-                None => (None, None, false),
-            };
-            new_events.push(NewEvent {
-                shipment_id,
-                source: p.update.source.as_str(),
-                fingerprint: e.fingerprint.clone(),
-                code: ev.code.clone(),
-                kind: ev.kind.clone(),
-                description: ev.description.clone(),
-                detail: ev.detail.clone(),
-                city: ev.location.as_ref().and_then(|l| l.city.clone()),
-                state: ev.location.as_ref().and_then(|l| l.state.clone()),
-                unit: ev.unit.clone(),
-                occurred_at: ev.occurred_at.with_timezone(&Utc),
-                utc_offset_secs: ev.occurred_at.offset().local_minus_utc(),
-                status,
-                reason,
-                reverses,
-                raw: ev.raw.clone(),
-            });
         }
     }
-    let stored = normalize::insert_events(&mut tx, &new_events).await?;
-    let stored_now: HashSet<&str> = stored.iter().map(String::as_str).collect();
+    out
+}
 
-    // Read back the events of the shipments that got new ones, and decide.
-    let with_news: Vec<i64> = new_events
-        .iter()
-        .filter(|e| stored_now.contains(e.fingerprint.as_str()))
-        .map(|e| e.shipment_id)
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    let events = if with_news.is_empty() {
-        Vec::new()
-    } else {
-        normalize::events_of(&mut tx, &with_news).await?
-    };
-    let mut events_by_shipment: HashMap<i64, Vec<&EventRow>> = HashMap::new();
-    for e in &events {
-        events_by_shipment
-            .entry(e.shipment_id)
-            .or_default()
-            .push(&e.event);
+/// Decides each ready shipment's updates: the changes (with their shipment's id), what to write on each
+/// shipment, and the notes to emit once committed.
+fn decide_all(
+    ready: &[Ready<'_>],
+    items: &[&Prepared],
+    events: &[EventRow],
+    stored_now: &HashSet<&str>,
+    policy: &PollPolicy,
+    now: DateTime<Utc>,
+) -> (Vec<(i64, Decided)>, Vec<PollResult>, Vec<Note>) {
+    let mut by_shipment: HashMap<i64, Vec<&EventRow>> = HashMap::new();
+    for e in events {
+        by_shipment.entry(e.shipment_id).or_default().push(e);
     }
-    let mut decided = Vec::new();
-    let mut results = Vec::new();
-    let mut notes = Vec::new();
-    for (row, req, status, indexes) in &ready {
-        let updates: Vec<&Prepared> = indexes.iter().map(|&i| items[i]).collect();
-        let none = Vec::new();
-        let shipment_events = events_by_shipment.get(&row.id).unwrap_or(&none);
+    let (mut decided, mut results, mut notes) = (Vec::new(), Vec::new(), Vec::new());
+    for r in ready {
+        let updates: Vec<&Prepared> = r.indexes.iter().map(|&i| items[i]).collect();
+        let shipment_events = by_shipment.get(&r.row.id).map_or(&[][..], Vec::as_slice);
         let outcome = decide::shipment_updates(
-            row,
-            req,
-            *status,
+            r.row,
+            &r.request,
+            r.status,
             &updates,
             shipment_events,
-            &stored_now,
+            stored_now,
             policy,
             now,
         );
-        decided.extend(outcome.changes);
+        decided.extend(outcome.changes.into_iter().map(|d| (r.row.id, d)));
         results.push(outcome.result);
         notes.extend(outcome.notes);
     }
-
-    // Each change goes to every order the parcel carries, with that order's progress over its parcels.
-    let shipment_of_change: HashMap<ShipmentKey, i64> =
-        ready.iter().map(|(row, ..)| (row.key(), row.id)).collect();
-    let decided: Vec<(i64, Decided)> = decided
-        .into_iter()
-        .filter_map(|d| {
-            let key = (
-                d.change.store.as_str().to_owned(),
-                d.change.carrier.as_str().to_owned(),
-                d.change.tracking_code.as_str().to_owned(),
-            );
-            shipment_of_change.get(&key).map(|&id| (id, d))
-        })
-        .collect();
-    let decided: Vec<(i64, &StatusChange, Option<i64>)> = decided
-        .iter()
-        .map(|(id, d)| (*id, &d.change, d.event_id))
-        .collect();
-    // Orders that joined a parcel with a history start from where it stands, before the batch's own changes.
-    let mut copies = fanout::catch_up(&mut tx, &joined, &orders_of).await?;
-    copies.extend(fanout::copies(&mut tx, &decided, &orders_of).await?);
-
-    // The outbox, in one statement (a change id decided twice in one batch is recorded once).
-    let mut ids = HashSet::new();
-    let mut new_changes = Vec::new();
-    for c in &copies {
-        if !ids.insert(c.change.change_id) {
-            continue;
-        }
-        new_changes.push(fanout::new_change(c)?);
-    }
-    let recorded: HashSet<uuid::Uuid> = normalize::record_changes(&mut tx, &new_changes)
-        .await?
-        .into_iter()
-        .collect();
-    normalize::update_after_poll(&mut tx, &results).await?;
-    tx.commit().await?;
-
-    let mut changes = Vec::new();
-    let mut restored = Vec::new();
-    let mut published = HashSet::new();
-    for c in copies {
-        if recorded.contains(&c.change.change_id) && published.insert(c.change.change_id) {
-            changes.push(c.change);
-        } else {
-            restored.push(c.change);
-        }
-    }
-    Ok(Applied {
-        parked,
-        changes,
-        notes,
-        restored,
-    })
+    (decided, results, notes)
 }
 
 /// The requests of the batch, one per order and shipment: the last one's context, and the last invoice number
@@ -247,17 +214,17 @@ fn merged_requests(
 ) -> Vec<(ShipmentKey, TrackingRequest)> {
     let mut out: Vec<(ShipmentKey, TrackingRequest)> = Vec::new();
     for (key, indexes) in by_key {
-        let mut merged: BTreeMap<String, TrackingRequest> = BTreeMap::new();
+        let mut merged: BTreeMap<&OrderId, TrackingRequest> = BTreeMap::new();
         for &i in indexes {
             if let Some(req) = &items[i].update.request {
-                let earlier = merged.get(req.order_id.as_str());
+                let earlier = merged.get(&req.order_id);
                 let invoice = req
                     .invoice_number
                     .clone()
                     .or_else(|| earlier.and_then(|m| m.invoice_number.clone()));
                 let mut r = req.clone();
                 r.invoice_number = invoice;
-                merged.insert(req.order_id.as_str().to_owned(), r);
+                merged.insert(&req.order_id, r);
             }
         }
         out.extend(merged.into_values().map(|r| (key.clone(), r)));
@@ -271,7 +238,7 @@ fn merged_requests(
 /// parcel. `rows` ends with every live parcel the requests name. Returns the links made now
 /// (`(shipment_id, order_ref)`).
 async fn register(
-    tx: &mut PgConnection,
+    tx: &mut Tx,
     policy: &PollPolicy,
     now: DateTime<Utc>,
     requests: &[(ShipmentKey, TrackingRequest)],
@@ -304,25 +271,28 @@ async fn register(
     }
     normalize::retire(tx, &retired).await?;
     for r in normalize::register_sorted(tx, &request_keys).await? {
-        rows.insert(r.key(), r);
+        rows.insert(r.key()?, r);
     }
-    let mut by_order: BTreeMap<(String, String), &TrackingRequest> = BTreeMap::new();
+    let mut by_order: BTreeMap<(&StoreName, &OrderId), &TrackingRequest> = BTreeMap::new();
     for (_, r) in requests {
-        by_order.insert(
-            (r.store.as_str().to_owned(), r.order_id.as_str().to_owned()),
-            r,
-        );
+        by_order.insert((&r.store, &r.order_id), r);
     }
     let order_requests: Vec<&TrackingRequest> = by_order.values().copied().collect();
-    let refs: HashMap<(String, String), i64> = orders::upsert(tx, &order_requests)
+    let refs: HashMap<(&str, &str), i64> = orders::upsert(tx, &order_requests)
         .await?
         .into_iter()
-        .map(|(store, order_id, id)| ((store, order_id), id))
+        .filter_map(|(store, order_id, id)| {
+            // The statement answers with the values it was given: find them back among the requests.
+            let (s, o) = by_order
+                .keys()
+                .find(|(s, o)| s.as_str() == store && o.as_str() == order_id)?;
+            Some(((s.as_str(), o.as_str()), id))
+        })
         .collect();
     let links: Vec<(i64, i64)> = requests
         .iter()
         .filter_map(|(key, r)| {
-            let order = refs.get(&(r.store.as_str().to_owned(), r.order_id.as_str().to_owned()))?;
+            let order = refs.get(&(r.store.as_str(), r.order_id.as_str()))?;
             Some((*order, rows.get(key)?.id))
         })
         .collect();

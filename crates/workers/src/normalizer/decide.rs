@@ -106,15 +106,11 @@ pub(super) fn mapping_of(row: &EventRow) -> Option<Mapping> {
     if row.reverses {
         return Some(Mapping::Reverse);
     }
-    let status = row.status.as_deref()?.parse::<Status>().ok()?;
+    let status = row.status()?;
     Some(Mapping::Status {
         status,
         reason: row.reason.clone(),
     })
-}
-
-fn with_offset(at: DateTime<Utc>, offset_secs: i32) -> DateTime<FixedOffset> {
-    FixedOffset::east_opt(offset_secs).map_or_else(|| at.fixed_offset(), |o| at.with_timezone(&o))
 }
 
 /// The status `events` (a shipment's, in carrier-time order) give, and the change from `previous` when it moved.
@@ -176,7 +172,7 @@ fn change_for(
     let (fingerprint, occurred_at, event, source) = match row {
         Some(r) => (
             r.fingerprint.clone(),
-            with_offset(r.occurred_at, r.utc_offset_secs),
+            r.occurred_at_local(),
             // Rows written by an older version may hold text the status change refuses (a line break in a
             // description): clean it as a carrier's text is cleaned today, so the change is always publishable.
             ChangeEvent {
@@ -188,11 +184,7 @@ fn change_for(
                     state: r.state.as_deref().map(|c| text::clean(c, text::SHORT)),
                 },
             },
-            if r.source == "manual" {
-                Source::Manual
-            } else {
-                Source::Carrier
-            },
+            r.source(),
         ),
         None => (
             format!("reverted-at-{}", now.timestamp_millis()),
@@ -314,7 +306,7 @@ pub(super) fn shipment_updates(
             if let Some(decided) = next_change(req, &visible, status, &context, estimated, now) {
                 status = decided.change.status;
                 last_status = Some((
-                    status.as_str().to_owned(),
+                    status,
                     decided.change.reason.clone(),
                     decided.change.occurred_at.with_timezone(&Utc),
                 ));

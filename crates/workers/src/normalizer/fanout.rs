@@ -3,12 +3,12 @@
 //! order's progress over all its parcels once the change is applied.
 
 use chrono::Utc;
-use sqlx::PgConnection;
 use std::collections::{HashMap, HashSet};
 use tracking_domain::{OrderProgress, Status, StatusChange, StoreName};
-use tracking_store::StoreError;
-use tracking_store::normalize::NewChange;
+use tracking_store::normalize::{self, NewChange};
 use tracking_store::orders::{self, ParcelOrder};
+use tracking_store::{StoreError, Tx};
+use uuid::Uuid;
 
 /// One order's copy of a parcel's change.
 pub(crate) struct Copy {
@@ -22,7 +22,7 @@ pub(crate) struct Copy {
 /// (`orders_of`, by shipment, the first order first). The orders' other parcels must be locked by the caller
 /// (`normalize::lock_sorted` does): their statuses are read here.
 pub(crate) async fn copies(
-    tx: &mut PgConnection,
+    tx: &mut Tx,
     decided: &[(i64, &StatusChange, Option<i64>)],
     orders_of: &HashMap<i64, Vec<ParcelOrder>>,
 ) -> Result<Vec<Copy>, StoreError> {
@@ -72,7 +72,7 @@ pub(crate) async fn copies(
 /// had changes: a copy of the latest of them, so the new order's customer and marketplace learn where the parcel
 /// stands; its id derives from that change's, so recording it again adds nothing.
 pub(crate) async fn catch_up(
-    tx: &mut PgConnection,
+    tx: &mut Tx,
     joined: &HashSet<(i64, i64)>,
     orders_of: &HashMap<i64, Vec<ParcelOrder>>,
 ) -> Result<Vec<Copy>, StoreError> {
@@ -128,15 +128,46 @@ pub(crate) fn for_order(
     Ok(c)
 }
 
+/// Records the copies in the outbox, in one statement and in their order (a change id given twice is recorded
+/// once): the one way a status change is recorded, for the normalizer, `recompute` and the scheduler. Returns
+/// the ids recorded now; a copy whose id was recorded earlier restores a status and has nothing new to publish.
+pub(crate) async fn record(tx: &mut Tx, copies: &[Copy]) -> Result<HashSet<Uuid>, StoreError> {
+    let rows = copies
+        .iter()
+        .map(new_change)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(normalize::record_changes(tx, &rows)
+        .await?
+        .into_iter()
+        .collect())
+}
+
+/// The copies' changes: those `recorded` now, each once and in order (to publish), and the others (restored
+/// through a change recorded earlier, or a second copy of one).
+pub(crate) fn published(
+    copies: Vec<Copy>,
+    recorded: &HashSet<Uuid>,
+) -> (Vec<StatusChange>, Vec<StatusChange>) {
+    let (mut changes, mut restored, mut seen) = (Vec::new(), Vec::new(), HashSet::new());
+    for c in copies {
+        if recorded.contains(&c.change.change_id) && seen.insert(c.change.change_id) {
+            changes.push(c.change);
+        } else {
+            restored.push(c.change);
+        }
+    }
+    (changes, restored)
+}
+
 /// The outbox row of a copy.
-pub(crate) fn new_change(c: &Copy) -> Result<NewChange, StoreError> {
+fn new_change(c: &Copy) -> Result<NewChange, StoreError> {
     Ok(NewChange {
         change_id: c.change.change_id,
         shipment_id: c.shipment_id,
         order_ref: Some(c.order_ref),
         event_id: c.event_id,
-        status: c.change.status.as_str().to_owned(),
-        previous_status: c.change.previous_status.as_str().to_owned(),
+        status: c.change.status,
+        previous_status: c.change.previous_status,
         occurred_at: c.change.occurred_at.with_timezone(&Utc),
         payload: serde_json::to_value(&c.change)
             .map_err(|e| StoreError::Corrupt(format!("a change cannot be written: {e}")))?,

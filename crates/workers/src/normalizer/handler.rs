@@ -14,17 +14,17 @@ use super::outbox::{Marker, publish_changes};
 use super::prepare::{Prepared, prepare};
 use crate::db_outcome;
 use crate::policy::PollPolicy;
-use sqlx::PgPool;
 use std::time::Duration;
 use tracking_domain::table::EventTables;
 use tracking_runtime::amqp::{BatchHandler, Incoming, Outcome, Publisher};
+use tracking_store::Db;
 use tracking_store::{Failure, StoreError};
 
 /// Transactions run again on a serialization failure or deadlock before the messages are retried later.
 const CONFLICT_RETRIES: u32 = 3;
 
 pub struct Normalizer {
-    pub(super) pool: PgPool,
+    pub(super) pool: Db,
     pub(super) tables: EventTables,
     pub(super) policy: PollPolicy,
     pub(super) publisher: Publisher,

@@ -2,12 +2,12 @@
 //! handler's path), and by the relay for those left unpublished (a crash or a broker outage between commit and
 //! publish).
 
-use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracking_domain::StatusChange;
 use tracking_runtime::amqp::topology::ORDER_STATUS;
 use tracking_runtime::amqp::{Outgoing, Publisher};
+use tracking_store::Db;
 use tracking_store::normalize;
 
 /// Marks changes published in batches (one statement for all that were confirmed meanwhile), off the
@@ -19,7 +19,7 @@ pub(super) struct Marker {
 }
 
 impl Marker {
-    pub fn start(pool: PgPool) -> (Marker, tokio::task::JoinHandle<()>) {
+    pub fn start(pool: Db) -> (Marker, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<uuid::Uuid>();
         let task = tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -32,7 +32,7 @@ impl Marker {
                         Err(_) => break,
                     }
                 }
-                if let Err(e) = normalize::mark_published(&pool, &ids).await {
+                if let Err(e) = normalize::mark_published(&*pool, &ids).await {
                     tracing::warn!(error = %e, changes = ids.len(), "Could not mark published changes; the relay will publish them again.");
                 }
             }
@@ -74,7 +74,7 @@ pub(super) async fn publish_changes(
 /// The outbox relay: publishes changes that were recorded but not published (a crash or a broker outage
 /// between commit and publish), oldest first. Several normalizers share the work with `SKIP LOCKED`.
 pub async fn outbox_relay(
-    pool: PgPool,
+    pool: Db,
     publisher: Publisher,
     every: Duration,
     grace: Duration,
@@ -101,7 +101,7 @@ pub async fn outbox_relay(
 /// One pass of the relay: up to 200 changes older than `grace`, each published with a confirm and marked
 /// published in the relay's transaction.
 pub async fn relay_once(
-    pool: &PgPool,
+    pool: &Db,
     publisher: &Publisher,
     grace: Duration,
 ) -> anyhow::Result<usize> {
@@ -110,7 +110,7 @@ pub async fn relay_once(
     let mut published = 0;
     for row in rows {
         let body = serde_json::to_vec(&row.payload)?;
-        let mut msg = Outgoing::json(ORDER_STATUS, &row.status, &body);
+        let mut msg = Outgoing::json(ORDER_STATUS, row.status.0.as_str(), &body);
         msg.message_id = Some(row.change_id.to_string());
         publisher.publish(msg).await?;
         normalize::mark_published(&mut *tx, &[row.change_id]).await?;

@@ -1,8 +1,10 @@
 //! Before any transaction: each message read, checked and mapped on its own, so a message that can never be
 //! stored (not a carrier update, a request for another parcel) is parked without touching the others.
 
+use chrono::Utc;
 use tracking_domain::table::{EventTables, Mapping};
 use tracking_domain::{CarrierEvent, CarrierUpdate, Source};
+use tracking_store::normalize::NewEvent;
 
 /// A carrier update ready to store.
 #[derive(Debug, Clone)]
@@ -19,14 +21,44 @@ pub(super) struct PreparedEvent {
     pub mapping: Option<Mapping>,
 }
 
+impl PreparedEvent {
+    /// The row to store for this event on shipment `shipment_id`, reported by `source`.
+    pub fn to_store(&self, shipment_id: i64, source: Source) -> NewEvent {
+        let ev = &self.event;
+        let (status, reason, reverses) = match &self.mapping {
+            Some(Mapping::Status { status, reason }) => (Some(*status), reason.clone(), false),
+            Some(Mapping::Reverse) => (None, None, true),
+            None => (None, None, false),
+        };
+        NewEvent {
+            shipment_id,
+            source,
+            fingerprint: self.fingerprint.clone(),
+            code: ev.code.clone(),
+            kind: ev.kind.clone(),
+            description: ev.description.clone(),
+            detail: ev.detail.clone(),
+            city: ev.location.as_ref().and_then(|l| l.city.clone()),
+            state: ev.location.as_ref().and_then(|l| l.state.clone()),
+            unit: ev.unit.clone(),
+            occurred_at: ev.occurred_at.with_timezone(&Utc),
+            utc_offset_secs: ev.occurred_at.offset().local_minus_utc(),
+            status,
+            reason,
+            reverses,
+            raw: ev.raw.clone(),
+        }
+    }
+}
+
 impl Prepared {
-    /// The shipment it is about: `(store, carrier, tracking_code)`.
+    /// The shipment it is about.
     pub fn key(&self) -> tracking_store::normalize::ShipmentKey {
-        (
-            self.update.store.as_str().to_owned(),
-            self.update.carrier.as_str().to_owned(),
-            self.update.tracking_code.as_str().to_owned(),
-        )
+        tracking_store::normalize::ShipmentKey {
+            store: self.update.store.clone(),
+            carrier: self.update.carrier,
+            tracking_code: self.update.tracking_code.clone(),
+        }
     }
 }
 

@@ -4,13 +4,13 @@ use super::decide::{self, ChangeContext};
 use super::fanout;
 use crate::policy::PollPolicy;
 use chrono::Utc;
-use sqlx::PgPool;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use tracking_domain::table::{EventTables, Mapping};
 use tracking_domain::{Source, StatusChange};
-use tracking_store::normalize;
+use tracking_store::Db;
 use tracking_store::orders;
 use tracking_store::shipments;
+use tracking_store::{Text, normalize};
 
 /// What [`recompute`] did.
 #[derive(Debug, Default)]
@@ -28,7 +28,7 @@ pub struct RecomputeReport {
 /// change ids derive from the move and its deciding event, so running it twice records nothing the second time.
 /// Expired shipments stay expired (only carrier news revives them).
 pub async fn recompute(
-    pool: &PgPool,
+    pool: &Db,
     tables: &EventTables,
     policy: &PollPolicy,
     only: Option<&str>,
@@ -41,7 +41,7 @@ pub async fn recompute(
         let Some(shipment) = normalize::lock_sorted(&mut tx, std::slice::from_ref(&key))
             .await?
             .into_iter()
-            .find(|r| r.retired_at.is_none() && r.key() == key)
+            .find(|r| r.retired_at.is_none() && r.key().is_ok_and(|k| k == key))
         else {
             continue;
         };
@@ -53,25 +53,19 @@ pub async fn recompute(
         let req = shipment.request_for(&first.order)?;
         let mut rows = shipments::events(&mut tx, shipment.id).await?;
         let mut remapped = 0;
-        for row in rows.iter_mut().filter(|r| r.source == "carrier") {
+        for row in rows.iter_mut().filter(|r| r.source() == Source::Carrier) {
             let (status, reason, reverses) =
                 match tables.lookup(req.carrier, &row.code, row.kind.as_deref()) {
                     Some(Mapping::Status { status, reason }) => {
-                        (Some(status.as_str().to_owned()), reason.clone(), false)
+                        (Some(*status), reason.clone(), false)
                     }
                     Some(Mapping::Reverse) => (None, None, true),
                     None => (None, None, false),
                 };
-            if (&status, &reason, reverses) != (&row.status, &row.reason, row.reverses) {
-                normalize::remap_event(
-                    &mut tx,
-                    row.id,
-                    status.as_deref(),
-                    reason.as_deref(),
-                    reverses,
-                )
-                .await?;
-                (row.status, row.reason, row.reverses) = (status, reason, reverses);
+            if (status, &reason, reverses) != (row.status(), &row.reason, row.reverses) {
+                normalize::remap_event(&mut tx, row.id, status, reason.as_deref(), reverses)
+                    .await?;
+                (row.status, row.reason, row.reverses) = (status.map(Text), reason, reverses);
                 remapped += 1;
             }
         }
@@ -99,18 +93,11 @@ pub async fn recompute(
                 let copies =
                     fanout::copies(&mut tx, &[(shipment.id, &change, d.event_id)], &orders_of)
                         .await?;
-                let rows = copies
-                    .iter()
-                    .map(fanout::new_change)
-                    .collect::<Result<Vec<_>, _>>()?;
-                let recorded: HashSet<uuid::Uuid> = normalize::record_changes(&mut tx, &rows)
-                    .await?
-                    .into_iter()
-                    .collect();
+                let recorded = fanout::record(&mut tx, &copies).await?;
                 normalize::set_status(
                     &mut tx,
                     shipment.id,
-                    change.status.as_str(),
+                    change.status,
                     change.reason.as_deref(),
                     change.occurred_at.with_timezone(&Utc),
                 )
