@@ -797,6 +797,22 @@ pub fn metric_sum(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Waits until a scheduler has been ticking for a whole second after now: its
+/// `scheduler_last_tick_timestamp_seconds` (whole seconds, set after each tick) reaches now + 2 s, so that
+/// every scan due in that second (late scans every `LATE_SCAN_INTERVAL_MS`, polls) ran after this call. The
+/// positive signal of "more scans change nothing" for a binary whose time cannot be paused.
+pub async fn wait_ticks_after_now(scheduler: &Worker, within: Duration) -> anyhow::Result<()> {
+    let after = (chrono::Utc::now().timestamp() + 2) as f64;
+    eventually(within, "a second of scheduler ticks", || async {
+        Ok((scheduler
+            .metric("scheduler_last_tick_timestamp_seconds")
+            .await?
+            >= after)
+            .then_some(()))
+    })
+    .await
+}
+
 /// Waits until every recorded status change is marked published (the normalizer's outbox, its relay
 /// included, has nothing left to send).
 pub async fn wait_changes_published(pool: &PgPool, within: Duration) -> anyhow::Result<i64> {
