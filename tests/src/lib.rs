@@ -532,19 +532,53 @@ impl Worker {
             .with_context(|| format!("starting {}", bin.display()))
     }
 
-    /// When the process ended because its `METRICS_ADDR` port was taken (by another test, between
-    /// [`free_addr`] and its bind), starts it again on a new port and says so.
+    /// When the process ended because a port it was given to listen on (`METRICS_ADDR`, or `HTTP_ADDR` from
+    /// [`free_addr`]) was taken by another process in between, starts it again on a new port and says so: the
+    /// binaries cannot be handed a bound socket, and do not report the address they bound for port 0, so this
+    /// retry is the least-bad way to own their ports. Read the address used with [`Worker::setting`].
     fn restarted_on_taken_port(&mut self) -> anyhow::Result<bool> {
-        let log = self.log_text();
-        if self.port_retries == 0
-            || !(log.contains("METRICS_ADDR") && log.contains("Address already in use"))
-        {
+        if self.port_retries == 0 {
             return Ok(false);
         }
+        let log = self.log_text();
+        let Some(name) = ["METRICS_ADDR", "HTTP_ADDR"].into_iter().find(|name| {
+            log.lines().any(|l| {
+                l.contains(&format!("setting {name}: cannot listen on"))
+                    && l.contains("Address already in use")
+            })
+        }) else {
+            return Ok(false);
+        };
         self.port_retries -= 1;
-        self.metrics_addr = free_addr();
+        let fresh = free_addr();
+        if name == "METRICS_ADDR" {
+            self.metrics_addr = fresh;
+        } else {
+            for (k, v) in self.settings.iter_mut() {
+                if k == name {
+                    *v = fresh.to_string();
+                }
+            }
+        }
         self.child = Self::start_process(&self.bin, &self.settings, self.metrics_addr, &self.log)?;
         Ok(true)
+    }
+
+    /// The address `HTTP_ADDR` (tracking-api's) was last given: the one it listens on once healthy.
+    pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self
+            .setting("HTTP_ADDR")
+            .context("the worker was given no HTTP_ADDR")?
+            .parse()?)
+    }
+
+    /// The value setting `name` was last given (after a restart on a taken port, the new address).
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.settings
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Spawns the worker and waits until its `/health` answers 200.

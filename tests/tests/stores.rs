@@ -445,7 +445,9 @@ async fn api(env: &TestEnv, extra: &[(&str, String)]) -> anyhow::Result<(Worker,
     ];
     settings.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
     let w = Worker::started(env, "tracking-api", &settings).await?;
-    Ok((w, format!("http://{addr}")))
+    // The address it listens on: another than `addr` when that port was taken before it could bind it.
+    let base = format!("http://{}", w.http_addr()?);
+    Ok((w, base))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
