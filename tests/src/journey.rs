@@ -2,7 +2,10 @@
 //! TLS): the five workers, the Correios simulator, maildev and a marketplace receiver carry one parcel from posted
 //! to delivered, with one email and one marketplace call per change, nothing parked.
 
-use crate::{Maildev, TestEnv, Worker, correios_env, eventually, marketplaces_file, request};
+use crate::{
+    Maildev, TestEnv, Worker, correios_env, eventually, marketplaces_file, request,
+    wait_changes_published, wait_finished,
+};
 use std::collections::HashSet;
 use std::time::Duration;
 use tracking_sim::correios::{CorreiosSim, Journey, Script, SimConfig};
@@ -106,8 +109,21 @@ pub async fn posted_to_delivered(env: &TestEnv) -> anyhow::Result<Vec<Worker>> {
         },
     )
     .await?;
-    // Time for any duplicate to show up (a redelivery, a second poll of the full history).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Settled, so that no duplicate can still come (a redelivery, a second poll of the full history): the
+    // fetcher handled the request and every poll the scheduler sent, and each publisher each recorded change.
+    let polls = workers[2].metric("scheduled_polls_total").await? as u64;
+    let within = Duration::from_secs(30);
+    wait_finished(&amqp, &workers[1], "tracking.requests", 1 + polls, within).await?;
+    let changes = wait_changes_published(&env.pool, within).await? as u64;
+    wait_finished(&amqp, &workers[3], "email.order-status", changes, within).await?;
+    wait_finished(
+        &amqp,
+        &workers[4],
+        "marketplace.order-status",
+        changes,
+        within,
+    )
+    .await?;
     assert!(
         sim.polls(code) >= 5,
         "posted, 3 more events, and the final poll: {} polls",

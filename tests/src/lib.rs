@@ -85,6 +85,9 @@ pub struct TestEnv {
     database: String,
     /// The maintenance database of the server holding `database` (to drop it afterwards).
     admin_url: String,
+    /// Messages this test leaves parked on purpose, per parking queue ([`TestEnv::expect_parked`]): any other
+    /// message left in a `.dead` queue fails the test when the environment is dropped.
+    expected_parked: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
 }
 
 /// How a [`TestEnv`] differs from the default one (the shared broker and database, without TLS).
@@ -181,6 +184,7 @@ impl TestEnv {
             vhost,
             database,
             admin_url,
+            expected_parked: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
@@ -282,10 +286,67 @@ impl TestEnv {
     pub async fn amqp(&self) -> anyhow::Result<Amqp> {
         Amqp::connect_with(&self.amqp_settings).await
     }
+
+    /// Says this test leaves exactly `n` messages in parking queue `queue` (`tracking.requests.dead`) when it
+    /// ends; without it a test may leave none there. Checked when the environment is dropped.
+    pub fn expect_parked(&self, queue: &str, n: u32) {
+        self.expected_parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(queue.to_owned(), n);
+    }
+
+    /// What the parking queues hold that the test did not say it leaves there ([`TestEnv::expect_parked`]), one
+    /// line per queue; empty when the broker cannot be reached (a test that stopped its own broker).
+    fn unexpected_parked(&self) -> Vec<String> {
+        let settings = self.amqp_settings.clone();
+        let counts = std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> anyhow::Result<Vec<(String, u32)>> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async {
+                        let amqp = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            Amqp::connect_with(&settings),
+                        )
+                        .await??;
+                        let counts = amqp.parked_counts().await;
+                        amqp.close().await;
+                        counts
+                    })
+                })
+                .join()
+        });
+        let Ok(Ok(counts)) = counts else {
+            return Vec::new();
+        };
+        let expected = self
+            .expected_parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        counts
+            .into_iter()
+            .filter_map(|(queue, n)| {
+                let wanted = expected.get(&queue).copied().unwrap_or(0);
+                (n != wanted).then(|| {
+                    format!("{queue} holds {n} parked message(s); the test expected {wanted}")
+                })
+            })
+            .collect()
+    }
 }
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        // Checked before the vhost goes; not when the test already failed (its own failure says more).
+        let unexpected = if std::thread::panicking() {
+            Vec::new()
+        } else {
+            self.unexpected_parked()
+        };
         if let Some(vhost) = &self.vhost {
             let _ = rabbitmqctl(&["delete_vhost", vhost]);
         }
@@ -299,6 +360,11 @@ impl Drop for TestEnv {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        assert!(
+            unexpected.is_empty(),
+            "messages were parked that the test did not expect (TestEnv::expect_parked): {}",
+            unexpected.join("; ")
+        );
     }
 }
 
@@ -384,10 +450,29 @@ pub fn bin_dir() -> PathBuf {
     target_dir().join(profile)
 }
 
+/// A port free a moment ago: the kernel's pick for a listener that is closed again at once. Another process can
+/// take it before the caller binds it, so it is only for a binary that must be given an address to listen on
+/// (`METRICS_ADDR`, `HTTP_ADDR`): [`Worker::spawn`] starts a worker again on a new port when the one it was
+/// given was taken meanwhile. A server of the test's own binds port 0 itself, or holds a socket from
+/// [`reserved_socket`].
 pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
+
+/// A socket bound to a port of the kernel's choice on 127.0.0.1 and not listening yet: connections to it are
+/// refused (as to a server that is down) until the test starts its server on it (`socket.listen(..)`), and no
+/// other process can take the port meanwhile.
+pub fn reserved_socket() -> anyhow::Result<(tokio::net::TcpSocket, SocketAddr)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.1:0".parse()?)?;
+    let addr = socket.local_addr()?;
+    Ok((socket, addr))
+}
+
+/// How often [`Worker::spawn`]'s worker is started again when its `METRICS_ADDR` port was taken between
+/// [`free_addr`] and the worker's bind.
+const PORT_RETRIES: usize = 3;
 
 /// A worker binary running as its own process; stopped with SIGTERM (then SIGKILL) on drop.
 pub struct Worker {
@@ -395,6 +480,12 @@ pub struct Worker {
     pub metrics_addr: SocketAddr,
     pub log: PathBuf,
     child: Child,
+    /// How it was started (the binary and its whole environment but `METRICS_ADDR`), to start it again on
+    /// another port when its `METRICS_ADDR` was taken before it could bind it.
+    bin: PathBuf,
+    settings: Vec<(String, String)>,
+    /// Restarts left for that.
+    port_retries: usize,
 }
 
 impl Worker {
@@ -406,30 +497,88 @@ impl Worker {
                 bin.display()
             );
         }
+        let mut settings = env.worker_env();
+        settings.push(("AMQP_URL".into(), env.worker_amqp_url(name).to_owned()));
+        settings.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        let log_dir = env.log_dir();
         let metrics_addr = free_addr();
-        let log = env
-            .log_dir()
-            .join(format!("{name}-{}.log", metrics_addr.port()));
-        let file = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(&bin);
-        cmd.envs(env.worker_env())
-            .env("AMQP_URL", env.worker_amqp_url(name))
-            .env("METRICS_ADDR", metrics_addr.to_string())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let log = log_dir.join(format!("{name}-{}.log", metrics_addr.port()));
+        let child = Self::start_process(&bin, &settings, metrics_addr, &log)?;
         Ok(Worker {
             name: name.into(),
             metrics_addr,
             log,
             child,
+            bin,
+            settings,
+            port_retries: PORT_RETRIES,
         })
+    }
+
+    fn start_process(
+        bin: &std::path::Path,
+        settings: &[(String, String)],
+        metrics_addr: SocketAddr,
+        log: &std::path::Path,
+    ) -> anyhow::Result<Child> {
+        let file = std::fs::File::create(log)?;
+        let mut cmd = Command::new(bin);
+        cmd.envs(settings.iter().map(|(k, v)| (k, v)))
+            .env("METRICS_ADDR", metrics_addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        cmd.spawn()
+            .with_context(|| format!("starting {}", bin.display()))
+    }
+
+    /// When the process ended because a port it was given to listen on (`METRICS_ADDR`, or `HTTP_ADDR` from
+    /// [`free_addr`]) was taken by another process in between, starts it again on a new port and says so: the
+    /// binaries cannot be handed a bound socket, and do not report the address they bound for port 0, so this
+    /// retry is the least-bad way to own their ports. Read the address used with [`Worker::setting`].
+    fn restarted_on_taken_port(&mut self) -> anyhow::Result<bool> {
+        if self.port_retries == 0 {
+            return Ok(false);
+        }
+        let log = self.log_text();
+        let Some(name) = ["METRICS_ADDR", "HTTP_ADDR"].into_iter().find(|name| {
+            log.lines().any(|l| {
+                l.contains(&format!("setting {name}: cannot listen on"))
+                    && l.contains("Address already in use")
+            })
+        }) else {
+            return Ok(false);
+        };
+        self.port_retries -= 1;
+        let fresh = free_addr();
+        if name == "METRICS_ADDR" {
+            self.metrics_addr = fresh;
+        } else {
+            for (k, v) in self.settings.iter_mut() {
+                if k == name {
+                    *v = fresh.to_string();
+                }
+            }
+        }
+        self.child = Self::start_process(&self.bin, &self.settings, self.metrics_addr, &self.log)?;
+        Ok(true)
+    }
+
+    /// The address `HTTP_ADDR` (tracking-api's) was last given: the one it listens on once healthy.
+    pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self
+            .setting("HTTP_ADDR")
+            .context("the worker was given no HTTP_ADDR")?
+            .parse()?)
+    }
+
+    /// The value setting `name` was last given (after a restart on a taken port, the new address).
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.settings
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Spawns the worker and waits until its `/health` answers 200.
@@ -454,11 +603,14 @@ impl Worker {
 
     /// Waits until `/health` answers 200.
     pub async fn wait_healthy(&mut self, within: Duration) -> anyhow::Result<Value> {
-        let url = format!("http://{}/health", self.metrics_addr);
         let client = reqwest::Client::new();
         let deadline = Instant::now() + within;
         loop {
+            let url = format!("http://{}/health", self.metrics_addr);
             if let Some(status) = self.child.try_wait()? {
+                if self.restarted_on_taken_port()? {
+                    continue;
+                }
                 bail!(
                     "{} exited with {status} before it was healthy; log:\n{}",
                     self.name,
@@ -497,6 +649,29 @@ impl Worker {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The sum of metric `name` over all its labels (0 when it was not recorded yet).
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        Ok(metric_sum(&self.metrics().await?, name))
+    }
+
+    /// `messages_total{queue}` of this worker per outcome (acked, retried, parked, waited, unavailable).
+    pub async fn settled(
+        &self,
+        queue: &str,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        Ok(settled_counts(&self.metrics().await?, queue))
+    }
+
+    /// How many messages of `queue` this worker is done with: acked or parked (a retried or waiting message
+    /// is counted when it ends).
+    pub async fn finished(&self, queue: &str) -> anyhow::Result<u64> {
+        let settled = self.settled(queue).await?;
+        Ok(["acked", "parked"]
+            .iter()
+            .filter_map(|o| settled.get(*o))
+            .sum())
     }
 
     /// SIGTERM, then waits for the exit code.
@@ -644,6 +819,140 @@ impl Drop for Maildev {
     }
 }
 
+/// The sum of metric `name`'s samples over all their labels in a `/metrics` text.
+pub fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until a scheduler has been ticking for a whole second after now: its
+/// `scheduler_last_tick_timestamp_seconds` (whole seconds, set after each tick) reaches now + 2 s, so that
+/// every scan due in that second (late scans every `LATE_SCAN_INTERVAL_MS`, polls) ran after this call. The
+/// positive signal of "more scans change nothing" for a binary whose time cannot be paused.
+pub async fn wait_ticks_after_now(scheduler: &Worker, within: Duration) -> anyhow::Result<()> {
+    let after = (chrono::Utc::now().timestamp() + 2) as f64;
+    eventually(within, "a second of scheduler ticks", || async {
+        Ok((scheduler
+            .metric("scheduler_last_tick_timestamp_seconds")
+            .await?
+            >= after)
+            .then_some(()))
+    })
+    .await
+}
+
+/// Waits until every recorded status change is marked published (the normalizer's outbox, its relay
+/// included, has nothing left to send).
+pub async fn wait_changes_published(pool: &PgPool, within: Duration) -> anyhow::Result<i64> {
+    eventually(within, "every status change published", || async {
+        let (all, unpublished): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE published_at IS NULL) FROM status_changes",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok((unpublished == 0).then_some(all))
+    })
+    .await
+}
+
+/// `messages_total{queue="QUEUE",outcome=...}` of a `/metrics` text, per outcome.
+pub fn settled_counts(metrics: &str, queue: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let queue_label = format!("queue=\"{queue}\"");
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("messages_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        if !labels.split(',').any(|l| l == queue_label) {
+            continue;
+        }
+        let Some(outcome) = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("outcome=\""))
+            .and_then(|o| o.strip_suffix('"'))
+        else {
+            continue;
+        };
+        if let Ok(n) = value.trim().parse::<f64>() {
+            *out.entry(outcome.to_owned()).or_insert(0) += n as u64;
+        }
+    }
+    out
+}
+
+/// Waits for a worker to be done with exactly `n` messages of `queue`, then checks nothing of them is left:
+/// the positive signal of a "nothing more happens" check, instead of a quiet period. Done means acked or
+/// parked as `messages_total` counts them ([`Worker::finished`]), which a worker records once a message's
+/// effects are done (an email sent, a change published with confirms) and just before it settles it; then
+/// `queue` and its retry tiers must hold no ready message. A message handed back (a crash, a lost channel)
+/// would be counted again when handled again, so the count is read again after the queues were seen empty:
+/// more than `n` fails at once (a message handled twice).
+pub async fn wait_finished(
+    amqp: &Amqp,
+    worker: &Worker,
+    queue: &str,
+    n: u64,
+    within: Duration,
+) -> anyhow::Result<()> {
+    wait_finished_by(amqp, &[worker], queue, n, within).await
+}
+
+/// [`wait_finished`] for several workers consuming `queue`: together they are done with exactly `n` messages.
+pub async fn wait_finished_by(
+    amqp: &Amqp,
+    workers: &[&Worker],
+    queue: &str,
+    n: u64,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let tiers: Vec<String> = [Duration::from_millis(200), Duration::from_secs(1)]
+        .iter()
+        .map(|d| tracking_runtime::amqp::topology::retry_queue(queue, *d))
+        .collect();
+    let finished = || async {
+        let mut sum = 0;
+        let mut each = Vec::new();
+        for w in workers {
+            let settled = w.settled(queue).await?;
+            sum += ["acked", "parked"]
+                .iter()
+                .filter_map(|o| settled.get(*o))
+                .sum::<u64>();
+            each.push((w.name.clone(), settled));
+        }
+        anyhow::Ok((sum, each))
+    };
+    let deadline = Instant::now() + within;
+    loop {
+        let (done, each) = finished().await?;
+        if done > n {
+            bail!(
+                "{done} messages of {queue} finished, more than the {n} expected: one was handled twice ({each:?})"
+            );
+        }
+        let mut empty = done == n;
+        for q in std::iter::once(queue.to_owned()).chain(tiers.iter().cloned()) {
+            empty = empty && amqp.ready(&q).await?.unwrap_or(0) == 0;
+        }
+        if empty && finished().await?.0 == n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{n} message(s) of {queue} were not finished within {within:?}: {each:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls `check` until it returns `Some`, or fails after `within` with `what`.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<T>
 where
@@ -785,6 +1094,51 @@ impl Amqp {
             out.push((dead.clone(), self.count(&dead).await?));
         }
         Ok(out)
+    }
+
+    /// Every parking queue's depth, a queue not declared (yet) counting none.
+    pub async fn parked_counts(&self) -> anyhow::Result<Vec<(String, u32)>> {
+        let mut out = Vec::new();
+        for q in tracking_runtime::amqp::topology::WORK_QUEUES {
+            let dead = tracking_runtime::amqp::topology::dead_queue(q);
+            let n = self.ready(&dead).await?.unwrap_or(0);
+            out.push((dead, n));
+        }
+        Ok(out)
+    }
+
+    /// The messages ready in `queue` (a passive declare counts ready ones only, not those a consumer holds), or
+    /// `None` when there is no such queue. Asked on a channel of its own: a passive declare of a missing queue
+    /// closes its channel.
+    pub async fn ready(&self, queue: &str) -> anyhow::Result<Option<u32>> {
+        let ch = self.conn.create_channel().await?;
+        let declared = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(q) => {
+                let _ = ch.close(200, "counted".into()).await;
+                Ok(Some(q.message_count()))
+            }
+            Err(e)
+                if tracking_runtime::amqp::topology::reply(&e)
+                    .is_some_and(|(code, _)| code == 404) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn close(&self) {
+        let _ = self.conn.close(200, "done".into()).await;
     }
 
     pub async fn queue_exists(&self, queue: &str) -> bool {

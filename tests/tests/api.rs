@@ -10,7 +10,7 @@ use tracking_sim::marketplace::Receiver;
 use tracking_sim::smtp::SmtpServer;
 use tracking_tests::{
     TestEnv, Worker, carrier_update, correios_event, eventually, free_addr, marketplaces_file,
-    request, s10,
+    request, s10, wait_changes_published, wait_finished,
 };
 
 const TOKEN: &str = "api-token-for-tests-0123456789-abcdef";
@@ -43,9 +43,11 @@ impl Api {
         ];
         settings.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
         let worker = start(env, "tracking-api", &settings).await?;
+        // The address it listens on: another than `addr` when that port was taken before it could bind it.
+        let base = format!("http://{}", worker.http_addr()?);
         Ok(Api {
             worker,
-            base: format!("http://{addr}"),
+            base,
             http: reqwest::Client::new(),
         })
     }
@@ -146,8 +148,8 @@ async fn a_manual_delivery_confirmation_sends_one_email_and_one_marketplace_call
     let file = marketplaces_file(&env, "acme", &receiver.url(), SECRET)?
         .display()
         .to_string();
-    let _normalizer = start(&env, "normalizer", &[]).await?;
-    let _email = start(
+    let normalizer = start(&env, "normalizer", &[]).await?;
+    let email = start(
         &env,
         "email-publisher",
         &[
@@ -157,7 +159,7 @@ async fn a_manual_delivery_confirmation_sends_one_email_and_one_marketplace_call
         ],
     )
     .await?;
-    let _market = start(
+    let market = start(
         &env,
         "marketplace-publisher",
         &[("MARKETPLACES_FILE", file)],
@@ -209,7 +211,21 @@ async fn a_manual_delivery_confirmation_sends_one_email_and_one_marketplace_call
         Ok((n == 2).then_some(()))
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Settled: the normalizer handled the registration, what the API queued and the late event; every change
+    // was published and each publisher handled each once. Nothing is left to make a second email or call.
+    let queued = api.worker.metric("api_published_total").await? as u64;
+    let within = Duration::from_secs(30);
+    wait_finished(
+        &amqp,
+        &normalizer,
+        "normalizer.carrier-events",
+        2 + queued,
+        within,
+    )
+    .await?;
+    let changes = wait_changes_published(&env.pool, within).await? as u64;
+    wait_finished(&amqp, &email, "email.order-status", changes, within).await?;
+    wait_finished(&amqp, &market, "marketplace.order-status", changes, within).await?;
 
     assert_eq!(status_of(&env, &code).await?, "delivered");
     let calls = receiver.calls();

@@ -31,6 +31,8 @@ impl Api {
         settings.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let mut worker = Worker::spawn(env, "tracking-api", &settings)?;
         worker.wait_healthy(Duration::from_secs(60)).await?;
+        // The address it listens on: another than `addr` when that port was taken before it could bind it.
+        let addr = worker.http_addr()?;
         Ok(Api {
             _worker: worker,
             addr,
@@ -620,5 +622,38 @@ async fn a_call_not_answered_within_the_request_timeout_gets_503_and_the_api_goe
     lock.rollback().await?;
     let resp = http.get(&url).bearer_auth(TOKEN).send().await?;
     assert_eq!(resp.status(), reqwest::StatusCode::NOT_FOUND);
+    Ok(())
+}
+
+/// A port taken between `free_addr` and the API's bind (by another test's server, say) costs a restart on a new
+/// port rather than a failed test: `Worker` starts it again, and the test reads the address it was given last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_http_port_is_replaced_by_a_free_one() -> anyhow::Result<()> {
+    let env = env().await?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let taken_addr = taken.local_addr()?;
+    let mut worker = Worker::spawn(
+        &env,
+        "tracking-api",
+        &[
+            ("HTTP_ADDR", taken_addr.to_string()),
+            ("API_TOKEN", TOKEN.to_owned()),
+        ],
+    )?;
+    worker.wait_healthy(Duration::from_secs(60)).await?;
+    let addr = worker.http_addr()?;
+    assert_ne!(addr, taken_addr);
+    let api = Api {
+        _worker: worker,
+        addr,
+    };
+    let mut s = api.connect().await?;
+    s.write_all(
+        b"GET /v1/shipments/DL746686536BR HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_all(&mut s)).await??;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 "), "{answer:?}");
+    drop(taken);
     Ok(())
 }

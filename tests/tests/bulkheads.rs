@@ -231,7 +231,14 @@ async fn a_change_leased_by_a_dead_worker_is_sent_when_the_lease_ends_not_a_tier
         "messages_total{queue=\"email.order-status\",outcome=\"waited\"}",
     );
     assert!(waited <= 2.0, "waited {waited} times: {metrics}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tracking_tests::wait_finished(
+        &amqp,
+        &publisher,
+        "email.order-status",
+        1,
+        Duration::from_secs(30),
+    )
+    .await?;
     assert_eq!(smtp.received().len(), 1);
     Ok(())
 }
@@ -390,7 +397,14 @@ async fn an_orders_later_change_backs_off_logs_once_and_goes_right_after_the_ear
     let log = publisher.log_text();
     let logged = log.matches("is not relayed yet").count();
     assert_eq!(logged, 1, "its wait is logged once:\n{log}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tracking_tests::wait_finished(
+        &amqp,
+        &publisher,
+        "marketplace.order-status",
+        2,
+        Duration::from_secs(30),
+    )
+    .await?;
     assert_eq!(receiver.call_count(), 2, "each once");
     Ok(())
 }

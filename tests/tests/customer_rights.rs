@@ -397,8 +397,8 @@ async fn an_order_past_the_retention_window_keeps_no_name_or_email() -> anyhow::
         Ok((erased == Some(true)).then_some(()))
     })
     .await?;
-    // A few more scans: the others stay.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A few more scans (a whole second of the scheduler's loop, which scans every 200 ms): the others stay.
+    tracking_tests::wait_ticks_after_now(&scheduler, Duration::from_secs(20)).await?;
     let erased: Vec<String> = sqlx::query_scalar(
         "SELECT order_id FROM orders WHERE erased_at IS NOT NULL ORDER BY order_id",
     )

@@ -211,8 +211,8 @@ async fn a_stored_row_that_cannot_be_read_is_quarantined_and_polling_goes_on() -
             "{reason:?}"
         );
     }
-    // Ticks go on succeeding: healthy, and the quarantine is counted once.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Ticks go on succeeding (a whole second of them from now): healthy, and the quarantine is counted once.
+    tracking_tests::wait_ticks_after_now(&scheduler, Duration::from_secs(20)).await?;
     let (code, _) = scheduler.health().await?;
     assert_eq!(code, 200);
     let metrics = scheduler.metrics().await?;
@@ -357,7 +357,7 @@ async fn a_send_whose_record_fails_is_recorded_later_and_never_sent_again() -> a
     let proxy = postgres_proxy().await?;
     let mut settings = email_settings(&smtp.url());
     settings.push(("DATABASE_URL", proxied_url(&env, &proxy)));
-    let _email = Worker::started(&env, "email-publisher", &settings).await?;
+    let email = Worker::started(&env, "email-publisher", &settings).await?;
     let amqp = env.amqp().await?;
     let change = delivered("S-1", &s10("DS", 1));
     env.record_change(&change).await?;
@@ -380,7 +380,8 @@ async fn a_send_whose_record_fails_is_recorded_later_and_never_sent_again() -> a
         Ok((state.as_deref() == Some("done")).then_some(()))
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The one message handled to its end (however often it was tried): nothing is left to send it again.
+    tracking_tests::wait_finished(&amqp, &email, EMAIL_QUEUE, 1, Duration::from_secs(30)).await?;
     assert_eq!(smtp.received().len(), 1, "sent again");
     assert_eq!(amqp.count(EMAIL_QUEUE).await?, 0);
     assert_eq!(amqp.count("email.order-status.dead").await?, 0);

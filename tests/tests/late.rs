@@ -13,6 +13,7 @@ use tracking_domain::{OrderId, PageKey};
 use tracking_sim::smtp::{Received, SmtpServer};
 use tracking_tests::{
     TestEnv, Worker, carrier_update, correios_event, eventually, free_addr, s10, target_dir,
+    wait_finished, wait_ticks_after_now,
 };
 
 /// A shipment as the test stores it.
@@ -75,6 +76,24 @@ async fn late_since(
             .fetch_one(&env.pool)
             .await?,
     )
+}
+
+/// Waits until every recorded late notice is marked published (after its publish was confirmed), and returns
+/// how many there are.
+async fn published_notices(env: &TestEnv) -> anyhow::Result<i64> {
+    eventually(
+        Duration::from_secs(20),
+        "every notice published",
+        || async {
+            let (all, unpublished): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), count(*) FILTER (WHERE published_at IS NULL) FROM late_notices",
+            )
+            .fetch_one(&env.pool)
+            .await?;
+            Ok((unpublished == 0).then_some(all))
+        },
+    )
+    .await
 }
 
 async fn notices(env: &TestEnv) -> anyhow::Result<i64> {
@@ -193,14 +212,24 @@ async fn a_late_parcel_gets_one_late_email_in_its_locale_through_rescans_restart
     // Two schedulers scan the same shipments at once.
     let first = scheduler(&env, &[]).await?;
     let second = scheduler(&env, &[]).await?;
-    let _email = email_publisher(&env, &smtp).await?;
+    let email = email_publisher(&env, &smtp).await?;
 
     eventually(Duration::from_secs(30), "three late emails", || async {
         Ok((smtp.received_count() >= 3).then_some(()))
     })
     .await?;
-    // Many more scans by both schedulers: nothing more.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Many more scans by both schedulers, then every notice they published handled: nothing more.
+    wait_ticks_after_now(&first, Duration::from_secs(20)).await?;
+    wait_ticks_after_now(&second, Duration::from_secs(20)).await?;
+    let amqp = env.amqp().await?;
+    wait_finished(
+        &amqp,
+        &email,
+        "email.order-status",
+        published_notices(&env).await? as u64,
+        Duration::from_secs(20),
+    )
+    .await?;
     let emails = smtp.received();
     assert_eq!(emails.len(), 3, "{emails:#?}");
     let subject_to = |code: &str| subjects_to(&emails, code);
@@ -249,7 +278,15 @@ async fn a_late_parcel_gets_one_late_email_in_its_locale_through_rescans_restart
     drop(first);
     drop(second);
     let again = scheduler(&env, &[]).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_ticks_after_now(&again, Duration::from_secs(20)).await?;
+    wait_finished(
+        &amqp,
+        &email,
+        "email.order-status",
+        published_notices(&env).await? as u64,
+        Duration::from_secs(20),
+    )
+    .await?;
     assert_eq!(smtp.received_count(), 3);
     drop(again);
 
@@ -315,7 +352,7 @@ async fn with_late_emails_off_a_late_parcel_is_marked_and_nobody_is_emailed() ->
     .bind(&before)
     .execute(&env.pool)
     .await?;
-    let _scheduler = scheduler(&env, &[("LATE_EMAILS", "false".to_owned())]).await?;
+    let scheduler = scheduler(&env, &[("LATE_EMAILS", "false".to_owned())]).await?;
     let _email = email_publisher(&env, &smtp).await?;
     eventually(
         Duration::from_secs(20),
@@ -323,7 +360,7 @@ async fn with_late_emails_off_a_late_parcel_is_marked_and_nobody_is_emailed() ->
         || async { Ok(late_since(&env, &code).await?.is_some().then_some(())) },
     )
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_ticks_after_now(&scheduler, Duration::from_secs(20)).await?;
     assert_eq!(notices(&env).await?, 1, "only the one recorded before");
     let published: i64 =
         sqlx::query_scalar("SELECT count(*) FROM late_notices WHERE published_at IS NOT NULL")
@@ -344,6 +381,7 @@ async fn with_late_emails_off_a_late_parcel_is_marked_and_nobody_is_emailed() ->
     )
     .await?;
     assert_eq!(smtp.received_count(), 0);
+    env.expect_parked("email.order-status.dead", 1);
     Ok(())
 }
 

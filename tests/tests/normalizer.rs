@@ -5,7 +5,10 @@
 
 use std::collections::HashMap;
 use std::time::Duration;
-use tracking_tests::{TestEnv, Worker, carrier_update, correios_event, eventually, request, s10};
+use tracking_tests::{
+    TestEnv, Worker, carrier_update, correios_event, eventually, request, s10,
+    wait_changes_published, wait_finished, wait_finished_by,
+};
 
 const QUEUE: &str = "normalizer.carrier-events";
 
@@ -65,7 +68,7 @@ async fn a_normalizer_killed_between_commit_and_publish_loses_and_duplicates_not
     )
     .await?;
 
-    let _normalizer = start(
+    let normalizer = start(
         &env,
         &[
             ("OUTBOX_INTERVAL_MS", "200".into()),
@@ -78,8 +81,10 @@ async fn a_normalizer_killed_between_commit_and_publish_loses_and_duplicates_not
         Ok((c.len() == 1 && c[0].3 && amqp.count(QUEUE).await? == 0).then_some(()))
     })
     .await?;
-    // Redelivery and relay settle; then: one change, published once, to each publisher's queue.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Redelivery and relay settled (the update handled, every change marked published: no relay pass can take
+    // it again); then: one change, published once, to each publisher's queue.
+    wait_finished(&amqp, &normalizer, QUEUE, 1, Duration::from_secs(30)).await?;
+    wait_changes_published(&env.pool, Duration::from_secs(30)).await?;
     assert_eq!(changes(&env).await?.len(), 1);
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM tracking_events")
         .fetch_one(&env.pool)
@@ -102,7 +107,7 @@ async fn normalizers_racing_on_one_shipment_record_each_change_once() -> anyhow:
     let env = TestEnv::ready().await?;
     let amqp = env.amqp().await?;
     let small = [("PREFETCH", "8".to_owned())];
-    let _workers = [
+    let workers = [
         start(&env, &small).await?,
         start(&env, &small).await?,
         start(&env, &small).await?,
@@ -184,8 +189,17 @@ async fn normalizers_racing_on_one_shipment_record_each_change_once() -> anyhow:
         .then_some(()))
     })
     .await?;
-    // Time for a duplicate to show up.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every update handled once (the registering one and each poll), every change published: nothing left to
+    // make a duplicate.
+    wait_finished_by(
+        &amqp,
+        &workers.iter().collect::<Vec<_>>(),
+        QUEUE,
+        1 + polls.len() as u64,
+        Duration::from_secs(30),
+    )
+    .await?;
+    wait_changes_published(&env.pool, Duration::from_secs(30)).await?;
 
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM tracking_events")
         .fetch_one(&env.pool)

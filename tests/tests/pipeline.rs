@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 use tracking_sim::correios::{CorreiosSim, Journey, Script, SimConfig};
-use tracking_tests::{Maildev, TestEnv, Worker, correios_env, eventually, journey, request};
+use tracking_tests::{
+    Maildev, TestEnv, Worker, correios_env, eventually, journey, request, wait_changes_published,
+    wait_finished,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parcel_travels_from_posted_to_delivered_with_one_email_and_one_call_per_change()
@@ -98,8 +101,8 @@ async fn the_same_request_published_twice_sends_one_email() -> anyhow::Result<()
     sim.script(code, Script::Journey(Journey::delivered().all_at_once()));
     let maildev = Maildev::start().await?;
     let normalizer = Worker::started(&env, "normalizer", &[]).await?;
-    let _fetcher = Worker::started(&env, "fetcher", &correios_env(&sim)).await?;
-    let _email = Worker::started(
+    let fetcher = Worker::started(&env, "fetcher", &correios_env(&sim)).await?;
+    let email = Worker::started(
         &env,
         "email-publisher",
         &[
@@ -125,26 +128,33 @@ async fn the_same_request_published_twice_sends_one_email() -> anyhow::Result<()
         },
     )
     .await?;
-    eventually(
-        Duration::from_secs(10),
-        "the normalizer to handle both polls",
-        || async {
-            let metrics = normalizer.metrics().await?;
-            let acked = metrics
-                .lines()
-                .find(|l| {
-                    l.starts_with("messages_total")
-                        && l.contains("normalizer.carrier-events")
-                        && l.contains("acked")
-                })
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|n| n.parse::<f64>().ok())
-                .unwrap_or(0.0);
-            Ok((acked >= 2.0).then_some(()))
-        },
+    // Everything settled: both requests and both updates handled, the change published and its email sent;
+    // nothing is left to send a second one.
+    wait_finished(
+        &amqp,
+        &fetcher,
+        "tracking.requests",
+        2,
+        Duration::from_secs(30),
     )
     .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_finished(
+        &amqp,
+        &normalizer,
+        "normalizer.carrier-events",
+        2,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let changes = wait_changes_published(&env.pool, Duration::from_secs(30)).await?;
+    wait_finished(
+        &amqp,
+        &email,
+        "email.order-status",
+        changes as u64,
+        Duration::from_secs(30),
+    )
+    .await?;
     let emails = maildev.emails().await?;
     assert_eq!(emails.len(), 1, "{emails:#?}");
     assert!(emails[0]["subject"].as_str().unwrap().contains("entregue"));
@@ -440,7 +450,7 @@ async fn the_outbox_relay_publishes_a_change_that_was_recorded_but_not_published
     .bind(&payload)
     .execute(&env.pool)
     .await?;
-    let _normalizer =
+    let normalizer =
         Worker::started(&env, "normalizer", &[("OUTBOX_INTERVAL_MS", "200".into())]).await?;
     let amqp = env.amqp().await?;
     // The relay marks the change published in its transaction, committed after the publishes' confirms.
@@ -464,8 +474,12 @@ async fn the_outbox_relay_publishes_a_change_that_was_recorded_but_not_published
     let taken = amqp.drain("email.order-status").await?;
     let body: serde_json::Value = serde_json::from_slice(&taken[0].body)?;
     assert_eq!(body, payload, "published exactly as recorded");
-    // Marked once, published once.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Marked once, published once: the relay counts a change after its transaction committed the mark.
+    eventually(Duration::from_secs(20), "the relay's count", || async {
+        Ok((normalizer.metric("outbox_relayed_total").await? >= 1.0).then_some(()))
+    })
+    .await?;
+    assert_eq!(normalizer.metric("outbox_relayed_total").await?, 1.0);
     assert_eq!(amqp.count("marketplace.order-status").await?, 1);
     Ok(())
 }

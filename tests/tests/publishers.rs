@@ -7,10 +7,10 @@ use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::time::Duration;
 use tracking_sim::marketplace::Receiver;
-use tracking_sim::smtp::SmtpServer;
+use tracking_sim::smtp::{Options, SmtpServer};
 use tracking_tests::{
-    TestEnv, Worker, carrier_update, correios_event, eventually, free_addr, marketplaces_file,
-    request, s10, status_change,
+    TestEnv, Worker, carrier_update, correios_event, eventually, marketplaces_file, request,
+    reserved_socket, s10, status_change, wait_finished,
 };
 
 const SECRET: &str = "webhook-secret-for-tests-0123";
@@ -48,7 +48,8 @@ async fn deliveries(env: &TestEnv) -> anyhow::Result<Vec<(String, String)>> {
 async fn with_the_smtp_server_down_for_a_while_every_email_arrives_once_it_is_up()
 -> anyhow::Result<()> {
     let env = env().await?;
-    let addr = free_addr();
+    // The server's port, held from the start (bound, not listening: connections are refused until it starts).
+    let (socket, addr) = reserved_socket()?;
     let publisher = start(
         &env,
         "email-publisher",
@@ -92,14 +93,15 @@ async fn with_the_smtp_server_down_for_a_while_every_email_arrives_once_it_is_up
             .is_some_and(|e| e.contains("cannot connect to the SMTP server")),
         "{health}"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    let smtp = SmtpServer::start(addr, &[]).await?;
-    eventually(Duration::from_secs(30), "five emails", || async {
-        Ok((smtp.received().len() >= 5).then_some(()))
+    // Down for a while: each change went back to its queue to be tried again at least once more.
+    eventually(Duration::from_secs(30), "ten retries", || async {
+        let settled = publisher.settled(EMAIL_QUEUE).await?;
+        Ok((settled.get("retried").copied().unwrap_or(0) >= 10).then_some(()))
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let smtp = SmtpServer::start_on(socket.listen(64)?, Options::default()).await?;
+    wait_finished(&amqp, &publisher, EMAIL_QUEUE, 5, Duration::from_secs(30)).await?;
     let received = smtp.received();
     assert_eq!(received.len(), 5, "each email once");
     let message_ids: HashSet<String> = received
@@ -197,8 +199,8 @@ async fn the_same_change_delivered_twice_gives_one_email_and_one_call() -> anyho
     let smtp = SmtpServer::start("127.0.0.1:0".parse()?, &[]).await?;
     let receiver = Receiver::start(SECRET.into(), "127.0.0.1:0".parse()?).await?;
     let file = marketplaces_file(&env, "acme", &receiver.url(), SECRET)?;
-    let _email = start(&env, "email-publisher", &email_settings(&smtp.url())).await?;
-    let _market = start(
+    let email = start(&env, "email-publisher", &email_settings(&smtp.url())).await?;
+    let market = start(
         &env,
         "marketplace-publisher",
         &[("MARKETPLACES_FILE", file.display().to_string())],
@@ -219,15 +221,9 @@ async fn the_same_change_delivered_twice_gives_one_email_and_one_call() -> anyho
         amqp.publish(EMAIL_QUEUE, &body).await?;
         amqp.publish(MARKET_QUEUE, &body).await?;
     }
-    eventually(Duration::from_secs(20), "both queues drained", || async {
-        Ok((amqp.count(EMAIL_QUEUE).await? == 0
-            && amqp.count(MARKET_QUEUE).await? == 0
-            && smtp.received().len() == 1
-            && receiver.calls().len() == 1)
-            .then_some(()))
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Both copies handled by each publisher: nothing is left to send twice.
+    wait_finished(&amqp, &email, EMAIL_QUEUE, 2, Duration::from_secs(20)).await?;
+    wait_finished(&amqp, &market, MARKET_QUEUE, 2, Duration::from_secs(20)).await?;
     assert_eq!(smtp.received().len(), 1);
     let calls = receiver.calls();
     assert_eq!(calls.len(), 1);
@@ -281,7 +277,7 @@ async fn a_marketplace_answering_500_three_times_then_200_gets_one_accepted_call
             .then_some(()))
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_finished(&amqp, &publisher, MARKET_QUEUE, 1, Duration::from_secs(20)).await?;
     let calls = receiver.calls();
     let answers: Vec<u16> = calls.iter().map(|c| c.answered).collect();
     assert_eq!(answers, vec![500, 500, 500, 200]);
@@ -383,7 +379,7 @@ async fn vtex_and_mercado_livre_get_their_own_request_shapes() -> anyhow::Result
              [[marketplace]]\nname = \"meli\"\nkind = \"mercadolivre\"\nurl = \"{base}/meli\"\naccess_token = \"APP_USR-123\"\nservice_id = 7\n"
         ),
     )?;
-    let _publisher = start(
+    let publisher = start(
         &env,
         "marketplace-publisher",
         &[("MARKETPLACES_FILE", file.display().to_string())],
@@ -424,7 +420,14 @@ async fn vtex_and_mercado_livre_get_their_own_request_shapes() -> anyhow::Result
         })
         .await?;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_finished(
+        &amqp,
+        &publisher,
+        MARKET_QUEUE,
+        steps.len() as u64,
+        Duration::from_secs(20),
+    )
+    .await?;
     let calls = receiver.calls();
     assert_eq!(calls.len(), 6);
 

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::time::Duration;
-use tracking_tests::{TestEnv, Worker, eventually, s10};
+use tracking_tests::{TestEnv, Worker, eventually, s10, wait_ticks_after_now};
 
 const REQUESTS: &str = "tracking.requests";
 
@@ -109,8 +109,12 @@ async fn quiet_shipments_expire_finished_ones_get_one_last_poll_and_quiet_ones_s
     let h = hours_from_now(shipment(&env, &lively).await?.1);
     assert!((3.5..=4.5).contains(&h), "{h}");
 
-    // Nothing is polled twice.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Nothing is polled twice: a second of further scans later, the queue holds what the scheduler counted.
+    wait_ticks_after_now(&scheduler, Duration::from_secs(20)).await?;
+    assert_eq!(
+        scheduler.metric("scheduled_polls_total").await?,
+        f64::from(amqp.count(REQUESTS).await?)
+    );
     let taken = amqp.drain(REQUESTS).await?;
     let polled: HashSet<String> = taken
         .iter()
@@ -142,7 +146,13 @@ async fn two_schedulers_never_poll_one_shipment_twice() -> anyhow::Result<()> {
         Ok((amqp.count(REQUESTS).await? >= N).then_some(()))
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A second of further scans by both, then the queue holds what they counted.
+    wait_ticks_after_now(&a, Duration::from_secs(20)).await?;
+    wait_ticks_after_now(&b, Duration::from_secs(20)).await?;
+    assert_eq!(
+        a.metric("scheduled_polls_total").await? + b.metric("scheduled_polls_total").await?,
+        f64::from(amqp.count(REQUESTS).await?)
+    );
     let taken = amqp.drain(REQUESTS).await?;
     let codes: HashSet<String> = taken
         .iter()

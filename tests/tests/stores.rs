@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
 use tracking_sim::correios::{AccessRefusal, CorreiosSim, Journey, Script, SimAccount, SimConfig};
-use tracking_tests::{TestEnv, Worker, correios_env, eventually, free_addr, request, s10};
+use tracking_tests::{
+    TestEnv, Worker, correios_env, eventually, free_addr, request, s10, wait_finished,
+};
 
 const EVENTS_QUEUE: &str = "normalizer.carrier-events";
 const TOKEN_A: &str = "loja-a-api-token-0123456789abcdef0123";
@@ -176,8 +178,21 @@ async fn each_store_is_polled_with_its_own_account_and_a_revoked_one_stops_only_
         Ok((amqp.count(EVENTS_QUEUE).await? >= 1).then_some(()))
     })
     .await?;
-    // A few more retry rounds of store A's request.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A few more rounds of store A's request (each one back to the queue, to wait or be retried).
+    let rounds = || async {
+        let settled = fetcher.settled("tracking.requests").await?;
+        anyhow::Ok(
+            ["retried", "waited", "unavailable"]
+                .iter()
+                .filter_map(|o| settled.get(*o))
+                .sum::<u64>(),
+        )
+    };
+    let before = rounds().await?;
+    eventually(Duration::from_secs(30), "two more rounds", || async {
+        Ok((rounds().await? >= before + 2).then_some(()))
+    })
+    .await?;
     let got = updates(&env).await?;
     let codes: Vec<&str> = got.iter().map(|(c, _)| c.as_str()).collect();
     assert_eq!(codes, [b2.as_str()], "only store B's parcel moved");
@@ -430,7 +445,9 @@ async fn api(env: &TestEnv, extra: &[(&str, String)]) -> anyhow::Result<(Worker,
     ];
     settings.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
     let w = Worker::started(env, "tracking-api", &settings).await?;
-    Ok((w, format!("http://{addr}")))
+    // The address it listens on: another than `addr` when that port was taken before it could bind it.
+    let base = format!("http://{}", w.http_addr()?);
+    Ok((w, base))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,7 +585,7 @@ notify = ["delivered"]
 "#,
     )?;
     let secret = "page-secret-for-tests-0123456789abcdef";
-    let _email = Worker::started(
+    let email = Worker::started(
         &env,
         "email-publisher",
         &[
@@ -610,7 +627,14 @@ notify = ["delivered"]
         Ok((r.len() >= 2).then_some(r))
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_finished(
+        &amqp,
+        &email,
+        "email.order-status",
+        changes.len() as u64,
+        Duration::from_secs(30),
+    )
+    .await?;
     assert_eq!(
         smtp.received().len(),
         2,

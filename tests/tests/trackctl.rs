@@ -461,6 +461,7 @@ async fn a_message_parked_by_the_broker_at_the_delivery_limit_says_why() -> anyh
             ),
         "{out}"
     );
+    env.expect_parked("tracking.requests.dead", 1);
     Ok(())
 }
 

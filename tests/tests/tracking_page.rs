@@ -51,9 +51,11 @@ impl Api {
         ];
         settings.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
         let worker = Worker::started(env, "tracking-api", &settings).await?;
+        // The address it listens on: another than `addr` when that port was taken before it could bind it.
+        let base = format!("http://{}", worker.http_addr()?);
         Ok(Api {
             _worker: worker,
-            base: format!("http://{addr}"),
+            base,
             http: reqwest::Client::new(),
         })
     }

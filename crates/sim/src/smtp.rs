@@ -114,6 +114,16 @@ impl SmtpServer {
 
     /// Listens on `addr` (port 0 allowed) with TLS, a login or refused recipients as `options` say.
     pub async fn start_with(addr: SocketAddr, options: Options) -> anyhow::Result<SmtpServer> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        SmtpServer::start_on(listener, options).await
+    }
+
+    /// Serves on a socket the caller bound already: a test that holds its port from the start (bound, not yet
+    /// listening, so that connections are refused until the server starts) hands it over with
+    /// `socket.listen(..)`, and no other process can take the port in between.
+    pub async fn start_on(listener: TcpListener, options: Options) -> anyhow::Result<SmtpServer> {
         let tls = match options.tls {
             None => None,
             Some((mode, cert, key)) => {
@@ -123,9 +133,6 @@ impl SmtpServer {
                 Some((mode, acceptor.into()))
             }
         };
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             refused: options

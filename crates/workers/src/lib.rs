@@ -16,7 +16,6 @@ pub mod boot;
 pub mod bulkhead;
 mod csv;
 pub mod ctl;
-pub mod customer_ctl;
 pub mod deliver;
 pub mod email_publisher;
 pub mod far_ends;
