@@ -890,7 +890,7 @@ fn the_default_detector_reads_the_usual_shapes() {
 #[test]
 fn the_readme_lists_the_secret_settings_the_code_reads_from_files() {
     let root = root();
-    let source = read(&root.join("crates/runtime/src/settings.rs"));
+    let source = read(&root.join("crates/settings/src/lib.rs"));
     let list = Regex::new(r"SECRET_SETTINGS: \[&str; \d+\] = \[([^\]]*)\]").unwrap();
     let quoted = Regex::new(r#""([A-Z][A-Z0-9_]*)""#).unwrap();
     let code: BTreeSet<String> = quoted
@@ -922,7 +922,7 @@ fn the_readme_lists_the_secret_settings_the_code_reads_from_files() {
     assert!(
         missing.is_empty() && extra.is_empty(),
         "README.md:{line}: \"Every secret setting (…)\" must list SECRET_SETTINGS of \
-         crates/runtime/src/settings.rs (the settings that may come from NAME_FILE): missing {missing:?}, not \
+         crates/settings/src/lib.rs (the settings that may come from NAME_FILE): missing {missing:?}, not \
          secret {extra:?}"
     );
 }

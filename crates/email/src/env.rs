@@ -5,7 +5,7 @@
 use crate::TemplateSettings;
 use crate::unsubscribe::Mailto;
 use tracking_domain::{Carrier, PageKey, PageLinks, UnsubscribeKey, UnsubscribeLinks};
-use tracking_runtime::settings::{self, SettingsError};
+use tracking_settings::{self as settings, SettingsError};
 
 /// `TRACKING_PAGE_SECRET`: the key of the tracking page's tokens, at least 32 characters; `None` when unset.
 pub fn page_key() -> Result<Option<PageKey>, SettingsError> {

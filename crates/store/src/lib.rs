@@ -30,7 +30,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::str::FromStr;
 use std::time::Duration;
-use tracking_runtime::tls::PemFile;
+use tracking_settings::tls::PemFile;
 
 pub use failure::{Failure, classify};
 pub use sqlx;

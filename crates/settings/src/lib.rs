@@ -1,9 +1,19 @@
-//! Settings from environment variables. An empty variable counts as unset; a bad value is an error that
-//! names the variable and what was expected, so a worker exits with a message an operator can act on.
+//! Settings from environment variables, the PEM files they name, and what a process reports of itself: the small
+//! crate the store, the mailer and the marketplace relay read their settings through, without the runtime's broker
+//! client and HTTP server (`tests/tests/structure.rs` keeps it so).
+//!
+//! - the crate root: typed settings from the environment. An empty variable counts as unset; a bad value is an
+//!   error that names the variable and what was expected, so a binary exits with a message an operator can act on.
+//! - [`tls`]: the PEM files TLS settings name (`AMQP_CA_FILE`, `DATABASE_CA_FILE`, `SMTP_CA_FILE`), read and checked
+//!   at start.
+//! - [`health`]: the [`health::Health`] a process updates and the runtime's ops server answers as `/health`.
 //!
 //! Every secret setting ([`SECRET_SETTINGS`]) can also come from a file named by `NAME_FILE` (as Kubernetes and
 //! Docker mount secrets): the file's content, without its trailing line break. [`check_files`] (run by
 //! `boot::main` before anything else) refuses a `_FILE` that cannot be read, or one set together with its variable.
+
+pub mod health;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::str::FromStr;
