@@ -140,6 +140,8 @@ impl TestEnv {
         let database_url = format!("{base}/{database}{}", options.database_query);
         tracking_store::create_database_if_missing(&database_url).await?;
         let pool = tracking_store::pool(&tracking_store::DbSettings::new(&database_url))?;
+        // In-process publishers and consumers declare the application's topology.
+        tracking_app::install();
         let mut amqp_settings = tracking_runtime::amqp::AmqpSettings::with_url(&amqp_url);
         let mut extra_env = Vec::new();
         if let Some(ca) = &options.amqp_ca_file {
@@ -714,7 +716,7 @@ impl Amqp {
 
     /// Declares the contract's topology (as every worker does at start).
     pub async fn declare(&self, retry_delays: &[Duration]) -> anyhow::Result<()> {
-        tracking_runtime::amqp::topology::declare(&self.channel, retry_delays).await?;
+        tracking_app::topology::declare(&self.channel, retry_delays).await?;
         Ok(())
     }
 
@@ -756,7 +758,7 @@ impl Amqp {
     }
 
     pub async fn count(&self, queue: &str) -> anyhow::Result<u32> {
-        Ok(tracking_runtime::amqp::topology::message_count(&self.channel, queue).await?)
+        Ok(tracking_app::topology::message_count(&self.channel, queue).await?)
     }
 
     /// Takes (and acks) every message now in `queue`.
@@ -780,8 +782,8 @@ impl Amqp {
     /// Every `.dead` queue's depth, for "nothing was parked" checks.
     pub async fn dead_counts(&self) -> anyhow::Result<Vec<(String, u32)>> {
         let mut out = Vec::new();
-        for q in tracking_runtime::amqp::topology::WORK_QUEUES {
-            let dead = tracking_runtime::amqp::topology::dead_queue(q);
+        for q in tracking_app::topology::WORK_QUEUES {
+            let dead = tracking_app::topology::dead_queue(q);
             out.push((dead.clone(), self.count(&dead).await?));
         }
         Ok(out)

@@ -890,14 +890,14 @@ fn the_default_detector_reads_the_usual_shapes() {
 #[test]
 fn the_readme_lists_the_secret_settings_the_code_reads_from_files() {
     let root = root();
-    let source = read(&root.join("crates/settings/src/lib.rs"));
+    let source = read(&root.join("crates/app/src/lib.rs"));
     let list = Regex::new(r"SECRET_SETTINGS: \[&str; \d+\] = \[([^\]]*)\]").unwrap();
     let quoted = Regex::new(r#""([A-Z][A-Z0-9_]*)""#).unwrap();
     let code: BTreeSet<String> = quoted
         .captures_iter(
             &list
                 .captures(&source)
-                .expect("SECRET_SETTINGS in settings.rs")[1],
+                .expect("SECRET_SETTINGS in crates/app/src/lib.rs")[1],
         )
         .map(|c| c[1].to_owned())
         .collect();
@@ -915,14 +915,14 @@ fn the_readme_lists_the_secret_settings_the_code_reads_from_files() {
     let line = readme[..sentence_at].lines().count() + 1;
     assert!(
         code.len() >= 5,
-        "the scan found only {code:?} in settings.rs"
+        "the scan found only {code:?} in crates/app/src/lib.rs"
     );
     let missing: Vec<_> = code.difference(&documented).collect();
     let extra: Vec<_> = documented.difference(&code).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
         "README.md:{line}: \"Every secret setting (…)\" must list SECRET_SETTINGS of \
-         crates/settings/src/lib.rs (the settings that may come from NAME_FILE): missing {missing:?}, not \
+         crates/app/src/lib.rs (the settings that may come from NAME_FILE): missing {missing:?}, not \
          secret {extra:?}"
     );
 }

@@ -38,7 +38,7 @@ pub fn metrics_handle() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
             let mut builder = PrometheusBuilder::new();
-            for m in catalog::METRICS {
+            for m in catalog::installed() {
                 if let catalog::Kind::Histogram(buckets) = m.kind {
                     builder = builder
                         .set_buckets_for_metric(Matcher::Full(m.name.to_owned()), buckets)
@@ -49,7 +49,7 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // A second install in the same process (tests) fails harmlessly; the handle still renders.
             let _ = metrics::set_global_recorder(recorder);
-            catalog::describe();
+            catalog::describe(catalog::installed());
             handle
         })
         .clone()

@@ -8,7 +8,7 @@
 //!   at start.
 //! - [`health`]: the [`health::Health`] a process updates and the runtime's ops server answers as `/health`.
 //!
-//! Every secret setting ([`SECRET_SETTINGS`]) can also come from a file named by `NAME_FILE` (as Kubernetes and
+//! Every secret setting (the application declares which: [`declare_secrets`]) can also come from a file named by `NAME_FILE` (as Kubernetes and
 //! Docker mount secrets): the file's content, without its trailing line break. [`check_files`] (run by
 //! `boot::main` before anything else) refuses a `_FILE` that cannot be read, or one set together with its variable.
 
@@ -39,25 +39,25 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// The settings that hold secrets, and so may come from a file named by `{NAME}_FILE`.
-pub const SECRET_SETTINGS: [&str; 10] = [
-    "AMQP_URL",
-    "DATABASE_URL",
-    "CORREIOS_USER",
-    "CORREIOS_ACCESS_CODE",
-    "CORREIOS_POSTAGE_CARD",
-    "JADLOG_TOKEN",
-    "SMTP_URL",
-    "API_TOKEN",
-    "TRACKING_PAGE_SECRET",
-    "UNSUBSCRIBE_SECRET",
-];
+static SECRETS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+
+/// Names the settings that hold secrets, and so may come from a file named by `{NAME}_FILE`: the application's
+/// list (`tracking_app::SECRET_SETTINGS`), given once at start before any setting is read (later calls keep the
+/// first). Until then no setting is read from a file.
+pub fn declare_secrets(names: &'static [&'static str]) {
+    let _ = SECRETS.set(names);
+}
+
+/// The declared secret settings ([`declare_secrets`]); empty until declared.
+pub fn secret_settings() -> &'static [&'static str] {
+    SECRETS.get().copied().unwrap_or(&[])
+}
 
 /// The variable's value, or for a secret setting the content of the file `{name}_FILE` names; `None` when
 /// unset or empty.
 pub fn var(name: &str) -> Option<String> {
     env(name).or_else(|| {
-        if !SECRET_SETTINGS.contains(&name) {
+        if !secret_settings().contains(&name) {
             return None;
         }
         let path = env(&format!("{name}_FILE"))?;
@@ -69,7 +69,7 @@ pub fn var(name: &str) -> Option<String> {
 /// Checks the `NAME_FILE` of every secret setting: readable, and not set together with `NAME`. The error names
 /// the variable and never shows the file's content.
 pub fn check_files() -> Result<(), SettingsError> {
-    for base in SECRET_SETTINGS {
+    for base in secret_settings() {
         let key = format!("{base}_FILE");
         let Some(path) = env(&key) else {
             continue;

@@ -9,8 +9,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use std::io::{BufRead, Read};
+use tracking_app::topology::{self, TRACKING_REQUESTS, WORK_QUEUES};
 use tracking_domain::TrackingRequest;
-use tracking_runtime::amqp::topology::{self, TRACKING_REQUESTS, WORK_QUEUES};
 use tracking_runtime::amqp::{AmqpSettings, Outgoing, Publisher};
 use tracking_store::shipments;
 

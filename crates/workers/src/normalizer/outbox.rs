@@ -5,8 +5,8 @@
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracking_app::topology::ORDER_STATUS;
 use tracking_domain::StatusChange;
-use tracking_runtime::amqp::topology::ORDER_STATUS;
 use tracking_runtime::amqp::{Outgoing, Publisher};
 use tracking_store::normalize;
 
