@@ -2,7 +2,7 @@
 //!
 //! - SQL lives in `crates/store` (one module per table or aggregate): no `sqlx::query*` or raw SQL in
 //!   `crates/workers` nor in `crates/api`;
-//! - README.md's settings tables name every setting the code reads, and the code reads every setting they name;
+//! - docs/settings.md's tables name every setting the code reads, and the code reads every setting they name;
 //! - `tracking-store`, `tracking-email` and `tracking-marketplaces` reach, through the workspace's `Cargo.toml`
 //!   files, none of [`FORBIDDEN_UNDER_PRODUCT_CRATES`] (the runtime, the broker client, the HTTP server, the
 //!   carrier clients), and `crates/runtime/src` names none of the application's queues (`crates/app`).
@@ -151,11 +151,12 @@ fn settings_in_code(root: &Path) -> BTreeSet<String> {
     names
 }
 
-/// Every variable in the first column of README.md's tables under "## Settings".
+/// Every variable in the first column of the tables under "# Settings" (docs/settings.md's title; "## Settings" as
+/// well), up to the next second-level heading.
 fn settings_in_readme(readme: &str) -> BTreeSet<String> {
     let start = readme
-        .find("\n## Settings")
-        .expect("README has a Settings section");
+        .find("# Settings")
+        .expect("docs/settings.md has a Settings heading");
     let section = &readme[start + 1..];
     let end = section[3..].find("\n## ").map_or(section.len(), |e| e + 3);
     let name = Regex::new(r"`([A-Z][A-Z0-9_]*)`").unwrap();
@@ -176,10 +177,11 @@ fn settings_in_readme(readme: &str) -> BTreeSet<String> {
 fn the_readme_settings_tables_match_the_settings_the_code_reads() {
     let root = root();
     let code = settings_in_code(&root);
-    let readme = settings_in_readme(&std::fs::read_to_string(root.join("README.md")).unwrap());
+    let readme =
+        settings_in_readme(&std::fs::read_to_string(root.join("docs/settings.md")).unwrap());
     assert!(
         code.len() > 50 && readme.len() > 50,
-        "the scans found too little: {} in the code, {} in README",
+        "the scans found too little: {} in the code, {} in docs/settings.md",
         code.len(),
         readme.len()
     );
@@ -187,8 +189,8 @@ fn the_readme_settings_tables_match_the_settings_the_code_reads() {
     let unread: Vec<_> = readme.difference(&code).collect();
     assert!(
         undocumented.is_empty() && unread.is_empty(),
-        "read by the code but not in README's settings tables: {undocumented:?}\n\
-         in README's settings tables but read nowhere: {unread:?}"
+        "read by the code but not in docs/settings.md's tables: {undocumented:?}\n\
+         in docs/settings.md's tables but read nowhere: {unread:?}"
     );
 }
 

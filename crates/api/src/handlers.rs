@@ -1,4 +1,4 @@
-//! The endpoints of `tracking-api` (crates/api/openapi.json; README.md, "HTTP API").
+//! The endpoints of `tracking-api` (crates/api/openapi.json; docs/features.md, "HTTP API").
 
 use crate::AppState;
 use crate::auth::{Authorized, Scope};
