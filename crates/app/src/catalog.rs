@@ -222,6 +222,59 @@ pub const METRICS: &[Metric] = &[
     ),
 ];
 
+/// The values of one label whose values are a closed list.
+#[derive(Clone, Copy, Debug)]
+pub struct LabelValues {
+    pub metric: &'static str,
+    pub label: &'static str,
+    pub values: &'static [&'static str],
+}
+
+/// The label values written once: docs/operations.md's metrics table and the Grafana dashboard's panel descriptions
+/// are checked against them (`tests/tests/metrics.rs`), and each value must appear as a literal in the sources.
+pub const LABEL_VALUES: &[LabelValues] = &[
+    LabelValues {
+        metric: "carrier_errors_total",
+        label: "kind",
+        values: &["http_error", "timeout", "auth", "unreadable", "schema"],
+    },
+    LabelValues {
+        metric: "marketplace_calls_total",
+        label: "result",
+        values: &[
+            "delivered",
+            "duplicate",
+            "skipped",
+            "failed",
+            "refused",
+            "waiting",
+            "database",
+            "busy",
+            "leased",
+        ],
+    },
+    LabelValues {
+        metric: "emails_total",
+        label: "result",
+        values: &[
+            "sent",
+            "duplicate",
+            "skipped",
+            "unsubscribed",
+            "erased",
+            "failed",
+            "refused",
+            "not_notified",
+            "delivered_when_first_seen",
+            "marketplace_emails",
+            "no_template",
+            "database",
+            "busy",
+            "leased",
+        ],
+    },
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
