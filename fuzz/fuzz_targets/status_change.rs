@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use tracking_domain::StatusChange;
 use tracking_marketplaces::Marketplaces;
 
-/// One marketplace of each kind, as in contract.md.
+/// One marketplace of each kind, in the marketplaces file's format (`crates/marketplaces/src/lib.rs`).
 const MARKETPLACES: &str = r#"
 [[marketplace]]
 name = "acme"

@@ -143,6 +143,8 @@ impl TestEnv {
         let database_url = format!("{base}/{database}{}", options.database_query);
         tracking_store::create_database_if_missing(&database_url).await?;
         let pool = tracking_store::pool(&tracking_store::DbSettings::new(&database_url))?;
+        // In-process publishers and consumers declare the application's topology.
+        tracking_app::install();
         let mut amqp_settings = tracking_runtime::amqp::AmqpSettings::with_url(&amqp_url);
         let mut extra_env = Vec::new();
         if let Some(ca) = &options.amqp_ca_file {
@@ -916,7 +918,7 @@ pub async fn wait_finished_by(
 ) -> anyhow::Result<()> {
     let tiers: Vec<String> = [Duration::from_millis(200), Duration::from_secs(1)]
         .iter()
-        .map(|d| tracking_runtime::amqp::topology::retry_queue(queue, *d))
+        .map(|d| tracking_app::topology::retry_queue(queue, *d))
         .collect();
     let finished = || async {
         let mut sum = 0;
@@ -1023,7 +1025,7 @@ impl Amqp {
 
     /// Declares the contract's topology (as every worker does at start).
     pub async fn declare(&self, retry_delays: &[Duration]) -> anyhow::Result<()> {
-        tracking_runtime::amqp::topology::declare(&self.channel, retry_delays).await?;
+        tracking_app::topology::declare(&self.channel, retry_delays).await?;
         Ok(())
     }
 
@@ -1065,7 +1067,7 @@ impl Amqp {
     }
 
     pub async fn count(&self, queue: &str) -> anyhow::Result<u32> {
-        Ok(tracking_runtime::amqp::topology::message_count(&self.channel, queue).await?)
+        Ok(tracking_app::topology::message_count(&self.channel, queue).await?)
     }
 
     /// Takes (and acks) every message now in `queue`.
@@ -1089,8 +1091,8 @@ impl Amqp {
     /// Every `.dead` queue's depth, for "nothing was parked" checks.
     pub async fn dead_counts(&self) -> anyhow::Result<Vec<(String, u32)>> {
         let mut out = Vec::new();
-        for q in tracking_runtime::amqp::topology::WORK_QUEUES {
-            let dead = tracking_runtime::amqp::topology::dead_queue(q);
+        for q in tracking_app::topology::WORK_QUEUES {
+            let dead = tracking_app::topology::dead_queue(q);
             out.push((dead.clone(), self.count(&dead).await?));
         }
         Ok(out)
@@ -1099,8 +1101,8 @@ impl Amqp {
     /// Every parking queue's depth, a queue not declared (yet) counting none.
     pub async fn parked_counts(&self) -> anyhow::Result<Vec<(String, u32)>> {
         let mut out = Vec::new();
-        for q in tracking_runtime::amqp::topology::WORK_QUEUES {
-            let dead = tracking_runtime::amqp::topology::dead_queue(q);
+        for q in tracking_app::topology::WORK_QUEUES {
+            let dead = tracking_app::topology::dead_queue(q);
             let n = self.ready(&dead).await?.unwrap_or(0);
             out.push((dead, n));
         }
@@ -1128,7 +1130,7 @@ impl Amqp {
                 Ok(Some(q.message_count()))
             }
             Err(e)
-                if tracking_runtime::amqp::topology::reply(&e)
+                if tracking_app::topology::reply(&e)
                     .is_some_and(|(code, _)| code == 404) =>
             {
                 Ok(None)

@@ -5,12 +5,12 @@
 //!   file (made at random by `scripts/compose-secrets.sh`, never written in a deploy file), the users provisioned by
 //!   `provision-users.sh` from `users.json`, `/health` healthchecks and Prometheus scrape jobs on `METRICS_ADDR`;
 //! - `definitions.json` (loaded at every boot: no users) declares exactly the queues (with their arguments),
-//!   exchanges and bindings that `tracking_runtime::amqp::topology` declares, and the parking queues' policy;
+//!   exchanges and bindings that `tracking_app::topology` declares, and the parking queues' policy;
 //! - `users.json` gives no user but `admin` configure or the default exchange, and each user read and write on what
 //!   that worker does only (`tests/tests/privileges.rs` holds every user to it on the real broker);
 //! - the Kubernetes Deployments have a readiness probe on `/health`, a liveness probe on `/health/live`, and resources, and every KEDA `ScaledObject` scales an
 //!   existing Deployment on the queue that Deployment consumes;
-//! - the metric catalog (`tracking_runtime::catalog`) lists exactly the metrics the crates' sources emit, and the
+//! - the metric catalog (`tracking_app::catalog`) lists exactly the metrics the crates' sources emit, and the
 //!   Grafana dashboard is well formed and queries only those (histograms by their buckets), RabbitMQ's, or
 //!   Prometheus' `up` and `ALERTS`;
 //! - the alert rules (`deploy/prometheus/alerts.yml`) query only such metrics, compose's Prometheus loads them, and
@@ -23,11 +23,11 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tracking_runtime::amqp::DEFAULT_RETRY_DELAYS_MS;
-use tracking_runtime::amqp::topology::{
+use tracking_app::topology::{
     self, CARRIER_EVENTS, EMAIL_QUEUE, MARKETPLACE_QUEUE, NORMALIZER_QUEUE, ORDER_STATUS, QueueArg,
     TRACKING_REQUESTS, WORK_QUEUES,
 };
+use tracking_runtime::amqp::DEFAULT_RETRY_DELAYS_MS;
 use yaml_rust2::{Yaml, YamlLoader};
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -915,7 +915,7 @@ fn emitted_names() -> BTreeSet<String> {
 
 #[test]
 fn the_metric_catalog_lists_exactly_the_metrics_the_sources_emit() {
-    let catalogued: BTreeSet<String> = tracking_runtime::catalog::METRICS
+    let catalogued: BTreeSet<String> = tracking_app::catalog::METRICS
         .iter()
         .map(|m| m.name.to_owned())
         .collect();
@@ -924,7 +924,7 @@ fn the_metric_catalog_lists_exactly_the_metrics_the_sources_emit() {
     let stale: Vec<_> = catalogued.difference(&emitted).collect();
     assert!(
         missing.is_empty(),
-        "emitted but not in crates/runtime/src/catalog.rs: {missing:?}"
+        "emitted but not in crates/app/src/catalog.rs: {missing:?}"
     );
     assert!(stale.is_empty(), "catalogued but never emitted: {stale:?}");
 }
@@ -933,8 +933,8 @@ fn the_metric_catalog_lists_exactly_the_metrics_the_sources_emit() {
 /// `_count` series (never the bare name: histograms have buckets, not quantiles).
 fn emitted_metrics() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for m in tracking_runtime::catalog::METRICS {
-        if let tracking_runtime::catalog::Kind::Histogram(_) = m.kind {
+    for m in tracking_app::catalog::METRICS {
+        if let tracking_app::catalog::Kind::Histogram(_) = m.kind {
             for suffix in ["_bucket", "_sum", "_count"] {
                 names.insert(format!("{}{suffix}", m.name));
             }

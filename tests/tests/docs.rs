@@ -24,15 +24,15 @@
 //!    - `...suffix` or `…suffix` after a current file: that file declares a `fn` whose name ends with `suffix`;
 //!    - `fn_name` in a paragraph with "Test:" or "Tests:" and no file before it: some Rust file under `crates/` or
 //!      `tests/` declares it.
-//! 3. **README's setting defaults are the code's.** For every row of README's "## Settings" tables whose names the
+//! 3. **docs/settings.md's defaults are the code's.** For every row of its tables whose names the
 //!    code reads with a literal default (`settings::secs("NAME", 1800)`, `settings::parse("NAME", 30.0f64)`,
 //!    `settings::var_or("NAME", "…")`, `millis`, `millis_list`, `socket_addr`, tracking-api's `at_least_one` and
 //!    `positive_millis`, a `("NAME", 5.0)` pair, or a `const` holding the literal), the row's default is the
 //!    same value (a row naming several settings gives their defaults in the same order, separated by `, `; a
 //!    parenthesis after a value, `14400 (4 h)`, is a comment). A row whose default the test cannot read from the
-//!    code is listed in [`DEFAULTS_NOT_READ`] with the reason, and a README default of `none` means the code has
+//!    code is listed in [`DEFAULTS_NOT_READ`] with the reason, and a default of `none` means the code has
 //!    no literal default.
-//! 4. **The secret settings README lists are the code's** (`SECRET_SETTINGS`, the settings that may come from
+//! 4. **The secret settings docs/settings.md lists are the code's** (`SECRET_SETTINGS`, the settings that may come from
 //!    `NAME_FILE`).
 //! 5. **docs/architecture.md's crates table names every dependency**: each `tracking-x` in a crate's
 //!    `[dependencies]` is named (`x`) in that crate's "knows about" cell.
@@ -541,10 +541,10 @@ fn the_test_detector_reads_the_formats_the_docs_use() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// 3. README's setting defaults against the code's.
+// 3. docs/settings.md's defaults against the code's.
 
-/// README settings whose default the test cannot read from the code as a literal, and why.
-const DEFAULTS_NOT_READ: [(&str, &str); 10] = [
+/// Settings whose default the test cannot read from the code as a literal, and why.
+const DEFAULTS_NOT_READ: [(&str, &str); 6] = [
     (
         "USER",
         "the operating system's login name, read by trackctl for the audit row (not a setting of ours)",
@@ -555,7 +555,7 @@ const DEFAULTS_NOT_READ: [(&str, &str); 10] = [
     ),
     (
         "METRICS_ADDR",
-        "each binary passes its own port to boot::metrics_addr (README's Binaries table)",
+        "each binary passes its own port to boot::metrics_addr (the Binaries table of docs/operating.md)",
     ),
     (
         "LOG_FORMAT",
@@ -564,19 +564,6 @@ const DEFAULTS_NOT_READ: [(&str, &str); 10] = [
     (
         "EMAIL_STATUSES",
         "the default is Status::notifies_customer_by_default, a match",
-    ),
-    ("STORE_NAME", "the default is TemplateSettings::default()"),
-    (
-        "CUSTOMER_TIME_ZONE",
-        "the default is TemplateSettings::default()",
-    ),
-    (
-        "CORREIOS_TRACKING_URL",
-        "the default is TemplateSettings::default()",
-    ),
-    (
-        "JADLOG_TRACKING_URL",
-        "the default is TemplateSettings::default()",
     ),
     (
         "EVENT_TABLES_DIR",
@@ -629,7 +616,7 @@ fn format_number(n: f64) -> String {
     }
 }
 
-/// A README default, made comparable: backquotes and a trailing parenthesis dropped, numbers normalised.
+/// A docs/settings.md default, made comparable: backquotes and a trailing parenthesis dropped, numbers normalised.
 fn normalise_readme_default(cell: &str) -> String {
     let cell = cell.trim();
     let cell = match cell.find(" (") {
@@ -725,13 +712,13 @@ fn defaults_in_code(root: &Path) -> BTreeMap<String, Vec<(String, String)>> {
     out
 }
 
-/// README's settings rows: `(line, names, default cell)`.
+/// docs/settings.md's rows: `(line, names, default cell)`.
 fn readme_setting_rows(readme: &str) -> Vec<(usize, Vec<String>, String)> {
     let start = readme
-        .find("\n## Settings")
-        .expect("README has a \"## Settings\" section");
-    let first_line = readme[..start].lines().count() + 1;
-    let section = &readme[start + 1..];
+        .find("# Settings")
+        .expect("docs/settings.md has a \"# Settings\" heading");
+    let first_line = readme[..start].matches('\n').count() + 1;
+    let section = &readme[start..];
     let end = section[3..].find("\n## ").map_or(section.len(), |e| e + 3);
     let name = Regex::new(r"`([A-Z][A-Z0-9_]*)`").unwrap();
     let mut rows = Vec::new();
@@ -755,7 +742,7 @@ fn readme_setting_rows(readme: &str) -> Vec<(usize, Vec<String>, String)> {
     rows
 }
 
-/// The disagreements between README's settings rows and the code's defaults, one message each.
+/// The disagreements between docs/settings.md's rows and the code's defaults, one message each.
 fn default_disagreements(
     rows: &[(usize, Vec<String>, String)],
     code: &BTreeMap<String, Vec<(String, String)>>,
@@ -772,7 +759,7 @@ fn default_disagreements(
             let not_read = DEFAULTS_NOT_READ.iter().any(|(n, _)| n == name);
             if names.len() > 1 && documented.len() != names.len() && in_code.is_some() {
                 out.push(format!(
-                    "README.md:{line}: the row names {} settings but its default cell `{cell}` has {} values \
+                    "docs/settings.md:{line}: the row names {} settings but its default cell `{cell}` has {} values \
                      separated by \", \": give one per setting, in the same order",
                     names.len(),
                     documented.len()
@@ -785,15 +772,15 @@ fn default_disagreements(
                     for (value, at) in defaults {
                         if *value != readme {
                             out.push(format!(
-                                "README.md:{line}: `{name}` defaults to `{value}` in the code ({at}) but to \
-                                 `{readme}` in README"
+                                "docs/settings.md:{line}: `{name}` defaults to `{value}` in the code ({at}) but to \
+                                 `{readme}` in docs/settings.md"
                             ));
                         }
                     }
                 }
                 None if readme == "none" || not_read => {}
                 None => out.push(format!(
-                    "README.md:{line}: `{name}` has the default `{readme}` in README but the test finds no \
+                    "docs/settings.md:{line}: `{name}` has the default `{readme}` in docs/settings.md but the test finds no \
                      literal default for it in the code: read it with a literal default \
                      (settings::secs(\"{name}\", 60)), or add it to DEFAULTS_NOT_READ in tests/tests/docs.rs \
                      with the reason"
@@ -808,10 +795,10 @@ fn default_disagreements(
 fn the_readme_setting_defaults_are_the_codes() {
     let root = root();
     let code = defaults_in_code(&root);
-    let rows = readme_setting_rows(&read(&root.join("README.md")));
+    let rows = readme_setting_rows(&read(&root.join("docs/settings.md")));
     assert!(
         code.len() > 50 && rows.len() > 50,
-        "the scans found too little: {} defaults in the code, {} rows in README",
+        "the scans found too little: {} defaults in the code, {} rows in docs/settings.md",
         code.len(),
         rows.len()
     );
@@ -822,7 +809,7 @@ fn the_readme_setting_defaults_are_the_codes() {
             .any(|(_, names, _)| names.iter().any(|n| n == name))
         {
             found.push(format!(
-                "DEFAULTS_NOT_READ in tests/tests/docs.rs names `{name}`, which no README settings row names: \
+                "DEFAULTS_NOT_READ in tests/tests/docs.rs names `{name}`, which no docs/settings.md row names: \
                  remove it"
             ));
         } else if code.contains_key(name) {
@@ -866,7 +853,7 @@ fn the_default_detector_reads_the_usual_shapes() {
         found,
         ["A_SECS=4 * 3600", "B=5usize", "C_RATE=5.0", "C_BURST=10.0"]
     );
-    // A disagreement is reported with README's line, the code's place and both values.
+    // A disagreement is reported with docs/settings.md's line, the code's place and both values.
     let rows = vec![(
         7,
         vec!["A_SECS".to_owned(), "B".to_owned()],
@@ -880,7 +867,9 @@ fn the_default_detector_reads_the_usual_shapes() {
     code.insert("B".to_owned(), vec![("5".to_owned(), "x.rs:4".to_owned())]);
     assert_eq!(
         default_disagreements(&rows, &code),
-        ["README.md:7: `A_SECS` defaults to `14400` in the code (x.rs:3) but to `1800` in README"]
+        [
+            "docs/settings.md:7: `A_SECS` defaults to `14400` in the code (x.rs:3) but to `1800` in docs/settings.md"
+        ]
     );
 }
 
@@ -890,21 +879,21 @@ fn the_default_detector_reads_the_usual_shapes() {
 #[test]
 fn the_readme_lists_the_secret_settings_the_code_reads_from_files() {
     let root = root();
-    let source = read(&root.join("crates/runtime/src/settings.rs"));
+    let source = read(&root.join("crates/app/src/lib.rs"));
     let list = Regex::new(r"SECRET_SETTINGS: \[&str; \d+\] = \[([^\]]*)\]").unwrap();
     let quoted = Regex::new(r#""([A-Z][A-Z0-9_]*)""#).unwrap();
     let code: BTreeSet<String> = quoted
         .captures_iter(
             &list
                 .captures(&source)
-                .expect("SECRET_SETTINGS in settings.rs")[1],
+                .expect("SECRET_SETTINGS in crates/app/src/lib.rs")[1],
         )
         .map(|c| c[1].to_owned())
         .collect();
-    let readme = read(&root.join("README.md"));
-    let sentence_at = readme
-        .find("Every secret setting (")
-        .expect("README's sentence \"Every secret setting (…) can also be read from the file…\"");
+    let readme = read(&root.join("docs/settings.md"));
+    let sentence_at = readme.find("Every secret setting (").expect(
+        "docs/settings.md's sentence \"Every secret setting (…) can also be read from the file…\"",
+    );
     let sentence = &readme[sentence_at..];
     let sentence = &sentence[..sentence.find(')').unwrap()];
     let name = Regex::new(r"`([A-Z][A-Z0-9_]*)`").unwrap();
@@ -915,14 +904,14 @@ fn the_readme_lists_the_secret_settings_the_code_reads_from_files() {
     let line = readme[..sentence_at].lines().count() + 1;
     assert!(
         code.len() >= 5,
-        "the scan found only {code:?} in settings.rs"
+        "the scan found only {code:?} in crates/app/src/lib.rs"
     );
     let missing: Vec<_> = code.difference(&documented).collect();
     let extra: Vec<_> = documented.difference(&code).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
-        "README.md:{line}: \"Every secret setting (…)\" must list SECRET_SETTINGS of \
-         crates/runtime/src/settings.rs (the settings that may come from NAME_FILE): missing {missing:?}, not \
+        "docs/settings.md:{line}: \"Every secret setting (…)\" must list SECRET_SETTINGS of \
+         crates/app/src/lib.rs (the settings that may come from NAME_FILE): missing {missing:?}, not \
          secret {extra:?}"
     );
 }

@@ -165,3 +165,129 @@ async fn every_metrics_page_passes_promtool_after_a_pipeline_run() -> anyhow::Re
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Label values written once (`tracking_app::catalog::LABEL_VALUES`), and the docs checked against them.
+
+/// The values a docs cell or a dashboard description lists: its backquoted spans when it has any, else its
+/// comma-separated items (a last one after "or"), each without a parenthesis after it.
+fn listed_values(text: &str) -> std::collections::BTreeSet<String> {
+    let quoted: Vec<String> = text
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    if !quoted.is_empty() {
+        return quoted.into_iter().collect();
+    }
+    let mut depth = 0;
+    let mut flat = String::new();
+    for c in text.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => flat.push(c),
+            _ => {}
+        }
+    }
+    flat.replace(" or ", ",")
+        .split(',')
+        .map(|v| v.trim().trim_end_matches('.').trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+#[test]
+fn the_value_lister_reads_both_formats() {
+    let want = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        listed_values("`a`, `b_c` (note, with a comma), `d`"),
+        want(&["a", "b_c", "d"])
+    );
+    assert_eq!(
+        listed_values("a, b (retried, later), c or d."),
+        want(&["a", "b", "c", "d"])
+    );
+    assert_eq!(listed_values("a, b (held: later)."), want(&["a", "b"]));
+}
+
+#[test]
+fn operations_md_and_the_dashboard_list_the_catalogued_label_values() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let operations = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let dashboard =
+        std::fs::read_to_string(root.join("deploy/grafana/dashboards/tracking.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut descriptions = Vec::new();
+    let mut todo = vec![&dashboard];
+    while let Some(v) = todo.pop() {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::String(d)) = m.get("description") {
+                    descriptions.push(d.clone());
+                }
+                todo.extend(m.values());
+            }
+            serde_json::Value::Array(a) => todo.extend(a),
+            _ => {}
+        }
+    }
+    let mut sources = String::new();
+    for dir in ["crates/workers/src", "crates/api/src"] {
+        let mut stack = vec![root.join(dir)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    sources.push_str(&std::fs::read_to_string(&p).unwrap());
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for lv in tracking_app::catalog::LABEL_VALUES {
+        let want: std::collections::BTreeSet<String> =
+            lv.values.iter().map(|v| v.to_string()).collect();
+        let head = format!("`{}{{", lv.metric);
+        let row = operations
+            .lines()
+            .find(|l| l.starts_with('|') && l.contains(&head) && l.contains(lv.label));
+        match row.and_then(|r| r.split('|').nth(3)) {
+            Some(cell) if listed_values(cell) == want => {}
+            Some(cell) => found.push(format!(
+                "docs/operations.md lists {:?} for {}{{{}}}, the catalog {want:?}",
+                listed_values(cell),
+                lv.metric,
+                lv.label
+            )),
+            None => found.push(format!(
+                "docs/operations.md has no row for `{}{{…}}`",
+                lv.metric
+            )),
+        }
+        let prefix = format!("{}{{", lv.metric);
+        for d in descriptions.iter().filter(|d| d.starts_with(&prefix)) {
+            let listed = listed_values(d.split_once(": ").map_or("", |(_, rest)| rest));
+            if listed != want {
+                found.push(format!(
+                    "the Grafana dashboard lists {listed:?} for {}, the catalog {want:?}",
+                    lv.metric
+                ));
+            }
+        }
+        for v in lv.values {
+            if !sources.contains(&format!("\"{v}\"")) {
+                found.push(format!(
+                    "{}{{{}=\"{v}\"}} is catalogued but no source under crates/workers or crates/api writes \"{v}\"",
+                    lv.metric, lv.label
+                ));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}

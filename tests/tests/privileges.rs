@@ -24,11 +24,11 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
-use tracking_runtime::amqp::DEFAULT_RETRY_DELAYS_MS;
-use tracking_runtime::amqp::topology::{
+use tracking_app::topology::{
     self, CARRIER_EVENTS, EMAIL_QUEUE, MARKETPLACE_QUEUE, NORMALIZER_QUEUE, ORDER_STATUS,
     TRACKING_REQUESTS, WORK_QUEUES,
 };
+use tracking_runtime::amqp::DEFAULT_RETRY_DELAYS_MS;
 use tracking_tests::{TestEnv, Worker, amqp_base_url, eventually, rabbitmqctl};
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tracking_runtime::amqp::topology::{NORMALIZER_QUEUE, dead_queue};
+use tracking_app::topology::{NORMALIZER_QUEUE, dead_queue};
 use tracking_runtime::amqp::{
     AmqpSettings, Handler, Incoming, Outcome, Outgoing, PublishError, Publisher, run_consumer,
 };
@@ -334,7 +334,7 @@ impl Handler for RetryOnce {
 /// broker refuses (no return to the queue, no attempt spent), and both resume when the alarm clears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_broker_is_a_reported_outage_that_nothing_hangs_on() -> anyhow::Result<()> {
-    use tracking_runtime::amqp::topology::TRACKING_REQUESTS;
+    use tracking_app::topology::TRACKING_REQUESTS;
     use tracking_tests::rabbit_node::RabbitNode;
     use tracking_tests::{EnvOptions, Worker, free_addr, request};
 
@@ -563,7 +563,7 @@ async fn liveness_stays_up_while_a_dependency_is_down() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_broker_holds_the_fetchers_request_without_calling_the_carrier_again()
 -> anyhow::Result<()> {
-    use tracking_runtime::amqp::topology::TRACKING_REQUESTS;
+    use tracking_app::topology::TRACKING_REQUESTS;
     use tracking_sim::correios::{CorreiosSim, Journey, Script, SimConfig};
     use tracking_tests::rabbit_node::RabbitNode;
     use tracking_tests::{EnvOptions, Worker, correios_env, request};

@@ -2,9 +2,12 @@
 //!
 //! - SQL lives in `crates/store` (one module per table or aggregate): no `sqlx::query*` or raw SQL in
 //!   `crates/workers` nor in `crates/api`;
-//! - README.md's settings tables name every setting the code reads, and the code reads every setting they name.
+//! - docs/settings.md's tables name every setting the code reads, and the code reads every setting they name;
+//! - `tracking-store`, `tracking-email` and `tracking-marketplaces` reach, through the workspace's `Cargo.toml`
+//!   files, none of [`FORBIDDEN_UNDER_PRODUCT_CRATES`] (the runtime, the broker client, the HTTP server, the
+//!   carrier clients), and `crates/runtime/src` names none of the application's queues (`crates/app`).
 //!
-//! Both read the files only: no server is needed.
+//! All read the files only: no server is needed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -193,11 +196,12 @@ fn settings_in_code(root: &Path) -> BTreeSet<String> {
     names
 }
 
-/// Every variable in the first column of README.md's tables under "## Settings".
+/// Every variable in the first column of the tables under "# Settings" (docs/settings.md's title; "## Settings" as
+/// well), up to the next second-level heading.
 fn settings_in_readme(readme: &str) -> BTreeSet<String> {
     let start = readme
-        .find("\n## Settings")
-        .expect("README has a Settings section");
+        .find("# Settings")
+        .expect("docs/settings.md has a Settings heading");
     let section = &readme[start + 1..];
     let end = section[3..].find("\n## ").map_or(section.len(), |e| e + 3);
     let name = Regex::new(r"`([A-Z][A-Z0-9_]*)`").unwrap();
@@ -218,10 +222,11 @@ fn settings_in_readme(readme: &str) -> BTreeSet<String> {
 fn the_readme_settings_tables_match_the_settings_the_code_reads() {
     let root = root();
     let code = settings_in_code(&root);
-    let readme = settings_in_readme(&std::fs::read_to_string(root.join("README.md")).unwrap());
+    let readme =
+        settings_in_readme(&std::fs::read_to_string(root.join("docs/settings.md")).unwrap());
     assert!(
         code.len() > 50 && readme.len() > 50,
-        "the scans found too little: {} in the code, {} in README",
+        "the scans found too little: {} in the code, {} in docs/settings.md",
         code.len(),
         readme.len()
     );
@@ -229,8 +234,8 @@ fn the_readme_settings_tables_match_the_settings_the_code_reads() {
     let unread: Vec<_> = readme.difference(&code).collect();
     assert!(
         undocumented.is_empty() && unread.is_empty(),
-        "read by the code but not in README's settings tables: {undocumented:?}\n\
-         in README's settings tables but read nowhere: {unread:?}"
+        "read by the code but not in docs/settings.md's tables: {undocumented:?}\n\
+         in docs/settings.md's tables but read nowhere: {unread:?}"
     );
 }
 
@@ -301,4 +306,141 @@ fn no_code_uses_what_rabbitmq4_deprecated_or_removed() {
         }
     }
     assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A runtime with no product in it, and product crates with no runtime in them (issue 22, point 2).
+
+/// What the store, the mailer and the marketplace relay must not pull in, directly or through a workspace crate:
+/// the worker runtime (which brings the two below), the broker client, the HTTP server and the Prometheus exporter
+/// that serves `/metrics`, and the carrier clients (marketplaces once depended on them for redaction alone). An
+/// HTTP client (`reqwest`, the relay's) is allowed: it opens connections, it serves none.
+const FORBIDDEN_UNDER_PRODUCT_CRATES: [&str; 5] = [
+    "tracking-runtime",
+    "lapin",
+    "axum",
+    "metrics-exporter-prometheus",
+    "tracking-carriers",
+];
+
+/// Each workspace crate's `[dependencies]` (not dev- or build-dependencies), by package name, read from the
+/// `Cargo.toml` files under `crates/`.
+fn workspace_dependencies(root: &Path) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let name = Regex::new(r#"(?m)^name\s*=\s*"([A-Za-z0-9_-]+)""#).unwrap();
+    let dep = Regex::new(r"(?m)^([A-Za-z0-9_-]+)\s*(?:\.workspace|=)").unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for krate in std::fs::read_dir(root.join("crates")).unwrap() {
+        let Ok(manifest) = std::fs::read_to_string(krate.unwrap().path().join("Cargo.toml")) else {
+            continue;
+        };
+        out.insert(
+            name.captures(&manifest).unwrap()[1].to_owned(),
+            manifest_dependencies(&manifest, &dep),
+        );
+    }
+    out
+}
+
+/// The names in a manifest's `[dependencies]` table.
+fn manifest_dependencies(manifest: &str, dep: &Regex) -> BTreeSet<String> {
+    let deps = manifest
+        .split_once("\n[dependencies]")
+        .map_or("", |(_, rest)| rest.split("\n[").next().unwrap_or(""));
+    dep.captures_iter(deps).map(|c| c[1].to_owned()).collect()
+}
+
+/// Every dependency `krate` reaches through workspace crates (themselves included), and through which crate each
+/// was reached: a workspace crate's own dependencies are followed, an outside crate's are not (those are
+/// `cargo tree`'s to show).
+fn reached(
+    deps: &std::collections::BTreeMap<String, BTreeSet<String>>,
+    krate: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![krate.to_owned()];
+    while let Some(k) = todo.pop() {
+        for d in deps.get(&k).into_iter().flatten() {
+            if !out.contains_key(d) {
+                out.insert(d.clone(), k.clone());
+                if deps.contains_key(d) {
+                    todo.push(d.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_dependency_walk_follows_workspace_crates_only() {
+    let dep = Regex::new(r"(?m)^([A-Za-z0-9_-]+)\s*(?:\.workspace|=)").unwrap();
+    let manifest = "[package]\nname = \"a\"\n[dependencies]\nb.workspace = true\nserde = \"1\"\n\
+                    [dev-dependencies]\naxum.workspace = true\n";
+    assert_eq!(
+        manifest_dependencies(manifest, &dep),
+        BTreeSet::from(["b".to_owned(), "serde".to_owned()])
+    );
+    let mut deps = std::collections::BTreeMap::new();
+    deps.insert("a".to_owned(), BTreeSet::from(["b".to_owned()]));
+    deps.insert("b".to_owned(), BTreeSet::from(["lapin".to_owned()]));
+    let seen = reached(&deps, "a");
+    assert_eq!(seen.get("lapin").map(String::as_str), Some("b"));
+}
+
+#[test]
+fn the_store_mailer_and_relay_pull_no_runtime_broker_or_http_server() {
+    let deps = workspace_dependencies(&root());
+    assert!(deps.len() >= 10, "the scan found too few crates: {deps:?}");
+    let mut found = Vec::new();
+    for krate in ["tracking-store", "tracking-email", "tracking-marketplaces"] {
+        assert!(deps.contains_key(krate), "{krate} not found under crates/");
+        for (dep, via) in reached(&deps, krate) {
+            if FORBIDDEN_UNDER_PRODUCT_CRATES.contains(&dep.as_str()) {
+                found.push(format!("{krate} depends on {dep} (through {via})"));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "read settings through tracking-settings and redact through tracking-redact:\n{}",
+        found.join("\n")
+    );
+}
+
+/// The application's queue and exchange names: the string values of `crates/app/src/topology.rs`' constants.
+fn application_queue_names(root: &Path) -> Vec<String> {
+    let source = std::fs::read_to_string(root.join("crates/app/src/topology.rs")).unwrap();
+    let constant = Regex::new(r#"(?m)^pub const [A-Z_]+: &str = "([^"]+)";"#).unwrap();
+    constant
+        .captures_iter(&source)
+        .map(|c| c[1].to_owned())
+        .collect()
+}
+
+#[test]
+fn the_runtime_names_no_application_queue() {
+    let root = root();
+    let names = application_queue_names(&root);
+    assert!(names.len() >= 6, "the scan found only {names:?}");
+    assert!(names.iter().any(|n| n == "tracking.requests"));
+    let mut found = Vec::new();
+    for file in rust_files(&root.join("crates/runtime/src")) {
+        let source = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in source.lines().enumerate() {
+            for name in &names {
+                if line.contains(name.as_str()) {
+                    found.push(format!(
+                        "{}:{}: {name}",
+                        file.strip_prefix(&root).unwrap().display(),
+                        n + 1
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the runtime names the application's queues (they belong in crates/app/src/topology.rs):\n{}",
+        found.join("\n")
+    );
 }

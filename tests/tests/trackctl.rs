@@ -389,7 +389,7 @@ async fn carriers_health_prints_the_fetchers_reports_and_unknown_for_the_rest() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_parked_by_the_broker_at_the_delivery_limit_says_why() -> anyhow::Result<()> {
     use lapin::options::{BasicGetOptions, BasicNackOptions};
-    use tracking_runtime::amqp::topology::{DELIVERY_LIMIT, TRACKING_REQUESTS, dead_queue};
+    use tracking_app::topology::{DELIVERY_LIMIT, TRACKING_REQUESTS, dead_queue};
 
     let env = TestEnv::new().await?;
     let amqp = env.amqp().await?;

@@ -1,4 +1,4 @@
-//! The endpoints of `tracking-api` (crates/api/openapi.json; README.md, "HTTP API").
+//! The endpoints of `tracking-api` (crates/api/openapi.json; docs/features.md, "HTTP API").
 
 use crate::AppState;
 use crate::auth::{Authorized, Scope};
@@ -12,11 +12,11 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Map, Value, json};
+use tracking_app::topology::{CARRIER_EVENTS, TRACKING_REQUESTS};
 use tracking_domain::{
     Carrier, CarrierEvent, CarrierUpdate, FieldError, Location, OrderId, Source, Status,
     TrackingCode, TrackingRequest,
 };
-use tracking_runtime::amqp::topology::{CARRIER_EVENTS, TRACKING_REQUESTS};
 use tracking_runtime::amqp::{Outgoing, PublishError};
 use tracking_store::shipments::{self, ShipmentRow};
 use tracking_store::views;

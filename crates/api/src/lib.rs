@@ -1,4 +1,4 @@
-//! `tracking-api`: the pipeline over HTTP (crates/api/openapi.json; README.md, "HTTP API").
+//! `tracking-api`: the pipeline over HTTP (crates/api/openapi.json; docs/features.md, "HTTP API").
 //!
 //! | route | what it does |
 //! | --- | --- |

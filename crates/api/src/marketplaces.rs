@@ -1,4 +1,4 @@
-//! Which marketplaces a tracking request may name (`MARKETPLACES_FILE`, README.md's settings table).
+//! Which marketplaces a tracking request may name (`MARKETPLACES_FILE`, docs/settings.md).
 //!
 //! A request naming a marketplace nobody configured would be queued, then parked by the marketplace publisher
 //! much later, where the caller never sees it: the API refuses it at once with 422 instead. The API relays

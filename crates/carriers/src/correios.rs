@@ -16,7 +16,7 @@
 //!   results are matched by `codObjeto` (the API guarantees no order).
 //! - Event times come without an offset: they are read in the configured time zone (America/Sao_Paulo).
 
-use crate::redact::Redactor;
+use crate::redact::{RedactFetch, Redactor};
 use crate::{
     Answered, Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture,
     read_answer, transport, with_retries,

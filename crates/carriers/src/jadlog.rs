@@ -9,7 +9,7 @@
 //!   the status word is the event code the event table maps (`crates/domain/data/jadlog.toml`).
 
 use crate::correios::parse_local;
-use crate::redact::Redactor;
+use crate::redact::{RedactFetch, Redactor};
 use crate::{
     Answered, Answers, Budget, CallRetry, CarrierClient, FetchError, ObjectResult, TrackFuture,
     read_answer, transport, with_retries,

@@ -1,4 +1,4 @@
-//! A carrier integration's state as the fetcher judges it (README.md, "Fetcher"): on `/health`, the
+//! A carrier integration's state as the fetcher judges it (docs/features.md, "Fetcher"): on `/health`, the
 //! `carrier_state` gauge, the `carrier_health` table and `GET /v1/carriers/health`.
 
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! The tracking request (README.md, "Requests"; crates/api/openapi.json), validated field by field so that every wrong field is named at once.
+//! The tracking request (docs/features.md, "Requests"; crates/api/openapi.json), validated field by field so that every wrong field is named at once.
 
 use crate::code::{Carrier, TrackingCode};
 use crate::store::StoreName;

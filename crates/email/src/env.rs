@@ -3,9 +3,13 @@
 //! the same page tokens.
 
 use crate::TemplateSettings;
+use crate::render::{
+    DEFAULT_CORREIOS_TRACKING_URL, DEFAULT_CUSTOMER_TIME_ZONE, DEFAULT_JADLOG_TRACKING_URL,
+    DEFAULT_STORE_NAME,
+};
 use crate::unsubscribe::Mailto;
 use tracking_domain::{Carrier, PageKey, PageLinks, UnsubscribeKey, UnsubscribeLinks};
-use tracking_runtime::settings::{self, SettingsError};
+use tracking_settings::{self as settings, SettingsError};
 
 /// `TRACKING_PAGE_SECRET`: the key of the tracking page's tokens, at least 32 characters; `None` when unset.
 pub fn page_key() -> Result<Option<PageKey>, SettingsError> {
@@ -18,26 +22,32 @@ pub fn page_key() -> Result<Option<PageKey>, SettingsError> {
 /// `STORE_NAME`, `CORREIOS_TRACKING_URL`, `JADLOG_TRACKING_URL`, `CUSTOMER_TIME_ZONE`, and `TRACKING_PAGE_URL`
 /// (which needs `TRACKING_PAGE_SECRET`).
 pub fn template_settings() -> Result<TemplateSettings, SettingsError> {
-    let mut templates = TemplateSettings::default();
-    if let Some(name) = settings::var("STORE_NAME") {
-        templates.store_name = name;
-    }
-    for (carrier, name) in [
-        (Carrier::Correios, "CORREIOS_TRACKING_URL"),
-        (Carrier::Jadlog, "JADLOG_TRACKING_URL"),
+    let mut templates = TemplateSettings {
+        store_name: settings::var_or("STORE_NAME", DEFAULT_STORE_NAME),
+        ..TemplateSettings::default()
+    };
+    for (carrier, name, url) in [
+        (
+            Carrier::Correios,
+            "CORREIOS_TRACKING_URL",
+            settings::var_or("CORREIOS_TRACKING_URL", DEFAULT_CORREIOS_TRACKING_URL),
+        ),
+        (
+            Carrier::Jadlog,
+            "JADLOG_TRACKING_URL",
+            settings::var_or("JADLOG_TRACKING_URL", DEFAULT_JADLOG_TRACKING_URL),
+        ),
     ] {
-        if let Some(url) = settings::var(name) {
-            if !url.contains("{code}") {
-                return Err(SettingsError::new(name, "must contain {code}"));
-            }
-            templates.tracking_urls.insert(carrier, url);
+        if !url.contains("{code}") {
+            return Err(SettingsError::new(name, "must contain {code}"));
         }
+        templates.tracking_urls.insert(carrier, url);
     }
-    if let Some(tz) = settings::var("CUSTOMER_TIME_ZONE") {
-        templates.time_zone = tz.parse().map_err(|e: chrono_tz::ParseError| {
+    templates.time_zone = settings::var_or("CUSTOMER_TIME_ZONE", DEFAULT_CUSTOMER_TIME_ZONE)
+        .parse()
+        .map_err(|e: chrono_tz::ParseError| {
             SettingsError::new("CUSTOMER_TIME_ZONE", e.to_string())
         })?;
-    }
     if let Some(url) = settings::var("TRACKING_PAGE_URL") {
         let key = page_key()?.ok_or_else(|| {
             SettingsError::new(

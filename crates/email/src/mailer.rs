@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::connections::Connections;
 use crate::smtp::{Server, ServerError};
-use tracking_runtime::tls::{PemFile, certificate_blocks};
+use tracking_settings::tls::{PemFile, certificate_blocks};
 
 /// How to reach the SMTP server and whom emails come from.
 #[derive(Debug, Clone)]

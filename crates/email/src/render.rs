@@ -40,19 +40,23 @@ pub struct TemplateSettings {
     pub tracking_page: Option<PageLinks>,
 }
 
+/// `STORE_NAME` when unset.
+pub const DEFAULT_STORE_NAME: &str = "Our store";
+/// `CORREIOS_TRACKING_URL` when unset.
+pub const DEFAULT_CORREIOS_TRACKING_URL: &str =
+    "https://rastreamento.correios.com.br/app/index.php?objeto={code}";
+/// `JADLOG_TRACKING_URL` when unset.
+pub const DEFAULT_JADLOG_TRACKING_URL: &str = "https://www.jadlog.com.br/tracking?cte={code}";
+/// `CUSTOMER_TIME_ZONE` when unset (an IANA name; [`TemplateSettings::default`] holds the same zone).
+pub const DEFAULT_CUSTOMER_TIME_ZONE: &str = "America/Sao_Paulo";
+
 impl Default for TemplateSettings {
     fn default() -> Self {
         Self {
-            store_name: "Our store".into(),
+            store_name: DEFAULT_STORE_NAME.into(),
             tracking_urls: HashMap::from([
-                (
-                    Carrier::Correios,
-                    "https://rastreamento.correios.com.br/app/index.php?objeto={code}".into(),
-                ),
-                (
-                    Carrier::Jadlog,
-                    "https://www.jadlog.com.br/tracking?cte={code}".into(),
-                ),
+                (Carrier::Correios, DEFAULT_CORREIOS_TRACKING_URL.into()),
+                (Carrier::Jadlog, DEFAULT_JADLOG_TRACKING_URL.into()),
             ]),
             time_zone: chrono_tz::America::Sao_Paulo,
             tracking_page: None,
@@ -577,6 +581,14 @@ mod tests {
 
     fn pt_br() -> String {
         CATALOGS[0].1.to_owned()
+    }
+
+    #[test]
+    fn the_default_time_zone_is_the_named_one() {
+        assert_eq!(
+            DEFAULT_CUSTOMER_TIME_ZONE.parse::<chrono_tz::Tz>().ok(),
+            Some(TemplateSettings::default().time_zone)
+        );
     }
 
     #[test]

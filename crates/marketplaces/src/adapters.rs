@@ -51,7 +51,7 @@ impl Call {
 /// Headers whose values are credentials: `Authorization`, `X-Signature`, VTEX's `X-VTEX-API-AppKey` and
 /// `X-VTEX-API-AppToken`, and any other whose name says so.
 fn is_secret_header(name: &str) -> bool {
-    name.eq_ignore_ascii_case("x-signature") || tracking_carriers::redact::is_secret_key(name)
+    name.eq_ignore_ascii_case("x-signature") || tracking_redact::is_secret_key(name)
 }
 
 impl std::fmt::Debug for Call {
@@ -61,7 +61,7 @@ impl std::fmt::Debug for Call {
             .iter()
             .map(|(name, value)| {
                 let shown = if is_secret_header(name) {
-                    tracking_carriers::redact::REDACTED
+                    tracking_redact::REDACTED
                 } else {
                     value.as_str()
                 };
@@ -72,7 +72,7 @@ impl std::fmt::Debug for Call {
             .field("step", &self.step)
             .field("once", &self.once)
             .field("method", &self.method)
-            .field("url", &tracking_carriers::redact::redact(&self.url, &[]))
+            .field("url", &tracking_redact::redact(&self.url, &[]))
             .field("headers", &headers)
             .field("body_bytes", &self.body.len())
             .finish()

@@ -281,9 +281,9 @@ impl RelayError {
     /// The same error with the call's secrets, and anything secret-shaped, out of its reason.
     fn redacted(self, known: &[&str]) -> Self {
         let clean = |r: String| {
-            tracking_carriers::redact::storable(
-                &tracking_carriers::redact::redact(&r, known),
-                tracking_carriers::redact::REASON_MAX_BYTES,
+            tracking_redact::storable(
+                &tracking_redact::redact(&r, known),
+                tracking_redact::REASON_MAX_BYTES,
             )
         };
         match self {

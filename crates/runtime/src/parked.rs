@@ -5,7 +5,7 @@
 //! republished unchanged to the end of its queue with confirms, and only then acked. Only the messages there at the
 //! start are read, so the sweep is bounded by what was parked.
 
-use crate::amqp::topology::{self, WORK_QUEUES};
+use crate::amqp::topology;
 use crate::amqp::{AmqpSettings, ConnectError};
 use lapin::Confirmation;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
@@ -28,6 +28,8 @@ pub enum ParkedError {
     Connect(#[from] ConnectError),
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("{0}")]
+    Topology(topology::TopologyError),
     #[error(
         "RabbitMQ did not take a parked message's copy back into {0}; that message stays parked"
     )]
@@ -73,9 +75,13 @@ pub async fn erase(
     address: &str,
 ) -> Result<Vec<ParkedErased>, ParkedError> {
     let needle = address.trim().to_lowercase();
+    let work_queues = topology::installed().map_or(&[][..], |t| t.work_queues);
+    if work_queues.is_empty() {
+        return Err(ParkedError::Topology(topology::TopologyError::NotInstalled));
+    }
     let conn = crate::amqp::connect(settings, name).await?;
     let mut done = Vec::new();
-    for work in WORK_QUEUES {
+    for &work in work_queues {
         let result = erase_in(&conn, work, &needle, settings.publish_timeout).await;
         match result {
             Ok(r) => done.push(r),

@@ -3,9 +3,9 @@
 
 use crate::DbSettings;
 use tokio_util::sync::CancellationToken;
-use tracking_runtime::ops::Health;
-use tracking_runtime::settings::{self, SettingsError};
-use tracking_runtime::tls::{PemKind, pem_file};
+use tracking_settings::health::Health;
+use tracking_settings::tls::{PemKind, pem_file};
+use tracking_settings::{self as settings, SettingsError};
 
 /// A `DATABASE_URL` that cannot be parsed, in words that never repeat the URL (it may hold a password).
 fn describe_config_error(e: &sqlx::Error) -> String {

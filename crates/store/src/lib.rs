@@ -30,7 +30,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::str::FromStr;
 use std::time::Duration;
-use tracking_runtime::tls::PemFile;
+use tracking_settings::tls::PemFile;
 
 pub use failure::{Failure, classify};
 pub use text::{Stored, Text};

@@ -13,8 +13,19 @@ use tracking_runtime::ops::Health;
 use tracking_store::Db;
 use tracking_store::DbSettings;
 
-pub use tracking_runtime::boot::{main, metrics_addr, serve_ops};
+pub use tracking_runtime::boot::{metrics_addr, serve_ops};
 pub use tracking_store::env::{db_settings, watch_database, watch_writable_database};
+
+/// Runs a worker binary: gives the runtime this application's topology, secret settings and metric catalog
+/// (`tracking_app::install`), then `tracking_runtime::boot::main`.
+pub async fn main<F, Fut>(name: &'static str, run: F) -> std::process::ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    tracking_app::install();
+    tracking_runtime::boot::main(name, run).await
+}
 
 /// Who owns the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

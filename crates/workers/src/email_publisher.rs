@@ -28,6 +28,7 @@ use crate::trusted::{self, Trusted};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tracking_app::topology::EMAIL_QUEUE;
 use tracking_domain::notify::{self, Notify};
 use tracking_domain::{LateNotice, Status, StatusChange, StoreName};
 use tracking_email::{
@@ -35,7 +36,6 @@ use tracking_email::{
     TemplateSettings,
 };
 use tracking_marketplaces::Marketplaces;
-use tracking_runtime::amqp::topology::EMAIL_QUEUE;
 use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome};
 use tracking_runtime::settings::{self, SettingsError};
 use tracking_runtime::tls::{self, PemKind};

@@ -23,10 +23,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracking_app::topology::MARKETPLACE_QUEUE;
 use tracking_domain::StatusChange;
 use tracking_marketplaces::adapters::{Once, Plan};
 use tracking_marketplaces::{Marketplace, Marketplaces, Pace, Relay, RelayError};
-use tracking_runtime::amqp::topology::MARKETPLACE_QUEUE;
 use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome};
 use tracking_runtime::settings::{self, SettingsError};
 

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracking_app::topology::NORMALIZER_QUEUE;
 use tracking_domain::CarrierUpdate;
-use tracking_runtime::amqp::topology::NORMALIZER_QUEUE;
 use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome, Publisher, run_consumer};
 use tracking_runtime::ops::Health;
 use tracking_sim::marketplace::Receiver;
@@ -36,6 +36,7 @@ use tracking_tests::{
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    tracking_app::install();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let count = |default: usize| -> anyhow::Result<usize> {
         args.get(1)

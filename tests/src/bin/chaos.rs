@@ -43,8 +43,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracking_app::topology;
 use tracking_domain::Status;
-use tracking_runtime::amqp::topology;
 use tracking_sim::correios::{CorreiosSim, Journey, Script, SimConfig};
 use tracking_sim::marketplace::Receiver;
 use tracking_sim::smtp::SmtpServer;
@@ -849,6 +849,7 @@ fn message_id_change(value: &str) -> Option<Uuid> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    tracking_app::install();
     let settings = Arc::new(Settings::from_env()?);
     let clock = Clock {
         start: Instant::now(),

@@ -13,11 +13,11 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use tracking_domain::{CarrierUpdate, Source, TrackingRequest};
-use tracking_runtime::amqp::topology::{
+use tracking_app::topology::{
     CARRIER_EVENTS, EMAIL_QUEUE, MARKETPLACE_QUEUE, NORMALIZER_QUEUE, ORDER_STATUS,
     TRACKING_REQUESTS,
 };
+use tracking_domain::{CarrierUpdate, Source, TrackingRequest};
 use tracking_runtime::amqp::{
     AmqpSettings, Handler, Incoming, Outcome, Outgoing, Publisher, run_consumer,
 };
@@ -85,6 +85,7 @@ impl Forward {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    tracking_app::install();
     tracking_runtime::boot::main("null-worker", |shutdown| async move {
         let (role, queue) = match std::env::var("NULL_ROLE").as_deref() {
             Ok("fetcher") => (Role::Fetcher, TRACKING_REQUESTS),

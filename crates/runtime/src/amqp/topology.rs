@@ -1,11 +1,11 @@
-//! The contract's topology, declared idempotently by every worker at start.
+//! The RabbitMQ topology the application describes ([`Topology`]: its work queues, shared exchanges and bindings),
+//! declared idempotently by every process at start. The runtime knows no queue by name: the application installs
+//! its description once at start ([`install`]), and every consumer and publisher declares that.
 //!
 //! | name | kind | notes |
 //! | --- | --- | --- |
-//! | `tracking.requests` | quorum queue | operators publish through the default exchange |
-//! | `carrier.events` | topic exchange | routing key `{carrier}.{tracking_code}`; `normalizer.carrier-events` bound with `#` |
-//! | `order.status` | topic exchange | routing key = new status; `email.order-status`, `marketplace.order-status` bound with `#` |
-//! | `Q` (each work queue's name) | topic exchange | the way into `Q` without the default exchange: key `Q` reaches `Q`, `Q.dead` and `Q.retry.{ms}ms` their queues |
+//! | each of [`Topology::exchanges`] | topic exchange | the application's shared exchanges, bound to queues with [`BINDING_KEY`] |
+//! | `Q` (each work queue's name) | quorum queue, and a topic exchange | the way into `Q` without the default exchange: key `Q` reaches `Q`, `Q.dead` and `Q.retry.{ms}ms` their queues |
 //! | `Q.dead` | quorum queue | parked messages with `x-park-reason`, `x-attempts`, `x-original-queue` headers |
 //! | `Q.retry.{ms}ms` | quorum queue | message TTL, then dead-lettered back to `Q` through the default exchange |
 //!
@@ -15,9 +15,9 @@
 //!
 //! Why each work queue has an exchange of its own name: publishing to the default exchange is one permission
 //! (`write` on `amq.default`) that reaches every queue of the vhost, so a user allowed it could put a forged carrier
-//! update on the normalizer's queue. Through `Q`'s own exchange a worker's user is given write on the exchanges it
+//! update on another worker's queue. Through `Q`'s own exchange a worker's user is given write on the exchanges it
 //! needs and nothing else (`deploy/rabbitmq/users.json`); topic permissions restrict the routing keys of the users
-//! that feed another worker's queue (the scheduler may send `tracking.requests`, not `tracking.requests.dead`).
+//! that feed another worker's queue (they may send `Q`, not `Q.dead`).
 //!
 //! Least-privilege users have no `configure` permission at all (which would also let them delete): the topology is
 //! provisioned by an administrator (`deploy/rabbitmq/definitions.json`), and [`declare_permitted`] creates or
@@ -28,20 +28,29 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 use std::time::Duration;
 
-pub const TRACKING_REQUESTS: &str = "tracking.requests";
-pub const CARRIER_EVENTS: &str = "carrier.events";
-pub const NORMALIZER_QUEUE: &str = "normalizer.carrier-events";
-pub const ORDER_STATUS: &str = "order.status";
-pub const EMAIL_QUEUE: &str = "email.order-status";
-pub const MARKETPLACE_QUEUE: &str = "marketplace.order-status";
+/// The application's topology: what [`declare`] declares, given as data.
+#[derive(Debug, Clone, Copy)]
+pub struct Topology {
+    /// Every work queue, each with its `.dead` and `.retry.*` queues, and an exchange of its own name.
+    pub work_queues: &'static [&'static str],
+    /// The shared topic exchanges (work queues' own exchanges come on top).
+    pub exchanges: &'static [&'static str],
+    /// The shared exchanges' bindings, as (queue, exchange); each with the routing key [`BINDING_KEY`].
+    pub bindings: &'static [(&'static str, &'static str)],
+}
 
-/// Every work queue, each with its `.dead` and `.retry.*` queues, and an exchange of its own name.
-pub const WORK_QUEUES: [&str; 4] = [
-    TRACKING_REQUESTS,
-    NORMALIZER_QUEUE,
-    EMAIL_QUEUE,
-    MARKETPLACE_QUEUE,
-];
+static INSTALLED: std::sync::OnceLock<&'static Topology> = std::sync::OnceLock::new();
+
+/// Gives the process its application's topology, once (later calls keep the first): every consumer and publisher
+/// declares it when it connects ([`declare_permitted`]). Binaries do it before anything else.
+pub fn install(topology: &'static Topology) {
+    let _ = INSTALLED.set(topology);
+}
+
+/// The installed topology, if any.
+pub fn installed() -> Option<&'static Topology> {
+    INSTALLED.get().copied()
+}
 
 /// Deliveries of one message before the broker parks it on its own (a worker crashing on it each time). Also the
 /// retry tiers' limit (nothing consumes them; past it a message would go back to its work queue early, not be lost).
@@ -67,22 +76,7 @@ pub fn exchange_of(work_queue: &str) -> &str {
     work_queue
 }
 
-/// The shared topic exchanges of the contract.
-pub const EXCHANGES: [&str; 2] = [CARRIER_EVENTS, ORDER_STATUS];
-
-/// Every exchange `declare` declares, all durable topic exchanges: the contract's, then each work queue's own.
-pub fn exchanges() -> Vec<&'static str> {
-    EXCHANGES.into_iter().chain(WORK_QUEUES).collect()
-}
-
-/// The contract's bindings, as (queue, exchange); each with the routing key [`BINDING_KEY`].
-pub const BINDINGS: [(&str, &str); 3] = [
-    (NORMALIZER_QUEUE, CARRIER_EVENTS),
-    (EMAIL_QUEUE, ORDER_STATUS),
-    (MARKETPLACE_QUEUE, ORDER_STATUS),
-];
-
-/// The routing key of every binding in [`BINDINGS`].
+/// The routing key of every binding in [`Topology::bindings`].
 pub const BINDING_KEY: &str = "#";
 
 /// One binding as `declare` declares it.
@@ -93,30 +87,43 @@ pub struct Binding {
     pub routing_key: String,
 }
 
-/// Every binding `declare` declares for these retry delays: the contract's [`BINDINGS`], then each work queue's
-/// exchange to the work queue, its `.dead` queue and its retry tiers, each under the queue's own name.
-pub fn bindings(retry_delays: &[Duration]) -> Vec<Binding> {
-    let mut out: Vec<Binding> = BINDINGS
-        .iter()
-        .map(|(queue, exchange)| Binding {
-            queue: (*queue).to_owned(),
-            exchange: (*exchange).to_owned(),
-            routing_key: BINDING_KEY.to_owned(),
-        })
-        .collect();
-    for queue in WORK_QUEUES {
-        let targets = [queue.to_owned(), dead_queue(queue)]
-            .into_iter()
-            .chain(retry_delays.iter().map(|d| retry_queue(queue, *d)));
-        for target in targets {
-            out.push(Binding {
-                exchange: exchange_of(queue).to_owned(),
-                routing_key: target.clone(),
-                queue: target,
-            });
-        }
+impl Topology {
+    /// Every exchange [`Topology::declare`] declares, all durable topic exchanges: the shared ones, then each work
+    /// queue's own.
+    pub fn exchanges(&self) -> Vec<&'static str> {
+        self.exchanges
+            .iter()
+            .chain(self.work_queues)
+            .copied()
+            .collect()
     }
-    out
+
+    /// Every binding `declare` declares for these retry delays: the shared exchanges' [`Topology::bindings`], then each
+    /// work queue's exchange to the work queue, its `.dead` queue and its retry tiers, each under the queue's own name.
+    pub fn bindings(&self, retry_delays: &[Duration]) -> Vec<Binding> {
+        let mut out: Vec<Binding> = self
+            .bindings
+            .iter()
+            .map(|(queue, exchange)| Binding {
+                queue: (*queue).to_owned(),
+                exchange: (*exchange).to_owned(),
+                routing_key: BINDING_KEY.to_owned(),
+            })
+            .collect();
+        for &queue in self.work_queues {
+            let targets = [queue.to_owned(), dead_queue(queue)]
+                .into_iter()
+                .chain(retry_delays.iter().map(|d| retry_queue(queue, *d)));
+            for target in targets {
+                out.push(Binding {
+                    exchange: exchange_of(queue).to_owned(),
+                    routing_key: target.clone(),
+                    queue: target,
+                });
+            }
+        }
+        out
+    }
 }
 
 /// A queue argument's value, as `declare` sends it (text as a long string, numbers as a signed 64-bit integer).
@@ -148,47 +155,49 @@ fn text(s: &str) -> QueueArg {
 
 /// Every queue `declare` declares for these retry delays, in declaration order: per work queue, its `.dead` queue,
 /// the work queue, then its retry tiers. Pure: deployment files (a broker definitions file) and their tests use it.
-pub fn queues(retry_delays: &[Duration]) -> Vec<QueueSpec> {
-    let mut out = Vec::new();
-    for queue in WORK_QUEUES {
-        let dead = dead_queue(queue);
-        out.push(QueueSpec {
-            name: dead.clone(),
-            arguments: vec![
-                ("x-queue-type", text("quorum")),
-                ("x-delivery-limit", QueueArg::Long(PARKED_DELIVERY_LIMIT)),
-            ],
-        });
-        out.push(QueueSpec {
-            name: queue.to_owned(),
-            arguments: vec![
-                ("x-queue-type", text("quorum")),
-                ("x-dead-letter-exchange", text("")),
-                ("x-dead-letter-routing-key", text(&dead)),
-                ("x-dead-letter-strategy", text("at-least-once")),
-                ("x-overflow", text("reject-publish")),
-                ("x-delivery-limit", QueueArg::Long(DELIVERY_LIMIT)),
-            ],
-        });
-        for delay in retry_delays {
+impl Topology {
+    pub fn queues(&self, retry_delays: &[Duration]) -> Vec<QueueSpec> {
+        let mut out = Vec::new();
+        for &queue in self.work_queues {
+            let dead = dead_queue(queue);
             out.push(QueueSpec {
-                name: retry_queue(queue, *delay),
+                name: dead.clone(),
                 arguments: vec![
                     ("x-queue-type", text("quorum")),
-                    (
-                        "x-message-ttl",
-                        QueueArg::Long(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
-                    ),
+                    ("x-delivery-limit", QueueArg::Long(PARKED_DELIVERY_LIMIT)),
+                ],
+            });
+            out.push(QueueSpec {
+                name: queue.to_owned(),
+                arguments: vec![
+                    ("x-queue-type", text("quorum")),
                     ("x-dead-letter-exchange", text("")),
-                    ("x-dead-letter-routing-key", text(queue)),
+                    ("x-dead-letter-routing-key", text(&dead)),
                     ("x-dead-letter-strategy", text("at-least-once")),
                     ("x-overflow", text("reject-publish")),
                     ("x-delivery-limit", QueueArg::Long(DELIVERY_LIMIT)),
                 ],
             });
+            for delay in retry_delays {
+                out.push(QueueSpec {
+                    name: retry_queue(queue, *delay),
+                    arguments: vec![
+                        ("x-queue-type", text("quorum")),
+                        (
+                            "x-message-ttl",
+                            QueueArg::Long(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+                        ),
+                        ("x-dead-letter-exchange", text("")),
+                        ("x-dead-letter-routing-key", text(queue)),
+                        ("x-dead-letter-strategy", text("at-least-once")),
+                        ("x-overflow", text("reject-publish")),
+                        ("x-delivery-limit", QueueArg::Long(DELIVERY_LIMIT)),
+                    ],
+                });
+            }
         }
+        out
     }
-    out
 }
 
 fn table(entries: &[(&'static str, QueueArg)]) -> FieldTable {
@@ -258,17 +267,19 @@ async fn bind(channel: &Channel, binding: &Binding) -> lapin::Result<()> {
 /// Declares the whole topology on one channel, failing at the first refusal: for a user allowed everything (an
 /// administrator, tests). Retry tiers are named by their delay, so workers with different `RETRY_DELAYS_MS`
 /// never clash on queue arguments.
-pub async fn declare(channel: &Channel, retry_delays: &[Duration]) -> lapin::Result<()> {
-    for exchange in exchanges() {
-        declare_exchange(channel, exchange, false).await?;
+impl Topology {
+    pub async fn declare(&self, channel: &Channel, retry_delays: &[Duration]) -> lapin::Result<()> {
+        for exchange in self.exchanges() {
+            declare_exchange(channel, exchange, false).await?;
+        }
+        for queue in self.queues(retry_delays) {
+            declare_queue(channel, &queue).await?;
+        }
+        for binding in self.bindings(retry_delays) {
+            bind(channel, &binding).await?;
+        }
+        Ok(())
     }
-    for queue in queues(retry_delays) {
-        declare_queue(channel, &queue).await?;
-    }
-    for binding in bindings(retry_delays) {
-        bind(channel, &binding).await?;
-    }
-    Ok(())
 }
 
 /// Why [`declare_permitted`] failed.
@@ -281,6 +292,11 @@ pub enum TopologyError {
         .0.join(", ")
     )]
     Missing(Vec<String>),
+    /// The binary never called [`install`]: a programming error, reported rather than declaring nothing.
+    #[error(
+        "no topology was installed: the binary must call tracking_runtime::amqp::topology::install at start"
+    )]
+    NotInstalled,
     #[error("declaring the topology: {0}")]
     Amqp(#[from] lapin::Error),
 }
@@ -338,96 +354,108 @@ pub async fn declare_permitted(
     conn: &Connection,
     retry_delays: &[Duration],
 ) -> Result<Declared, TopologyError> {
-    let mut channel = conn.create_channel().await?;
-    let mut done = Declared::default();
-    let mut missing = Vec::new();
-    let all_exchanges = exchanges();
-    let may_configure = match declare_exchange(&channel, all_exchanges[0], false).await {
-        Ok(()) => true,
-        Err(e) if reply(&e).map(|r| r.0) == Some(403) => {
-            reopen(conn, &mut channel).await?;
-            false
+    let topology = installed().ok_or(TopologyError::NotInstalled)?;
+    topology.declare_permitted(conn, retry_delays).await
+}
+
+impl Topology {
+    /// [`declare_permitted`] for this topology.
+    pub async fn declare_permitted(
+        &self,
+        conn: &Connection,
+        retry_delays: &[Duration],
+    ) -> Result<Declared, TopologyError> {
+        let mut channel = conn.create_channel().await?;
+        let mut done = Declared::default();
+        let mut missing = Vec::new();
+        let all_exchanges = self.exchanges();
+        let may_configure = match declare_exchange(&channel, all_exchanges[0], false).await {
+            Ok(()) => true,
+            Err(e) if reply(&e).map(|r| r.0) == Some(403) => {
+                reopen(conn, &mut channel).await?;
+                false
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for exchange in all_exchanges {
+            if may_configure {
+                let Err(e) = declare_exchange(&channel, exchange, false).await else {
+                    continue;
+                };
+                if reply(&e).map(|r| r.0) != Some(403) {
+                    return Err(e.into());
+                }
+                reopen(conn, &mut channel).await?;
+            }
+            match declare_exchange(&channel, exchange, true).await {
+                Ok(()) => done.checked += 1,
+                Err(e) if reply(&e).map(|r| r.0) == Some(404) => {
+                    missing.push(format!("exchange {exchange}"));
+                    reopen(conn, &mut channel).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Err(e) => return Err(e.into()),
-    };
-    for exchange in all_exchanges {
-        if may_configure {
-            let Err(e) = declare_exchange(&channel, exchange, false).await else {
+        for queue in self.queues(retry_delays) {
+            if may_configure {
+                let Err(e) = declare_queue(&channel, &queue).await else {
+                    continue;
+                };
+                let refused = match reply(&e) {
+                    Some((403, _)) => true,
+                    Some((406, text)) if added_argument_only(&text) => {
+                        tracing::warn!(queue = %queue.name, reason = %text,
+                        "This queue was declared by an earlier version without the delivery limit this one sets; it is kept as it is (docs/operations.md, \"Upgrading the topology\").");
+                        done.kept_as_is.push(queue.name.clone());
+                        false
+                    }
+                    _ => return Err(e.into()),
+                };
+                reopen(conn, &mut channel).await?;
+                if !refused {
+                    continue;
+                }
+            }
+            match channel
+                .queue_declare(queue.name.as_str().into(), passive(), FieldTable::default())
+                .await
+            {
+                Ok(_) => done.checked += 1,
+                Err(e) if reply(&e).map(|r| r.0) == Some(404) => {
+                    missing.push(format!("queue {}", queue.name));
+                    reopen(conn, &mut channel).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !missing.is_empty() {
+            let _ = channel.close(200, "topology incomplete".into()).await;
+            return Err(TopologyError::Missing(missing));
+        }
+        for binding in self.bindings(retry_delays) {
+            if !may_configure {
+                done.bindings_not_declared += 1;
+                continue;
+            }
+            let Err(e) = bind(&channel, &binding).await else {
                 continue;
             };
             if reply(&e).map(|r| r.0) != Some(403) {
                 return Err(e.into());
             }
-            reopen(conn, &mut channel).await?;
-        }
-        match declare_exchange(&channel, exchange, true).await {
-            Ok(()) => done.checked += 1,
-            Err(e) if reply(&e).map(|r| r.0) == Some(404) => {
-                missing.push(format!("exchange {exchange}"));
-                reopen(conn, &mut channel).await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    for queue in queues(retry_delays) {
-        if may_configure {
-            let Err(e) = declare_queue(&channel, &queue).await else {
-                continue;
-            };
-            let refused = match reply(&e) {
-                Some((403, _)) => true,
-                Some((406, text)) if added_argument_only(&text) => {
-                    tracing::warn!(queue = %queue.name, reason = %text,
-                        "This queue was declared by an earlier version without the delivery limit this one sets; it is kept as it is (docs/operations.md, \"Upgrading the topology\").");
-                    done.kept_as_is.push(queue.name.clone());
-                    false
-                }
-                _ => return Err(e.into()),
-            };
-            reopen(conn, &mut channel).await?;
-            if !refused {
-                continue;
-            }
-        }
-        match channel
-            .queue_declare(queue.name.as_str().into(), passive(), FieldTable::default())
-            .await
-        {
-            Ok(_) => done.checked += 1,
-            Err(e) if reply(&e).map(|r| r.0) == Some(404) => {
-                missing.push(format!("queue {}", queue.name));
-                reopen(conn, &mut channel).await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if !missing.is_empty() {
-        let _ = channel.close(200, "topology incomplete".into()).await;
-        return Err(TopologyError::Missing(missing));
-    }
-    for binding in bindings(retry_delays) {
-        if !may_configure {
             done.bindings_not_declared += 1;
-            continue;
+            reopen(conn, &mut channel).await?;
         }
-        let Err(e) = bind(&channel, &binding).await else {
-            continue;
-        };
-        if reply(&e).map(|r| r.0) != Some(403) {
-            return Err(e.into());
+        let _ = channel.close(200, "topology declared".into()).await;
+        if done.checked > 0 {
+            tracing::debug!(
+                checked = done.checked,
+                bindings_not_declared = done.bindings_not_declared,
+                "This user may not declare the whole topology; what it may not declare exists."
+            );
         }
-        done.bindings_not_declared += 1;
-        reopen(conn, &mut channel).await?;
+        Ok(done)
     }
-    let _ = channel.close(200, "topology declared".into()).await;
-    if done.checked > 0 {
-        tracing::debug!(
-            checked = done.checked,
-            bindings_not_declared = done.bindings_not_declared,
-            "This user may not declare the whole topology; what it may not declare exists."
-        );
-    }
-    Ok(done)
 }
 
 /// Messages ready in a queue right now (a passive declare: the management API's counts lag by seconds).
@@ -442,11 +470,18 @@ pub async fn message_count(channel: &Channel, queue: &str) -> lapin::Result<u32>
 mod tests {
     use super::*;
 
+    /// A made-up application: the runtime's tests know no real queue either.
+    const TEST: Topology = Topology {
+        work_queues: &["a.in", "b.in"],
+        exchanges: &["a.out"],
+        bindings: &[("b.in", "a.out")],
+    };
+
     #[test]
     fn every_queue_states_its_delivery_limit() {
         let delays = [Duration::from_secs(1), Duration::from_secs(10)];
-        let all = queues(&delays);
-        assert_eq!(all.len(), WORK_QUEUES.len() * (2 + delays.len()));
+        let all = TEST.queues(&delays);
+        assert_eq!(all.len(), TEST.work_queues.len() * (2 + delays.len()));
         for q in &all {
             let limit = q
                 .arguments
@@ -465,9 +500,9 @@ mod tests {
     #[test]
     fn each_work_queue_is_reached_through_its_own_exchange() {
         let delays = [Duration::from_secs(1)];
-        let all = bindings(&delays);
-        assert_eq!(all.len(), BINDINGS.len() + WORK_QUEUES.len() * 3);
-        for queue in WORK_QUEUES {
+        let all = TEST.bindings(&delays);
+        assert_eq!(all.len(), TEST.bindings.len() + TEST.work_queues.len() * 3);
+        for &queue in TEST.work_queues {
             for target in [
                 queue.to_owned(),
                 dead_queue(queue),
@@ -481,7 +516,7 @@ mod tests {
             }
         }
         assert!(
-            exchanges()
+            TEST.exchanges()
                 .iter()
                 .all(|e| !e.is_empty() && !e.starts_with("amq."))
         );
@@ -490,7 +525,7 @@ mod tests {
     #[test]
     fn only_the_added_delivery_limit_is_tolerated_on_redeclaring() {
         assert!(added_argument_only(
-            "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'email.order-status.dead' in vhost 't': received the value '1000000' of type 'signedint' but current is none"
+            "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'q.dead' in vhost 't': received the value '1000000' of type 'signedint' but current is none"
         ));
         assert!(!added_argument_only(
             "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost 't'"

@@ -6,6 +6,7 @@ use tracking_runtime::settings::SettingsError;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    tracking_app::install();
     let cli = tracking_workers::ctl::Cli::parse();
     if let Err(e) = tracking_runtime::telemetry::init() {
         eprintln!("trackctl: {e}");

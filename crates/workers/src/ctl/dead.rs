@@ -7,7 +7,7 @@ use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use tracking_runtime::amqp::topology::{self, WORK_QUEUES};
+use tracking_app::topology::{self, WORK_QUEUES};
 use tracking_runtime::amqp::{AmqpSettings, Outgoing, Publisher};
 
 #[derive(Subcommand)]

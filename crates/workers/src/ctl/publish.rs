@@ -4,7 +4,7 @@
 use anyhow::{Context, bail};
 use std::io::{BufRead, Read};
 use tracking_domain::TrackingRequest;
-use tracking_runtime::amqp::topology::TRACKING_REQUESTS;
+use tracking_app::topology::TRACKING_REQUESTS;
 use tracking_runtime::amqp::{AmqpSettings, Outgoing, Publisher};
 
 use super::store_arg;

@@ -7,9 +7,9 @@ use chrono::Utc;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::oneshot;
+use tracking_app::topology::CARRIER_EVENTS;
 use tracking_carriers::{FetchError, ObjectResult};
 use tracking_domain::{Carrier, CarrierUpdate, Source, StoreName, Stores, TrackingRequest};
-use tracking_runtime::amqp::topology::CARRIER_EVENTS;
 use tracking_runtime::amqp::{Handler, Incoming, Outcome, Outgoing, PublishError, Publisher};
 
 pub struct Fetcher {

@@ -38,7 +38,7 @@ use crate::boot::{Schema, Worker};
 use batcher::{BatchContext, Batcher};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracking_runtime::amqp::topology::TRACKING_REQUESTS;
+use tracking_app::topology::TRACKING_REQUESTS;
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let Some(worker) = Worker::start(

@@ -27,8 +27,8 @@ use crate::policy::PollPolicy;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracking_app::topology::NORMALIZER_QUEUE;
 use tracking_domain::table::EventTables;
-use tracking_runtime::amqp::topology::NORMALIZER_QUEUE;
 use tracking_runtime::amqp::{AmqpSettings, BatchSettings};
 use tracking_runtime::settings;
 

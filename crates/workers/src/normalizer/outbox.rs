@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracking_app::topology::ORDER_STATUS;
 use tracking_domain::StatusChange;
-use tracking_runtime::amqp::topology::ORDER_STATUS;
 use tracking_runtime::amqp::{Outgoing, Publisher};
 use tracking_store::Db;
 use tracking_store::normalize;

@@ -1,9 +1,19 @@
-//! Settings from environment variables. An empty variable counts as unset; a bad value is an error that
-//! names the variable and what was expected, so a worker exits with a message an operator can act on.
+//! Settings from environment variables, the PEM files they name, and what a process reports of itself: the small
+//! crate the store, the mailer and the marketplace relay read their settings through, without the runtime's broker
+//! client and HTTP server (`tests/tests/structure.rs` keeps it so).
 //!
-//! Every secret setting ([`SECRET_SETTINGS`]) can also come from a file named by `NAME_FILE` (as Kubernetes and
+//! - the crate root: typed settings from the environment. An empty variable counts as unset; a bad value is an
+//!   error that names the variable and what was expected, so a binary exits with a message an operator can act on.
+//! - [`tls`]: the PEM files TLS settings name (`AMQP_CA_FILE`, `DATABASE_CA_FILE`, `SMTP_CA_FILE`), read and checked
+//!   at start.
+//! - [`health`]: the [`health::Health`] a process updates and the runtime's ops server answers as `/health`.
+//!
+//! Every secret setting (the application declares which: [`declare_secrets`]) can also come from a file named by `NAME_FILE` (as Kubernetes and
 //! Docker mount secrets): the file's content, without its trailing line break. [`check_files`] (run by
 //! `boot::main` before anything else) refuses a `_FILE` that cannot be read, or one set together with its variable.
+
+pub mod health;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -29,25 +39,25 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// The settings that hold secrets, and so may come from a file named by `{NAME}_FILE`.
-pub const SECRET_SETTINGS: [&str; 10] = [
-    "AMQP_URL",
-    "DATABASE_URL",
-    "CORREIOS_USER",
-    "CORREIOS_ACCESS_CODE",
-    "CORREIOS_POSTAGE_CARD",
-    "JADLOG_TOKEN",
-    "SMTP_URL",
-    "API_TOKEN",
-    "TRACKING_PAGE_SECRET",
-    "UNSUBSCRIBE_SECRET",
-];
+static SECRETS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+
+/// Names the settings that hold secrets, and so may come from a file named by `{NAME}_FILE`: the application's
+/// list (`tracking_app::SECRET_SETTINGS`), given once at start before any setting is read (later calls keep the
+/// first). Until then no setting is read from a file.
+pub fn declare_secrets(names: &'static [&'static str]) {
+    let _ = SECRETS.set(names);
+}
+
+/// The declared secret settings ([`declare_secrets`]); empty until declared.
+pub fn secret_settings() -> &'static [&'static str] {
+    SECRETS.get().copied().unwrap_or(&[])
+}
 
 /// The variable's value, or for a secret setting the content of the file `{name}_FILE` names; `None` when
 /// unset or empty.
 pub fn var(name: &str) -> Option<String> {
     env(name).or_else(|| {
-        if !SECRET_SETTINGS.contains(&name) {
+        if !secret_settings().contains(&name) {
             return None;
         }
         let path = env(&format!("{name}_FILE"))?;
@@ -59,7 +69,7 @@ pub fn var(name: &str) -> Option<String> {
 /// Checks the `NAME_FILE` of every secret setting: readable, and not set together with `NAME`. The error names
 /// the variable and never shows the file's content.
 pub fn check_files() -> Result<(), SettingsError> {
-    for base in SECRET_SETTINGS {
+    for base in secret_settings() {
         let key = format!("{base}_FILE");
         let Some(path) = env(&key) else {
             continue;

@@ -2,7 +2,7 @@
 //! key): read once at start, so that a file that cannot be read, or holds no PEM block, stops the binary with exit
 //! code 2 naming the setting, instead of failing every connection later.
 
-use crate::settings::{self, SettingsError};
+use crate::SettingsError;
 
 /// The content of a PEM file a setting names.
 #[derive(Clone)]
@@ -36,7 +36,7 @@ pub enum PemKind {
 /// The file the setting `name` names, or `None` when the setting is unset. An unreadable file, or one without
 /// the PEM block `kind` asks for, is a [`SettingsError`] naming the setting.
 pub fn pem_file(name: &'static str, kind: PemKind) -> Result<Option<PemFile>, SettingsError> {
-    match settings::var(name) {
+    match crate::var(name) {
         None => Ok(None),
         Some(path) => PemFile::read(name, path.trim(), kind).map(Some),
     }
