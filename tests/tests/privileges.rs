@@ -715,6 +715,7 @@ async fn the_workers_run_the_pipeline_as_their_own_users() -> anyhow::Result<()>
         || async { Ok((amqp.count(TR_DEAD).await? == 1).then_some(())) },
     )
     .await?;
+    env.expect_parked(TR_DEAD, 1);
 
     // tracking-api as its own user queues a request (to the fetcher) and a manual event (to the normalizer).
     let api_addr = tracking_tests::free_addr();
@@ -727,6 +728,8 @@ async fn the_workers_run_the_pipeline_as_their_own_users() -> anyhow::Result<()>
         ],
     )
     .await?;
+    // The address it listens on: another than `api_addr` when that port was taken before it could bind it.
+    let api_addr = api.http_addr()?;
     let http = reqwest::Client::new();
     let queued = http
         .post(format!("http://{api_addr}/v1/tracking-requests"))

@@ -509,12 +509,11 @@ async fn reading_parked_messages_counts_no_delivery() -> anyhow::Result<()> {
                 .await?;
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        amqp.count("control").await?,
-        0,
-        "the broker enforces the limit on returns"
-    );
+    // The broker enforces the limit on returns: the queue empties.
+    tracking_tests::eventually(Duration::from_secs(10), "the control dropped", || async {
+        Ok((amqp.count("control").await? == 0).then_some(()))
+    })
+    .await?;
 
     ch.queue_declare("tracking.requests.dead".into(), durable, limited(2))
         .await?;
