@@ -1129,10 +1129,7 @@ impl Amqp {
                 let _ = ch.close(200, "counted".into()).await;
                 Ok(Some(q.message_count()))
             }
-            Err(e)
-                if tracking_app::topology::reply(&e)
-                    .is_some_and(|(code, _)| code == 404) =>
-            {
+            Err(e) if tracking_app::topology::reply(&e).is_some_and(|(code, _)| code == 404) => {
                 Ok(None)
             }
             Err(e) => Err(e.into()),

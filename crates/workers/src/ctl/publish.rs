@@ -3,8 +3,8 @@
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, Read};
-use tracking_domain::TrackingRequest;
 use tracking_app::topology::TRACKING_REQUESTS;
+use tracking_domain::TrackingRequest;
 use tracking_runtime::amqp::{AmqpSettings, Outgoing, Publisher};
 
 use super::store_arg;
