@@ -20,20 +20,43 @@ pub struct Recorded {
     pub erased: bool,
 }
 
-/// The recorded change `change_id`, or `None` when no such change was ever recorded.
-pub async fn recorded(pool: &PgPool, change_id: Uuid) -> Result<Option<Recorded>, StoreError> {
-    Ok(sqlx::query_as::<_, Recorded>(
-        "SELECT sc.payload, \
+/// The recorded changes `change_ids`, in one statement: one answer per id, in order, `None` for an id no change
+/// was ever recorded under.
+pub async fn recorded_many(
+    pool: &PgPool,
+    change_ids: &[Uuid],
+) -> Result<Vec<Option<Recorded>>, StoreError> {
+    let rows: Vec<(i64, serde_json::Value, Option<crate::Text<Status>>, bool)> = sqlx::query_as(
+        "SELECT t.i, sc.payload, \
              (SELECT later.status FROM status_changes later \
               WHERE later.shipment_id = sc.shipment_id AND later.order_ref IS NOT DISTINCT FROM sc.order_ref \
                 AND later.seq > sc.seq \
               ORDER BY later.seq DESC LIMIT 1) AS superseded_by, \
              COALESCE((SELECT o.erased_at IS NOT NULL FROM orders o WHERE o.id = sc.order_ref), false) AS erased \
-         FROM status_changes sc WHERE sc.change_id = $1",
+         FROM unnest($1::uuid[]) WITH ORDINALITY AS t(change_id, i) \
+         JOIN status_changes sc ON sc.change_id = t.change_id",
     )
-    .bind(change_id)
-    .fetch_optional(pool)
-    .await?)
+    .bind(change_ids)
+    .fetch_all(pool)
+    .await?;
+    let mut answers: Vec<Option<Recorded>> = vec![None; change_ids.len()];
+    for (i, payload, superseded_by, erased) in rows {
+        if let Some(answer) = at(&mut answers, i) {
+            *answer = Some(Recorded {
+                payload,
+                superseded_by,
+                erased,
+            });
+        }
+    }
+    Ok(answers)
+}
+
+/// The answer of the `i`-th request (`WITH ORDINALITY` counts from 1).
+fn at<T>(answers: &mut [T], i: i64) -> Option<&mut T> {
+    usize::try_from(i.checked_sub(1)?)
+        .ok()
+        .and_then(|i| answers.get_mut(i))
 }
 
 /// An earlier change of an order that holds its later ones.
@@ -45,66 +68,109 @@ pub struct Pending {
     pub failing: bool,
 }
 
-/// The first change of order `order_id` (relayed to `marketplace`) recorded before `change_id`, within `within`,
-/// that `destination` has neither done nor parked: the marketplace must get the order's changes in order.
-pub async fn earlier_pending(
-    pool: &PgPool,
-    destination: &str,
-    order_id: &str,
-    marketplace: &str,
-    change_id: Uuid,
-    within: Duration,
-) -> Result<Option<Pending>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT sc.change_id, COALESCE(d.state = 'failed', false) AS failing FROM status_changes sc \
-         JOIN orders o ON o.id = sc.order_ref \
-         LEFT JOIN deliveries d ON d.destination = $1 AND d.change_id = sc.change_id \
-         WHERE o.order_id = $2 AND o.marketplace_name = $3 \
-           AND sc.seq < (SELECT seq FROM status_changes WHERE change_id = $4) \
-           AND sc.created_at > now() - make_interval(secs => $5) \
-           AND (d.state IS NULL OR d.state NOT IN ('done', 'parked')) \
-         ORDER BY sc.seq LIMIT 1",
-    )
-    .bind(destination)
-    .bind(order_id)
-    .bind(marketplace)
-    .bind(change_id)
-    .bind(within.as_secs_f64())
-    .fetch_optional(pool)
-    .await?)
+/// What [`earlier_pending_many`] and [`later_pending_many`] look for: the changes of order `order_id` (relayed to
+/// `marketplace`) around `change_id` that `destination` has neither done nor parked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRequest {
+    pub destination: String,
+    pub order_id: String,
+    pub marketplace: String,
+    pub change_id: Uuid,
 }
 
-/// The recorded payloads of order `order_id`'s changes (relayed to `marketplace`) recorded after `change_id`,
-/// within `within`, that `destination` has neither done nor parked, oldest first, at most `limit`: the changes
-/// that waited behind it, which its relayer relays at once instead of leaving them to their next return.
-pub async fn later_pending(
+/// The arrays a batch of [`PendingRequest`]s is bound as.
+fn pending_arrays(requests: &[PendingRequest]) -> (Vec<&str>, Vec<&str>, Vec<&str>, Vec<Uuid>) {
+    let mut arrays = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in requests {
+        arrays.0.push(r.destination.as_str());
+        arrays.1.push(r.order_id.as_str());
+        arrays.2.push(r.marketplace.as_str());
+        arrays.3.push(r.change_id);
+    }
+    arrays
+}
+
+/// For each request, in one statement: the first change of its order recorded before its change, within
+/// `within`, that its destination has neither done nor parked (the marketplace must get the order's changes in
+/// order). One answer per request, in order.
+pub async fn earlier_pending_many(
     pool: &PgPool,
-    destination: &str,
-    order_id: &str,
-    marketplace: &str,
-    change_id: Uuid,
+    requests: &[PendingRequest],
+    within: Duration,
+) -> Result<Vec<Option<Pending>>, StoreError> {
+    let (destinations, orders, marketplaces, ids) = pending_arrays(requests);
+    let rows: Vec<(i64, Uuid, bool)> = sqlx::query_as(
+        "SELECT t.i, p.change_id, p.failing \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[]) WITH ORDINALITY \
+             AS t(destination, order_id, marketplace, change_id, i) \
+         CROSS JOIN LATERAL ( \
+             SELECT sc.change_id, COALESCE(d.state = 'failed', false) AS failing FROM status_changes sc \
+             JOIN orders o ON o.id = sc.order_ref \
+             LEFT JOIN deliveries d ON d.destination = t.destination AND d.change_id = sc.change_id \
+             WHERE o.order_id = t.order_id AND o.marketplace_name = t.marketplace \
+               AND sc.seq < (SELECT seq FROM status_changes WHERE change_id = t.change_id) \
+               AND sc.created_at > now() - make_interval(secs => $5) \
+               AND (d.state IS NULL OR d.state NOT IN ('done', 'parked')) \
+             ORDER BY sc.seq LIMIT 1) p",
+    )
+    .bind(&destinations)
+    .bind(&orders)
+    .bind(&marketplaces)
+    .bind(&ids)
+    .bind(within.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    let mut answers: Vec<Option<Pending>> = vec![None; requests.len()];
+    for (i, change_id, failing) in rows {
+        if let Some(answer) = at(&mut answers, i) {
+            *answer = Some(Pending { change_id, failing });
+        }
+    }
+    Ok(answers)
+}
+
+/// For each request, in one statement: the recorded payloads of its order's changes recorded after its change,
+/// within `within`, that its destination has neither done nor parked, oldest first, at most `limit`: the changes
+/// that waited behind it, which its relayer relays at once instead of leaving them to their next return. One
+/// answer per request, in order.
+pub async fn later_pending_many(
+    pool: &PgPool,
+    requests: &[PendingRequest],
     within: Duration,
     limit: i64,
-) -> Result<Vec<serde_json::Value>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT sc.payload FROM status_changes sc \
-         JOIN orders o ON o.id = sc.order_ref \
-         LEFT JOIN deliveries d ON d.destination = $1 AND d.change_id = sc.change_id \
-         WHERE o.order_id = $2 AND o.marketplace_name = $3 \
-           AND sc.seq > (SELECT seq FROM status_changes WHERE change_id = $4) \
-           AND sc.created_at > now() - make_interval(secs => $5) \
-           AND sc.published_at IS NOT NULL \
-           AND (d.state IS NULL OR d.state NOT IN ('done', 'parked')) \
-         ORDER BY sc.seq LIMIT $6",
+) -> Result<Vec<Vec<serde_json::Value>>, StoreError> {
+    let (destinations, orders, marketplaces, ids) = pending_arrays(requests);
+    let rows: Vec<(i64, serde_json::Value)> = sqlx::query_as(
+        "SELECT t.i, p.payload \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[]) WITH ORDINALITY \
+             AS t(destination, order_id, marketplace, change_id, i) \
+         CROSS JOIN LATERAL ( \
+             SELECT sc.seq, sc.payload FROM status_changes sc \
+             JOIN orders o ON o.id = sc.order_ref \
+             LEFT JOIN deliveries d ON d.destination = t.destination AND d.change_id = sc.change_id \
+             WHERE o.order_id = t.order_id AND o.marketplace_name = t.marketplace \
+               AND sc.seq > (SELECT seq FROM status_changes WHERE change_id = t.change_id) \
+               AND sc.created_at > now() - make_interval(secs => $5) \
+               AND sc.published_at IS NOT NULL \
+               AND (d.state IS NULL OR d.state NOT IN ('done', 'parked')) \
+             ORDER BY sc.seq LIMIT $6) p \
+         ORDER BY t.i, p.seq",
     )
-    .bind(destination)
-    .bind(order_id)
-    .bind(marketplace)
-    .bind(change_id)
+    .bind(&destinations)
+    .bind(&orders)
+    .bind(&marketplaces)
+    .bind(&ids)
     .bind(within.as_secs_f64())
     .bind(limit)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    let mut answers: Vec<Vec<serde_json::Value>> = vec![Vec::new(); requests.len()];
+    for (i, payload) in rows {
+        if let Some(answer) = at(&mut answers, i) {
+            answer.push(payload);
+        }
+    }
+    Ok(answers)
 }
 
 /// A recorded change as people read it (`trackctl shipment show`, an order's history in `tracking-api`). Its

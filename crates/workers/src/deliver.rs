@@ -46,7 +46,7 @@ use uuid::Uuid;
 const LEDGER_BATCH: usize = 256;
 
 /// A delivery record's answer, shared by every request of the batch it was in.
-type Answer<T> = Result<T, Arc<StoreError>>;
+pub(crate) type Answer<T> = Result<T, Arc<StoreError>>;
 
 /// The delivery records of one publisher process: claims, and successes recorded, of all its concurrent
 /// handlers, each batched into one statement (one commit) with those waiting at the same moment. A batch the
@@ -145,7 +145,7 @@ async fn heartbeat(
 }
 
 /// A batching task making `run`'s statement for the requests waiting together.
-fn batching<Req, T, F, Fut>(pool: &tracking_store::Db, run: F) -> Coalescer<Req, Answer<T>>
+pub(crate) fn batching<Req, T, F, Fut>(pool: &tracking_store::Db, run: F) -> Coalescer<Req, Answer<T>>
 where
     Req: Clone + Send + 'static,
     T: Clone + Send + 'static,

@@ -159,6 +159,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     };
     let brands = Brands::build(&settings, mailer, renderer)?;
     let handler = Arc::new(EmailPublisher {
+        reads: trusted::Reads::start(&worker.pool),
         pool: worker.pool.clone(),
         ledger: deliver::Ledger::start(
             worker.pool.clone(),
@@ -181,6 +182,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
 pub struct EmailPublisher {
     pool: tracking_store::Db,
+    reads: trusted::Reads,
     ledger: deliver::Ledger,
     brands: Brands,
     bulkhead: Arc<Bulkhead>,
@@ -282,7 +284,7 @@ impl Handler for EmailPublisher {
             change,
             superseded_by,
             erased,
-        } = match trusted::recorded(&self.pool, &msg.body).await {
+        } = match trusted::recorded(&self.reads, &msg.body).await {
             Ok(t) => t,
             Err(outcome) => return outcome,
         };

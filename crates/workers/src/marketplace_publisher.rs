@@ -28,7 +28,9 @@ use tracking_domain::StatusChange;
 use tracking_marketplaces::adapters::{Once, Plan};
 use tracking_marketplaces::{Marketplace, Marketplaces, Pace, Relay, RelayError};
 use tracking_runtime::amqp::{AmqpSettings, Handler, Incoming, Outcome};
+use tracking_runtime::coalesce::Coalescer;
 use tracking_runtime::settings::{self, SettingsError};
+use tracking_store::changes::{self, Pending, PendingRequest};
 
 pub struct Settings {
     pub amqp: AmqpSettings,
@@ -119,8 +121,21 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         );
         bulkheads.insert(&m.name, bulkhead);
     }
+    let within = settings.order_wait_max;
     let handler = Arc::new(MarketplacePublisher {
-        pool: worker.pool.clone(),
+        reads: trusted::Reads::start(&worker.pool),
+        earlier: deliver::batching(
+            &worker.pool,
+            move |pool, batch: Vec<PendingRequest>| async move {
+                changes::earlier_pending_many(&pool, &batch, within).await
+            },
+        ),
+        later: deliver::batching(
+            &worker.pool,
+            move |pool, batch: Vec<PendingRequest>| async move {
+                changes::later_pending_many(&pool, &batch, within, CHASE).await
+            },
+        ),
         ledger: deliver::Ledger::start(
             worker.pool.clone(),
             settings.retry.lease,
@@ -133,7 +148,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         retry: settings.retry,
         order_wait: settings.order_wait,
         order_wait_cap: settings.order_wait_cap,
-        order_wait_max: settings.order_wait_max,
     });
     worker
         .consume(settings.amqp, MARKETPLACE_QUEUE, handler, shutdown)
@@ -143,7 +157,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 }
 
 pub struct MarketplacePublisher {
-    pool: tracking_store::Db,
+    reads: trusted::Reads,
+    /// The order checks of every handler waiting at the same moment, each kind in one statement.
+    earlier: Coalescer<PendingRequest, deliver::Answer<Option<Pending>>>,
+    later: Coalescer<PendingRequest, deliver::Answer<Vec<serde_json::Value>>>,
     ledger: deliver::Ledger,
     relay: Relay,
     marketplaces: Marketplaces,
@@ -153,7 +170,6 @@ pub struct MarketplacePublisher {
     retry: RetryPolicy,
     order_wait: Duration,
     order_wait_cap: Duration,
-    order_wait_max: Duration,
 }
 
 /// How many of an order's later changes the relayer of an earlier one relays right after it, at most.
@@ -168,7 +184,7 @@ const SHIPMENT_CALLS: uuid::Uuid = uuid::Uuid::from_u128(0x3f0c_81d2_5a47_4b6e_9
 
 impl Handler for MarketplacePublisher {
     async fn handle(&self, msg: Incoming) -> Outcome {
-        let change = match trusted::recorded(&self.pool, &msg.body).await {
+        let change = match trusted::recorded(&self.reads, &msg.body).await {
             Ok(t) => t.change,
             Err(outcome) => return outcome,
         };
@@ -188,23 +204,19 @@ impl MarketplacePublisher {
         let Some(target) = &change.marketplace else {
             return;
         };
-        let destination = format!("marketplace:{}", target.name);
-        let later = match tracking_store::changes::later_pending(
-            &self.pool,
-            &destination,
-            change.order_id.as_str(),
-            &target.name,
-            change.change_id,
-            self.order_wait_max,
-            CHASE,
-        )
-        .await
-        {
-            Ok(later) => later,
-            Err(e) => {
+        let request = PendingRequest {
+            destination: format!("marketplace:{}", target.name),
+            order_id: change.order_id.as_str().to_owned(),
+            marketplace: target.name.clone(),
+            change_id: change.change_id,
+        };
+        let later = match self.later.call(request).await {
+            Ok(Ok(later)) => later,
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "Could not look for the order's later changes; they go on their own.");
                 return;
             }
+            Err(_) => return,
         };
         for payload in later {
             let Ok(next) = serde_json::from_value::<StatusChange>(payload) else {
@@ -252,7 +264,7 @@ impl MarketplacePublisher {
                 };
             }
             Ok(None) => {}
-            Err(e) => return db_outcome(&e),
+            Err(outcome) => return outcome,
         }
         // The adapter sees the recorded change, re-serialized, never the message's own bytes.
         let body = match serde_json::to_vec(change) {
@@ -362,18 +374,22 @@ impl MarketplacePublisher {
         &self,
         destination: &str,
         change: &StatusChange,
-    ) -> Result<Option<tracking_store::changes::Pending>, tracking_store::StoreError> {
+    ) -> Result<Option<Pending>, Outcome> {
         let Some(target) = &change.marketplace else {
             return Ok(None);
         };
-        tracking_store::changes::earlier_pending(
-            &self.pool,
-            destination,
-            change.order_id.as_str(),
-            &target.name,
-            change.change_id,
-            self.order_wait_max,
-        )
-        .await
+        let request = PendingRequest {
+            destination: destination.to_owned(),
+            order_id: change.order_id.as_str().to_owned(),
+            marketplace: target.name.clone(),
+            change_id: change.change_id,
+        };
+        match self.earlier.call(request).await {
+            Ok(answer) => answer.map_err(|e| db_outcome(&e)),
+            Err(gone) => Err(Outcome::Wait {
+                after: Duration::from_secs(1),
+                reason: format!("the order's earlier changes: {gone}"),
+            }),
+        }
     }
 }

@@ -3,10 +3,33 @@
 //! customer or tell a marketplace that an order was delivered. The recorded change is what gets sent.
 
 use crate::db_outcome;
+use crate::deliver::{Answer, batching};
+use serde::Deserialize;
 use serde_json::Value;
+use std::time::Duration;
 use tracking_domain::{Status, StatusChange};
 use tracking_runtime::amqp::Outcome;
-use tracking_store::changes;
+use tracking_runtime::coalesce::Coalescer;
+use tracking_store::changes::{self, Recorded};
+use uuid::Uuid;
+
+/// The trust reads of one publisher process: those of every handler waiting at the same moment are made in one
+/// statement.
+#[derive(Clone)]
+pub struct Reads {
+    recorded: Coalescer<Uuid, Answer<Option<Recorded>>>,
+}
+
+impl Reads {
+    /// Starts the batching task; it stops when the last clone is dropped.
+    pub fn start(pool: &tracking_store::Db) -> Reads {
+        Reads {
+            recorded: batching(pool, |pool, ids: Vec<Uuid>| async move {
+                changes::recorded_many(&pool, &ids).await
+            }),
+        }
+    }
+}
 
 /// A change as recorded, with what happened to its shipment since.
 pub struct Trusted {
@@ -20,14 +43,20 @@ pub struct Trusted {
 
 /// Reads the message as a status change and checks it against the recorded one. `Err` is the message's outcome:
 /// parked when it is not a change, not recorded, or not what was recorded; held while the database is down.
-pub async fn recorded(pool: &tracking_store::Db, body: &[u8]) -> Result<Trusted, Outcome> {
+pub async fn recorded(reads: &Reads, body: &[u8]) -> Result<Trusted, Outcome> {
     let park = |reason: String| Outcome::Park { reason };
     let message: StatusChange =
         serde_json::from_slice(body).map_err(|e| park(format!("not a status change: {e}")))?;
-    let Some(row) = changes::recorded(pool, message.change_id)
-        .await
-        .map_err(|e| db_outcome(&e))?
-    else {
+    let read = match reads.recorded.call(message.change_id).await {
+        Ok(read) => read.map_err(|e| db_outcome(&e))?,
+        Err(gone) => {
+            return Err(Outcome::Wait {
+                after: Duration::from_secs(1),
+                reason: format!("the recorded change: {gone}"),
+            });
+        }
+    };
+    let Some(row) = read else {
         metrics::counter!("changes_refused_total", "reason" => "not_recorded").increment(1);
         tracing::warn!(change_id = %message.change_id, "A status change that was never recorded arrived; parking it.");
         return Err(park(format!(
@@ -35,7 +64,7 @@ pub async fn recorded(pool: &tracking_store::Db, body: &[u8]) -> Result<Trusted,
             message.change_id
         )));
     };
-    let change: StatusChange = match serde_json::from_value(row.payload.clone()) {
+    let change: StatusChange = match StatusChange::deserialize(&row.payload) {
         Ok(c) => c,
         Err(e) => {
             metrics::counter!("rows_quarantined_total", "table" => "status_changes").increment(1);
