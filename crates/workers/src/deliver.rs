@@ -145,7 +145,10 @@ async fn heartbeat(
 }
 
 /// A batching task making `run`'s statement for the requests waiting together.
-pub(crate) fn batching<Req, T, F, Fut>(pool: &tracking_store::Db, run: F) -> Coalescer<Req, Answer<T>>
+pub(crate) fn batching<Req, T, F, Fut>(
+    pool: &tracking_store::Db,
+    run: F,
+) -> Coalescer<Req, Answer<T>>
 where
     Req: Clone + Send + 'static,
     T: Clone + Send + 'static,
